@@ -1,0 +1,1 @@
+"""architectures stage of nnunet_xfer."""

@@ -1,0 +1,258 @@
+"""`nnunet-xfer` command line: parse arguments, call the library, print.
+
+Every command delegates to one library function; bad input surfaces as a :class:`UserError`
+and is printed as one line with exit status 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.names import DEFAULT_SEED, SIZES, SOURCES
+
+
+def _sizes(text: str) -> list[int]:
+    from nnunet_xfer.names import parse_int_list
+    try:
+        return parse_int_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cmd_phantom(a: argparse.Namespace) -> None:
+    from nnunet_xfer.phantom.cohort import write_cohort
+    write_cohort(Path(a.out), n_cases=a.cases, size=a.size, n_observers=a.observers,
+                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite)
+
+
+def _add_phantom(sub) -> None:
+    p = sub.add_parser("phantom", help="write a synthetic L3 cohort with simulated observers")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--cases", type=int, default=40, help="number of subjects (default 40)")
+    p.add_argument("--size", type=int, default=512, help="slice size in pixels (default 512)")
+    p.add_argument("--observers", type=int, default=10, help="simulated observers (default 10)")
+    p.add_argument("--observer-cases", type=int, default=20,
+                   help="cases each observer delineates (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _cmd_convert(a: argparse.Namespace) -> None:
+    from nnunet_xfer.dataset_conversion.convert import convert
+    convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks, dataset_id=a.dataset,
+            name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed, overwrite=a.overwrite,
+            label_map=a.label_map, allow_non_hu=a.allow_non_hu,
+            per_size_datasets=a.per_size_datasets)
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="build an nnU-Net raw dataset with folds and nested subsets")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cases", type=Path, help="case manifest CSV (case_id,image,mask,...)")
+    src.add_argument("--images", type=Path, help="folder of images (with --masks)")
+    p.add_argument("--masks", type=Path, help="folder of masks matched to --images by file name")
+    p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id")
+    p.add_argument("-n", "--name", default="L3", help="dataset name (default L3)")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--sizes", type=_sizes, default=list(SIZES), help="e.g. 5,10,25,50,75,100,125")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--label-map", default=None,
+                   help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: mask must be 0/1)")
+    p.add_argument("--allow-non-hu", action="store_true", help="accept 8-bit / non-HU images")
+    p.add_argument("--per-size-datasets", action="store_true",
+                   help="also write Dataset<ID+k>_<Name>_n<N> per subset size (nnU-Net baselines)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_env(a: argparse.Namespace) -> None:
+    from nnunet_xfer.trainers import environment_exports
+    print(environment_exports())
+
+
+def _add_env(sub) -> None:
+    p = sub.add_parser("env", help="print the export line(s) that let nnU-Net find the trainers")
+    p.set_defaults(func=_cmd_env)
+
+
+def _cmd_pretrain(a: argparse.Namespace) -> None:
+    from nnunet_xfer.pretraining.run import pretrain
+    pretrain(dataset=a.dataset, source=a.source, plans=a.plans, configuration=a.configuration,
+             data=a.data, weights=a.weights, iterations=a.iterations, batch_size=a.batch_size,
+             lr=a.lr, resume=a.resume, overwrite=a.overwrite, device=a.device,
+             permutations=a.permutations, seed=a.seed)
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
+    p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
+    p.add_argument("-s", "--source", required=True, choices=[s for s in SOURCES if s != "scratch"])
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("--data", type=Path, default=None,
+                   help="source data (VOC folder / ImageFolder root / CT images)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="torchvision weights file (cls/seg with torchvision plans)")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--permutations", type=int, default=100, help="jigsaw permutation classes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+def _cmd_plan(a: argparse.Namespace) -> None:
+    from nnunet_xfer.architectures.plans_variant import write_plans_variant
+    path = write_plans_variant(dataset=a.dataset, arch=a.arch, source_plans=a.plans,
+                               overwrite=a.overwrite)
+    print(f"wrote {path}")
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="write a torchvision-backbone plans variant")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("--arch", required=True, help="e.g. fcn_resnet50, unet_resnet34")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans to derive from")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
+    evaluate_dataset(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
+                     out=a.output, observers=a.observers, overwrite=a.overwrite)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate every Xfer run's folds of a dataset")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-p", "--plans", default=None, help="only runs with these plans (default all)")
+    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
+    p.add_argument("--observers", type=Path, default=None,
+                   help="observer folder: add human-level verdicts by the Williams index")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_observers(a: argparse.Namespace) -> None:
+    from nnunet_xfer.evaluation.observer_study import observer_study
+    observer_study(reference=a.reference, observers=a.observers, predictions=a.predictions,
+                   name=a.name, out=a.output, label=a.label, images=a.images,
+                   overwrite=a.overwrite)
+
+
+def _add_observers(sub) -> None:
+    p = sub.add_parser("observers", help="inter-observer study with Williams index and STAPLE")
+    p.add_argument("--reference", type=Path, required=True, help="reference masks folder")
+    p.add_argument("--observers", type=Path, required=True, help="one sub-folder per observer")
+    p.add_argument("--predictions", type=Path, default=None, help="model predictions folder")
+    p.add_argument("--name", default="model", help="rater name for --predictions")
+    p.add_argument("--images", type=Path, default=None, help="CT images (for SMD)")
+    p.add_argument("--label", type=int, default=1, help="muscle label value (default 1)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_observers)
+
+
+def _cmd_measure(a: argparse.Namespace) -> None:
+    from nnunet_xfer.evaluation.measures import measure_folder
+    measure_folder(images=a.images, masks=a.masks, out_csv=a.output, heights=a.heights,
+                   label=a.label, overwrite=a.overwrite)
+
+
+def _add_measure(sub) -> None:
+    p = sub.add_parser("measure", help="muscle area, density, IMAT and SMI per case")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
+    p.add_argument("--heights", type=Path, default=None, help="CSV with case_id,height_m")
+    p.add_argument("--label", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_measure)
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from nnunet_xfer.evaluation.report import write_report
+    path = write_report(a.input, a.output, overwrite=a.overwrite)
+    print(f"report: {path}")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML report with figures from an evaluation folder")
+    p.add_argument("-i", "--input", type=Path, required=True, help="evaluation folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_experiment(a: argparse.Namespace) -> None:
+    from nnunet_xfer.experiment import run_experiment
+    run_experiment(a)
+
+
+def _add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="the study's grid: dry run, local run or SLURM script")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("--sources", default=",".join(SOURCES))
+    p.add_argument("--sizes", type=_sizes, default=list(SIZES))
+    p.add_argument("--folds", type=_sizes, default=[0, 1, 2, 3])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--observers", type=Path, default=None)
+    p.add_argument("--slurm-args", default="", help="extra #SBATCH options, e.g. '--partition=gpu'")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dry-run", action="store_true")
+    mode.add_argument("--run", action="store_true")
+    mode.add_argument("--slurm", type=Path, metavar="FILE")
+    p.set_defaults(func=_cmd_experiment)
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from nnunet_xfer.demo import run_demo
+    run_demo(out=a.output, quick=a.quick)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on a synthetic cohort, CPU only")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("--quick", action="store_true", help="tiny version (used by the tests)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `nnunet-xfer` parser."""
+    parser = argparse.ArgumentParser(
+        prog="nnunet-xfer",
+        description="Transfer learning for L3 muscle segmentation inside nnU-Net v2.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_phantom, _add_convert, _add_env, _add_pretrain, _add_plan, _add_evaluate,
+                _add_observers, _add_measure, _add_report, _add_experiment, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `nnunet-xfer` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"nnunet-xfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

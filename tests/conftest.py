@@ -1,0 +1,105 @@
+"""Shared fixtures: nnU-Net folders, a tiny phantom cohort, its converted and preprocessed dataset.
+
+Session-scoped so the expensive steps (conversion, nnU-Net planning, one short training) run once
+for the whole suite. Tests that change data make their own copies.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
+DATASET_ID = 501
+DATASET_NAME = "Dataset501_L3"
+PHANTOM_CASES = 24
+PHANTOM_SIZE = 64
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script of this environment (nnunet-xfer, nnUNetv2_*) and capture its output."""
+    exe = BIN / args[0]
+    cmd = [str(exe if exe.exists() else args[0]), *args[1:]]
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nnunet_env(tmp_path_factory) -> dict:
+    """nnU-Net's folders under a session temp dir, trainer discovery and short CPU schedules."""
+    root = tmp_path_factory.mktemp("nnunet")
+    from nnunet_xfer.trainers import trainer_folder
+    env = {
+        "nnUNet_raw": str(root / "raw"),
+        "nnUNet_preprocessed": str(root / "preprocessed"),
+        "nnUNet_results": str(root / "results"),
+        "nnUNet_extTrainer": str(trainer_folder()),
+        "nnUNet_n_proc_DA": "0",
+        "nnUNet_compile": "false",
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_xfer_epochs": "1",
+        "nnUNet_xfer_iterations": "2",
+        "OMP_NUM_THREADS": "2",
+        "MPLBACKEND": "Agg",
+    }
+    for k in ("raw", "preprocessed", "results"):
+        (root / k).mkdir()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A 24-case 64² phantom cohort with 3 observers on 6 cases."""
+    from nnunet_xfer.phantom.cohort import write_cohort
+    out = tmp_path_factory.mktemp("phantom") / "cohort"
+    write_cohort(out, n_cases=PHANTOM_CASES, size=PHANTOM_SIZE, n_observers=3,
+                 n_observer_cases=6, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def raw_dataset(phantom_dir, nnunet_env) -> Path:
+    """The phantom converted to ``$nnUNet_raw/Dataset501_L3`` with sizes 5 and 10."""
+    from nnunet_xfer.dataset_conversion.convert import convert
+    convert(cases_csv=phantom_dir / "cases.csv", dataset_id=DATASET_ID, name="L3", sizes=[5, 10])
+    return Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+
+
+@pytest.fixture(scope="session")
+def preprocessed_dataset(raw_dataset, nnunet_env) -> Path:
+    """``nnUNetv2_plan_and_preprocess -d 501 -c 2d --verify_dataset_integrity`` on the phantom."""
+    run_cli("nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d",
+            "--verify_dataset_integrity", "-np", "1")
+    return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
+
+
+@pytest.fixture(scope="session")
+def scratch_run(preprocessed_dataset, nnunet_env) -> Path:
+    """One real `nnUNetv2_train 501 2d 0 -tr XferScratchTrainer_n5 -device cpu` (1 epoch × 2 it)."""
+    run_cli("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "XferScratchTrainer_n5",
+            "-device", "cpu")
+    return (Path(nnunet_env["nnUNet_results"]) / DATASET_NAME
+            / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0")
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """Copy a folder for a test that modifies it."""
+    shutil.copytree(src, dst)
+    return dst
