@@ -164,17 +164,23 @@ def _add_observers(sub) -> None:
 
 def _cmd_measure(a: argparse.Namespace) -> None:
     from nnunet_xfer.evaluation.measures import measure_folder
+    # No --label: masks must be binary 0/1; --label K: pick K, ignore other labels.
     measure_folder(images=a.images, masks=a.masks, out_csv=a.output, heights=a.heights,
-                   label=a.label, overwrite=a.overwrite)
+                   label=1 if a.label is None else a.label, overwrite=a.overwrite,
+                   other_labels=a.label is not None)
 
 
 def _add_measure(sub) -> None:
     p = sub.add_parser("measure", help="muscle area, density, IMAT and SMI per case")
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True,
+                   help="CT slices in HU: <case>_0000.nii.gz (nnU-Net style) or <case>.nii.gz")
+    p.add_argument("--masks", type=Path, required=True,
+                   help="muscle masks <case>.nii.gz, e.g. nnUNetv2_predict output")
     p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
     p.add_argument("--heights", type=Path, default=None, help="CSV with case_id,height_m")
-    p.add_argument("--label", type=int, default=1)
+    p.add_argument("--label", type=int, default=None,
+                   help="muscle label value in multi-label masks; other labels are ignored "
+                        "(default: masks must be binary 0/1)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_measure)
 
