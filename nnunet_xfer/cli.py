@@ -201,7 +201,12 @@ def _add_report(sub) -> None:
 
 def _cmd_experiment(a: argparse.Namespace) -> None:
     from nnunet_xfer.experiment import run_experiment
-    run_experiment(a)
+    mode = "dry-run" if a.dry_run else "run" if a.run else "slurm"
+    run_experiment(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
+                   sources=[s.strip() for s in a.sources.split(",") if s.strip()],
+                   sizes=a.sizes, folds=a.folds, mode=mode, slurm_file=a.slurm,
+                   slurm_args=a.slurm_args, device=a.device, observers=a.observers,
+                   pretrain_iterations=a.pretrain_iterations, overwrite=a.overwrite)
 
 
 def _add_experiment(sub) -> None:
@@ -212,13 +217,19 @@ def _add_experiment(sub) -> None:
     p.add_argument("--sources", default=",".join(SOURCES))
     p.add_argument("--sizes", type=_sizes, default=list(SIZES))
     p.add_argument("--folds", type=_sizes, default=[0, 1, 2, 3])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--observers", type=Path, default=None)
-    p.add_argument("--slurm-args", default="", help="extra #SBATCH options, e.g. '--partition=gpu'")
+    p.add_argument("--device", default="cuda", help="cuda, cpu or mps (default cuda)")
+    p.add_argument("--observers", type=Path, default=None,
+                   help="observer folder passed to `nnunet-xfer evaluate --observers`")
+    p.add_argument("--pretrain-iterations", type=int, default=None,
+                   help="iterations per pretraining (default: the pretrain command's)")
+    p.add_argument("--slurm-args", default="",
+                   help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1'")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --slurm FILE")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--dry-run", action="store_true")
-    mode.add_argument("--run", action="store_true")
-    mode.add_argument("--slurm", type=Path, metavar="FILE")
+    mode.add_argument("--dry-run", action="store_true", help="print every step as a shell command")
+    mode.add_argument("--run", action="store_true",
+                      help="run the steps here (skips finished runs, resumes interrupted ones)")
+    mode.add_argument("--slurm", type=Path, metavar="FILE", help="write a SLURM submission script")
     p.set_defaults(func=_cmd_experiment)
 
 
