@@ -1,0 +1,179 @@
+"""`nnunet-xfer convert`: cases → nnU-Net raw dataset with fixed folds and nested subsets.
+
+Everything is built in hidden staging folders inside ``$nnUNet_raw`` and renamed into place only
+when every case passed its checks, so bad input never leaves a dataset folder behind and never
+touches an existing one.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from nnunet_xfer.dataset_conversion.manifest import CaseSpec, match_folders, read_manifest
+from nnunet_xfer.dataset_conversion.prepare import parse_label_map, prepare_case
+from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, dataset_folder_name,
+                                                       folders_with_id, new_staging, share_cases,
+                                                       staging, write_case, write_metadata)
+from nnunet_xfer.dataset_conversion.splits import make_splits, make_subsets, write_json
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.names import DEFAULT_FOLDS, DEFAULT_SEED, SIZES, env_path
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def per_size_datasets_plan(dataset_id: int, name: str, sizes: list[int]) -> list[tuple[int, int, str]]:
+    """``(size, id, folder name)`` of the per-size datasets: id = ID + k, k = 1.. over sorted sizes."""
+    return [(n, dataset_id + k, dataset_folder_name(dataset_id + k, f"{name}_n{n}"))
+            for k, n in enumerate(sorted(set(sizes)), start=1)]
+
+
+def _nnunet_dir(var: str) -> Path | None:
+    try:
+        return env_path(var)
+    except RuntimeError as e:
+        if var == "nnUNet_raw":
+            raise UserError(str(e)) from None
+        return None
+
+
+def _check_args(dataset_id: int, name: str, sizes: list[int]) -> None:
+    if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise UserError(f"dataset id {dataset_id} must be an integer in 1..999 (nnU-Net's DatasetXXX)")
+    if not _SAFE_NAME.match(name):
+        raise UserError(f"dataset name {name!r} must use letters, digits, '_' and '-' only")
+    if not sizes or any(int(n) < 1 for n in sizes):
+        raise UserError(f"--sizes {sizes} must be positive integers, e.g. 5,10,25")
+
+
+def _specs(cases_csv: Path | None, images_dir: Path | None, masks_dir: Path | None) -> list[CaseSpec]:
+    if cases_csv is not None:
+        if images_dir is not None or masks_dir is not None:
+            raise UserError("give either --cases CSV or --images DIR --masks DIR, not both")
+        return read_manifest(Path(cases_csv))
+    if images_dir is None or masks_dir is None:
+        raise UserError("give --cases CSV, or both --images DIR and --masks DIR")
+    return match_folders(Path(images_dir), Path(masks_dir))
+
+
+def _check_preprocessed(preprocessed: Path | None, dataset_id: int, folder_name: str,
+                        splits: list[dict], overwrite: bool) -> None:
+    """Refuse a stale ``splits_final.json`` or another dataset with our id in nnUNet_preprocessed."""
+    if preprocessed is None:
+        return
+    others = [p.name for p in folders_with_id(preprocessed, dataset_id) if p.name != folder_name]
+    if others and not overwrite:
+        raise UserError(f"dataset id {dataset_id} is taken by {', '.join(others)} in {preprocessed}; "
+                        f"choose another -d or remove that folder")
+    existing = preprocessed / folder_name / "splits_final.json"
+    if existing.is_file() and not overwrite:
+        try:
+            same = json.loads(existing.read_text()) == splits
+        except ValueError:
+            same = False
+        if not same:
+            raise UserError(f"{existing} holds different splits; pass --overwrite to replace them "
+                            f"(and re-run nnUNetv2_plan_and_preprocess)")
+
+
+def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
+    """One warning per subset size that some folds are too small for."""
+    for n in subsets["sizes"]:
+        short = [f for f in range(len(splits)) if str(n) not in subsets["folds"][str(f)]]
+        if short:
+            smallest = min(len(splits[f]["train"]) for f in short)
+            warnings.warn(f"subset size n={n} exceeds the training cases of fold(s) "
+                          f"{','.join(map(str, short))} ({smallest} cases); left out of "
+                          f"subsets.json", stacklevel=3)
+
+
+def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
+            masks_dir: Path | None = None, dataset_id: int = 501, name: str = "L3",
+            n_folds: int = DEFAULT_FOLDS, sizes: list[int] = SIZES, seed: int = DEFAULT_SEED,
+            overwrite: bool = False, label_map: str | None = None, allow_non_hu: bool = False,
+            per_size_datasets: bool = False) -> Path:
+    """Convert cases to ``$nnUNet_raw/Dataset{id:03d}_{name}`` and return that folder.
+
+    Writes one 2D slice per case (HU values and geometry unchanged), 0/1 muscle labels,
+    ``dataset.json``, ``splits_final.json`` (``n_folds`` seeded folds), ``subsets.json`` (nested
+    per-fold subsets of ``sizes``) and ``cases.csv``; copies ``splits_final.json`` to
+    ``$nnUNet_preprocessed/<Dataset>/`` when that variable is set, so ``nnUNetv2_train`` uses these
+    folds. With ``per_size_datasets`` also writes ``Dataset<ID+k>_<name>_n<N>`` per size.
+    """
+    sizes = sorted({int(n) for n in sizes})
+    _check_args(dataset_id, name, sizes)
+    labels = parse_label_map(label_map)
+    raw = _nnunet_dir("nnUNet_raw")
+    preprocessed = _nnunet_dir("nnUNet_preprocessed")
+    specs = _specs(cases_csv, images_dir, masks_dir)
+
+    folder_name = dataset_folder_name(dataset_id, name)
+    ids = [s.case_id for s in specs]
+    splits = make_splits(ids, n_folds=n_folds, seed=seed)
+    subsets = make_subsets(splits, sizes, seed=seed, warn=False)
+    _warn_left_out(subsets, splits)
+    targets = [(folder_name, dataset_id, splits, subsets, None)]
+    if per_size_datasets:
+        for n, sub_id, sub_name in per_size_datasets_plan(dataset_id, name, sizes):
+            if not all(str(n) in subsets["folds"][str(f)] for f in range(n_folds)):
+                warnings.warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
+                              f"of a fold", stacklevel=2)
+                continue
+            sub_splits = [{"train": subsets["folds"][str(f)][str(n)], "val": splits[f]["val"]}
+                          for f in range(n_folds)]
+            sub_subsets = {"seed": seed, "sizes": [n],
+                           "folds": {str(f): {str(n): subsets["folds"][str(f)][str(n)]}
+                                     for f in range(n_folds)}}
+            targets.append((sub_name, sub_id, sub_splits, sub_subsets, n))
+    # every refusal happens before anything is written
+    replaced = {}
+    for tname, tid, tsplits, _, _ in targets:
+        replaced[tname] = check_free(raw, tid, tname.split("_", 1)[1], overwrite)
+        _check_preprocessed(preprocessed, tid, tname, tsplits, overwrite)
+
+    rows, empty = [], []
+    with staging(raw) as staged:
+        main = new_staging(raw)
+        staged.append(main)
+        for spec in tqdm(specs, desc=f"convert → {folder_name}", unit="case"):
+            case = prepare_case(spec, labels, allow_non_hu)
+            write_case(main, spec.case_id, case.image, case.mask)
+            if case.muscle_pixels == 0:
+                empty.append(spec.case_id)
+            sx, sy = case.image.GetSpacing()[:2]
+            rows.append({"case_id": spec.case_id, "height_m": spec.height_m, "sex": spec.sex,
+                         "observer": spec.observer, "image": str(Path(spec.image).resolve()),
+                         "mask": str(Path(spec.mask).resolve()), "slice_index": case.slice_index,
+                         "spacing_x_mm": sx, "spacing_y_mm": sy,
+                         "rows": case.image.GetSize()[1], "cols": case.image.GetSize()[0],
+                         "muscle_pixels": case.muscle_pixels})
+        if empty:
+            warnings.warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}",
+                          stacklevel=2)
+        cases = pd.DataFrame(rows)
+        per_case = {r["case_id"]: {"height_m": r["height_m"], "sex": r["sex"]} for r in rows}
+        source = str(Path(cases_csv).resolve()) if cases_csv is not None else \
+            f"{Path(images_dir).resolve()} + {Path(masks_dir).resolve()}"
+        folders = {}
+        for tname, tid, tsplits, tsubsets, n in targets:
+            folder = main if n is None else new_staging(raw)
+            if n is not None:
+                staged.append(folder)
+                share_cases(main, folder)
+            extra = {"seed": seed, "n_folds": n_folds, "sizes": tsubsets["sizes"], "source": source,
+                     "label_map": labels, "cases": per_case}
+            if n is not None:
+                extra.update({"subset_size": n, "parent_dataset": folder_name})
+            write_metadata(folder, tname, cases, tsplits, tsubsets, extra)
+            folders[tname] = folder
+        for tname, tid, tsplits, _, _ in targets:
+            commit(folders[tname], raw / tname, replaced[tname])
+    if preprocessed is not None:
+        for tname, _, tsplits, _, _ in targets:
+            (preprocessed / tname).mkdir(parents=True, exist_ok=True)
+            write_json(preprocessed / tname / "splits_final.json", tsplits)
+    return raw / folder_name

@@ -1,0 +1,162 @@
+"""The list of cases to convert: a manifest CSV, or image and mask folders matched by file name.
+
+Manifest columns (DESIGN.md): ``case_id,image,mask`` required; optional ``slice_index``,
+``vertebra_mask`` + ``vertebra_label``, ``height_m``, ``sex``, ``observer``. Relative paths are
+relative to the CSV's folder.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from nnunet_xfer.dataset_conversion.readers import (ARRAY_ENDINGS, VOLUME_ENDINGS, file_ending,
+                                                    strip_ending)
+from nnunet_xfer.errors import UserError
+
+REQUIRED_COLUMNS = ("case_id", "image", "mask")
+OPTIONAL_COLUMNS = ("slice_index", "vertebra_mask", "vertebra_label", "height_m", "sex", "observer")
+#: A case id becomes a file name: letters, digits, ``._-``; no leading dot/dash, no path parts.
+SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class CaseSpec:
+    """One case as the user described it (paths resolved, nothing read yet)."""
+
+    case_id: str
+    image: Path
+    mask: Path
+    slice_index: int | None = None
+    vertebra_mask: Path | None = None
+    vertebra_label: int | None = None
+    height_m: float | None = None
+    sex: str | None = None
+    observer: str | None = None
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+
+
+def _as_int(value, column: str, case: str) -> int | None:
+    if _blank(value):
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        f = math.nan
+    if not math.isfinite(f) or f != int(f):
+        raise UserError(f"case {case}: {column} {value!r} is not an integer; fix the manifest")
+    return int(f)
+
+
+def _as_float(value, column: str, case: str) -> float | None:
+    if _blank(value):
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        f = math.nan
+    if not math.isfinite(f) or f <= 0:
+        raise UserError(f"case {case}: {column} {value!r} is not a positive number; fix the manifest")
+    return f
+
+
+def check_case_ids(case_ids: list[str], where: str) -> None:
+    """Refuse unsafe or duplicate case ids (they become file names)."""
+    seen: set[str] = set()
+    for cid in case_ids:
+        if not SAFE_CASE_ID.match(cid) or cid.endswith("_0000"):
+            raise UserError(f"case_id {cid!r} in {where} is not a safe file name; use letters, digits, "
+                            f"'.', '_' and '-' only (no path separators, no leading dot)")
+        if cid in seen:
+            raise UserError(f"case_id {cid!r} occurs more than once in {where}; case ids must be unique")
+        seen.add(cid)
+
+
+def read_manifest(csv_path: Path) -> list[CaseSpec]:
+    """Parse a case manifest CSV into :class:`CaseSpec` rows (paths resolved against its folder)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"case manifest {csv_path} does not exist; give --cases a CSV file")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except Exception as e:
+        raise UserError(f"cannot read case manifest {csv_path} ({type(e).__name__}); "
+                        f"it must be a CSV with columns case_id,image,mask") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"case manifest {csv_path} lacks column(s) {', '.join(missing)}; "
+                        f"required: case_id,image,mask")
+    if df.empty:
+        raise UserError(f"case manifest {csv_path} lists no cases")
+    check_case_ids([str(c).strip() for c in df["case_id"]], str(csv_path))
+    base = csv_path.resolve().parent
+
+    def path_of(value) -> Path | None:
+        return None if _blank(value) else (base / str(value).strip())
+
+    specs = []
+    for row in df.to_dict("records"):
+        cid = str(row["case_id"]).strip()
+        for col in ("image", "mask"):
+            if _blank(row[col]):
+                raise UserError(f"case {cid}: the {col} column is empty in {csv_path}")
+        vertebra_mask = path_of(row.get("vertebra_mask"))
+        vertebra_label = _as_int(row.get("vertebra_label"), "vertebra_label", cid)
+        if (vertebra_mask is None) != (vertebra_label is None):
+            raise UserError(f"case {cid}: give both vertebra_mask and vertebra_label, or neither")
+        specs.append(CaseSpec(
+            case_id=cid, image=path_of(row["image"]), mask=path_of(row["mask"]),
+            slice_index=_as_int(row.get("slice_index"), "slice_index", cid),
+            vertebra_mask=vertebra_mask, vertebra_label=vertebra_label,
+            height_m=_as_float(row.get("height_m"), "height_m", cid),
+            sex=None if _blank(row.get("sex")) else str(row["sex"]).strip(),
+            observer=None if _blank(row.get("observer")) else str(row["observer"]).strip()))
+    return specs
+
+
+def _entries(folder: Path, endings: tuple[str, ...]) -> dict[str, Path]:
+    """``case id → path`` for the files with a known ending and the (DICOM series) sub-folders."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            cid = p.name
+        elif file_ending(p) in endings:
+            cid = strip_ending(p)
+        else:
+            continue
+        if cid in found:
+            raise UserError(f"{folder} holds two entries for case {cid!r} ({found[cid].name}, "
+                            f"{p.name}); keep one")
+        found[cid] = p
+    return found
+
+
+def match_folders(images_dir: Path, masks_dir: Path) -> list[CaseSpec]:
+    """Pair ``images_dir`` and ``masks_dir`` entries by file name without ending."""
+    for what, folder in (("--images", images_dir), ("--masks", masks_dir)):
+        if folder is None or not Path(folder).is_dir():
+            raise UserError(f"{what} {folder} is not a folder; give --images DIR --masks DIR")
+    images = _entries(Path(images_dir), VOLUME_ENDINGS)
+    masks = _entries(Path(masks_dir), VOLUME_ENDINGS + ARRAY_ENDINGS)
+    if not images:
+        raise UserError(f"--images {images_dir} holds no image files (.nii.gz, .nrrd, .mha, .dcm, "
+                        f"or DICOM series folders)")
+    lonely = sorted(set(images) - set(masks))
+    if lonely:
+        raise UserError(f"no mask in {masks_dir} for image(s) {', '.join(lonely[:5])}"
+                        f"{' ...' if len(lonely) > 5 else ''}; masks must have the image's file name")
+    extra = sorted(set(masks) - set(images))
+    if extra:
+        raise UserError(f"no image in {images_dir} for mask(s) {', '.join(extra[:5])}"
+                        f"{' ...' if len(extra) > 5 else ''}; remove them or add the images")
+    check_case_ids(list(images), str(images_dir))
+    return [CaseSpec(case_id=cid, image=images[cid], mask=masks[cid]) for cid in sorted(images)]
