@@ -1,0 +1,106 @@
+"""Write a synthetic L3 cohort to disk: images, reference masks, observer masks, cases.csv.
+
+Layout (paths in ``cases.csv`` are relative to OUT)::
+
+    OUT/images/L3_0000.nii.gz          2D int16 HU, spacing set
+    OUT/masks/L3_0000.nii.gz           uint8 0/1, same geometry
+    OUT/observers/obs01/L3_0000.nii.gz observer masks of the first M cases
+    OUT/cases.csv                      case_id,image,mask,height_m,sex
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
+from nnunet_xfer.phantom.subject import Subject, make_subject
+
+MIN_SIZE = 32
+
+
+def case_id(index: int, n_cases: int = 40) -> str:
+    """``L3_0000``, ``L3_0001``, … (wider numbers for cohorts of 10 000 or more)."""
+    return f"L3_{index:0{max(4, len(str(n_cases - 1)))}d}"
+
+
+def _write(array: np.ndarray, spacing: tuple[float, float], path: Path) -> None:
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing((float(spacing[1]), float(spacing[0])))  # SimpleITK order is (x=col, y=row)
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int = 10,
+                 n_observer_cases: int = 20, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write ``n_cases`` phantom subjects and ``n_observers`` observers' masks of the first
+    ``n_observer_cases`` cases to ``out``; returns ``out``.
+
+    Built in a temporary folder beside ``out`` and renamed into place. An existing ``out`` is
+    refused unless ``overwrite``. ``n_observer_cases`` larger than ``n_cases`` is clamped to
+    ``n_cases`` with a warning.
+    """
+    out = Path(out)
+    if n_cases < 1:
+        raise UserError(f"--cases must be at least 1 (got {n_cases})")
+    if size < MIN_SIZE:
+        raise UserError(f"--size must be at least {MIN_SIZE} pixels (got {size})")
+    if n_observers < 0 or n_observer_cases < 0:
+        raise UserError("--observers and --observer-cases must not be negative")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another folder or pass --overwrite")
+    if n_observer_cases > n_cases:
+        warnings.warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
+                      f"delineate all {n_cases} cases", stacklevel=2)
+        n_observer_cases = n_cases
+    if n_observers == 0:
+        n_observer_cases = 0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _fill(tmp, n_cases, size, n_observers, n_observer_cases, seed)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_cases: int,
+          seed: int) -> None:
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    names = [observer_name(k, n_observers) for k in range(n_observers)]
+    styles = [observer_style(k, seed) for k in range(n_observers)]
+    for name in names:
+        (root / "observers" / name).mkdir(parents=True)
+    rows = []
+    for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0):
+        cid = case_id(i, n_cases)
+        subj: Subject = make_subject(i, size=size, seed=seed)
+        _write(subj.image, subj.spacing, root / "images" / f"{cid}.nii.gz")
+        _write(subj.mask, subj.spacing, root / "masks" / f"{cid}.nii.gz")
+        if i < n_observer_cases:
+            for k, (name, style) in enumerate(zip(names, styles)):
+                m = observer_mask(subj, style, observer_rng(seed, k, i))
+                _write(m, subj.spacing, root / "observers" / name / f"{cid}.nii.gz")
+        rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "mask": f"masks/{cid}.nii.gz",
+                     "height_m": f"{subj.height_m:.3f}", "sex": subj.sex})
+    with open(root / "cases.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["case_id", "image", "mask", "height_m", "sex"])
+        w.writeheader()
+        w.writerows(rows)
