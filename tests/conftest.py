@@ -103,3 +103,53 @@ def copy_tree(src: Path, dst: Path) -> Path:
     """Copy a folder for a test that modifies it."""
     shutil.copytree(src, dst)
     return dst
+
+
+# --- evaluation: a 128² synthetic observer study and a fake nnU-Net results tree -----------------
+
+def ring_mask(size: int, radii: tuple[float, float], wobble: "np.ndarray") -> "np.ndarray":
+    """Annulus (a muscle-like ring) whose inner/outer radii vary smoothly with angle by ``wobble``
+    ((2, k) cosine amplitudes in pixels; phases fixed)."""
+    import numpy as np
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r, theta = np.hypot(yy, xx), np.arctan2(yy, xx)
+    k = np.arange(1, wobble.shape[1] + 1)[:, None, None]
+    shift = (wobble[:, :, None, None] * np.cos(k * theta + 0.7 * k)).sum(axis=1)
+    return (r >= radii[0] + shift[0]) & (r <= radii[1] + shift[1])
+
+
+def write_slice(path: Path, array, spacing=(0.8, 0.8), as_3d: bool = False) -> Path:
+    """Write a 2D array as NIfTI with (row, col) spacing; ``as_3d``: nnU-Net's (1, H, W) layout."""
+    import numpy as np
+    import SimpleITK as sitk
+    arr = np.asarray(array)
+    img = sitk.GetImageFromArray(arr[None] if as_3d else arr)
+    img.SetSpacing((spacing[1], spacing[0], 5.0) if as_3d else (spacing[1], spacing[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def synthetic_observer_study(root: Path, n_cases: int = 8, n_observers: int = 4, size: int = 128,
+                             noise_px: float = 1.0, seed: int = 0) -> Path:
+    """``root/{reference,observers/obs_k,images}``: rings, observers = reference ± smooth noise."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    for c in range(n_cases):
+        case = f"case_{c:03d}"
+        base = rng.normal(0, 2.0, (2, 4))
+        ref = ring_mask(size, (28, 50), base)
+        write_slice(root / "reference" / f"{case}.nii.gz", ref.astype(np.uint8))
+        for o in range(n_observers):
+            obs = ring_mask(size, (28, 50), base + rng.normal(0, noise_px, (2, 4)))
+            write_slice(root / "observers" / f"obs_{o}" / f"{case}.nii.gz", obs.astype(np.uint8))
+        hu = np.where(ref, 45.0, -100.0) + rng.normal(0, 15, (size, size))
+        hu[ring_mask(size, (0, 20), np.zeros((2, 1)))] = 30.0
+        write_slice(root / "images" / f"{case}_0000.nii.gz", hu.astype(np.int16))
+    return root
+
+
+@pytest.fixture(scope="session")
+def observer_study_data(tmp_path_factory) -> Path:
+    """A 128² observer study: 8 cases, 4 observers, reference and CT images."""
+    return synthetic_observer_study(tmp_path_factory.mktemp("observer_study"))

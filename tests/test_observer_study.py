@@ -1,0 +1,135 @@
+"""Observer study: Williams index verdicts, STAPLE, measures, CLI and bad inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from conftest import run_cli, write_slice
+from scipy import ndimage
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation import io
+from nnunet_xfer.evaluation.observer_study import observer_study
+
+
+def _derived(study: Path, dest: Path, transform) -> Path:
+    """A rater folder made by transforming every reference mask."""
+    for p in sorted((study / "reference").iterdir()):
+        m, spacing = io.read_mask(p)
+        write_slice(dest / p.name, transform(m).astype(np.uint8), spacing)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def copy_and_eroded(observer_study_data, tmp_path_factory):
+    """Observer-study outputs for an exact copy of the reference and a 3-pixel erosion of it."""
+    tmp = tmp_path_factory.mktemp("obs_out")
+    copy = _derived(observer_study_data, tmp / "copy", lambda m: m)
+    eroded = _derived(observer_study_data, tmp / "eroded",
+                      lambda m: ndimage.binary_erosion(m, np.ones((3, 3), bool), iterations=3))
+    outs = {}
+    for name, preds in (("copy", copy), ("eroded", eroded)):
+        outs[name] = observer_study(observer_study_data / "reference",
+                                    observer_study_data / "observers", predictions=preds,
+                                    name=name, out=tmp / f"study_{name}",
+                                    images=observer_study_data / "images")
+    return outs
+
+
+def test_williams_copy_within_and_eroded_outside_observer_variability(copy_and_eroded):
+    for name, expected in (("copy", True), ("eroded", False)):
+        w = pd.read_csv(copy_and_eroded[name] / "williams.csv")
+        model = w[w.rater == name].set_index("metric")
+        assert set(model.index) == {"dice", "rms_dta_mm"}
+        assert model.within_observer_variability.tolist() == [expected, expected]
+        assert (model.ci_low <= model.wi).all() and (model.wi <= model.ci_high).all()
+    eroded = pd.read_csv(copy_and_eroded["eroded"] / "williams.csv").set_index(["rater", "metric"])
+    assert eroded.loc[("eroded", "dice"), "ci_high"] < 1.0
+    assert eroded.loc[("eroded", "rms_dta_mm"), "ci_high"] < 1.0
+    # with 4 observers each one is also scored against the other 3 (and the reference against all)
+    assert {f"obs_{k}" for k in range(4)} | {"reference"} <= set(eroded.index.get_level_values(0))
+
+
+def test_pairwise_staple_and_measures(copy_and_eroded, observer_study_data):
+    out = copy_and_eroded["copy"]
+    pw = pd.read_csv(out / "pairwise.csv")
+    raters = 1 + 4 + 1
+    assert len(pw) == 8 * raters * (raters - 1) // 2
+    assert {"case_id", "rater_a", "rater_b", "dice", "rms_dta_mm", "hd95_mm", "nsd"} <= set(pw.columns)
+    same = pw[(pw.rater_a == "reference") & (pw.rater_b == "copy")]
+    assert np.allclose(same.dice, 1.0) and np.allclose(same.rms_dta_mm, 0.0)
+    # STAPLE consensus: one file per case with the reference's geometry
+    staple_files = sorted((out / "staple").glob("*.nii.gz"))
+    assert len(staple_files) == 8
+    ref = sitk.ReadImage(str(observer_study_data / "reference" / staple_files[0].name))
+    con = sitk.ReadImage(str(staple_files[0]))
+    assert con.GetSize() == ref.GetSize() and con.GetSpacing() == ref.GetSpacing()
+    staple = pd.read_csv(out / "staple.csv")
+    assert set(staple.rater) == {"reference", "obs_0", "obs_1", "obs_2", "obs_3", "copy"}
+    assert (staple.dice > 0.8).all()
+    # measures: the exact copy agrees perfectly; the eroded mask loses area
+    agree = pd.read_csv(out / "measures_agreement.csv").set_index(["rater", "measure"])
+    assert agree.loc[("copy", "sma_cm2"), "bias"] == pytest.approx(0.0, abs=1e-9)
+    eroded = pd.read_csv(copy_and_eroded["eroded"] / "measures_agreement.csv")
+    assert eroded.set_index(["rater", "measure"]).loc[("eroded", "sma_cm2"), "bias"] < -5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == [f"case_{c:03d}" for c in range(8)]
+    assert summary["vs_reference"]["copy"]["dice"] == pytest.approx(1.0)
+
+
+def test_cli_fold_folder_predictions_partial_coverage_and_overwrite(observer_study_data, tmp_path):
+    # predictions as an nnU-Net trainer folder: fold_*/validation/, one case left without prediction
+    run = tmp_path / "XferScratchTrainer_n5__nnUNetPlans__2d"
+    _derived(observer_study_data, run / "fold_0" / "validation", lambda m: m)
+    (run / "fold_0" / "validation" / "summary.json").write_text("{}")
+    shutil.move(run / "fold_0" / "validation" / "case_007.nii.gz",
+                tmp_path / "elsewhere.nii.gz")
+    out = tmp_path / "study"
+    args = ["nnunet-xfer", "observers", "--reference", str(observer_study_data / "reference"),
+            "--observers", str(observer_study_data / "observers"), "--predictions", str(run),
+            "--name", "net", "-o", str(out)]
+    run_cli(*args)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cases"]) == 7 and summary["excluded_cases"]["reference"] == ["case_007"]
+    assert "net" in set(pd.read_csv(out / "williams.csv").rater)
+    assert not (out / "measures.csv").exists()  # no --images: no measures
+    again = run_cli(*args, check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    run_cli(*args, "--overwrite")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_inputs(observer_study_data, tmp_path):
+    ref, obs = observer_study_data / "reference", observer_study_data / "observers"
+    one = tmp_path / "one_observer"
+    shutil.copytree(obs / "obs_0", one / "obs_0")
+    proc = run_cli("nnunet-xfer", "observers", "--reference", str(ref), "--observers", str(one),
+                   "-o", str(tmp_path / "o1"), check=False)
+    assert proc.returncode == 2 and "at least 2 observers" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty"):
+        observer_study(ref, obs, predictions=tmp_path / "empty", out=tmp_path / "o2")
+
+    shifted = _derived(observer_study_data, tmp_path / "shape", lambda m: m)
+    write_slice(shifted / "case_003.nii.gz", np.zeros((120, 128), np.uint8))
+    with pytest.raises(UserError, match="case_003.*shape"):
+        observer_study(ref, obs, predictions=shifted, out=tmp_path / "o3")
+
+    spaced = _derived(observer_study_data, tmp_path / "spacing", lambda m: m)
+    m, _ = io.read_mask(ref / "case_005.nii.gz")
+    write_slice(spaced / "case_005.nii.gz", m.astype(np.uint8), (0.9, 0.8))
+    with pytest.raises(UserError, match="case_005.*spacing"):
+        observer_study(ref, obs, predictions=spaced, out=tmp_path / "o4")
+
+    labels2 = _derived(observer_study_data, tmp_path / "labels2", lambda m: m.astype(np.uint8) * 2)
+    proc = run_cli("nnunet-xfer", "observers", "--reference", str(ref), "--observers", str(obs),
+                   "--predictions", str(labels2), "-o", str(tmp_path / "o5"), check=False)
+    assert proc.returncode == 2 and "--label" in proc.stderr and "case_000" in proc.stderr
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "o5"))
