@@ -93,7 +93,8 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     height_of = read_heights(Path(heights)) if heights is not None else {}
 
     rows = []
-    for case, mask_path in tqdm(mask_files.items(), desc="measure", unit="case"):
+    # disable=None: a bar on a terminal, none in logs and pipes (keeps errors one line there)
+    for case, mask_path in tqdm(mask_files.items(), desc="measure", unit="case", disable=None):
         image, image_spacing = read_slice(image_files[case])
         mask, mask_spacing = read_mask(mask_path, label=label, other_labels=other_labels)
         check_same_geometry(image_spacing, image.shape, mask_spacing, mask.shape, case)

@@ -1,0 +1,209 @@
+"""Muscle measures on hand-computable slices, slice/mask reading rules, and the `measure` command."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from conftest import REAL_CT, run_cli
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation.io import (case_id_from_filename, check_same_geometry, read_mask,
+                                       read_slice)
+from nnunet_xfer.evaluation.measures import MEASURE_COLUMNS, muscle_measures
+
+# 10 muscle pixels at the IMAT / refined-muscle range ends; spacing 0.5 × 2.0 mm → 0.01 cm² a pixel
+HU_INSIDE = [-191, -190, -30, -29, 150, 151, 40, 40, 40, 40]
+
+
+def hand_slice() -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((4, 5), -1000.0)
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, :] = True
+    image[mask] = HU_INSIDE
+    return image, mask
+
+
+def test_muscle_measures_hand_computed():
+    image, mask = hand_slice()
+    m = muscle_measures(image, mask, (0.5, 2.0), height_m=1.6)
+    assert m["sma_cm2"] == pytest.approx(0.10)
+    assert m["smd_hu"] == pytest.approx(np.mean(HU_INSIDE))
+    assert m["imat_cm2"] == pytest.approx(0.02)             # −190 and −30 (inclusive ends)
+    assert m["sma_hu_refined_cm2"] == pytest.approx(0.06)   # −29, 150 and four × 40
+    assert m["smi_cm2_m2"] == pytest.approx(0.10 / 1.6 ** 2)
+
+
+def test_muscle_measures_empty_mask_and_no_height():
+    image, mask = hand_slice()
+    m = muscle_measures(image, np.zeros_like(mask), (1.0, 1.0))
+    assert m["sma_cm2"] == 0 and m["imat_cm2"] == 0 and m["sma_hu_refined_cm2"] == 0
+    assert math.isnan(m["smd_hu"]) and math.isnan(m["smi_cm2_m2"])
+    assert math.isnan(muscle_measures(image, mask, (1.0, 1.0), height_m=float("nan"))["smi_cm2_m2"])
+
+
+def test_case_id_from_filename():
+    assert case_id_from_filename("case_007_0000.nii.gz") == "case_007"
+    assert case_id_from_filename("case_007.nii.gz") == "case_007"
+    assert case_id_from_filename(Path("/x/y/p12.mha")) == "p12"
+    assert case_id_from_filename("p12_0001.nrrd") == "p12_0001"
+
+
+def write_slice(path: Path, arr: np.ndarray, spacing_rowcol=(0.8, 0.7), as_3d=False) -> Path:
+    img = sitk.GetImageFromArray(arr[None] if as_3d else arr)
+    img.SetSpacing((spacing_rowcol[1], spacing_rowcol[0], 5.0) if as_3d
+                   else (spacing_rowcol[1], spacing_rowcol[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("as_3d", [False, True])
+def test_read_slice_returns_row_col_spacing(tmp_path, as_3d):
+    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
+    got, spacing = read_slice(write_slice(tmp_path / "a.nii.gz", arr, (0.8, 0.7), as_3d))
+    np.testing.assert_array_equal(got, arr)
+    assert spacing == pytest.approx((0.8, 0.7))
+
+
+def test_read_slice_rejects_a_volume(tmp_path):
+    path = tmp_path / "vol.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16)), str(path))
+    with pytest.raises(UserError, match="vol.nii.gz"):
+        read_slice(path)
+
+
+def test_read_mask_label_rules(tmp_path):
+    labels = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    path = write_slice(tmp_path / "multi.nii.gz", labels)
+    with pytest.raises(UserError, match=r"multi\.nii\.gz.*2.*--label"):
+        read_mask(path)
+    mask, _ = read_mask(path, label=2)
+    np.testing.assert_array_equal(mask, labels == 2)
+    mask, _ = read_mask(path, label=1, other_labels=True)
+    np.testing.assert_array_equal(mask, labels == 1)
+    binary, spacing = read_mask(write_slice(tmp_path / "bin.nii.gz", (labels == 1).astype(np.uint8)))
+    np.testing.assert_array_equal(binary, labels == 1)
+    assert binary.dtype == bool and spacing == pytest.approx((0.8, 0.7))
+
+
+def test_check_same_geometry_names_the_case():
+    check_same_geometry((0.8, 0.7), (4, 5), (0.8, 0.70000001), (4, 5), "c1")
+    with pytest.raises(UserError, match="case c1: shape"):
+        check_same_geometry((0.8, 0.7), (4, 5), (0.8, 0.7), (5, 4), "c1")
+    with pytest.raises(UserError, match="case c2: spacing"):
+        check_same_geometry((0.8, 0.7), (4, 5), (0.8, 0.9), (4, 5), "c2")
+
+
+@pytest.fixture()
+def measure_inputs(tmp_path) -> dict:
+    """Two nnU-Net-style images, one plain-named image, their masks and a heights CSV."""
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "imagesTs", tmp_path / "pred"
+    expected = {}
+    for i, case in enumerate(["pt_a", "pt_b", "pt_c"]):
+        image = rng.integers(-200, 200, size=(16, 12)).astype(np.int16)
+        mask = rng.random((16, 12)) < 0.4
+        name = f"{case}.nii.gz" if case == "pt_c" else f"{case}_0000.nii.gz"
+        write_slice(images / name, image)
+        write_slice(masks / f"{case}.nii.gz", mask.astype(np.uint8))
+        height = 1.5 + 0.1 * i if case != "pt_b" else None
+        expected[case] = muscle_measures(image, mask, (0.8, 0.7), height)
+    (masks / "dataset.json").write_text("{}")  # nnUNetv2_predict leaves such files beside masks
+    heights = tmp_path / "heights.csv"
+    heights.write_text("case_id,height_m\npt_a,1.5\npt_c,1.7\n")
+    return dict(images=images, masks=masks, heights=heights, expected=expected,
+                out=tmp_path / "out" / "measures.csv")
+
+
+def test_measure_cli_writes_one_row_per_case(measure_inputs):
+    m = measure_inputs
+    run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
+            "-o", str(m["out"]), "--heights", str(m["heights"]))
+    table = pd.read_csv(m["out"], dtype={"case_id": str})
+    assert list(table.columns) == list(MEASURE_COLUMNS)
+    assert list(table["case_id"]) == ["pt_a", "pt_b", "pt_c"]
+    for _, row in table.iterrows():
+        want = m["expected"][row["case_id"]]
+        for key, value in want.items():
+            if math.isnan(value):
+                assert math.isnan(row[key]), (row["case_id"], key)
+            else:
+                assert row[key] == pytest.approx(value), (row["case_id"], key)
+    assert math.isnan(table.set_index("case_id").loc["pt_b", "smi_cm2_m2"])
+
+    again = run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks",
+                    str(m["masks"]), "-o", str(m["out"]), check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
+            "-o", str(m["out"]), "--overwrite")
+    assert pd.read_csv(m["out"])["smi_cm2_m2"].isna().all()  # replaced, now without heights
+    assert [p.name for p in m["out"].parent.iterdir()] == ["measures.csv"]  # no temp left
+
+
+def _cli_error(m: dict, *extra: str) -> str:
+    proc = run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks",
+                   str(m["masks"]), "-o", str(m["out"]), *extra, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not m["out"].exists()
+    return proc.stderr
+
+
+def test_measure_cli_bad_geometry_names_the_case(measure_inputs):
+    m = measure_inputs
+    write_slice(m["masks"] / "pt_b.nii.gz", np.zeros((16, 12), np.uint8), spacing_rowcol=(1.0, 0.7))
+    assert "pt_b" in _cli_error(m) and "spacing" in _cli_error(m)
+
+
+def test_measure_cli_multilabel_needs_label(measure_inputs):
+    m = measure_inputs
+    labels = np.zeros((16, 12), np.uint8)
+    labels[2:6, 2:6], labels[8:10, 3:9] = 1, 2
+    write_slice(m["masks"] / "pt_a.nii.gz", labels)
+    assert "--label" in _cli_error(m) and "pt_a" in _cli_error(m)
+    run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
+            "-o", str(m["out"]), "--label", "2")
+    table = pd.read_csv(m["out"]).set_index("case_id")
+    assert table.loc["pt_a", "sma_cm2"] == pytest.approx(12 * 0.8 * 0.7 / 100)
+
+
+def test_measure_cli_missing_image_and_empty_folder(measure_inputs, tmp_path):
+    m = measure_inputs
+    write_slice(m["masks"] / "pt_z.nii.gz", np.zeros((16, 12), np.uint8))
+    assert "pt_z" in _cli_error(m)
+    (tmp_path / "empty").mkdir()
+    assert "no masks" in _cli_error({**m, "masks": tmp_path / "empty"})
+
+
+def test_measure_cli_bad_heights(measure_inputs, tmp_path):
+    m = measure_inputs
+    bad = tmp_path / "cm.csv"
+    bad.write_text("case_id,height_m\npt_a,172\n")
+    assert "metres" in _cli_error(m, "--heights", str(bad))
+    bad.write_text("case,height\npt_a,1.72\n")
+    assert "case_id" in _cli_error(m, "--heights", str(bad))
+
+
+TS = REAL_CT / "totalseg_example"
+
+
+@pytest.mark.skipif(not (TS / "example_ct_L3_hu.nii.gz").exists(), reason="shared/real_ct not present")
+def test_real_totalseg_l3_measures_are_plausible():
+    image, spacing = read_slice(TS / "example_ct_L3_hu.nii.gz")
+    labels, mask_spacing = read_slice(TS / "example_ct_L3_mask_ts_fast.nii.gz")
+    check_same_geometry(spacing, image.shape, mask_spacing, labels.shape, "example_ct_L3")
+    assert spacing == (3.0, 3.0)
+    muscle = np.isin(labels, [1, 2, 3, 4])   # autochthon and iliopsoas, left/right; 5 = vertebra
+    m = muscle_measures(image, muscle, spacing, height_m=1.75)
+    assert m["sma_cm2"] == pytest.approx((291 + 261 + 72 + 78) * 0.09)   # counts from meta.json
+    # measured 16.5 HU: low-normal muscle density at 3 mm (partial volume with fat); not fat, not bone
+    assert 0 <= m["smd_hu"] <= 80
+    assert m["imat_cm2"] < 0.2 * m["sma_cm2"]
+    assert 0.7 * m["sma_cm2"] < m["sma_hu_refined_cm2"] <= m["sma_cm2"]
+    vertebra = muscle_measures(image, labels == 5, spacing)
+    assert vertebra["smd_hu"] > m["smd_hu"]        # cancellous bone is denser than muscle
