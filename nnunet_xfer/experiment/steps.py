@@ -100,7 +100,11 @@ def is_torchvision_plans(name: str, plans: str, configuration: str) -> bool:
         return False
     cfg = json.loads(path.read_text()).get("configurations", {}).get(configuration, {})
     arch = cfg.get("architecture", {}).get("network_class_name", "")
-    return arch.startswith("nnunet_xfer.")
+    try:
+        from nnunet_xfer.architectures import is_torchvision_network
+    except ImportError:  # package without the torchvision architectures: nnU-Net networks only
+        return False
+    return bool(is_torchvision_network(arch))
 
 
 def check_sizes(name: str, sizes: Sequence[int], folds: Sequence[int]) -> None:
@@ -144,8 +148,10 @@ def grid_steps(dataset: str, name: str, plans: str = "nnUNetPlans", configuratio
             argv += ["--data", f"${{NNUNET_XFER_{source.upper()}_DATA}}"]
         if pretrain_iterations is not None:
             argv += ["--iterations", str(pretrain_iterations)]
+        entry = f"{results}/{STORE_FOLDER}/{plans}__{configuration}/{source}"
         steps.append(Step(name=f"pretrain {source}", kind="pretrain", argv=tuple(argv),
-                          done_file=f"{results}/{STORE_FOLDER}/{plans}__{configuration}/{source}.pth"))
+                          done_file=f"{entry}.pth", resume_file=f"{entry}.resume.pth",
+                          resume_flag="--resume"))
     trainings = []
     for source in sources:
         for n in sizes:

@@ -1,0 +1,166 @@
+"""`nnunet-xfer demo`: the whole pipeline on a synthetic cohort, CPU only, through the real CLIs.
+
+Stages: phantom → convert → nnUNetv2_plan_and_preprocess → pretrain → nnUNetv2_train grid →
+evaluate (with the observers) → report → observer study → its report. Every stage is a subprocess
+of the same commands a user types (the experiment's step runner executes them), so the demo is
+also the smoke test of the installation. nnU-Net's folders go under the output folder unless
+``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` are all set already.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.experiment import trainer_env
+from nnunet_xfer.experiment.runner import run_steps
+from nnunet_xfer.experiment.steps import EVALUATION_FOLDER, REPORT_NAME, Step, grid_steps
+from nnunet_xfer.names import trainer_name
+
+DEMO_ID = 990
+DEMO_NAME = f"Dataset{DEMO_ID}_XferDemo"
+MARKER = ".nnunet_xfer_demo"
+NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Cohort size and schedules of one demo flavour."""
+    cases: int
+    size: int
+    observers: int
+    observer_cases: int
+    sources: tuple[str, ...]
+    sizes: tuple[int, ...]
+    epochs: int
+    iterations: int
+    pretrain_iterations: int
+
+
+#: Sized to finish in <= 10 min on 2 CPU cores with models that clearly beat chance.
+FULL = DemoSettings(cases=40, size=128, observers=10, observer_cases=40,
+                    sources=("scratch", "rec", "jigsaw"), sizes=(5, 10), epochs=4,
+                    iterations=10, pretrain_iterations=100)
+#: The tiny version the tests run (< 2.5 min).
+QUICK = DemoSettings(cases=24, size=64, observers=3, observer_cases=24, sources=("scratch", "rec"),
+                     sizes=(5,), epochs=1, iterations=2, pretrain_iterations=5)
+
+
+def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = None) -> dict:
+    """The subprocesses' environment: nnU-Net folders (the user's if all set, else under ``out``),
+    trainer discovery, CPU-friendly nnU-Net settings and the demo's short schedules."""
+    env = trainer_env(environ)
+    if not all(env.get(v) for v in NNUNET_VARS):
+        for v in NNUNET_VARS:
+            env[v] = str(out.resolve() / v)
+    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_compile": "false", "MPLBACKEND": "Agg",
+                "nnUNet_xfer_epochs": str(settings.epochs),
+                "nnUNet_xfer_iterations": str(settings.iterations)})
+    return env
+
+
+def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]]:
+    """(stage, steps) in order; the training grid and its evaluation come from the experiment."""
+    out = out.resolve()
+    phantom = out / "phantom"
+    sizes = ",".join(str(n) for n in settings.sizes)
+    grid = grid_steps(str(DEMO_ID), DEMO_NAME, sources=settings.sources, sizes=settings.sizes,
+                      folds=(0,), device="cpu", observers=phantom / "observers",
+                      pretrain_iterations=settings.pretrain_iterations)
+    by_kind = lambda *kinds: [s for s in grid if s.kind in kinds]  # noqa: E731
+    model = trainer_name(settings.sources[-1], max(settings.sizes))
+    study = out / "observer_study"
+    return [
+        ("phantom", [Step("phantom", "phantom", (
+            "nnunet-xfer", "phantom", str(phantom), "--cases", str(settings.cases), "--size",
+            str(settings.size), "--observers", str(settings.observers), "--observer-cases",
+            str(settings.observer_cases), "--seed", "0"))]),
+        ("convert", [Step("convert", "convert", (
+            "nnunet-xfer", "convert", "--cases", str(phantom / "cases.csv"), "-d", str(DEMO_ID),
+            "-n", DEMO_NAME.split("_", 1)[1], "--sizes", sizes))]),
+        ("plan and preprocess", [Step("plan", "plan", (
+            "nnUNetv2_plan_and_preprocess", "-d", str(DEMO_ID), "-c", "2d",
+            "--verify_dataset_integrity", "-np", "2"))]),
+        ("pretrain", by_kind("pretrain")),
+        ("train", by_kind("train")),
+        ("evaluate + report", by_kind("evaluate", "report")),
+        ("observer study + report", [
+            Step("observers", "observers", (
+                "nnunet-xfer", "observers", "--reference", str(phantom / "masks"),
+                "--observers", str(phantom / "observers"), "--images", str(phantom / "images"),
+                "--predictions", f"${{nnUNet_results}}/{DEMO_NAME}/{model}__nnUNetPlans__2d",
+                "--name", model, "-o", str(study))),
+            Step("observer report", "report", (
+                "nnunet-xfer", "report", "-i", str(study), "-o", str(study / REPORT_NAME)),
+                needs=("observers",))]),
+    ]
+
+
+def _prepare(out: Path, env: dict, overwrite: bool, own_folders: bool) -> None:
+    """Refuse a used output folder (or the demo dataset in the user's folders) unless overwrite."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or "
+                            f"choose another -o")
+        if not (out / MARKER).exists():
+            raise UserError(f"{out} was not written by the demo (no {MARKER}); refusing to "
+                            f"delete it, choose another -o")
+        shutil.rmtree(out)
+    if not own_folders:
+        for v in NNUNET_VARS:
+            root = Path(env[v])
+            found = sorted(root.glob(f"Dataset{DEMO_ID}_*")) if root.is_dir() else []
+            if any(p.name != DEMO_NAME for p in found):
+                raise UserError(f"{found[0]} uses the demo's dataset id {DEMO_ID}; unset "
+                                f"{', '.join(NNUNET_VARS)} so the demo uses its own folders")
+            if found and not overwrite:
+                raise UserError(f"{found[0]} exists from an earlier demo; pass --overwrite to "
+                                f"replace it")
+            for p in found:
+                shutil.rmtree(p)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `nnunet-xfer demo`; --overwrite may delete this folder\n")
+
+
+def run_demo(out: Path = Path("demo_output"), quick: bool = False,
+             overwrite: bool = False) -> dict[str, float]:
+    """Run the demo into ``out``; print each stage's wall time and where the results are.
+
+    Returns ``{stage: seconds}``. A failing stage stops the demo with a :class:`UserError`
+    naming the stage and the log file.
+    """
+    settings = QUICK if quick else FULL
+    out = Path(out)
+    user_folders = all(os.environ.get(v) for v in NNUNET_VARS)
+    env = demo_environment(out, settings)
+    _prepare(out, env, overwrite, own_folders=not user_folders)
+    for v in NNUNET_VARS:
+        Path(env[v]).mkdir(parents=True, exist_ok=True)
+    log = out.resolve() / "demo.log"
+    print(f"nnunet-xfer demo ({'quick' if quick else 'full'}): {settings.cases} cases at "
+          f"{settings.size}², sources {','.join(settings.sources)}, n={settings.sizes}, fold 0, "
+          f"{settings.epochs} epoch(s) x {settings.iterations} iterations; CPU\n"
+          f"nnU-Net folders: {'yours ($nnUNet_*)' if user_folders else out.resolve()}; "
+          f"log: {log}", flush=True)
+    times: dict[str, float] = {}
+    start = time.monotonic()
+    for stage, steps in demo_steps(out, settings):
+        t0 = time.monotonic()
+        results = run_steps(steps, log, env=env, keep_going=False, desc=stage)
+        times[stage] = time.monotonic() - t0
+        bad = [r for r in results if r.status == "failed"]
+        if bad:
+            raise UserError(f"demo stage '{stage}' failed at {bad[0].step.name}: "
+                            f"{bad[0].message.splitlines()[0]}; full output in {log}")
+        print(f"[{time.monotonic() - start:6.1f} s] {stage}: {times[stage]:.1f} s", flush=True)
+    times["total"] = time.monotonic() - start
+    evaluation = Path(env["nnUNet_results"]) / DEMO_NAME / EVALUATION_FOLDER
+    print(f"\ndemo finished in {times['total']:.0f} s\n"
+          f"report:              {evaluation / REPORT_NAME}\n"
+          f"tables:              {evaluation / 'cases.csv'}, {evaluation / 'summary.json'}\n"
+          f"observer study:      {out.resolve() / 'observer_study' / REPORT_NAME}\n"
+          f"trained models:      {Path(env['nnUNet_results']) / DEMO_NAME}")
+    return times

@@ -1,0 +1,70 @@
+"""`nnunet-xfer demo --quick`: the whole pipeline end to end in its own nnU-Net folders."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from nnunet_xfer.demo import DEMO_NAME, MARKER, NNUNET_VARS, QUICK, demo_steps
+
+NNUNET_XFER = str(Path(sys.executable).parent / "nnunet-xfer")
+
+
+def _clean_env() -> dict:
+    """This process's environment without the pytest session's nnU-Net folders and schedules."""
+    return {k: v for k, v in os.environ.items()
+            if k not in NNUNET_VARS and not k.startswith("nnUNet_xfer_")}
+
+
+def test_demo_stages_cover_the_pipeline(tmp_path):
+    stages = demo_steps(tmp_path, QUICK)
+    names = [s for s, _ in stages]
+    assert names == ["phantom", "convert", "plan and preprocess", "pretrain", "train",
+                     "evaluate + report", "observer study + report"]
+    steps = dict(stages)
+    assert [s.argv[5] for s in steps["train"]] == ["XferScratchTrainer_n5", "XferRecTrainer_n5"]
+    assert [s.argv[5] for s in steps["pretrain"]] == ["rec"]
+    assert "--observers" in steps["evaluate + report"][0].argv
+
+
+def test_demo_quick_end_to_end(tmp_path, nnunet_env):
+    out = tmp_path / "demo"
+    proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "-o", str(out)], env=_clean_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("phantom", "convert", "plan and preprocess", "pretrain", "train",
+                  "evaluate + report", "observer study + report"):
+        assert re.search(rf"\] {re.escape(stage)}: \d+\.\d s", proc.stdout), stage
+    results = out / "nnUNet_results" / DEMO_NAME
+    evaluation = results / "nnunet_xfer_evaluation"
+    report = evaluation / "report.html"
+    assert f"report:              {report.resolve()}" in proc.stdout
+    html = report.read_text()
+    pngs = re.findall(r"<img[^>]+src=['\"]([^'\"]+\.png)", html)
+    assert pngs and all((report.parent / p).is_file() for p in pngs)
+    cases = pd.read_csv(evaluation / "cases.csv")
+    assert set(cases["source"]) == {"scratch", "rec"}
+    assert (cases["dice"].between(0, 1)).all()
+    assert (out / "observer_study" / "report.html").is_file()
+    assert (results / "XferRecTrainer_n5__nnUNetPlans__2d/fold_0/checkpoint_final.pth").is_file()
+    # the pytest session's nnU-Net folders were not touched
+    assert not any(Path(nnunet_env[v]).glob("Dataset990_*") for v in NNUNET_VARS)
+
+    again = subprocess.run([NNUNET_XFER, "demo", "--quick", "-o", str(out)], env=_clean_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr and report.is_file()
+
+
+def test_demo_refuses_to_delete_a_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "--overwrite", "-o", str(out)],
+                          env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and MARKER in proc.stderr
+    assert (out / "precious.txt").read_text() == "keep"
