@@ -235,13 +235,15 @@ def _add_experiment(sub) -> None:
 
 def _cmd_demo(a: argparse.Namespace) -> None:
     from nnunet_xfer.demo import run_demo
-    run_demo(out=a.output, quick=a.quick)
+    run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite)
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic cohort, CPU only")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
     p.add_argument("--quick", action="store_true", help="tiny version (used by the tests)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo's output folder (and its Dataset990_XferDemo)")
     p.set_defaults(func=_cmd_demo)
 
 
