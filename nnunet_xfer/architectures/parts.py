@@ -49,3 +49,7 @@ def supports_deep_supervision(class_name: str) -> bool:
     """False for networks that declare ``supports_deep_supervision = False``."""
     cls = network_class(class_name)
     return bool(getattr(cls, "supports_deep_supervision", True))
+
+
+# Re-exported so that trainers and pretraining find every architecture question in this module.
+from nnunet_xfer.architectures.registry import is_torchvision_network  # noqa: E402,F401
