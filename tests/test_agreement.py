@@ -1,0 +1,153 @@
+"""Agreement statistics against textbook examples; Williams index on synthetic observer studies."""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation.agreement import (agreement_stats, bland_altman,
+                                              coefficient_of_variation, icc_2_1, pearson_r,
+                                              williams_index, within_observer_variability)
+from nnunet_xfer.evaluation.metrics import segmentation_metrics
+
+# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges. ICC(2,1) = 0.29 in the paper;
+# from its mean squares BMS 11.24, JMS 32.49, EMS 1.02: (BMS−EMS)/(BMS+3·EMS+4·(JMS−EMS)/6).
+SHROUT_FLEISS = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8],
+                          [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+
+# Bland & Altman (1986), Lancet: peak expiratory flow (l/min), Wright vs mini-Wright meter, first
+# readings of 17 subjects; the paper gives mean difference −2.1 and SD 38.8.
+WRIGHT = [494, 395, 516, 434, 476, 557, 413, 442, 650, 433, 417, 656, 267, 478, 178, 423, 427]
+MINI_WRIGHT = [512, 430, 520, 428, 500, 600, 364, 380, 658, 445, 432, 626, 260, 477, 259, 350, 451]
+
+
+def test_icc_2_1_shrout_fleiss_table():
+    icc = icc_2_1(SHROUT_FLEISS)
+    assert round(icc, 2) == 0.29
+    bms, jms, ems = 11.24, 32.49, 1.02   # the paper's rounded mean squares
+    assert icc == pytest.approx((bms - ems) / (bms + 3 * ems + 4 * (jms - ems) / 6), abs=2e-3)
+
+
+def test_icc_2_1_pairs_and_edge_cases():
+    a = SHROUT_FLEISS[:, 0]
+    b = SHROUT_FLEISS[:, 3]
+    assert icc_2_1(a, b) == pytest.approx(icc_2_1(SHROUT_FLEISS[:, [0, 3]]))
+    assert icc_2_1(a, a) == pytest.approx(1.0)
+    # a constant offset lowers absolute agreement (ICC2), unlike consistency (ICC3)
+    assert icc_2_1(a, a + 3) < 0.9
+    with_nan = np.vstack([SHROUT_FLEISS, [np.nan, 1, 2, 3]])
+    assert icc_2_1(with_nan) == pytest.approx(icc_2_1(SHROUT_FLEISS))
+    assert math.isnan(icc_2_1([1.0], [2.0]))
+
+
+def test_icc_2_1_matches_pingouin_when_installed():
+    pd = pytest.importorskip("pandas")
+    pg = pytest.importorskip("pingouin")
+    rng = np.random.default_rng(5)
+    x = rng.normal(50, 10, size=(25, 1)) + rng.normal(0, 4, size=(25, 3)) + [0, 2, -1]
+    long = pd.DataFrame([(i, j, x[i, j]) for i in range(25) for j in range(3)],
+                        columns=["target", "rater", "score"])
+    table = pg.intraclass_corr(long, "target", "rater", "score").set_index("Type")["ICC"]
+    icc2 = table["ICC(A,1)"] if "ICC(A,1)" in table else table["ICC2"]  # pingouin ≥ 0.7 renamed it
+    assert icc_2_1(x) == pytest.approx(icc2, abs=1e-9)
+
+
+def test_bland_altman_pefr_example():
+    ba = bland_altman(WRIGHT, MINI_WRIGHT)
+    assert ba["n"] == 17
+    assert round(ba["bias"], 1) == -2.1
+    assert round(ba["sd"], 1) == 38.8
+    assert ba["loa_low"] == pytest.approx(ba["bias"] - 1.96 * ba["sd"])
+    assert ba["loa_high"] == pytest.approx(ba["bias"] + 1.96 * ba["sd"])
+    assert round(ba["loa_low"], 1) == -78.1 and round(ba["loa_high"], 1) == 73.9
+
+
+def test_coefficient_of_variation_hand_computed():
+    # pair SDs are both √2; means 11 and 19
+    want = math.sqrt((2 / 11 ** 2 + 2 / 19 ** 2) / 2) * 100
+    assert coefficient_of_variation([10, 20], [12, 18]) == pytest.approx(want)
+    assert coefficient_of_variation([5, 7], [5, 7]) == 0.0
+
+
+def test_pearson_and_nan_pairs_are_dropped():
+    assert pearson_r([1, 2, 3, 4], [2, 4, 6, 8.5]) > 0.99
+    assert math.isnan(pearson_r([1, 2, 3], [5, 5, 5]))
+    stats = agreement_stats([10, 12, np.nan, 15, 20], [11, 12, 14, np.nan, 19])
+    assert stats["n"] == 3
+    assert stats["bias"] == pytest.approx(np.mean([-1, 0, 1]))
+    assert set(stats) == {"bias", "sd", "loa_low", "loa_high", "n", "icc_2_1", "cv_percent",
+                          "pearson_r"}
+
+
+def test_williams_index_hand_computed_with_missing_reads():
+    rater = np.array([[0.8, 0.9], [0.7, np.nan], [0.9, 0.8]])
+    pairs = np.array([[0.9], [0.85], [np.nan]])
+    wi = williams_index(rater, pairs, n_boot=200, seed=1)
+    assert wi["wi"] == pytest.approx(np.mean([0.8, 0.9, 0.7, 0.9, 0.8]) / np.mean([0.9, 0.85]))
+    assert wi["n_cases"] == 3
+    assert wi == williams_index(rater, pairs, n_boot=200, seed=1)   # seeded
+    assert wi["ci_low"] <= wi["wi"] <= wi["ci_high"]
+
+
+def test_within_observer_variability_is_ci_high_at_least_one():
+    assert within_observer_variability(1.0) and within_observer_variability(1.3)
+    assert not within_observer_variability(0.999)
+    rng = np.random.default_rng(0)
+    observers = rng.uniform(0.85, 0.95, size=(40, 3))
+    as_good = williams_index(rng.uniform(0.85, 0.95, size=(40, 4)), observers)
+    better = williams_index(rng.uniform(0.96, 0.99, size=(40, 4)), observers)
+    worse = williams_index(rng.uniform(0.70, 0.80, size=(40, 4)), observers)
+    assert as_good["ci_low"] <= 1 <= as_good["ci_high"] and as_good["within_observer_variability"]
+    assert better["ci_low"] > 1 and better["within_observer_variability"]   # CI above 1 counts
+    assert worse["ci_high"] < 1 and not worse["within_observer_variability"]
+
+
+def test_williams_index_needs_two_observers():
+    with pytest.raises(UserError, match="at least 2 observers"):
+        williams_index(np.ones((5, 1)), np.ones((5, 0)))
+    with pytest.raises(ValueError):
+        williams_index(np.ones((5, 3)), np.ones((4, 3)))
+
+
+def _observer_study(n_cases: int = 8, n_observers: int = 3, seed: int = 0):
+    """Reference muscle-like rings and observers whose outlines wander ±1–2 px around them."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:72, :72]
+    for case in range(n_cases):
+        a, b = rng.uniform(24, 32), rng.uniform(18, 26)
+        ell = (yy - 36) ** 2 / a ** 2 + (xx - 36) ** 2 / b ** 2
+        ref = (ell < 1) & (ell > 0.45)
+        signed = ndimage.distance_transform_edt(ref) - ndimage.distance_transform_edt(~ref)
+        observers = [signed + 1.5 * ndimage.gaussian_filter(rng.normal(size=ref.shape), 4) * 8 > 0
+                     for _ in range(n_observers)]
+        yield ref, observers
+
+
+def _agreements(rater_masks, observer_masks, spacing=(0.8, 0.8)):
+    """Dice and 1/RMS of a rater against each observer, and of every observer pair."""
+    def agree(p, q):
+        m = segmentation_metrics(p, q, spacing)
+        return m["dice"], 1.0 / m["rms_dta_mm"]
+    r = np.array([[agree(rm, o) for o in obs] for rm, obs in zip(rater_masks, observer_masks)])
+    o = np.array([[agree(obs[j], obs[k]) for j, k in combinations(range(len(obs)), 2)]
+                  for obs in observer_masks])
+    return r, o   # [cases, observers or pairs, (dice, 1/rms)]
+
+
+def test_williams_index_on_an_observer_study_copy_vs_eroded():
+    study = list(_observer_study())
+    refs = [ref for ref, _ in study]
+    observers = [obs for _, obs in study]
+    eroded = [ndimage.binary_erosion(ref, iterations=3) for ref in refs]
+    r_copy, o = _agreements(refs, observers)
+    r_eroded, _ = _agreements(eroded, observers)
+    for metric in (0, 1):   # Dice, 1/RMS
+        copy = williams_index(r_copy[..., metric], o[..., metric], n_boot=500)
+        bad = williams_index(r_eroded[..., metric], o[..., metric], n_boot=500)
+        assert copy["within_observer_variability"], (metric, copy)
+        assert not bad["within_observer_variability"], (metric, bad)
+        assert bad["wi"] < copy["wi"]
