@@ -1,0 +1,111 @@
+"""The one training loop shared by all source tasks.
+
+AdamW with nnU-Net's polynomial learning-rate decay, mixed precision on CUDA (as nnU-Net: float16
+autocast + gradient scaling), gradient-norm clipping at 12 (nnU-Net's value), a training-state
+checkpoint every ``checkpoint_every`` iterations and on Ctrl-C, and a tqdm bar with the loss and
+images/s. The training state holds only tensors and primitive types so it loads with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnunet_xfer.pretraining.tasks import Task
+
+CLIP_NORM = 12.0
+WEIGHT_DECAY = 1e-4
+#: The final loss/metric are averaged over this many last iterations (single batches are noisy).
+FINAL_WINDOW = 50
+
+
+def poly_lr(initial: float, iteration: int, total: int, exponent: float = 0.9) -> float:
+    """nnU-Net's PolyLRScheduler value at ``iteration`` of ``total``."""
+    return initial * (1 - min(iteration, total - 1) / total) ** exponent
+
+
+def train(network: nn.Module, task: Task, batches: Iterator[dict], *, iterations: int, lr: float,
+          device: torch.device, state: dict | None = None, checkpoint_every: int = 500,
+          save_state: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
+    """Train ``network`` + ``task.head`` up to ``iterations``; returns the final training state.
+
+    ``state`` (from an earlier run) restores network, head, optimiser, scaler, iteration and the
+    loss/metric history. ``save_state(state)`` is called every ``checkpoint_every`` iterations,
+    at the end and when interrupted.
+    """
+    device = torch.device(device)
+    network.to(device).train()
+    task.to(device).train()
+    params = list(network.parameters()) + list(task.head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    history = {"loss": [], "metric": []}
+    start = 0
+    if state is not None:
+        network.load_state_dict(state["network"])
+        task.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        history = {"loss": [float(v) for v in state["loss"]],
+                   "metric": [float(v) for v in state["metric"]]}
+
+    def snapshot(iteration: int) -> dict:
+        return {"network": network.state_dict(), "head": task.head.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if cuda else {},
+                "iteration": iteration, "loss": torch.tensor(history["loss"], dtype=torch.float64),
+                "metric": torch.tensor(history["metric"], dtype=torch.float64)}
+
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else nullcontext
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, disable=not progress,
+               desc=f"pretrain {task.name}", unit="it", dynamic_ncols=True)
+    it = start
+    try:
+        for it in bar:
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(lr, it, iterations)
+            x, target = task.prepare(next(batches))
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                out = task(network, x)
+            loss = task.loss(out, target)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+            scaler.step(optimizer)
+            scaler.update()
+            with torch.no_grad():
+                history["loss"].append(float(loss.detach()))
+                history["metric"].append(task.metric(out.detach(), target))
+            dt = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
+                            **{task.metric_name: f"{history['metric'][-1]:.3f}"},
+                            img_s=f"{x.shape[0] / dt:.1f}")
+            if save_state is not None and (it + 1) % checkpoint_every == 0 and it + 1 < iterations:
+                save_state(snapshot(it + 1))
+    except KeyboardInterrupt:
+        if save_state is not None:
+            done = min(len(history["loss"]), len(history["metric"]))
+            history = {k: v[:done] for k, v in history.items()}
+            save_state(snapshot(done))
+        raise
+    finally:
+        bar.close()
+    final = snapshot(iterations)
+    if save_state is not None:
+        save_state(final)
+    return final
+
+
+def window_mean(values, n: int = FINAL_WINDOW) -> float:
+    """Mean of the last ``n`` values (the reported final loss / metric)."""
+    values = [float(v) for v in values][-n:]
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,343 @@
+"""Where pretraining batches come from: CT slices (jigsaw/rec) and natural images (seg/cls).
+
+Every source is an endless stream of fixed-size examples for a ``torch.utils.data.DataLoader``:
+``{"image": (C, H, W) float32}`` plus ``"mask"`` (H, W, int64; 255 = ignore) for segmentation or
+``"label"`` (int) for classification. Each source also says what it read: ``description`` (the path)
+and ``ids`` (the case / image ids used), recorded in the store entry.
+
+CT slices come normalised exactly as nnU-Net normalises them: nnU-Net's preprocessed cases (image
+arrays only; the label arrays are never opened) or other CT images normalised with the plans'
+normalisation scheme and the dataset's intensity properties. Natural images are converted to the
+network's input channels, randomly resized-cropped to the patch size and z-scored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from nnunet_xfer.errors import UserError
+
+CT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IGNORE = 255
+#: RandomResizedCrop area range for natural images (torchvision's classification default).
+CROP_SCALE = (0.08, 1.0)
+SEG_CROP_SCALE = (0.25, 1.0)
+
+
+class Source(IterableDataset):
+    """An endless, seeded stream of examples; subclasses implement :meth:`sample`."""
+
+    description: str = ""
+    ids: list[str] = []
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        raise NotImplementedError
+
+    def __iter__(self):
+        # DataLoader seeds torch differently in every worker; derive numpy's stream from it.
+        rng = np.random.default_rng(torch.initial_seed() % 2 ** 63)
+        while True:
+            yield self.sample(rng)
+
+
+def crop_or_pad(arr: np.ndarray, patch: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random ``patch``-sized window of a (C, H, W) array, zero-padded (as nnU-Net) where smaller."""
+    c, h, w = arr.shape
+    ph, pw = patch
+    out = np.zeros((c, ph, pw), dtype=np.float32)
+    y = int(rng.integers(0, h - ph + 1)) if h >= ph else 0
+    x = int(rng.integers(0, w - pw + 1)) if w >= pw else 0
+    src = arr[:, y:y + ph, x:x + pw]
+    oy, ox = max(0, (ph - h) // 2), max(0, (pw - w) // 2)
+    out[:, oy:oy + src.shape[1], ox:ox + src.shape[2]] = src
+    return out
+
+
+def _check_size(shape: tuple[int, ...], min_side: int, what: str) -> None:
+    if min(shape) < min_side:
+        raise UserError(f"{what} is {'×'.join(map(str, shape))} px, smaller than a jigsaw tile of "
+                        f"the planned patch ({min_side} px); remove it or use larger images")
+
+
+class PreprocessedSlices(Source):
+    """2D slices of nnU-Net's preprocessed cases of the target dataset (image arrays only)."""
+
+    def __init__(self, folder: Path, patch: tuple[int, int], min_side: int, dataset_name: str):
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        did = dataset_name[len("Dataset"):].split("_", 1)[0]
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise UserError(f"{folder} has no preprocessed cases; run "
+                            f"`nnUNetv2_plan_and_preprocess -d {did} -c 2d` first")
+        try:
+            self.dataset_class = infer_dataset_class(str(folder))
+        except (AssertionError, KeyError) as e:
+            raise UserError(f"cannot tell nnU-Net's dataset format in {folder} ({e}); "
+                            f"re-run `nnUNetv2_plan_and_preprocess -d {did}`") from None
+        self.folder = folder
+        self.patch = patch
+        self.ids = sorted(self.dataset_class.get_identifiers(str(folder)))
+        self.description = f"nnUNet_preprocessed/{dataset_name}/{folder.name}"
+        self._open: dict = {}
+        for case in self.ids:
+            _check_size(tuple(self._data(case).shape[-2:]), min_side, f"case {case} in {folder}")
+
+    def _data(self, case: str):
+        """The case's image array (C, Z, Y, X), opened lazily like nnU-Net's dataset does."""
+        if case not in self._open:
+            from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+            if self.dataset_class is nnUNetDatasetBlosc2:
+                import blosc2
+                blosc2.set_nthreads(1)
+                arr = blosc2.open(urlpath=str(self.folder / f"{case}.b2nd"), mode="r",
+                                  dparams={"nthreads": 1}, mmap_mode="r")
+            else:
+                npy = self.folder / f"{case}.npy"
+                arr = (np.load(npy, mmap_mode="r") if npy.is_file()
+                       else np.load(self.folder / f"{case}.npz")["data"])
+            self._open[case] = arr
+        return self._open[case]
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        data = self._data(self.ids[int(rng.integers(len(self.ids)))])
+        z = int(rng.integers(data.shape[1]))
+        sl = np.asarray(data[:, z], dtype=np.float32)
+        return {"image": torch.from_numpy(crop_or_pad(sl, self.patch, rng))}
+
+    def __getstate__(self):  # blosc2 handles do not pickle; workers reopen them
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
+
+
+def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+
+
+def _normaliser(scheme: str, props: dict):
+    """nnU-Net's normalisation class of a plans' scheme name (as its DefaultPreprocessor finds it)."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    cls = recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "preprocessing" / "normalization"),
+                                      scheme, "nnunetv2.preprocessing.normalization")
+    return cls(use_mask_for_norm=False, intensityproperties=props)
+
+
+class CTImages(Source):
+    """Other unlabelled CT images (NIfTI/MHA/NRRD, 2D or 3D; axial slices), nnU-Net-normalised.
+
+    Slices are resampled in-plane to the configuration's spacing and normalised with the plans'
+    scheme (``CTNormalization``: clip to the dataset's 0.5–99.5 percentiles, subtract its mean,
+    divide by its std). All slices are held in memory as float32.
+    """
+
+    def __init__(self, root: Path, patch: tuple[int, int], min_side: int,
+                 spacing: tuple[float, float], scheme: str, props: dict):
+        import SimpleITK as sitk
+        from scipy.ndimage import zoom
+        if not root.exists():
+            raise UserError(f"--data {root} does not exist")
+        files = _files(root, CT_SUFFIXES)
+        if not files:
+            raise UserError(f"--data {root} holds no CT images ({', '.join(CT_SUFFIXES)})")
+        norm = _normaliser(scheme, props)
+        self.patch, self.volumes, self.ids = patch, [], []
+        for f in files:
+            try:
+                img = sitk.ReadImage(str(f))
+            except RuntimeError as e:
+                raise UserError(f"cannot read CT image {f} ({str(e).strip().splitlines()[-1]}); "
+                                f"fix or remove it") from None
+            if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() not in (2, 3):
+                raise UserError(f"{f} is not a single-channel 2D/3D CT image")
+            arr = sitk.GetArrayFromImage(img).astype(np.float32)
+            sp = img.GetSpacing()[::-1][-2:]  # (y, x) spacing of the array's last two axes
+            arr = arr[None] if arr.ndim == 2 else arr
+            factors = (1.0, sp[0] / spacing[0], sp[1] / spacing[1])
+            if not np.allclose(factors, 1.0, atol=1e-3):
+                arr = zoom(arr, factors, order=1)
+            _check_size(arr.shape[-2:], min_side, f"CT image {f}")
+            self.volumes.append(norm.run(arr))
+            self.ids.append(str(f.relative_to(root)) if root.is_dir() else f.name)
+        self.description = str(root)
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        vol = self.volumes[int(rng.integers(len(self.volumes)))]
+        sl = vol[int(rng.integers(vol.shape[0]))][None]
+        return {"image": torch.from_numpy(crop_or_pad(sl, self.patch, rng))}
+
+
+def _to_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
+    """(c, H, W) → (channels, H, W): luminance for one channel, RGB for three, else repeats."""
+    if img.shape[0] == channels:
+        return img
+    if img.shape[0] == 3:
+        lum = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+    else:
+        lum = img.mean(0, keepdim=True)
+    return lum.expand(channels, -1, -1).clone()
+
+
+def _zscore(img: torch.Tensor) -> torch.Tensor:
+    return (img - img.mean()) / img.std().clamp_min(1e-6)
+
+
+def _pil_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"cannot read image {path} ({e}); fix or remove it") from None
+
+
+def _pil_to_tensor(im, channels: int) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import pil_to_tensor
+    im = im.convert("RGB" if channels == 3 else "L")
+    return _to_channels(pil_to_tensor(im).float() / 255.0, channels)
+
+
+def _check_pil_size(path: Path, min_side: int) -> None:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            _check_size(im.size[::-1], min_side, f"image {path}")
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"cannot read image {path} ({e}); fix or remove it") from None
+
+
+class NaturalSegmentation(Source):
+    """Segmentation pairs: a Pascal-VOC folder or a 2D nnU-Net raw dataset folder."""
+
+    def __init__(self, root: Path, patch: tuple[int, int], min_side: int, channels: int):
+        if not root.is_dir():
+            raise UserError(f"--data {root} is not a folder (expected a VOC folder with "
+                            f"JPEGImages/ and SegmentationClass/, or an nnU-Net raw dataset)")
+        self.patch, self.channels, self.description = patch, channels, str(root)
+        if (root / "dataset.json").is_file():
+            self._init_nnunet_raw(root)
+        else:
+            self._init_voc(root)
+        if not self.pairs:
+            raise UserError(f"--data {root}: no image/mask pairs found")
+        if self.reader is None:
+            for img, _ in self.pairs:
+                _check_pil_size(img, min_side)
+        if self.num_classes < 2:
+            raise UserError(f"--data {root}: masks hold a single class; segmentation pretraining "
+                            f"needs at least background and one object class")
+
+    def _init_voc(self, root: Path) -> None:
+        images, masks = root / "JPEGImages", root / "SegmentationClass"
+        if not images.is_dir():
+            raise UserError(f"--data {root}: no JPEGImages/ folder (expected Pascal-VOC layout)")
+        if not masks.is_dir() or not any(masks.glob("*.png")):
+            raise UserError(f"--data {root}: no masks in SegmentationClass/ (palette PNGs); "
+                            f"a VOC folder without masks cannot be used for seg pretraining")
+        split = root / "ImageSets" / "Segmentation" / "train.txt"
+        if split.is_file():
+            names = [n.strip() for n in split.read_text().split() if n.strip()]
+        else:
+            names = sorted(p.stem for p in masks.glob("*.png"))
+        self.pairs, self.ids, labels = [], [], set()
+        for n in names:
+            img = next((images / (n + s) for s in (".jpg", ".jpeg", ".png")
+                        if (images / (n + s)).is_file()), None)
+            mask = masks / f"{n}.png"
+            if img is None or not mask.is_file():
+                raise UserError(f"--data {root}: image or mask of {n!r} missing "
+                                f"(JPEGImages/{n}.jpg, SegmentationClass/{n}.png)")
+            labels.update(np.unique(np.asarray(_pil_image(mask))).tolist())
+            self.pairs.append((img, mask))
+            self.ids.append(n)
+        labels.discard(IGNORE)
+        self.num_classes = int(max(labels)) + 1 if labels else 0
+        self.reader = None
+
+    def _init_nnunet_raw(self, root: Path) -> None:
+        import json
+        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+        ds = json.loads((root / "dataset.json").read_text())
+        ending = ds.get("file_ending", ".png")
+        n_ch = len(ds.get("channel_names", ds.get("modality", {"0": ""})))
+        labels = {k: v for k, v in ds.get("labels", {}).items()}
+        self.ignore = labels.pop("ignore", None)
+        values = [v for v in labels.values() if isinstance(v, int)]
+        self.num_classes = max(values) + 1 if values else 0
+        self.pairs, self.ids = [], []
+        for lab in sorted((root / "labelsTr").glob(f"*{ending}")):
+            case = lab.name[:-len(ending)]
+            imgs = [root / "imagesTr" / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
+            if not all(i.is_file() for i in imgs):
+                raise UserError(f"--data {root}: images of case {case} missing in imagesTr/")
+            self.pairs.append((imgs, lab))
+            self.ids.append(case)
+        example = str(self.pairs[0][1]) if self.pairs else None
+        self.reader = determine_reader_writer_from_dataset_json(ds, example, verbose=False)
+
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, mask = self.pairs[i]
+        if self.reader is None:
+            image = _pil_image(img)
+            m = torch.from_numpy(np.asarray(_pil_image(mask)).astype(np.int64))
+            x = _pil_to_tensor(image, self.channels)
+        else:
+            rw = self.reader()
+            data, _ = rw.read_images([str(p) for p in img])
+            seg, _ = rw.read_seg(str(mask))
+            x = _to_channels(torch.from_numpy(np.asarray(data[:, 0], dtype=np.float32)), self.channels)
+            m = torch.from_numpy(np.asarray(seg[0, 0]).astype(np.int64))
+            if self.ignore is not None:
+                m[m == self.ignore] = IGNORE
+        if tuple(m.shape) != tuple(x.shape[-2:]):
+            raise UserError(f"mask of {self.ids[i]!r} is {tuple(m.shape)}, image is "
+                            f"{tuple(x.shape[-2:])}; they must match")
+        return x, m
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+        x, m = self._load(int(rng.integers(len(self.pairs))))
+        tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=SEG_CROP_SCALE, antialias=True),
+                         v2.RandomHorizontalFlip()])
+        x, m = tf(tv_tensors.Image(x), tv_tensors.Mask(m))
+        return {"image": _zscore(x.as_subclass(torch.Tensor)),
+                "mask": m.as_subclass(torch.Tensor).long()}
+
+
+class ImageClasses(Source):
+    """An ImageFolder-style root: one sub-folder per class (torchvision's ImageFolder rules)."""
+
+    def __init__(self, root: Path, patch: tuple[int, int], min_side: int, channels: int):
+        from torchvision.datasets import ImageFolder
+        if not root.is_dir():
+            raise UserError(f"--data {root} is not a folder (expected one sub-folder per class)")
+        try:
+            folder = ImageFolder(str(root), loader=lambda p: p)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise UserError(f"--data {root}: no class sub-folders with images "
+                            f"({str(e).splitlines()[0]})") from None
+        if len(folder.classes) < 2:
+            raise UserError(f"--data {root}: found only class {folder.classes!r}; classification "
+                            f"pretraining needs at least two class sub-folders")
+        self.samples = [(Path(p), int(c)) for p, c in folder.samples]
+        self.classes = list(folder.classes)
+        self.num_classes = len(self.classes)
+        for p, _ in self.samples:
+            _check_pil_size(p, min_side)
+        self.patch, self.channels, self.description = patch, channels, str(root)
+        self.ids = [str(p.relative_to(root)) for p, _ in self.samples]
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        from torchvision.transforms import v2
+        path, label = self.samples[int(rng.integers(len(self.samples)))]
+        x = _pil_to_tensor(_pil_image(path), self.channels)
+        tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=CROP_SCALE, antialias=True),
+                         v2.RandomHorizontalFlip()])
+        return {"image": _zscore(tf(x)), "label": label}
