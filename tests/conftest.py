@@ -153,3 +153,64 @@ def synthetic_observer_study(root: Path, n_cases: int = 8, n_observers: int = 4,
 def observer_study_data(tmp_path_factory) -> Path:
     """A 128² observer study: 8 cases, 4 observers, reference and CT images."""
     return synthetic_observer_study(tmp_path_factory.mktemp("observer_study"))
+
+
+#: Runs of the fake results tree: (trainer folder prefix, boundary noise in px, folds present).
+FAKE_RUNS = {"XferScratchTrainer_n5": (2.5, (0, 1)), "XferJigsawTrainer_n5": (1.2, (0,)),
+             "XferJigsawTrainer_n10": (0.8, (0, 1)), "XferScratchTrainer_nall": (0.5, (0, 1)),
+             "nnUNetTrainer": (0.5, (0, 1)), "SomeOtherTrainer": (0.5, (0, 1))}
+
+
+def fake_results_tree(base: Path, n_cases: int = 12, size: int = 128, seed: int = 1) -> dict:
+    """nnU-Net raw/preprocessed/results folders of ``Dataset990_Fake`` with fold predictions.
+
+    Predictions are the reference ring ± smooth boundary noise (FAKE_RUNS); XferJigsawTrainer_n5
+    lacks fold 1, XferJigsawTrainer_n10 lacks the prediction of one fold-0 case and predicts
+    nothing for another (a failed case); the jigsaw store entry lists every case. Observers
+    (3, on 6 cases) are the reference ± 1 px noise. Returns the nnU-Net environment variables.
+    """
+    import json
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    name = "Dataset990_Fake"
+    raw, pre, res = base / "raw" / name, base / "preprocessed" / name, base / "results" / name
+    cases = [f"case_{c:03d}" for c in range(n_cases)]
+    shapes = {}
+    for c in cases:
+        shapes[c] = rng.normal(0, 2.0, (2, 4))
+        ref = ring_mask(size, (28, 50), shapes[c])
+        write_slice(raw / "labelsTr" / f"{c}.nii.gz", ref.astype(np.uint8), as_3d=True)
+        hu = np.where(ref, 45.0, -100.0) + rng.normal(0, 15, (size, size))
+        write_slice(raw / "imagesTr" / f"{c}_0000.nii.gz", hu.astype(np.int16), as_3d=True)
+    (raw / "cases.csv").write_text("case_id,height_m\n" + "".join(
+        f"{c},{1.6 + 0.02 * i:.2f}\n" for i, c in enumerate(cases)))
+    half = n_cases // 2
+    splits = [{"train": cases[half:], "val": cases[:half]},
+              {"train": cases[:half], "val": cases[half:]}]
+    pre.mkdir(parents=True)
+    (pre / "splits_final.json").write_text(json.dumps(splits))
+    for trainer, (noise, folds) in FAKE_RUNS.items():
+        for f in folds:
+            val = res / f"{trainer}__nnUNetPlans__2d" / f"fold_{f}" / "validation"
+            for c in splits[f]["val"]:
+                if trainer == "XferJigsawTrainer_n10" and c == cases[0]:
+                    continue
+                pred = ring_mask(size, (28, 50), shapes[c] + rng.normal(0, noise, (2, 4)))
+                if trainer == "XferJigsawTrainer_n10" and c == cases[1]:
+                    pred[:] = False
+                write_slice(val / f"{c}.nii.gz", pred.astype(np.uint8), as_3d=True)
+            (val / "summary.json").write_text("{}")
+    store = res / "nnunet_xfer_pretrained" / "nnUNetPlans__2d"
+    store.mkdir(parents=True)
+    (store / "jigsaw.json").write_text(json.dumps({"source": "jigsaw", "data": str(pre),
+                                                   "case_ids": cases}))
+    (store / "cls.json").write_text(json.dumps({"source": "cls", "data": "imagenet",
+                                                "case_ids": []}))
+    for o in range(3):
+        for c in cases[:6]:
+            obs = ring_mask(size, (28, 50), shapes[c] + rng.normal(0, 1.0, (2, 4)))
+            write_slice(base / "observers" / f"obs_{o}" / f"{c}.nii.gz", obs.astype(np.uint8),
+                        as_3d=True)
+    return {"nnUNet_raw": str(base / "raw"), "nnUNet_preprocessed": str(base / "preprocessed"),
+            "nnUNet_results": str(base / "results")}

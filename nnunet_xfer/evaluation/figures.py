@@ -1,0 +1,192 @@
+"""Matplotlib figures of the evaluation report (Agg backend, PNG files).
+
+Each function draws one figure from tables that ``evaluate`` / ``observers`` wrote and saves it
+to ``path``; the report embeds the PNGs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nnunet_xfer.evaluation import agreement, io  # noqa: E402
+from nnunet_xfer.names import SOURCES  # noqa: E402
+
+#: CT display window of the gallery (HU), the usual soft-tissue window for L3 muscle.
+WINDOW_HU = (-160.0, 240.0)
+SOURCE_LABELS = {"scratch": "scratch", "cls": "classification", "seg": "segmentation",
+                 "rec": "reconstruction", "jigsaw": "jigsaw", "nnunet": "nnU-Net default"}
+_COLORS = dict(zip((*SOURCES, "nnunet"), plt.get_cmap("tab10").colors))
+METRIC_LABELS = {"dice": "Dice", "rms_dta_mm": "RMS DTA (mm)"}
+
+
+def source_color(source: str):
+    """The colour of a source task, the same in every figure."""
+    return _COLORS.get(source, "0.3")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def headline(groups: list[dict], path: Path, band: dict | None = None,
+             center: str = "mean") -> Path:
+    """Dice and RMS DTA against training-set size per source (log x), the observers as a band.
+
+    ``center`` is ``mean`` (error bars ± SD) or ``median`` (error bars = IQR) across cases.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    all_n = sorted({float(g["n"]) for g in groups})
+    for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
+        if band and metric in band and band[metric][0] is not None:
+            lo, hi = band[metric]
+            ax.axhspan(lo, hi if hi > lo else lo + 1e-3, color="0.8", alpha=0.6, lw=0,
+                       label="observers vs reference")
+        by_key: dict[tuple, list[dict]] = {}
+        for g in groups:
+            by_key.setdefault((g["source"], g["plans"]), []).append(g)
+        multi_plans = len({k[1] for k in by_key}) > 1
+        for (source, plans), gs in by_key.items():
+            gs = sorted((g for g in gs if g["metrics"][metric].get("n", 0)),
+                        key=lambda g: float(g["n"]))
+            if not gs:
+                continue
+            x = np.array([float(g["n"]) for g in gs])
+            s = [g["metrics"][metric] for g in gs]
+            if center == "median":
+                y = np.array([v["median"] for v in s])
+                err = np.array([[v["median"] - v["q1"] for v in s], [v["q3"] - v["median"] for v in s]])
+            else:
+                y = np.array([v["mean"] for v in s])
+                sd = np.nan_to_num(np.array([v.get("sd", np.nan) for v in s], float))
+                # Dice cannot exceed 1: clip the upper bar rather than draw an impossible range
+                upper = np.minimum(sd, 1.0 - y) if metric == "dice" else sd
+                err = np.vstack([sd, upper])
+            label = SOURCE_LABELS.get(source, source) + (f" ({plans})" if multi_plans else "")
+            ax.errorbar(x, y, yerr=err, marker="o", ms=5, capsize=3, lw=1.6,
+                        color=source_color(source), label=label)
+        ax.set_xscale("log")
+        if all_n:
+            ax.set_xticks(all_n)
+            ax.set_xticklabels([f"{n:g}" for n in all_n])
+            ax.minorticks_off()
+            ax.set_xlim(min(all_n) / 1.3, max(all_n) * 1.3)
+        ax.set_xlabel("training-set size (slices)")
+        ax.set_ylabel(METRIC_LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"Dice ({'median, IQR' if center == 'median' else 'mean ± SD'})")
+    axes[1].set_title(f"RMS distance-to-agreement ({'median, IQR' if center == 'median' else 'mean ± SD'})")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, -0.08), frameon=False)
+    return _save(fig, path)
+
+
+def bland_altman(run: pd.DataFrame, title: str, path: Path) -> Path:
+    """Bland–Altman plots (prediction − reference) of SMA and SMD for one run's cases."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (m, label) in zip(axes, (("sma_cm2", "SMA (cm²)"), ("smd_hu", "SMD (HU)"))):
+        pred, ref = run[f"{m}_pred"].to_numpy(float), run[f"{m}_ref"].to_numpy(float)
+        ok = np.isfinite(pred) & np.isfinite(ref)
+        ax.set_title(label)
+        ax.set_xlabel(f"mean of prediction and reference, {label}")
+        ax.set_ylabel(f"prediction − reference, {label}")
+        ax.grid(alpha=0.3)
+        if ok.sum() < 2:
+            ax.text(0.5, 0.5, "fewer than 2 cases with both values", ha="center",
+                    transform=ax.transAxes)
+            continue
+        ba = agreement.bland_altman(pred[ok], ref[ok])
+        mean, diff = (pred[ok] + ref[ok]) / 2, pred[ok] - ref[ok]
+        ax.scatter(mean, diff, s=18, alpha=0.75, color="tab:blue")
+        for value, style, text in ((ba["bias"], "-", "bias"), (ba["loa_low"], "--", "−1.96 SD"),
+                                   (ba["loa_high"], "--", "+1.96 SD")):
+            ax.axhline(value, color="tab:red", ls=style, lw=1)
+            ax.annotate(f"{text} {value:.2f}", (1.0, value), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8,
+                        color="tab:red")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def boxes(cases: pd.DataFrame, path: Path) -> Path:
+    """Box plots of Dice and RMS DTA per source × training-set size (all folds' cases)."""
+    keys = (cases.groupby(["source", "size_tag", "plans"], sort=False)
+            .agg(n=("n", "median")).reset_index())
+    order = {s: i for i, s in enumerate((*SOURCES, "nnunet"))}
+    keys = keys.sort_values(by=["source", "n"], key=lambda c: c.map(order) if c.name == "source" else c)
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.55 * len(keys) + 2), 7), sharex=True)
+    for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
+        data, colors, labels = [], [], []
+        for k in keys.itertuples(index=False):
+            sel = cases[(cases.source == k.source) & (cases.size_tag == k.size_tag)
+                        & (cases.plans == k.plans)][metric].dropna()
+            data.append(sel.to_numpy(float) if len(sel) else np.array([np.nan]))
+            colors.append(source_color(k.source))
+            labels.append(f"{k.source}\nn={k.size_tag if k.size_tag != 'all' else f'{k.n:g}'}")
+        bp = ax.boxplot(data, patch_artist=True, widths=0.6, showfliers=True)
+        for patch, c in zip(bp["boxes"], colors):
+            patch.set_facecolor(c)
+            patch.set_alpha(0.6)
+        ax.set_ylabel(METRIC_LABELS[metric])
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_xticks(range(1, len(labels) + 1))
+        ax.set_xticklabels(labels, fontsize=8)
+    axes[0].set_title("per-case Dice and RMS DTA by source task and training-set size")
+    return _save(fig, path)
+
+
+def gallery(panels: list[dict], path: Path) -> Path:
+    """CT slices (window −160..240 HU) with reference (green) and predicted (magenta) contours.
+
+    Each panel: ``title``, ``image``, ``reference``, ``prediction`` (file paths).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 4.3), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.09, top=0.88, wspace=0.04)
+    for ax, p in zip(axes[0], panels):
+        image, _ = io.read_slice(p["image"])
+        ref, _ = io.read_mask(p["reference"])
+        pred, _ = io.read_mask(p["prediction"])
+        ax.imshow(image, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1],
+                  interpolation="nearest")
+        for mask, color in ((ref, "lime"), (pred, "magenta")):
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=1.2)
+        ax.set_title(p["title"], fontsize=9)
+        ax.set_axis_off()
+    handles = [plt.Line2D([], [], color="lime", label="reference"),
+               plt.Line2D([], [], color="magenta", label="prediction")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    return _save(fig, path)
+
+
+def williams(rows: pd.DataFrame, path: Path, label_column: str = "rater") -> Path:
+    """Forest plot of Williams indices with 95% CI per rater and metric; 1 = observer level."""
+    metrics_present = [m for m in ("dice", "rms_dta_mm") if m in set(rows.metric)]
+    fig, axes = plt.subplots(1, len(metrics_present),
+                             figsize=(5.5 * len(metrics_present), 0.35 * rows[label_column].nunique() + 1.8),
+                             squeeze=False, sharey=True)
+    for ax, m in zip(axes[0], metrics_present):
+        sub = rows[rows.metric == m].reset_index(drop=True)
+        y = np.arange(len(sub))[::-1]
+        within = sub.within_observer_variability.astype(bool).to_numpy()
+        ax.errorbar(sub.wi, y, xerr=[sub.wi - sub.ci_low, sub.ci_high - sub.wi], fmt="none",
+                    ecolor="0.4", capsize=3)
+        ax.scatter(sub.wi, y, c=np.where(within, "tab:green", "tab:red"), zorder=3)
+        ax.axvline(1.0, color="k", ls="--", lw=1)
+        ax.set_yticks(y)
+        ax.set_yticklabels(sub[label_column].astype(str))
+        ax.set_xlabel("Williams index (95% CI)")
+        ax.set_title(f"{'Dice' if m == 'dice' else '1 / RMS DTA'}: green = within observer variability",
+                     fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,293 @@
+"""One self-contained HTML report (PNG figures embedded as base64) from an evaluation folder.
+
+Reads what ``nnunet-xfer evaluate`` wrote (``cases.csv``, ``summary.json``, optionally
+``observers_williams.csv``) or an ``nnunet-xfer observers`` folder (``williams.csv``,
+``pairwise.csv``, ...). Pieces that are absent are named in the report, never a crash.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation import figures
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;
+margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.note{background:#fff7e0;border-left:4px solid #e0b000;padding:.4em .8em;margin:.6em 0}
+.muted{color:#666;font-size:.9em}
+"""
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.3g}", border=0,
+                      escape=True)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _fmt(stats: dict | None, center: str) -> str:
+    """``mean ± sd`` or ``median [q1, q3]`` of a stats dict (``–`` when empty)."""
+    if not stats or not stats.get("n"):
+        return "–"
+    if center == "mean":
+        sd = stats.get("sd")
+        return f"{stats['mean']:.3g} ± {sd:.2g}" if sd is not None else f"{stats['mean']:.3g}"
+    return f"{stats['median']:.3g} [{stats['q1']:.3g}, {stats['q3']:.3g}]"
+
+
+def _agreement_text(a: dict | None) -> tuple[str, str]:
+    """(ICC(2,1), bias [limits of agreement]) cells from an agreement dict."""
+    if not a or "bias" not in a:
+        return "–", "–"
+    icc = a.get("icc_2_1")
+    bias = f"{a['bias']:.3g} [{a.get('loa_low', float('nan')):.3g}, {a.get('loa_high', float('nan')):.3g}]"
+    return ("–" if icc is None else f"{icc:.3f}"), bias
+
+
+def summary_table(groups: list[dict]) -> pd.DataFrame:
+    """The per source × size table of summary.json, formatted for reading."""
+    rows = []
+    for g in groups:
+        sma_icc, sma_ba = _agreement_text(g.get("agreement", {}).get("sma_cm2"))
+        smd_icc, smd_ba = _agreement_text(g.get("agreement", {}).get("smd_hu"))
+        m = g["metrics"]
+        rows.append({
+            "source": g["source"], "n": f"{g['n']:g}" if isinstance(g["n"], (int, float)) else g["n"],
+            "size": g["size_tag"], "plans": g["plans"], "folds": ",".join(map(str, g["folds"])),
+            "cases": g["n_cases"], "failed": g["n_failed"],
+            "Dice mean ± SD": _fmt(m.get("dice"), "mean"),
+            "Dice median [IQR]": _fmt(m.get("dice"), "median"),
+            "RMS DTA mm mean ± SD": _fmt(m.get("rms_dta_mm"), "mean"),
+            "RMS DTA median [IQR]": _fmt(m.get("rms_dta_mm"), "median"),
+            "HD95 mm": _fmt(m.get("hd95_mm"), "median"), "NSD 2 mm": _fmt(m.get("nsd"), "mean"),
+            "SMA ICC": sma_icc, "SMA bias [LoA] cm²": sma_ba,
+            "SMD ICC": smd_icc, "SMD bias [LoA] HU": smd_ba,
+            "in pretraining": g.get("n_in_pretraining", 0),
+        })
+    return pd.DataFrame(rows)
+
+
+def best_group(groups: list[dict]) -> dict | None:
+    """The run with the highest mean Dice (ties: lower mean RMS DTA)."""
+    scored = [g for g in groups if g["metrics"].get("dice", {}).get("n")]
+    if not scored:
+        return None
+    rms = lambda g: g["metrics"].get("rms_dta_mm", {}).get("mean") or float("inf")  # noqa: E731
+    return max(scored, key=lambda g: (g["metrics"]["dice"]["mean"], -rms(g)))
+
+
+def _group_rows(cases: pd.DataFrame, g: dict) -> pd.DataFrame:
+    return cases[(cases.source == g["source"]) & (cases.size_tag.astype(str) == str(g["size_tag"]))
+                 & (cases.plans == g["plans"])]
+
+
+def _gallery_panels(run: pd.DataFrame) -> list[dict]:
+    """Best, median and worst case of a run by Dice."""
+    ordered = run.sort_values(["dice", "rms_dta_mm"], ascending=[False, True]).reset_index(drop=True)
+    picks = {"best": 0, "median": len(ordered) // 2, "worst": len(ordered) - 1}
+    panels, seen = [], set()
+    for label, i in picks.items():
+        r = ordered.iloc[i]
+        if i in seen:
+            continue
+        seen.add(i)
+        rms = "–" if pd.isna(r.rms_dta_mm) else f"{r.rms_dta_mm:.2f} mm"
+        panels.append({"title": f"{label}: {r.case_id} (fold {r.fold})\nDice {r.dice:.3f}, RMS {rms}",
+                       "image": r.image, "reference": r.reference, "prediction": r.prediction})
+    return panels
+
+
+def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_dir: Path,
+                         figs: dict) -> list[str]:
+    parts: list[str] = []
+    groups = summary.get("groups", [])
+    observers = summary.get("observers")
+    parts.append(f"<p>Dataset <b>{html.escape(str(summary.get('dataset', '?')))}</b>, configuration "
+                 f"{html.escape(str(summary.get('configuration', '?')))}: {summary.get('n_runs', 0)} "
+                 f"run(s), {len(cases)} evaluated case × run rows, "
+                 f"{len({g['source'] for g in groups})} source task(s), "
+                 f"{len({g['size_tag'] for g in groups})} training-set size(s).</p>")
+
+    parts.append("<h2>Dice and RMS DTA against training-set size</h2>")
+    if groups:
+        band = observers.get("band") if observers else None
+        figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band)
+        parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size"))
+        parts.append('<p class="muted">Mean ± SD across all validation cases of all folds. '
+                     + ("Grey band: range of the observers' mean agreement with the reference on "
+                        f"the {len(observers['cases'])} observer case(s)." if band else
+                        "No observer results in this folder (run evaluate with --observers for "
+                        "the observers' band).") + "</p>")
+        if len({g['size_tag'] for g in groups}) < 2:
+            parts.append(_note("Only one training-set size was evaluated, so the curve is a point."))
+    else:
+        parts.append(_note("No evaluated cases: no run had any fold with predictions."))
+
+    parts.append("<h2>Summary per source task and training-set size</h2>")
+    if groups:
+        parts.append(_table(summary_table(groups)))
+    if summary.get("human_level"):
+        parts.append("<h2>Human level (Williams index against the observers)</h2>")
+        hl = pd.DataFrame([{
+            "source": v["source"], "n": v["n"], "size": v["size_tag"], "plans": v["plans"],
+            "cases": v["n_cases"],
+            **{f"WI {figures.METRIC_LABELS.get(k, k).split(' ')[0]} [95% CI]":
+               f"{w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]" for k, w in v["wi"].items()},
+            "human level": "yes" if v["human_level"] else "no"} for v in summary["human_level"]])
+        parts.append(_table(hl))
+        wrows = pd.read_csv(folder / "observers_williams.csv") if (
+            folder / "observers_williams.csv").is_file() else pd.DataFrame()
+        obs_rows = pd.DataFrame(observers.get("williams", []))
+        forest = []
+        if len(wrows):
+            wrows["rater"] = wrows.source + " n=" + wrows.size_tag.astype(str)
+            forest.append(wrows)
+        if len(obs_rows):
+            forest.append(obs_rows.assign(rater="observer " + obs_rows.rater.astype(str)))
+        if forest:
+            figs["williams"] = figures.williams(pd.concat(forest, ignore_index=True),
+                                                fig_dir / "williams.png")
+            parts.append(_img(figs["williams"], "Williams index"))
+
+    parts.append("<h2>Muscle measures of the best run (Bland–Altman)</h2>")
+    best = best_group(groups)
+    if best is not None:
+        run = _group_rows(cases, best)
+        title = (f"{best['source']} n={best['size_tag']} ({best['plans']}): "
+                 f"mean Dice {best['metrics']['dice']['mean']:.3f}, {len(run)} cases")
+        figs["bland_altman"] = figures.bland_altman(run, title, fig_dir / "bland_altman.png")
+        parts.append(_img(figs["bland_altman"], "Bland-Altman SMA and SMD"))
+    else:
+        parts.append(_note("No run with evaluated cases."))
+
+    parts.append("<h2>Per-case distributions</h2>")
+    if len(cases):
+        figs["boxes"] = figures.boxes(cases, fig_dir / "boxes.png")
+        parts.append(_img(figs["boxes"], "Box plots per source and size"))
+
+    parts.append("<h2>Gallery: best, median and worst case of the best run</h2>")
+    if best is not None:
+        run = _group_rows(cases, best)
+        panels = _gallery_panels(run)
+        missing = [p for p in panels for k in ("image", "reference", "prediction")
+                   if not Path(p[k]).is_file()]
+        if missing:
+            parts.append(_note(f"Gallery skipped: {len(missing)} image/mask file(s) listed in "
+                               f"cases.csv no longer exist (e.g. {missing[0]['image']})."))
+        else:
+            figs["gallery"] = figures.gallery(panels, fig_dir / "gallery.png")
+            parts.append(_img(figs["gallery"], "Gallery of cases"))
+            parts.append('<p class="muted">CT window −160..240 HU; green: reference, '
+                         'magenta: prediction.</p>')
+
+    parts.append("<h2>Missing runs and predictions</h2>")
+    missing_runs = summary.get("missing", [])
+    if missing_runs:
+        parts.append(_table(pd.DataFrame([{
+            "trainer": m["trainer"], "plans": m["plans"],
+            "missing folds": ",".join(map(str, m["missing_folds"])) or "–",
+            "missing predictions": "; ".join(f"fold {f}: {', '.join(c)}"
+                                             for f, c in m["missing_predictions"].items()) or "–"}
+            for m in missing_runs])))
+    else:
+        parts.append("<p>None: every run has every fold of splits_final.json and a prediction "
+                     "for every validation case.</p>")
+
+    overlap = summary.get("pretraining_overlap", {})
+    rows = [{"plans": p, "source": s, "data": v["data"], "cases of this dataset used": v["n_cases"]}
+            for p, per in overlap.items() for s, v in per.items()]
+    parts.append("<h2>Pretraining data overlap</h2>")
+    parts.append(_table(pd.DataFrame(rows)) + "<p class='muted'>Cases used in pretraining are "
+                 "flagged in cases.csv (column in_pretraining).</p>" if rows else
+                 "<p>No pretrained store entries found for these plans.</p>")
+    return parts
+
+
+def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
+    parts = ["<h2>Observer study</h2>"]
+    summary = json.loads((folder / "summary.json").read_text()) if (
+        folder / "summary.json").is_file() else {}
+    if summary:
+        parts.append(f"<p>{len(summary.get('cases', []))} case(s), observers: "
+                     f"{html.escape(', '.join(summary.get('observers', [])))}"
+                     + (f"; model: {html.escape(summary['model'])}" if summary.get("model") else "")
+                     + ".</p>")
+    w = pd.read_csv(folder / "williams.csv")
+    if len(w):
+        figs["williams"] = figures.williams(w, fig_dir / "williams.png")
+        parts.append(_img(figs["williams"], "Williams index"))
+        parts.append(_table(w))
+    else:
+        parts.append(_note("williams.csv is empty."))
+    if summary.get("vs_reference"):
+        parts.append("<h3>Mean agreement with the reference</h3>")
+        parts.append(_table(pd.DataFrame(summary["vs_reference"]).T.reset_index(names="rater")))
+    if summary.get("vs_staple"):
+        parts.append("<h3>Mean agreement with the STAPLE consensus of the observers</h3>")
+        parts.append(_table(pd.DataFrame(summary["vs_staple"]).T.reset_index(names="rater")))
+    if (folder / "measures_agreement.csv").is_file():
+        parts.append("<h3>Muscle measures against the reference</h3>")
+        parts.append(_table(pd.read_csv(folder / "measures_agreement.csv")))
+    else:
+        parts.append(_note("No muscle measures (run observers with --images for SMA/SMD)."))
+    return parts
+
+
+def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) -> Path:
+    """Write the HTML report of an evaluation (or observer-study) folder and its PNG figures.
+
+    The PNGs go beside the HTML as ``<stem>_<figure>.png``.
+    """
+    folder, output_html = Path(input_dir), Path(output_html)
+    if not folder.is_dir():
+        raise UserError(f"evaluation folder {folder} does not exist; run `nnunet-xfer evaluate`")
+    is_eval = (folder / "cases.csv").is_file() and (folder / "summary.json").is_file()
+    is_obs = (folder / "williams.csv").is_file()
+    if not (is_eval or is_obs):
+        raise UserError(f"{folder} has neither cases.csv + summary.json (from `nnunet-xfer "
+                        f"evaluate`) nor williams.csv (from `nnunet-xfer observers`)")
+    if output_html.exists() and not overwrite:
+        raise UserError(f"{output_html} exists; pass --overwrite to replace it")
+    output_html.parent.mkdir(parents=True, exist_ok=True)
+    fig_dir = output_html.parent / f".{output_html.stem}.figures-{os.getpid()}"
+    shutil.rmtree(fig_dir, ignore_errors=True)
+    fig_dir.mkdir()
+    figs: dict[str, Path] = {}
+    try:
+        parts = [f"<h1>nnunet_xfer evaluation report</h1><p class='muted'>"
+                 f"{html.escape(str(folder.resolve()))}</p>"]
+        if is_eval:
+            cases = pd.read_csv(folder / "cases.csv")
+            summary = json.loads((folder / "summary.json").read_text())
+            parts += _evaluation_sections(folder, cases, summary, fig_dir, figs)
+        if is_obs:
+            parts += _observer_sections(folder, fig_dir, figs)
+        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>nnunet_xfer report"
+                f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+        tmp_html = output_html.with_name(f".{output_html.name}.tmp-{os.getpid()}")
+        tmp_html.write_text(page, encoding="utf-8")
+        for key, path in figs.items():
+            os.replace(path, output_html.parent / f"{output_html.stem}_{key}.png")
+        os.replace(tmp_html, output_html)
+    finally:
+        shutil.rmtree(fig_dir, ignore_errors=True)
+    return output_html

@@ -1,0 +1,143 @@
+"""Fold evaluation: a fake nnU-Net results tree (every branch) and a real 1-epoch nnU-Net run."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATASET_ID, fake_results_tree, run_cli, write_slice
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
+
+COLUMNS = ["case_id", "source", "n", "fold", "plans", "dice", "rms_dta_mm", "assd_mm", "hd95_mm",
+           "hd_mm", "nsd", "sma_cm2_ref", "sma_cm2_pred", "smd_hu_ref", "smd_hu_pred", "failed",
+           "size_tag", "in_pretraining", "image", "reference", "prediction"]
+
+
+@pytest.fixture(scope="module")
+def fake_tree(tmp_path_factory):
+    """The fake results tree with the nnU-Net variables pointing at it (restored afterwards)."""
+    base = tmp_path_factory.mktemp("fake_tree")
+    env = fake_results_tree(base)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield base, env
+
+
+@pytest.fixture(scope="module")
+def evaluated(fake_tree):
+    """``nnunet-xfer evaluate -d 990 --observers`` on the fake tree (via the CLI)."""
+    base, env = fake_tree
+    run_cli("nnunet-xfer", "evaluate", "-d", "990", "--observers", str(base / "observers"), env=env)
+    return Path(env["nnUNet_results"]) / "Dataset990_Fake" / "nnunet_xfer_evaluation"
+
+
+def test_cases_table(evaluated):
+    cases = pd.read_csv(evaluated / "cases.csv", dtype={"size_tag": str})
+    assert set(COLUMNS) <= set(cases.columns)
+    runs = cases.groupby(["source", "size_tag"]).size().to_dict()
+    # 2 folds × 6 validation cases; jigsaw n5 lacks fold 1, jigsaw n10 lacks one prediction;
+    # SomeOtherTrainer is not a run of ours
+    assert runs == {("scratch", "5"): 12, ("scratch", "all"): 12, ("nnunet", "all"): 12,
+                    ("jigsaw", "5"): 6, ("jigsaw", "10"): 11}
+    assert set(cases.trainer) == {"XferScratchTrainer_n5", "XferScratchTrainer_nall",
+                                  "nnUNetTrainer", "XferJigsawTrainer_n5", "XferJigsawTrainer_n10"}
+    assert (cases[cases.size_tag == "all"].n == 6).all()  # the fold's training size
+    failed = cases[cases.failed]
+    assert list(zip(failed.trainer, failed.case_id)) == [("XferJigsawTrainer_n10", "case_001")]
+    assert failed.dice.iloc[0] == 0 and np.isnan(failed.rms_dta_mm.iloc[0])
+    # the jigsaw store entry lists every case; scratch/nnunet have no pretraining
+    assert cases[cases.source == "jigsaw"].in_pretraining.all()
+    assert not cases[cases.source != "jigsaw"].in_pretraining.any()
+    # heights from the raw cases.csv give SMI
+    assert np.allclose(cases.smi_cm2_m2_ref * (1.6 + 0.02 * cases.case_id.str[-3:].astype(int)) ** 2,
+                       cases.sma_cm2_ref)
+    for col in ("image", "reference", "prediction"):
+        assert all(Path(p).is_file() for p in cases[col])
+    assert (cases.dice[~cases.failed] > 0.8).all()
+
+
+def test_summary(evaluated):
+    cases = pd.read_csv(evaluated / "cases.csv", dtype={"size_tag": str})
+    summary = json.loads((evaluated / "summary.json").read_text())
+    groups = {(g["source"], g["size_tag"]): g for g in summary["groups"]}
+    assert [(g["source"], g["size_tag"]) for g in summary["groups"]] == [
+        ("scratch", "5"), ("scratch", "all"), ("jigsaw", "5"), ("jigsaw", "10"), ("nnunet", "all")]
+    j10 = groups[("jigsaw", "10")]
+    sel = cases[(cases.source == "jigsaw") & (cases.size_tag == "10")]
+    assert j10["n_cases"] == 11 and j10["n_failed"] == 1 and j10["folds"] == [0, 1]
+    assert j10["metrics"]["dice"]["mean"] == pytest.approx(sel.dice.mean())
+    assert j10["metrics"]["rms_dta_mm"]["n"] == 10  # the failed case has no distance
+    assert j10["metrics"]["rms_dta_mm"]["median"] == pytest.approx(sel.rms_dta_mm.median())
+    assert j10["metrics"]["dice"]["iqr"] == pytest.approx(
+        sel.dice.quantile(0.75) - sel.dice.quantile(0.25))
+    assert j10["agreement"]["sma_cm2"]["bias"] == pytest.approx(
+        (sel.sma_cm2_pred - sel.sma_cm2_ref).mean())
+    assert j10["agreement"]["smd_hu"]["n"] == 10  # the empty prediction has no density
+    assert {"icc_2_1", "loa_low", "loa_high"} <= set(j10["agreement"]["sma_cm2"])
+    missing = {m["trainer"]: m for m in summary["missing"]}
+    assert missing["XferJigsawTrainer_n5"]["missing_folds"] == [1]
+    assert missing["XferJigsawTrainer_n10"]["missing_predictions"] == {"0": ["case_000"]}
+    assert set(missing) == {"XferJigsawTrainer_n5", "XferJigsawTrainer_n10"}
+    overlap = summary["pretraining_overlap"]["nnUNetPlans"]
+    assert overlap["jigsaw"]["n_cases"] == 12 and overlap["cls"]["n_cases"] == 0
+
+
+def test_human_level_by_williams_index(evaluated):
+    summary = json.loads((evaluated / "summary.json").read_text())
+    verdict = {(v["source"], v["size_tag"]): v for v in summary["human_level"]}
+    # boundary noise 2.5 px vs observers' 1 px: not human level; 0.5 px: human level
+    assert verdict[("scratch", "5")]["human_level"] is False
+    assert verdict[("nnunet", "all")]["human_level"] is True
+    assert verdict[("scratch", "all")]["human_level"] is True
+    assert verdict[("jigsaw", "10")]["n_cases"] == 5  # case_000 has no prediction
+    table = pd.read_csv(evaluated / "observers_williams.csv")
+    assert len(table) == 2 * len(verdict) and set(table.metric) == {"dice", "rms_dta_mm"}
+    obs = summary["observers"]
+    assert obs["names"] == ["obs_0", "obs_1", "obs_2"] and len(obs["cases"]) == 6
+    assert obs["band"]["dice"][0] <= obs["band"]["dice"][1]
+    assert len(obs["williams"]) == 3 * 2  # each observer against the other two
+
+
+def test_refusals_and_bad_predictions(fake_tree, evaluated, tmp_path):
+    base, env = fake_tree
+    again = run_cli("nnunet-xfer", "evaluate", "-d", "990", env=env, check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    with pytest.raises(UserError, match="no Xfer"):
+        evaluate_dataset("990", plans="OtherPlans", out=tmp_path / "none")
+    # a prediction on another grid: the case is named, nothing is written
+    bad = tmp_path / "results"
+    shutil.copytree(Path(env["nnUNet_results"]), bad)
+    shutil.rmtree(bad / "Dataset990_Fake" / "nnunet_xfer_evaluation")
+    pred = bad / "Dataset990_Fake" / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_1" / \
+        "validation" / "case_008.nii.gz"
+    write_slice(pred, np.zeros((128, 128), np.uint8), spacing=(1.0, 0.8), as_3d=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_results", str(bad))
+        with pytest.raises(UserError, match="case_008.*spacing"):
+            evaluate_dataset("990", out=tmp_path / "bad")
+        write_slice(pred, np.full((128, 128), 2, np.uint8), as_3d=True)
+        with pytest.raises(UserError, match="--label"):
+            evaluate_dataset("990", out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_real_nnunet_run(scratch_run, nnunet_env, tmp_path):
+    """`nnunet-xfer evaluate` on the real 1-epoch `nnUNetv2_train ... -tr XferScratchTrainer_n5`."""
+    out = tmp_path / "eval"
+    run_cli("nnunet-xfer", "evaluate", "-d", str(DATASET_ID), "-o", str(out))
+    cases = pd.read_csv(out / "cases.csv", dtype={"size_tag": str})
+    summary = json.loads((out / "summary.json").read_text())
+    splits = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset501_L3"
+                         / "splits_final.json").read_text())
+    own = cases[cases.trainer == "XferScratchTrainer_n5"]
+    assert sorted(own.case_id) == sorted(splits[0]["val"])
+    assert (own.fold == 0).all() and (own.n == 5).all() and (own.source == "scratch").all()
+    assert own.dice.between(0, 1).all() and (own.sma_cm2_ref > 0).all()
+    missing = {m["trainer"]: m for m in summary["missing"]}
+    assert missing["XferScratchTrainer_n5"]["missing_folds"] == list(range(1, len(splits)))

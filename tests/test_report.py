@@ -1,0 +1,110 @@
+"""HTML report: embedded base64 PNG figures, PNG files beside it, partial inputs, refusals."""
+from __future__ import annotations
+
+import base64
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import fake_results_tree, run_cli
+
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
+from nnunet_xfer.evaluation.observer_study import observer_study
+from nnunet_xfer.evaluation.report import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs).get("src", ""))
+        self.tables += tag == "table"
+
+
+def _parse(path: Path) -> _Images:
+    p = _Images()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def _embedded_pngs(parsed: _Images) -> list[bytes]:
+    prefix = "data:image/png;base64,"
+    assert parsed.srcs and all(s.startswith(prefix) for s in parsed.srcs)
+    return [base64.b64decode(s[len(prefix):]) for s in parsed.srcs]
+
+
+@pytest.fixture(scope="module")
+def fake_env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report_tree")
+    env = fake_results_tree(base)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield base, env
+
+
+def test_full_report(fake_env, tmp_path):
+    base, env = fake_env
+    evaluation = evaluate_dataset("990", out=tmp_path / "eval", observers=base / "observers")
+    html_path = tmp_path / "out" / "report.html"
+    proc = run_cli("nnunet-xfer", "report", "-i", str(evaluation), "-o", str(html_path), env=env)
+    assert str(html_path) in proc.stdout
+    parsed = _parse(html_path)
+    pngs = _embedded_pngs(parsed)
+    assert all(p.startswith(PNG_MAGIC) for p in pngs)
+    files = sorted(html_path.parent.glob("report_*.png"))
+    assert [f.name for f in files] == sorted(
+        f"report_{k}.png" for k in ("headline", "williams", "bland_altman", "boxes", "gallery"))
+    assert sorted(f.read_bytes() for f in files) == sorted(pngs)  # the same figures, embedded
+    text = html_path.read_text(encoding="utf-8")
+    assert parsed.tables >= 4  # summary, human level, missing runs, pretraining overlap
+    assert "XferJigsawTrainer_n5" in text and "fold 0: case_000" in text  # the missing list
+    assert "Grey band" in text and "http" not in text.replace("http-equiv", "")
+    with pytest.raises(UserError, match="--overwrite"):
+        write_report(evaluation, html_path)
+    write_report(evaluation, html_path, overwrite=True)
+    assert not [p for p in html_path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_partial_inputs(fake_env, tmp_path, monkeypatch):
+    base, env = fake_env
+    # one source, one size, no observers
+    results = tmp_path / "results"
+    shutil.copytree(Path(env["nnUNet_results"]) / "Dataset990_Fake" /
+                    "XferScratchTrainer_n5__nnUNetPlans__2d",
+                    results / "Dataset990_Fake" / "XferScratchTrainer_n5__nnUNetPlans__2d")
+    monkeypatch.setenv("nnUNet_results", str(results))
+    one = evaluate_dataset("990", out=tmp_path / "one")
+    report = write_report(one, tmp_path / "one.html")
+    text = report.read_text(encoding="utf-8")
+    assert len(_embedded_pngs(_parse(report))) == 4  # no Williams figure without observers
+    assert "No observer results" in text and "Only one training-set size" in text
+    # a run without any fold: nothing to plot, the report says so
+    shutil.rmtree(results / "Dataset990_Fake" / "XferScratchTrainer_n5__nnUNetPlans__2d")
+    (results / "Dataset990_Fake" / "XferRecTrainer_n10__nnUNetPlans__2d" / "fold_0").mkdir(
+        parents=True)
+    empty = evaluate_dataset("990", out=tmp_path / "empty")
+    text = write_report(empty, tmp_path / "empty.html").read_text(encoding="utf-8")
+    assert "No evaluated cases" in text and "XferRecTrainer_n10" in text
+    assert "<img" not in text
+
+
+def test_observer_study_report_and_bad_input(observer_study_data, tmp_path):
+    study = observer_study(observer_study_data / "reference", observer_study_data / "observers",
+                           out=tmp_path / "study")
+    report = write_report(study, tmp_path / "obs.html")
+    assert len(_embedded_pngs(_parse(report))) == 1
+    assert (tmp_path / "obs_williams.png").is_file()
+    assert "No muscle measures" in report.read_text(encoding="utf-8")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(UserError, match="cases.csv"):
+        write_report(tmp_path / "nothing", tmp_path / "x.html")
+    assert not (tmp_path / "x.html").exists()
