@@ -51,8 +51,8 @@ def sample_params(rng: np.random.Generator) -> Params:
     male = rng.random() < 0.5
     height = float(np.clip(rng.normal(1.76 if male else 1.63, 0.07), 1.45, 2.02))
     adip = float(rng.beta(2.0, 2.5))
-    musc = float(np.clip(1.0 + 0.12 * rng.normal() + (0.1 if male else -0.1)
-                         + 0.8 * (height - 1.70), 0.65, 1.4))
+    musc = float(np.clip(1.0 + 0.1 * rng.normal() + (0.07 if male else -0.07)
+                         + 0.6 * (height - 1.70), 0.7, 1.35))
     myo = float(rng.beta(1.4, 3.0))
     half_width = float(np.clip(128 + 70 * adip + 25 * (musc - 1) + rng.normal(0, 6), 112, 205))
     ratio = float(np.clip(0.66 + 0.1 * adip + rng.normal(0, 0.035), 0.58, 0.85))
@@ -64,13 +64,13 @@ def sample_params(rng: np.random.Generator) -> Params:
         myosteatosis=myo, contrast=bool(rng.random() < 0.6), fov_mm=fov,
         body_dx=float(rng.normal(0, 4)), body_dy=float(rng.normal(-12, 5)),
         half_width=half_width, half_ap_ant=half_ap * float(rng.uniform(1.0, 1.12)),
-        half_ap_post=half_ap * float(rng.uniform(0.82, 0.92)), back_n=float(rng.uniform(2.3, 3.0)),
+        half_ap_post=half_ap * float(rng.uniform(0.82, 0.92)), back_n=float(rng.uniform(2.0, 2.5)),
         body_coeffs=harmonics(rng, 0.035, 6),
         fat_thickness=float(np.clip(5 + 42 * adip ** 1.4 * (1.25 if not male else 0.9)
                                     + rng.normal(0, 2.5), 3, 75)),
         fat_profile=_FAT_BASE * np.exp(rng.normal(0, 0.12, size=_FAT_BASE.size)),
     )
-    mu = 46 - 42 * myo + rng.normal(0, 4)
+    mu = 54 - 42 * myo + rng.normal(0, 4)
     p.hu = {
         "subcut_fat": rng.uniform(-112, -92), "visceral_fat": rng.uniform(-100, -80),
         "muscle": mu, "skin": rng.uniform(10, 40),
@@ -84,29 +84,29 @@ def sample_params(rng: np.random.Generator) -> Params:
     m = musc
     asym = lambda: float(np.exp(rng.normal(0, 0.06)))  # noqa: E731 - left/right asymmetry
     p.muscle = {
-        "rectus_t": 9.5 * m * rng.uniform(0.85, 1.15), "rectus_end": rng.uniform(0.34, 0.44),
-        "linea_alba": rng.uniform(0.02, 0.05), "semilunaris": rng.uniform(0.03, 0.07),
-        "eo_t": 6.0 * m * rng.uniform(0.8, 1.2), "io_t": 7.5 * m * rng.uniform(0.8, 1.2),
-        "ta_t": 4.0 * m * rng.uniform(0.8, 1.2), "plane": rng.uniform(0.8, 2.0),
-        "ld_t": 6.0 * m * rng.uniform(0.7, 1.3),
-        "psoas_a": 15.0 * m * rng.uniform(0.85, 1.15), "psoas_b": 12.5 * m * rng.uniform(0.85, 1.15),
-        "ql_a": 16.0 * m * rng.uniform(0.85, 1.15), "ql_b": 8.0 * m * rng.uniform(0.85, 1.2),
-        "es_w": 46.0 * m * rng.uniform(0.9, 1.1), "es_d": 44.0 * m * rng.uniform(0.9, 1.1),
+        "rectus_t": 12.0 * m * rng.uniform(0.85, 1.15), "rectus_end": rng.uniform(0.42, 0.56),
+        "linea_alba": rng.uniform(0.012, 0.035), "semilunaris": rng.uniform(0.02, 0.05),
+        "eo_t": 8.0 * m * rng.uniform(0.8, 1.2), "io_t": 9.5 * m * rng.uniform(0.8, 1.2),
+        "ta_t": 5.0 * m * rng.uniform(0.8, 1.2), "plane": rng.uniform(0.8, 2.0),
+        "ld_t": 7.0 * m * rng.uniform(0.7, 1.3),
+        "psoas_a": 17.5 * m * rng.uniform(0.85, 1.15), "psoas_b": 15.0 * m * rng.uniform(0.85, 1.15),
+        "ql_a": 17.0 * m * rng.uniform(0.85, 1.15), "ql_b": 9.0 * m * rng.uniform(0.85, 1.2),
+        "es_w": 47.0 * m ** 0.7 * rng.uniform(0.9, 1.1), "es_d": 44.0 * m ** 0.7 * rng.uniform(0.9, 1.1),
         "side": {s: asym() for s in ("L", "R")},
         "group_hu": rng.normal(0, 4, size=8),
         "coeffs": [harmonics(rng, 0.05, 4) for _ in range(8)],
     }
     p.spine = {
         "vw": 46 + (4 if male else 0) + rng.normal(0, 2), "vd": 33 + (2 if male else 0) + rng.normal(0, 1.5),
-        "cortex": rng.uniform(1.2, 2.0), "tp_len": rng.uniform(24, 34), "sp_w": rng.uniform(3, 5),
-        "canal_w": rng.uniform(10, 13), "canal_d": rng.uniform(7, 9), "tilt": rng.normal(0, 0.03),
+        "cortex": rng.uniform(1.2, 2.0), "tp_len": rng.uniform(20, 30), "sp_w": rng.uniform(5, 8),
+        "sp_len": rng.uniform(28, 38), "canal_w": rng.uniform(18, 24), "canal_d": rng.uniform(12, 16),
     }
     p.organs = {
         "kidney": [bool(rng.random() < 0.85), bool(rng.random() < 0.85)],
-        "kidney_ab": [(rng.uniform(18, 28), rng.uniform(13, 18)) for _ in range(2)],
+        "kidney_ab": [(rng.uniform(14, 24), rng.uniform(11, 16)) for _ in range(2)],
         "kidney_dx": rng.uniform(12, 30), "kidney_angle": rng.uniform(0.3, 0.7),
         "aorta_r": rng.uniform(8, 12.5), "ivc": (rng.uniform(10, 16), rng.uniform(6, 10)),
-        "bowel_n": int(rng.integers(14, 26)), "bowel_seed": int(rng.integers(2**31)),
+        "bowel_n": int(rng.integers(22, 40) * (1 - 0.4 * adip)), "bowel_seed": int(rng.integers(2**31)),
         "colon_gas": [rng.uniform(0.1, 0.7) for _ in range(2)],
         "calcified": bool(rng.random() < 0.3 + 0.4 * myo),
         "scarpa": bool(rng.random() < 0.6),
@@ -163,16 +163,17 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     def taper(a0: float, a1: float, w: float = 0.12) -> np.ndarray:
         return np.sqrt(np.clip(np.minimum(aphi - a0, a1 - aphi) / w, 0, 1))
 
-    # Posterior landmarks follow the back: erector spinae lie under the posterior fat,
-    # the vertebra in front of them.
-    y_back = p.body_dy + float(body_radius(np.array(np.pi / 2))) - fat_t(np.array(np.pi))
+    # Posterior landmarks follow the back: the erector spinae fill the space between the
+    # transverse processes and the posterior fat, the vertebra lies in front of them.
     sp = p.spine
-    vy = y_back - mu["es_d"] - 20.0
+    y_back = p.body_dy + float(body_radius(np.array(np.pi / 2))) - fat_t(np.array(np.pi))
+    half_d = sp["vd"] / 2
+    vy = y_back - mu["es_d"] - half_d - sp["canal_d"] / 2 - 1
     vx = p.body_dx
-    ps_x = sp["vw"] / 2 + 0.7 * mu["psoas_a"]
-    ql_x = sp["vw"] / 2 + 1.6 * mu["psoas_a"] + 0.6 * mu["ql_a"]
-    ql_y = vy + sp["vd"] / 2 + 4
-    end = float(np.arctan2(ql_x + mu["ql_a"] * 0.9, -(ql_y - p.body_dy)))  # where the flank ends
+    y_tp = vy + half_d + sp["canal_d"] / 2 + 1  # canal centre and transverse-process level
+    ps_x, ps_y = sp["vw"] / 2 + 0.55 * mu["psoas_a"], vy + 0.1 * sp["vd"]
+    ql_x, ql_y = sp["vw"] / 2 + 1.45 * mu["psoas_a"] + 0.55 * mu["ql_a"], y_tp - 3
+    end = min(2.05, float(np.arctan2(ql_x + mu["ql_a"], -(ql_y - p.body_dy))))  # flank ends
 
     muscle = np.zeros((n, n), bool)
     mhu = np.full((n, n), np.nan)
@@ -200,32 +201,38 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     add((depth > eo + g1) & (depth < eo + g1 + io), 2)
     add((depth > eo + g1 + io + g2) & (depth < eo + g1 + io + g2 + ta), 3)
     # latissimus dorsi: thin posterolateral band under the skin fat
-    ld = mu["ld_t"] * side * taper(end - 0.35, end + 0.55, 0.25)
+    ld = mu["ld_t"] * side * taper(end - 0.35, end + 0.4, 0.2)
     add(inner & (depth < ld) & (aphi > end - 0.35), 4)
     wall = np.maximum(ra_t, eo + g1 + io + g2 + ta) + 1.5 + 6 * p.adiposity
 
     # Cavity: inside the wall and in front of the spine; bowel and vessels live here.
     cavity = (depth > wall) & (y < vy + sp["vd"] * 0.2) & (aphi < end + 0.2)
 
-    # Retroperitoneum: psoas, quadratus lumborum, erector spinae; kidneys, aorta, IVC.
+    # Retroperitoneum: psoas, quadratus lumborum, erector spinae (with multifidus); the thin
+    # fat cleft between multifidus and longissimus is not muscle.
     c = mu["coeffs"]
     retro = np.zeros((n, n), bool)
+    gaps = np.zeros((n, n), bool)
     for sgn, key, cs in ((-1, "R", 0), (1, "L", 1)):
         f = mu["side"][key]
-        box, m = blob(grid, vx + sgn * ps_x, vy - 0.1 * sp["vd"], mu["psoas_a"] * f,
-                      mu["psoas_b"] * f, angle=sgn * 0.5, coeffs=c[2 + cs])
+        box, m = blob(grid, vx + sgn * ps_x, ps_y, mu["psoas_a"] * f, mu["psoas_b"] * f,
+                      angle=sgn * 0.6, coeffs=c[2 + cs])
         add(m, 5, box)
         retro[box] |= m
         box, m = blob(grid, vx + sgn * ql_x, ql_y, mu["ql_a"] * f, mu["ql_b"] * f,
-                      angle=-sgn * 0.35, coeffs=c[4 + cs])
+                      angle=-sgn * 0.45, coeffs=c[4 + cs])
         add(m, 6, box)
         retro[box] |= m
-        es_cx = vx + sgn * (3.0 + mu["es_w"] * f / 2)
-        box, m = blob(grid, es_cx, y_back - 0.42 * mu["es_d"], mu["es_w"] * f / 2,
-                      0.6 * mu["es_d"], n=2.4, coeffs=c[6 + cs])
+        es_w = mu["es_w"] * f
+        es_x = vx + sgn * (sp["sp_w"] / 2 + 0.5 + es_w / 2)
+        box, m = blob(grid, es_x, y_tp + mu["es_d"] / 2 - 1, es_w / 2, mu["es_d"] / 2 + 3, n=2.3,
+                      coeffs=c[6 + cs])
         m &= inner[box]
         add(m, 7, box)
         retro[box] |= m
+        box, m = blob(grid, vx + sgn * (sp["sp_w"] / 2 + 0.42 * es_w), y_back - 0.3 * mu["es_d"],
+                      0.35 * mu["es_d"], 0.6, angle=np.pi / 2 - sgn * 0.3)
+        gaps[box] |= m
 
     _bowel(hu, grid, p, cavity & ~_grow(retro, grid, 4.0), texture_rng)
 
@@ -234,7 +241,8 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     for i, sgn in enumerate((-1, 1)):
         if o["kidney"][i]:
             ka, kb = o["kidney_ab"][i]
-            box, m = blob(grid, vx + sgn * (ql_x + o["kidney_dx"]), vy - 6, ka, kb,
+            box, m = blob(grid, vx + sgn * (ps_x + mu["psoas_a"] + 0.6 * ka + o["kidney_dx"] / 3),
+                          vy - 4, ka, kb,
                           angle=-sgn * o["kidney_angle"], coeffs=c[i])
             hu[box][m] = p.hu["kidney"]
             organs[box] |= m
@@ -251,7 +259,8 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     organs[box] |= m
 
     bone = _spine(hu, grid, p, vx, vy)
-    muscle &= ~(bone | organs)
+    hu[gaps & muscle] = p.hu["visceral_fat"]
+    muscle &= ~(bone | organs | gaps)
 
     # Muscle tissue: per-group HU, gentle texture, intramuscular fat specks (myosteatosis).
     tex = smooth_noise(texture_rng, (n, n), 2.0 / s)
@@ -273,7 +282,7 @@ def _grow(mask: np.ndarray, grid: Grid, mm: float) -> np.ndarray:
 def _table(hu: np.ndarray, grid: Grid, p: Params, body_radius) -> None:
     """The curved CT table under the back (it only shows where it falls inside the FOV)."""
     x, y = grid.xy()
-    y0 = p.body_dy + float(body_radius(np.array(np.pi / 2))) + 6
+    y0 = p.body_dy + float(body_radius(np.array(np.pi / 2))) + 2
     curve = y0 + 60 - np.sqrt(np.maximum(600.0 ** 2 - (x - p.body_dx) ** 2, 0)) + 540
     band = (y > curve) & (y < curve + 3)
     hu[band] = 150
@@ -289,27 +298,26 @@ def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float) -> np.nd
     outer = ratio < 1
     x, yy = grid.xy(box)
     # kidney-bean body: the posterior border is concave around the canal
-    outer &= ~((np.hypot((x - vx) / (0.55 * a), (yy - vy - 1.35 * b) / (0.6 * b))) < 1)
+    outer &= ~((np.hypot((x - vx) / (0.5 * a), (yy - vy - 1.3 * b) / (0.5 * b))) < 1)
     inner = outer & (ratio < 1 - sp["cortex"] / b)
     hu[box][outer] = p.hu["cortex"]
     hu[box][inner] = p.hu["cancellous"]
     bone[box] |= outer
     post = np.zeros(hu.shape, bool)
-    cy = vy + b + sp["canal_d"] * 0.8
-    box, m = blob(grid, vx, cy, sp["canal_w"] / 2 + 6, sp["canal_d"] / 2 + 6.5, n=2.2)
-    post[box] |= m  # ring of pedicles and laminae around the canal (the canal is cut out below)
+    cw, cd = sp["canal_w"] / 2, sp["canal_d"] / 2
+    cy = vy + b + cd + 1
+    box, m = blob(grid, vx, cy + 1, cw + 5, cd + 5.5, n=2.2)
+    post[box] |= m  # pedicles and laminae: a ring around the canal (cut out below)
     for sgn in (-1, 1):
-        box, m = blob(grid, vx + sgn * (sp["canal_w"] / 2 + 3 + sp["tp_len"] / 2), cy - 1,
-                      sp["tp_len"] / 2 + 3, 4.0, angle=sgn * 0.25, n=2.5)
+        box, m = blob(grid, vx + sgn * (cw + sp["tp_len"] / 2 + 2), cy - 1, sp["tp_len"] / 2 + 3,
+                      3.2, angle=sgn * 0.18, n=2.5)
         post[box] |= m
-        box, m = blob(grid, vx + sgn * (sp["canal_w"] / 2 + 3), cy + sp["canal_d"] / 2 + 3, 5.0, 4.5)
+        box, m = blob(grid, vx + sgn * (cw + 1), cy + cd + 2.5, 5.5, 5.0)
         post[box] |= m  # articular processes
-    sp_len = 30.0
-    box, m = blob(grid, vx, cy + sp["canal_d"] / 2 + 4 + sp_len / 2, sp["sp_w"] / 2, sp_len / 2,
-                  n=3.0)
+    box, m = blob(grid, vx, cy + cd + 3 + sp["sp_len"] / 2, sp["sp_w"] / 2, sp["sp_len"] / 2, n=3.0)
     post[box] |= m
     hu[post] = p.hu["cortex"] * 0.8
-    box, canal = blob(grid, vx, cy, sp["canal_w"] / 2, sp["canal_d"] / 2, n=1.8)
+    box, canal = blob(grid, vx, cy, cw, cd, n=1.6)
     hu[box][canal] = p.hu["csf"]
     post[box] &= ~canal
     return bone | post
@@ -339,7 +347,7 @@ def _bowel(hu: np.ndarray, grid: Grid, p: Params, allowed: np.ndarray,
     stool = smooth_noise(texture_rng, (n, n), max(1.2 / grid.spacing, 0.5))
     for cx, cy in pts[:n_loops]:
         r = rng.uniform(7, 17) * scale
-        box, ratio = blob_ratio(grid, cx, cy, r, r * rng.uniform(0.6, 1.0),
+        box, ratio = blob_ratio(grid, cx, cy, r, r * rng.uniform(0.35, 1.0),
                                 angle=rng.uniform(0, np.pi), coeffs=harmonics(rng, 0.08, 3))
         m = (ratio < 1) & allowed[box]
         lumen = m & (ratio < 1 - 2.2 / r)

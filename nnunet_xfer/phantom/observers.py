@@ -36,9 +36,9 @@ def observer_name(k: int, n_observers: int = 10) -> str:
 def observer_style(k: int, seed: int = 0) -> ObserverStyle:
     """The style of observer ``k`` (0-based) in a cohort drawn with ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7_000_003, k]))
-    return ObserverStyle(bias_mm=float(rng.normal(0.0, 0.35)), fat_mm=float(rng.normal(0.0, 0.6)),
-                         noise_mm=float(rng.uniform(0.35, 0.8)), corr_mm=float(rng.uniform(6, 15)),
-                         omissions=float(rng.uniform(0.1, 0.8)), omission_mm=float(rng.uniform(4, 9)))
+    return ObserverStyle(bias_mm=float(rng.normal(0.0, 0.2)), fat_mm=float(rng.normal(0.0, 0.3)),
+                         noise_mm=float(rng.uniform(0.2, 0.45)), corr_mm=float(rng.uniform(6, 15)),
+                         omissions=float(rng.uniform(0.1, 0.6)), omission_mm=float(rng.uniform(4, 8)))
 
 
 def observer_mask(subject: Subject, style: ObserverStyle, rng: np.random.Generator) -> np.ndarray:

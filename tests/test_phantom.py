@@ -1,0 +1,182 @@
+"""Synthetic L3 cohort: determinism, layout, anatomy sanity, simulated observers, CLI."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from conftest import run_cli
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.phantom import make_subject, observer_mask, observer_name, observer_style, write_cohort
+from nnunet_xfer.phantom.anatomy import sample_params
+from nnunet_xfer.phantom.observers import observer_rng
+from nnunet_xfer.phantom.subject import subject_rngs
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def subjects_256():
+    return [make_subject(i, size=256, seed=3) for i in range(4)]
+
+
+def test_same_seed_same_bytes_different_seed_differs():
+    a, b = make_subject(2, size=96, seed=5), make_subject(2, size=96, seed=5)
+    assert a.image.tobytes() == b.image.tobytes() and a.mask.tobytes() == b.mask.tobytes()
+    assert (a.spacing, a.height_m, a.sex) == (b.spacing, b.height_m, b.sex)
+    c, d = make_subject(2, size=96, seed=6), make_subject(3, size=96, seed=5)
+    assert not np.array_equal(a.image, c.image) and not np.array_equal(a.mask, c.mask)
+    assert not np.array_equal(a.image, d.image)
+
+
+def test_same_anatomy_at_every_size():
+    small, large = make_subject(1, size=64), make_subject(1, size=256)
+    assert small.spacing[0] == pytest.approx(large.spacing[0] * 4)
+    assert (small.height_m, small.sex) == (large.height_m, large.sex)
+    area = lambda s: s.mask.sum() * s.spacing[0] * s.spacing[1]  # noqa: E731
+    assert area(small) == pytest.approx(area(large), rel=0.12)
+
+
+def test_spacing_rule():
+    for i in range(6):
+        s = make_subject(i, size=64)
+        spacing_512 = s.spacing[0] * 64 / 512
+        assert 0.6 <= spacing_512 <= 0.9
+        assert s.spacing[0] == s.spacing[1]
+        assert s.image.shape == s.mask.shape == (64, 64)
+
+
+def test_anatomy_sanity(subjects_256):
+    muscle_hu = []
+    for s in subjects_256:
+        assert s.image.dtype == np.int16 and s.mask.dtype == np.uint8
+        assert set(np.unique(s.mask)) == {0, 1}
+        m = s.mask.astype(bool)
+        body = ndimage.binary_fill_holes(s.image > -500)
+        body = ndimage.binary_opening(body, iterations=2)
+        labels, _ = ndimage.label(body)
+        body = labels == np.bincount(labels.ravel()[labels.ravel() > 0]).argmax()  # not the table
+        assert not (m & ~body).any()
+        frac = m.sum() / body.sum()
+        assert 0.1 <= frac <= 0.35, frac
+        area_cm2 = m.sum() * s.spacing[0] * s.spacing[1] / 100
+        assert 60 < area_cm2 < 260
+        muscle_hu.append(s.image[ndimage.binary_erosion(m)].mean())
+        # subcutaneous fat: the outer ring of the body inside the skin
+        dist = ndimage.distance_transform_edt(body) * s.spacing[0]
+        subcut = (dist > 3) & (dist < 6) & ~m
+        assert -150 < np.median(s.image[subcut]) < -50
+        # vertebra: cortex and posterior elements above 300 HU
+        assert (s.image[body] > 300).sum() * s.spacing[0] ** 2 > 400  # mm², cortex + elements
+    assert all(-10 <= h <= 80 for h in muscle_hu), muscle_hu
+    assert max(muscle_hu) - min(muscle_hu) > 3  # myosteatosis varies between subjects
+
+
+def test_cohort_mixes_sexes_heights_and_muscle_density():
+    subjects = [sample_params(subject_rngs(0, i)[0]) for i in range(30)]
+    assert {s.sex for s in subjects} == {"F", "M"}
+    heights = [s.height_m for s in subjects]
+    assert 1.45 <= min(heights) and max(heights) <= 2.05 and np.std(heights) > 0.03
+    assert np.mean([s.height_m for s in subjects if s.sex == "M"]) > np.mean(
+        [s.height_m for s in subjects if s.sex == "F"])
+    assert np.ptp([s.myosteatosis for s in subjects]) > 0.3
+    assert np.ptp([s.fat_thickness for s in subjects]) > 15  # mm of subcutaneous fat
+
+
+def test_observers_realistic_and_distinct(subjects_256):
+    styles = [observer_style(k, seed=3) for k in range(3)]
+    ref_dice, pair_dice = [], []
+    for i, s in enumerate(subjects_256):
+        obs = [observer_mask(s, st, observer_rng(3, k, i)) for k, st in enumerate(styles)]
+        for o in obs:
+            assert o.shape == s.mask.shape and o.dtype == np.uint8 and set(np.unique(o)) <= {0, 1}
+            assert not np.array_equal(o, s.mask)
+            ref_dice.append(dice(o, s.mask))
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert not np.array_equal(obs[a], obs[b])
+                pair_dice.append(dice(obs[a], obs[b]))
+    assert 0.88 <= np.mean(ref_dice) <= 0.985, np.mean(ref_dice)
+    assert min(ref_dice) > 0.8
+    assert np.mean(pair_dice) < np.mean(ref_dice)  # two noisy outlines agree less than one and the truth
+    # the same observer on the same case is reproducible
+    again = observer_mask(subjects_256[0], styles[0], observer_rng(3, 0, 0))
+    assert np.array_equal(again, observer_mask(subjects_256[0], styles[0], observer_rng(3, 0, 0)))
+
+
+def test_observer_names():
+    assert observer_name(0) == "obs01" and observer_name(9) == "obs10"
+    assert observer_name(0, 150) == "obs001"
+
+
+def _read(path):
+    img = sitk.ReadImage(str(path))
+    return img, sitk.GetArrayFromImage(img)
+
+
+def test_write_cohort_layout(tmp_path):
+    out = write_cohort(tmp_path / "c", n_cases=5, size=48, n_observers=2, n_observer_cases=3, seed=1)
+    with open(out / "cases.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["case_id", "image", "mask", "height_m", "sex"]
+    assert [r["case_id"] for r in rows] == [f"L3_{i:04d}" for i in range(5)]
+    for i, r in enumerate(rows):
+        img, arr = _read(out / r["image"])
+        msk, marr = _read(out / r["mask"])
+        subj = make_subject(i, size=48, seed=1)
+        assert img.GetDimension() == 2 and arr.dtype == np.int16
+        assert img.GetSpacing() == pytest.approx(subj.spacing[::-1])
+        assert msk.GetSpacing() == img.GetSpacing() and msk.GetOrigin() == img.GetOrigin()
+        assert marr.dtype == np.uint8
+        np.testing.assert_array_equal(arr, subj.image)
+        np.testing.assert_array_equal(marr, subj.mask)
+        assert float(r["height_m"]) == pytest.approx(subj.height_m, abs=1e-3) and r["sex"] == subj.sex
+    assert sorted(p.name for p in (out / "observers").iterdir()) == ["obs01", "obs02"]
+    for name in ("obs01", "obs02"):
+        files = sorted(p.name for p in (out / "observers" / name).iterdir())
+        assert files == [f"L3_{i:04d}.nii.gz" for i in range(3)]
+    assert not [p for p in tmp_path.iterdir() if p.name != "c"]  # no temporary folder left
+
+
+def test_write_cohort_refuses_existing_and_overwrites(tmp_path):
+    out = tmp_path / "c"
+    write_cohort(out, n_cases=2, size=40, n_observers=1, n_observer_cases=1)
+    before = (out / "images" / "L3_0000.nii.gz").read_bytes()
+    with pytest.raises(UserError, match="exists"):
+        write_cohort(out, n_cases=2, size=40, seed=9)
+    assert (out / "images" / "L3_0000.nii.gz").read_bytes() == before
+    write_cohort(out, n_cases=3, size=40, n_observers=1, n_observer_cases=1, seed=9, overwrite=True)
+    assert len(list((out / "images").iterdir())) == 3
+    assert (out / "images" / "L3_0000.nii.gz").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_observer_cases_clamped_and_bad_arguments(tmp_path):
+    with pytest.warns(UserWarning, match="observer-cases"):
+        out = write_cohort(tmp_path / "c", n_cases=2, size=40, n_observers=1, n_observer_cases=5)
+    assert len(list((out / "observers" / "obs01").iterdir())) == 2
+    for kwargs in ({"n_cases": 0}, {"size": 8}, {"n_observers": -1}):
+        with pytest.raises(UserError):
+            write_cohort(tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_phantom(tmp_path):
+    out = tmp_path / "cohort"
+    run_cli("nnunet-xfer", "phantom", str(out), "--cases", "3", "--size", "40", "--observers", "2",
+            "--observer-cases", "2", "--seed", "4")
+    assert len(list((out / "images").glob("L3_*.nii.gz"))) == 3
+    assert len(list((out / "observers" / "obs02").glob("*.nii.gz"))) == 2
+    _, arr = _read(out / "images" / "L3_0001.nii.gz")
+    np.testing.assert_array_equal(arr, make_subject(1, size=40, seed=4).image)
+    proc = run_cli("nnunet-xfer", "phantom", str(out), "--cases", "3", "--size", "40", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already exists" in lines[0] and "--overwrite" in lines[0]
+    assert "Traceback" not in proc.stderr
