@@ -89,7 +89,7 @@ def sample_params(rng: np.random.Generator) -> Params:
         "eo_t": 8.0 * m * rng.uniform(0.8, 1.2), "io_t": 9.5 * m * rng.uniform(0.8, 1.2),
         "ta_t": 5.0 * m * rng.uniform(0.8, 1.2), "plane": rng.uniform(0.8, 2.0),
         "ld_t": 7.0 * m * rng.uniform(0.7, 1.3),
-        "psoas_a": 17.5 * m * rng.uniform(0.85, 1.15), "psoas_b": 15.0 * m * rng.uniform(0.85, 1.15),
+        "psoas_a": 15.0 * m * rng.uniform(0.85, 1.15), "psoas_b": 12.5 * m * rng.uniform(0.85, 1.15),
         "ql_a": 17.0 * m * rng.uniform(0.85, 1.15), "ql_b": 9.0 * m * rng.uniform(0.85, 1.2),
         "es_w": 47.0 * m ** 0.7 * rng.uniform(0.9, 1.1), "es_d": 44.0 * m ** 0.7 * rng.uniform(0.9, 1.1),
         "side": {s: asym() for s in ("L", "R")},
@@ -349,17 +349,18 @@ def _bowel(hu: np.ndarray, grid: Grid, p: Params, allowed: np.ndarray,
         r = rng.uniform(7, 17) * scale
         box, ratio = blob_ratio(grid, cx, cy, r, r * rng.uniform(0.35, 1.0),
                                 angle=rng.uniform(0, np.pi), coeffs=harmonics(rng, 0.08, 3))
-        m = (ratio < 1) & allowed[box]
+        kind, oral, level = rng.random(), rng.random() < 0.3, cy + rng.uniform(-0.6, 0.4) * r
+        m = ratio < 1
+        if (m & allowed[box]).sum() < 0.85 * m.sum():
+            continue  # a loop does not squeeze behind the wall or into the retroperitoneum
+        m &= allowed[box]
         lumen = m & (ratio < 1 - 2.2 / r)
         hu[box][m] = p.hu["bowel_wall"]
-        kind = rng.random()
         y = grid.xy(box)[1]
         if kind < 0.35:
-            content = p.hu["fluid"] if rng.random() < 0.7 else p.hu["oral_contrast"]
-            hu[box][lumen] = content
+            hu[box][lumen] = p.hu["oral_contrast"] if oral else p.hu["fluid"]
         elif kind < 0.65:
-            level = cy + rng.uniform(-0.6, 0.4) * r
-            gas = lumen & (y < level)
+            gas = lumen & (y < level)  # supine: gas rises anteriorly over an air-fluid level
             hu[box][lumen] = p.hu["fluid"]
             hu[box][gas] = -1000
         else:
@@ -371,7 +372,10 @@ def _bowel(hu: np.ndarray, grid: Grid, p: Params, allowed: np.ndarray,
         xs = p.body_dx + sgn * (p.half_width * 0.55 + rng.uniform(-10, 10))
         ys = p.body_dy + rng.uniform(0, 25)
         box, ratio = blob_ratio(grid, xs, ys, r, r * 0.9, coeffs=harmonics(rng, 0.08, 3))
-        m = (ratio < 1) & allowed[box]
+        m = ratio < 1
+        if (m & allowed[box]).sum() < 0.7 * m.sum():
+            continue
+        m &= allowed[box]
         lumen = m & (ratio < 1 - 2.0 / r)
         hu[box][m] = p.hu["bowel_wall"]
         st = stool[box]

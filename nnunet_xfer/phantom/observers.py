@@ -46,13 +46,9 @@ def observer_mask(subject: Subject, style: ObserverStyle, rng: np.random.Generat
     fine, f = subject.fine, subject.factor
     s = subject.spacing[0] / f
     ref = fine.muscle
-    inside = ndimage.distance_transform_edt(ref, sampling=s)
-    outside = ndimage.distance_transform_edt(~ref, sampling=s)
-    sdf = np.where(ref, inside - s / 2, -(outside - s / 2))  # > 0 inside, mm to the outline
-    fatness = ndimage.gaussian_filter(fine.fat.astype(np.float32), 1.5 / s)
     wander = smooth_noise(rng, ref.shape, style.corr_mm / s)
-    offset = style.bias_mm + style.fat_mm * np.clip(2 * fatness, 0, 1) + style.noise_mm * wander
-    drawn = (sdf + offset > 0) & fine.body & (fine.hu < 300)
+    offset = style.bias_mm + style.fat_mm * subject.fat_proximity + style.noise_mm * wander
+    drawn = (subject.signed_distance_mm + offset > 0) & fine.body & (fine.hu < 300)
     edge = np.flatnonzero(ref & ~ndimage.binary_erosion(ref))
     grid = Grid(ref.shape[0], s)
     for _ in range(rng.poisson(style.omissions) if edge.size else 0):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -36,6 +37,21 @@ class Subject:
     params: Params
     fine: Rendering
     factor: int
+
+    @cached_property
+    def signed_distance_mm(self) -> np.ndarray:
+        """Fine-grid distance (mm) to the muscle outline: > 0 inside the muscle, < 0 outside."""
+        s = self.spacing[0] / self.factor
+        ref = self.fine.muscle
+        inside = ndimage.distance_transform_edt(ref, sampling=s)
+        outside = ndimage.distance_transform_edt(~ref, sampling=s)
+        return np.where(ref, inside - s / 2, -(outside - s / 2))
+
+    @cached_property
+    def fat_proximity(self) -> np.ndarray:
+        """Fine-grid 0…1: how much fat lies within ~1.5 mm (saturates at half the neighbourhood)."""
+        s = self.spacing[0] / self.factor
+        return np.clip(2 * ndimage.gaussian_filter(self.fine.fat.astype(np.float32), 1.5 / s), 0, 1)
 
 
 def subject_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
