@@ -106,8 +106,8 @@ def test_human_level_by_williams_index(evaluated):
 
 def test_refusals_and_bad_predictions(fake_tree, evaluated, tmp_path):
     base, env = fake_tree
-    again = run_cli("nnunet-xfer", "evaluate", "-d", "990", env=env, check=False)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    with pytest.raises(UserError, match="--overwrite"):
+        evaluate_dataset("990")
     with pytest.raises(UserError, match="no Xfer"):
         evaluate_dataset("990", plans="OtherPlans", out=tmp_path / "none")
     # a prediction on another grid: the case is named, nothing is written

@@ -98,9 +98,11 @@ def test_cli_fold_folder_predictions_partial_coverage_and_overwrite(observer_stu
     assert len(summary["cases"]) == 7 and summary["excluded_cases"]["reference"] == ["case_007"]
     assert "net" in set(pd.read_csv(out / "williams.csv").rater)
     assert not (out / "measures.csv").exists()  # no --images: no measures
-    again = run_cli(*args, check=False)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
-    run_cli(*args, "--overwrite")
+    with pytest.raises(UserError, match="--overwrite"):
+        observer_study(observer_study_data / "reference", observer_study_data / "observers",
+                       predictions=run, name="net", out=out)
+    observer_study(observer_study_data / "reference", observer_study_data / "observers",
+                   predictions=run, name="net", out=out, overwrite=True)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -129,7 +131,49 @@ def test_bad_inputs(observer_study_data, tmp_path):
         observer_study(ref, obs, predictions=spaced, out=tmp_path / "o4")
 
     labels2 = _derived(observer_study_data, tmp_path / "labels2", lambda m: m.astype(np.uint8) * 2)
-    proc = run_cli("nnunet-xfer", "observers", "--reference", str(ref), "--observers", str(obs),
-                   "--predictions", str(labels2), "-o", str(tmp_path / "o5"), check=False)
-    assert proc.returncode == 2 and "--label" in proc.stderr and "case_000" in proc.stderr
+    with pytest.raises(UserError, match="case_000.*--label"):
+        observer_study(ref, obs, predictions=labels2, out=tmp_path / "o5")
+    # --label 2 on masks labelled 2 gives the same agreement as label 1 on the 0/1 masks
+    twice = lambda m: m.astype(np.uint8) * 2  # noqa: E731
+    for o in ("obs_0", "obs_1"):
+        for p in sorted((obs / o).iterdir()):
+            m, spacing = io.read_mask(p)
+            write_slice(tmp_path / "obs2" / o / p.name, twice(m), spacing)
+    as2 = observer_study(labels2, tmp_path / "obs2", predictions=labels2, out=tmp_path / "o6",
+                         label=2)
+    as1 = observer_study(ref, obs, predictions=ref, out=tmp_path / "o7")
+    pw2, pw1 = (pd.read_csv(d / "pairwise.csv") for d in (as2, as1))
+    key = ["case_id", "rater_a", "rater_b"]
+    both = pw2.merge(pw1, on=key, suffixes=("_2", "_1"))
+    assert len(both) == 8 * 6 and np.allclose(both.dice_2, both.dice_1)
     assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "o5"))
+
+
+def test_rms_agreement_conventions():
+    from nnunet_xfer.evaluation.observer_study import _agreement, rms_floor
+    rms = np.array([[0.0, 0.5, np.nan], [2.0, 4.0, 1.0]])
+    floor = rms_floor(rms)
+    assert floor == 0.5
+    a = _agreement(rms, "rms_dta_mm", floor)
+    # identical masks score as the closest non-identical pair, a failed comparison scores 0
+    assert a[0].tolist() == [2.0, 2.0, 0.0] and a[1].tolist() == [0.5, 0.25, 1.0]
+    assert rms_floor(np.zeros(3)) == 1.0
+    assert _agreement(np.array([0.3, 0.9]), "dice", floor).tolist() == [0.3, 0.9]
+
+
+def test_williams_on_project_phantom(tmp_path):
+    """The same verdicts on the package's own phantom cohort (128², 4 observers × 8 cases)."""
+    from nnunet_xfer.phantom.cohort import write_cohort
+    cohort = write_cohort(tmp_path / "cohort", n_cases=8, size=128, n_observers=4,
+                          n_observer_cases=8, seed=3)
+    refs = cohort / "masks"
+    for name, transform in (("copy", lambda m: m), ("eroded", lambda m: ndimage.binary_erosion(
+            m, np.ones((3, 3), bool), iterations=3))):
+        for p in sorted(refs.iterdir()):
+            m, spacing = io.read_mask(p)
+            write_slice(tmp_path / name / p.name, transform(m).astype(np.uint8), spacing)
+        out = observer_study(refs, cohort / "observers", predictions=tmp_path / name, name=name,
+                             out=tmp_path / f"out_{name}")
+        w = pd.read_csv(out / "williams.csv")
+        verdicts = w[w.rater == name].within_observer_variability.tolist()
+        assert verdicts == ([True, True] if name == "copy" else [False, False])

@@ -20,7 +20,7 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, io, measures, metrics
 from nnunet_xfer.evaluation.observer_study import (
     METRIC_COLUMNS, REFERENCE, check_geometry, load_masks, observer_files,
-    pairwise_table, spacing_floor, williams_rows, write_json)
+    pairwise_table, williams_rows, write_json)
 from nnunet_xfer.names import PRETRAINED_SOURCES, SOURCES, env_path, parse_trainer_name, store_dir
 
 EVALUATION_FOLDER = "nnunet_xfer_evaluation"
@@ -124,10 +124,15 @@ def _stats(values: pd.Series) -> dict:
             "median": float(med), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1)}
 
 
+def group_order(entry: dict) -> tuple:
+    """Sort key of a source × size entry: the study's source order, plans, then size."""
+    order = {s: i for i, s in enumerate((*SOURCES, PLAIN_SOURCE))}
+    return order.get(entry["source"], 99), entry["plans"], float(entry["n"])
+
+
 def summarize(cases: pd.DataFrame) -> list[dict]:
     """Per source × size × plans over all folds: metric statistics, failures, SMA/SMD agreement."""
     groups = []
-    order = {s: i for i, s in enumerate((*SOURCES, PLAIN_SOURCE))}
     for key, g in cases.groupby(GROUP, sort=False):
         entry = dict(zip(GROUP, key))
         ns = sorted(set(g.n.astype(int)))
@@ -141,7 +146,7 @@ def summarize(cases: pd.DataFrame) -> list[dict]:
                           for m in ("sma_cm2", "smd_hu")},
         })
         groups.append(entry)
-    groups.sort(key=lambda e: (order.get(e["source"], 99), e["plans"], float(e["n"])))
+    groups.sort(key=group_order)
     return groups
 
 
@@ -274,10 +279,9 @@ def observer_verdicts(cases: pd.DataFrame, obs_files: dict[str, dict[str, Path]]
     masks = {REFERENCE: load_masks(labels, study, 1, REFERENCE),
              **{o: load_masks(f, study, 1, o) for o, f in obs_files.items()}}
     check_geometry(masks, study)
-    floor = spacing_floor(masks, study)
     base_pairs = [(a, b) for i, a in enumerate(masks) for b in list(masks)[i + 1:]]
     base = pairwise_table(masks, study, base_pairs, desc="observer pairs")
-    info = {"names": observer_names, "cases": study, "rms_floor_mm": floor,
+    info = {"names": observer_names, "cases": study,
             "vs_reference": {}, "band": {}, "williams": []}
     for o in observer_names:
         sel = base[(base.rater_a == REFERENCE) & (base.rater_b == o)]
@@ -288,7 +292,7 @@ def observer_verdicts(cases: pd.DataFrame, obs_files: dict[str, dict[str, Path]]
     if len(observer_names) >= 3:
         for o in observer_names:
             info["williams"] += williams_rows(base, o, [x for x in observer_names if x != o],
-                                              study, floor)
+                                              study)
 
     rows, verdicts = [], []
     for key, g in cases[cases.case_id.isin(study)].groupby(GROUP, sort=False):
@@ -302,7 +306,7 @@ def observer_verdicts(cases: pd.DataFrame, obs_files: dict[str, dict[str, Path]]
                             desc=f"{group['source']} n={group['size_tag']} vs observers")
         obs = base[base.rater_a.isin(observer_names) & base.rater_b.isin(observer_names)]
         wr = williams_rows(pd.concat([pw, obs[obs.case_id.isin(have)]]), rater, observer_names,
-                           have, floor)
+                           have)
         n = sorted(set(g.n.astype(int)))
         for r in wr:
             rows.append({**group, "n": n[0] if len(n) == 1 else float(np.mean(n)),
@@ -310,4 +314,11 @@ def observer_verdicts(cases: pd.DataFrame, obs_files: dict[str, dict[str, Path]]
         verdicts.append({**group, "n": rows[-1]["n"], "n_cases": len(have),
                          "wi": {r["metric"]: [r["wi"], r["ci_low"], r["ci_high"]] for r in wr},
                          "human_level": all(r["within_observer_variability"] for r in wr)})
-    return pd.DataFrame(rows), info, verdicts
+    verdicts.sort(key=group_order)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(["source", "plans", "n", "metric"], kind="stable",
+                                  key=lambda c: c.map(lambda s: group_order(
+                                      {"source": s, "plans": "", "n": 0})[0])
+                                  if c.name == "source" else c)
+    return table, info, verdicts

@@ -6,9 +6,9 @@ Only cases that the reference, every observer and the model all have are studied
 out are listed in ``summary.json`` so partial coverage is never silent.
 
 Williams index (DESIGN.md): agreement is Dice, or 1/RMS DTA for distances. A failed comparison
-(exactly one mask empty, RMS undefined) counts as agreement 0 (an infinitely bad distance); two
-empty masks have RMS 0, which is floored at half the smallest pixel spacing before inversion so
-identical masks cannot give an infinite agreement.
+(exactly one mask empty, RMS undefined) counts as agreement 0 (an infinitely bad distance); identical
+masks (RMS 0) get the agreement of the closest non-identical pair in the same comparison (the
+smallest positive RMS), so 1/RMS stays finite and identical never scores below near-identical.
 """
 from __future__ import annotations
 
@@ -116,8 +116,15 @@ def _agreement(values: np.ndarray, metric: str, floor_mm: float) -> np.ndarray:
     return 1.0 / rms
 
 
+def rms_floor(*rms: np.ndarray) -> float:
+    """Smallest positive RMS DTA among the given values (1.0 mm when none is positive)."""
+    values = np.concatenate([np.ravel(r) for r in rms])
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(positive.min()) if positive.size else 1.0
+
+
 def williams_rows(pairwise: pd.DataFrame, rater: str, observers: list[str], case_ids: list[str],
-                  floor_mm: float, n_boot: int = N_BOOT, seed: int = SEED) -> list[dict]:
+                  n_boot: int = N_BOOT, seed: int = SEED) -> list[dict]:
     """Williams index of ``rater`` against ``observers`` (≥ 2) for Dice and 1/RMS, with its CI."""
     lookup = {}
     for r in pairwise.itertuples(index=False):
@@ -130,18 +137,15 @@ def williams_rows(pairwise: pd.DataFrame, rater: str, observers: list[str], case
     for m in WILLIAMS_METRICS:
         r_vs_o = np.array([[lookup[(c, rater, o, m)] for o in observers] for c in case_ids], float)
         o_vs_o = np.array([[lookup[(c, a, b, m)] for a, b in obs_pairs] for c in case_ids], float)
+        floor_mm = rms_floor(r_vs_o, o_vs_o)
         wi = agreement.williams_index(_agreement(r_vs_o, m, floor_mm),
                                       _agreement(o_vs_o, m, floor_mm), n_boot=n_boot, seed=seed)
         rows.append({"rater": rater, "metric": m, "wi": float(wi["wi"]),
                      "ci_low": float(wi["ci_low"]), "ci_high": float(wi["ci_high"]),
                      "within_observer_variability": bool(wi["within_observer_variability"]),
-                     "n_cases": len(case_ids), "n_observers": len(observers)})
+                     "n_cases": len(case_ids), "n_observers": len(observers),
+                     "rms_floor_mm": floor_mm if m == "rms_dta_mm" else None})
     return rows
-
-
-def spacing_floor(masks: Masks, case_ids: list[str]) -> float:
-    """Half the smallest pixel spacing of the study (the 1/RMS floor)."""
-    return 0.5 * min(float(min(masks[REFERENCE][c][1])) for c in case_ids)
 
 
 def staple_consensus(observer_masks: list[np.ndarray]) -> np.ndarray:
@@ -224,14 +228,13 @@ def observer_study(reference: Path, observers: Path, predictions: Path | None = 
     observer_names = list(obs_files)
     pairwise = pairwise_table(masks, case_ids, list(itertools.combinations(raters, 2)))
 
-    floor = spacing_floor(masks, case_ids)
     williams = []
     if len(observer_names) >= 3:  # an observer against the others needs ≥ 2 others
         for o in observer_names:
             others = [x for x in observer_names if x != o]
-            williams += williams_rows(pairwise, o, others, case_ids, floor)
+            williams += williams_rows(pairwise, o, others, case_ids)
     for r in [REFERENCE] + ([name] if predictions is not None else []):
-        williams += williams_rows(pairwise, r, observer_names, case_ids, floor)
+        williams += williams_rows(pairwise, r, observer_names, case_ids)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -256,7 +259,6 @@ def observer_study(reference: Path, observers: Path, predictions: Path | None = 
             "cases": case_ids, "excluded_cases": {r: v for r, v in excluded.items() if v},
             "case_rule": "cases present for the reference, every observer and the model",
             "label": label, "williams": williams, "n_boot": N_BOOT, "seed": SEED,
-            "rms_floor_mm": floor,
             "vs_reference": _mean_by_rater(pairwise, REFERENCE),
             "vs_staple": staple.groupby("rater")[list(METRIC_COLUMNS)].mean().to_dict("index"),
         }

@@ -58,9 +58,11 @@ def _agreement_text(a: dict | None) -> tuple[str, str]:
     """(ICC(2,1), bias [limits of agreement]) cells from an agreement dict."""
     if not a or "bias" not in a:
         return "–", "–"
-    icc = a.get("icc_2_1")
-    bias = f"{a['bias']:.3g} [{a.get('loa_low', float('nan')):.3g}, {a.get('loa_high', float('nan')):.3g}]"
-    return ("–" if icc is None else f"{icc:.3f}"), bias
+    def num(v, fmt: str) -> str:
+        return "–" if v is None or v != v else format(v, fmt)  # None or NaN
+    bias = (f"{num(a['bias'], '.3g')} [{num(a.get('loa_low'), '.3g')}, "
+            f"{num(a.get('loa_high'), '.3g')}]")
+    return num(a.get("icc_2_1"), ".3f"), bias
 
 
 def summary_table(groups: list[dict]) -> pd.DataFrame:
