@@ -7,6 +7,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nnunet_xfer.errors import UserError
+
+#: First nnunetv2 release whose ``nnUNet_extTrainer`` discovery this folder relies on.
+MIN_NNUNET_VERSION = "2.8.1"
+
+
+def check_nnunet_version() -> str:
+    """The installed nnunetv2 version; :class:`UserError` if it is missing or older than 2.8.1."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    def release(text: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+    try:
+        installed = version("nnunetv2")
+    except PackageNotFoundError:
+        raise UserError(f"nnunetv2 is not installed; pip install 'nnunetv2>={MIN_NNUNET_VERSION}'") from None
+    if release(installed) < release(MIN_NNUNET_VERSION):
+        raise UserError(f"nnunetv2 {installed} is too old: the trainers need nnunetv2 >= {MIN_NNUNET_VERSION} "
+                        f"(external trainer discovery via nnUNet_extTrainer); "
+                        f"pip install -U 'nnunetv2>={MIN_NNUNET_VERSION}'")
+    return installed
+
 
 def trainer_folder() -> Path:
     """The folder to put in ``nnUNet_extTrainer``."""
@@ -17,6 +40,7 @@ def environment_exports() -> str:
     """Shell line(s) for ``eval "$(nnunet-xfer env)"``."""
     import os
     import shlex
+    check_nnunet_version()
     folder = str(trainer_folder())
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     paths = [folder] + [p for p in current if p != folder]
