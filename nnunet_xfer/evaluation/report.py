@@ -29,6 +29,8 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .muted{color:#666;font-size:.9em}
 """
 
+_WI_LABELS = {"dice": "Dice", "rms_dta_mm": "1/RMS DTA"}
+
 
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.3g}", border=0,
@@ -152,8 +154,8 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         hl = pd.DataFrame([{
             "source": v["source"], "n": v["n"], "size": v["size_tag"], "plans": v["plans"],
             "cases": v["n_cases"],
-            **{f"WI {figures.METRIC_LABELS.get(k, k).split(' ')[0]} [95% CI]":
-               f"{w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]" for k, w in v["wi"].items()},
+            **{f"WI {_WI_LABELS.get(k, k)} [95% CI]": f"{w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]"
+               for k, w in v["wi"].items()},
             "human level": "yes" if v["human_level"] else "no"} for v in summary["human_level"]])
         parts.append(_table(hl))
         wrows = pd.read_csv(folder / "observers_williams.csv") if (
