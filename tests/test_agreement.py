@@ -44,6 +44,7 @@ def test_icc_2_1_pairs_and_edge_cases():
     assert math.isnan(icc_2_1([1.0], [2.0]))
 
 
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # inside pingouin, not ours
 def test_icc_2_1_matches_pingouin_when_installed():
     pd = pytest.importorskip("pandas")
     pg = pytest.importorskip("pingouin")

@@ -157,7 +157,8 @@ def _cli_error(m: dict, *extra: str) -> str:
 def test_measure_cli_bad_geometry_names_the_case(measure_inputs):
     m = measure_inputs
     write_slice(m["masks"] / "pt_b.nii.gz", np.zeros((16, 12), np.uint8), spacing_rowcol=(1.0, 0.7))
-    assert "pt_b" in _cli_error(m) and "spacing" in _cli_error(m)
+    err = _cli_error(m)
+    assert "case pt_b" in err and "spacing" in err
 
 
 def test_measure_cli_multilabel_needs_label(measure_inputs):
@@ -165,7 +166,8 @@ def test_measure_cli_multilabel_needs_label(measure_inputs):
     labels = np.zeros((16, 12), np.uint8)
     labels[2:6, 2:6], labels[8:10, 3:9] = 1, 2
     write_slice(m["masks"] / "pt_a.nii.gz", labels)
-    assert "--label" in _cli_error(m) and "pt_a" in _cli_error(m)
+    err = _cli_error(m)
+    assert "--label" in err and "pt_a.nii.gz" in err
     run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
             "-o", str(m["out"]), "--label", "2")
     table = pd.read_csv(m["out"]).set_index("case_id")
