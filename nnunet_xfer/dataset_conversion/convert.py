@@ -80,6 +80,21 @@ def _check_preprocessed(preprocessed: Path | None, dataset_id: int, folder_name:
                             f"(and re-run nnUNetv2_plan_and_preprocess)")
 
 
+def _convert_case(folder: Path, spec: CaseSpec, labels: list[int] | None, allow_non_hu: bool,
+                  empty: list[str]) -> dict:
+    """Check and write one case; returns its cases.csv row (appends to ``empty`` if no muscle)."""
+    case = prepare_case(spec, labels, allow_non_hu)
+    write_case(folder, spec.case_id, case.image, case.mask)
+    if case.muscle_pixels == 0:
+        empty.append(spec.case_id)
+    sx, sy = case.image.GetSpacing()[:2]
+    return {"case_id": spec.case_id, "height_m": spec.height_m, "sex": spec.sex,
+            "observer": spec.observer, "image": str(Path(spec.image).resolve()),
+            "mask": str(Path(spec.mask).resolve()), "slice_index": case.slice_index,
+            "spacing_x_mm": sx, "spacing_y_mm": sy, "rows": case.image.GetSize()[1],
+            "cols": case.image.GetSize()[0], "muscle_pixels": case.muscle_pixels}
+
+
 def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
     """One warning per subset size that some folds are too small for."""
     for n in subsets["sizes"]:
@@ -139,18 +154,9 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     with staging(raw) as staged:
         main = new_staging(raw)
         staged.append(main)
-        for spec in tqdm(specs, desc=f"convert → {folder_name}", unit="case"):
-            case = prepare_case(spec, labels, allow_non_hu)
-            write_case(main, spec.case_id, case.image, case.mask)
-            if case.muscle_pixels == 0:
-                empty.append(spec.case_id)
-            sx, sy = case.image.GetSpacing()[:2]
-            rows.append({"case_id": spec.case_id, "height_m": spec.height_m, "sex": spec.sex,
-                         "observer": spec.observer, "image": str(Path(spec.image).resolve()),
-                         "mask": str(Path(spec.mask).resolve()), "slice_index": case.slice_index,
-                         "spacing_x_mm": sx, "spacing_y_mm": sy,
-                         "rows": case.image.GetSize()[1], "cols": case.image.GetSize()[0],
-                         "muscle_pixels": case.muscle_pixels})
+        with tqdm(specs, desc=f"convert {folder_name}", unit="case") as bar:
+            for spec in bar:
+                rows.append(_convert_case(main, spec, labels, allow_non_hu, empty))
         if empty:
             warnings.warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}",
                           stacklevel=2)

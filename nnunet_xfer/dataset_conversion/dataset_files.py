@@ -5,6 +5,7 @@ Later stages (trainers, pretraining, evaluation) use these instead of parsing th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,12 +17,27 @@ from nnunet_xfer.names import env_path
 
 
 def dataset_name(dataset: str | int) -> str:
-    """``Dataset501_L3`` from an id (501, ``"501"``) or a full name, as nnU-Net resolves it."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else str(dataset))
-    except RuntimeError as e:
-        raise UserError(str(e).splitlines()[0]) from None
+    """``Dataset501_L3`` from an id (501, ``"501"``) or a full name, as nnU-Net resolves it.
+
+    Looks in the nnU-Net folders named by the environment at call time (nnunetv2.paths is frozen
+    at import).
+    """
+    text = str(dataset)
+    if text.startswith("Dataset"):
+        return text
+    if not text.isdigit():
+        raise UserError(f"dataset {text!r} is neither an id (e.g. 501) nor a name (Dataset501_L3)")
+    prefix = f"Dataset{int(text):03d}_"
+    found = set()
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        root = os.environ.get(var)
+        if root and Path(root).is_dir():
+            found.update(p.name for p in Path(root).iterdir() if p.is_dir() and p.name.startswith(prefix))
+    if len(found) != 1:
+        what = "no dataset" if not found else f"several datasets ({', '.join(sorted(found))})"
+        raise UserError(f"{what} with id {int(text)} in $nnUNet_raw/$nnUNet_preprocessed/"
+                        f"$nnUNet_results; give the full dataset name or fix the folders")
+    return found.pop()
 
 
 def raw_dataset_dir(dataset: str | int) -> Path:

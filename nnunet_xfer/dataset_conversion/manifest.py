@@ -70,7 +70,7 @@ def check_case_ids(case_ids: list[str], where: str) -> None:
     """Refuse unsafe or duplicate case ids (they become file names)."""
     seen: set[str] = set()
     for cid in case_ids:
-        if not SAFE_CASE_ID.match(cid) or cid.endswith("_0000"):
+        if not SAFE_CASE_ID.match(cid):
             raise UserError(f"case_id {cid!r} in {where} is not a safe file name; use letters, digits, "
                             f"'.', '_' and '-' only (no path separators, no leading dot)")
         if cid in seen:

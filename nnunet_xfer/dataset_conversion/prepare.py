@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec
-from nnunet_xfer.dataset_conversion.readers import read_image, read_mask
+from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite, read_image, read_mask
 from nnunet_xfer.dataset_conversion.slice_selection import (check_index, extract_slice, is_volume,
                                                             middle_slice_of_label, n_slices)
 from nnunet_xfer.errors import UserError
@@ -63,8 +63,10 @@ def _require_same(image: sitk.Image, other: sitk.Image, what: str, path: Path, i
                         f"the {what} must have the image's geometry")
 
 
-def _check_hu(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -> None:
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
+def _check_hu(image: np.ndarray, path: Path, index: int | None, case: str,
+              allow_non_hu: bool) -> None:
+    if image.dtype.kind == "f" and (not np.isfinite(image).all()
+                                    or nifti_has_nonfinite(path, index)):
         raise UserError(f"case {case}: image {path} contains NaN or inf values in the chosen slice; "
                         f"fix the image")
     if allow_non_hu:
@@ -116,13 +118,13 @@ def prepare_case(spec: CaseSpec, labels: list[int] | None = None,
         check_index(image, spec.slice_index, spec.image, cid)
     slice_img = extract_slice(image, index if index is not None else 0)
     values = sitk.GetArrayFromImage(slice_img)
-    _check_hu(values, spec.image, cid, allow_non_hu)
+    _check_hu(values, spec.image, index, cid, allow_non_hu)
 
     mask = read_mask(spec.mask, cid)
     if isinstance(mask, np.ndarray):
         if mask.shape != values.shape:
             raise UserError(f"case {cid}: mask {spec.mask} has shape {mask.shape} but the image "
-                            f"slice is {values.shape} (rows × columns); use the slice's shape")
+                            f"slice is {values.shape} (rows x columns); use the slice's shape")
         mask_values = mask
     else:
         if is_volume(mask):

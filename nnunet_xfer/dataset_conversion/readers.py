@@ -161,6 +161,19 @@ def read_image(path: Path, case: str = "?", what: str = "image") -> sitk.Image:
     return image
 
 
+def nifti_has_nonfinite(path: Path, index: int | None) -> bool:
+    """Whether a float NIfTI holds NaN/inf in slice ``index`` (None: the whole 2D image).
+
+    ITK's NIfTI reader silently turns NaN and inf into 0, so the file is checked with nibabel.
+    """
+    if file_ending(path) not in (".nii", ".nii.gz"):
+        return False
+    import nibabel as nib  # a dependency of nnunetv2
+    data = nib.load(str(path)).dataobj
+    values = np.asarray(data[..., index] if index is not None and len(data.shape) >= 3 else data)
+    return values.dtype.kind == "f" and not np.isfinite(values).all()
+
+
 def read_mask(path: Path, case: str = "?") -> sitk.Image | np.ndarray:
     """Read a mask: a 2D ``np.ndarray`` for PNG/NPY (geometry comes from the image), else an image."""
     path = Path(path)
@@ -180,7 +193,7 @@ def read_mask(path: Path, case: str = "?") -> sitk.Image | np.ndarray:
         arr = np.squeeze(arr)
         if arr.ndim != 2:
             raise UserError(f"case {case}: mask {path} has shape {arr.shape}; a PNG/NPY mask must "
-                            f"be one 2D slice (grey-scale, rows × columns)")
+                            f"be one 2D slice (grey-scale, rows x columns)")
         return arr
     if path.is_file() and ending in _PICTURE_ENDINGS:
         raise UserError(f"case {case}: mask {path}: {ending} is not supported; use PNG, NPY, "
