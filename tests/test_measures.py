@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from conftest import REAL_CT, run_cli
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.io import (case_id_from_filename, check_same_geometry, read_mask,
-                                       read_slice)
+from nnunet_xfer.evaluation.io import (case_id_from_filename, check_same_geometry, list_cases,
+                                       read_mask, read_slice)
 from nnunet_xfer.evaluation.measures import MEASURE_COLUMNS, muscle_measures
 
 # 10 muscle pixels at the IMAT / refined-muscle range ends; spacing 0.5 × 2.0 mm → 0.01 cm² a pixel
@@ -46,10 +46,26 @@ def test_muscle_measures_empty_mask_and_no_height():
 
 
 def test_case_id_from_filename():
-    assert case_id_from_filename("case_007_0000.nii.gz") == "case_007"
-    assert case_id_from_filename("case_007.nii.gz") == "case_007"
+    assert case_id_from_filename("case_007_0000.nii.gz", channel_suffix=True) == "case_007"
+    assert case_id_from_filename("case_007.nii.gz", channel_suffix=True) == "case_007"
+    assert case_id_from_filename("L3_0000.nii.gz") == "L3_0000"   # a mask: no channel suffix
     assert case_id_from_filename(Path("/x/y/p12.mha")) == "p12"
-    assert case_id_from_filename("p12_0001.nrrd") == "p12_0001"
+    assert case_id_from_filename("p12_0001.nrrd", channel_suffix=True) == "p12_0001"
+
+
+def test_list_cases_channel_suffix_only_for_nnunet_style_image_folders(tmp_path):
+    one = np.zeros((3, 3), np.uint8)
+    for name in ("L3_0000_0000.nii.gz", "L3_0001_0000.nii.gz"):
+        write_slice(tmp_path / "imagesTr" / name, one)
+        write_slice(tmp_path / "labelsTr" / name.replace("_0000.nii.gz", ".nii.gz"), one)
+    for name in ("L3_0000.nii.gz", "L3_0001.nii.gz"):
+        write_slice(tmp_path / "images" / name, one)
+    (tmp_path / "labelsTr" / "dataset.json").write_text("{}")
+    assert list(list_cases(tmp_path / "imagesTr", "images")) == ["L3_0000", "L3_0001"]
+    assert list(list_cases(tmp_path / "labelsTr", "labels")) == ["L3_0000", "L3_0001"]
+    assert list(list_cases(tmp_path / "images", "images")) == ["L3_0000", "L3_0001"]
+    with pytest.raises(UserError, match="not a folder of masks"):
+        list_cases(tmp_path / "nothing", "masks")
 
 
 def write_slice(path: Path, arr: np.ndarray, spacing_rowcol=(0.8, 0.7), as_3d=False) -> Path:
@@ -209,3 +225,24 @@ def test_real_totalseg_l3_measures_are_plausible():
     assert 0.7 * m["sma_cm2"] < m["sma_hu_refined_cm2"] <= m["sma_cm2"]
     vertebra = muscle_measures(image, labels == 5, spacing)
     assert vertebra["smd_hu"] > m["smd_hu"]        # cancellous bone is denser than muscle
+
+
+def test_measure_cli_on_the_phantom_cohort(phantom_dir, tmp_path):
+    """The phantom's layout is a user's: images/, masks/ and cases.csv with case_id,height_m."""
+    out = tmp_path / "phantom_measures.csv"
+    run_cli("nnunet-xfer", "measure", "--images", str(phantom_dir / "images"), "--masks",
+            str(phantom_dir / "masks"), "--heights", str(phantom_dir / "cases.csv"), "-o", str(out))
+    table = pd.read_csv(out, dtype={"case_id": str}).set_index("case_id")
+    cases = pd.read_csv(phantom_dir / "cases.csv", dtype={"case_id": str}).set_index("case_id")
+    assert sorted(table.index) == sorted(cases.index)
+    np.testing.assert_allclose(table["smi_cm2_m2"], table["sma_cm2"] / cases.loc[table.index,
+                               "height_m"] ** 2, rtol=1e-9)
+    assert (table["sma_cm2"] > 0).all()
+    assert table["smd_hu"].between(-30, 150).all()   # muscle density of the simulated muscle
+    assert (table["imat_cm2"] < table["sma_cm2"]).all()
+    assert (table["sma_hu_refined_cm2"] <= table["sma_cm2"]).all()
+    case = table.index[0]
+    image, spacing = read_slice(phantom_dir / "images" / f"{case}.nii.gz")
+    mask, _ = read_mask(phantom_dir / "masks" / f"{case}.nii.gz")
+    want = muscle_measures(image, mask, spacing, float(cases.loc[case, "height_m"]))
+    assert table.loc[case].to_dict() == pytest.approx(want)

@@ -15,22 +15,27 @@ from nnunet_xfer.errors import UserError
 #: File endings the evaluation commands read (longest first so `.nii.gz` wins over `.gz`).
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png")
 
+#: nnU-Net's suffix of the first (here: only) image channel, `<case>_0000.nii.gz`.
+CHANNEL_SUFFIX = "_0000"
+
 #: Relative tolerance when comparing spacings of an image and its mask.
 SPACING_RTOL = 1e-4
 
 
-def case_id_from_filename(name: str | Path) -> str:
-    """Case id of an image or mask file: the name without its ending and nnU-Net's `_0000` channel.
+def case_id_from_filename(name: str | Path, channel_suffix: bool = False) -> str:
+    """Case id of an image or mask file: the name without its ending (and, with
+    ``channel_suffix``, without nnU-Net's ``_0000`` channel suffix of image files).
 
-    `case_007_0000.nii.gz` → `case_007`; `case_007.nii.gz` → `case_007`.
+    `case_007.nii.gz` → `case_007`; `case_007_0000.nii.gz` → `case_007` with ``channel_suffix``.
+    Masks never carry the suffix, so a mask `L3_0000.nii.gz` is case `L3_0000`.
     """
     name = Path(name).name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    if name.endswith("_0000"):
-        name = name[: -len("_0000")]
+    if channel_suffix and name.endswith(CHANNEL_SUFFIX):
+        name = name[: -len(CHANNEL_SUFFIX)]
     return name
 
 
@@ -39,24 +44,53 @@ def is_slice_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def list_cases(folder: Path, what: str = "files") -> dict[str, Path]:
-    """Map case id → file for every slice file in ``folder``; UserError if missing, empty or ambiguous."""
+def list_cases(folder: Path, what: str = "files",
+               channel_suffix: bool | None = None) -> dict[str, Path]:
+    """Map case id → file for every slice file in ``folder``; UserError if missing, empty or ambiguous.
+
+    ``channel_suffix`` says whether file names end in nnU-Net's ``_0000`` channel suffix. None
+    (default): yes for a folder of images (``what`` mentions images) in which every file ends in
+    ``_0000``, as in nnU-Net's imagesTr/imagesTs; no otherwise (masks, or images named
+    ``<case>.nii.gz`` whose case ids may themselves end in ``_0000``, like the phantom's).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder of {what}")
+    paths = [p for p in sorted(folder.iterdir()) if is_slice_file(p)]
+    if not paths:
+        raise UserError(f"{folder}: no {what} found (expected "
+                        f"{', '.join(IMAGE_SUFFIXES)} files named by case)")
+    if channel_suffix is None:
+        channel_suffix = "image" in what.lower() and all(
+            case_id_from_filename(p).endswith(CHANNEL_SUFFIX) for p in paths)
     cases: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not is_slice_file(path):
-            continue
-        case = case_id_from_filename(path.name)
+    for path in paths:
+        case = case_id_from_filename(path.name, channel_suffix)
         if case in cases:
             raise UserError(f"{folder}: case {case} appears twice ({cases[case].name}, {path.name});"
                             " keep one file per case")
         cases[case] = path
-    if not cases:
-        raise UserError(f"{folder}: no {what} found (expected "
-                        f"{', '.join(IMAGE_SUFFIXES)} files named by case)")
     return cases
+
+
+def images_for_cases(folder: Path, case_ids: list[str], what: str = "images") -> dict[str, Path]:
+    """The image of each case in ``folder``: ``<case>_0000.<ending>`` (nnU-Net style) if present,
+    else ``<case>.<ending>``; naming may differ between files. UserError naming the first case
+    without an image."""
+    by_stem = list_cases(folder, what, channel_suffix=False)
+    found: dict[str, Path] = {}
+    lacking = []
+    for case in case_ids:
+        path = by_stem.get(case + CHANNEL_SUFFIX, by_stem.get(case))
+        if path is None:
+            lacking.append(case)
+        else:
+            found[case] = path
+    if lacking:
+        more = f"; {len(lacking) - 1} more cases lack one" if len(lacking) > 1 else ""
+        raise UserError(f"case {lacking[0]}: no image in {folder} (expected {lacking[0]}"
+                        f"{CHANNEL_SUFFIX}.nii.gz or {lacking[0]}.nii.gz){more}")
+    return found
 
 
 def read_slice(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:

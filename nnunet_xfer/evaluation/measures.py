@@ -15,7 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.io import check_same_geometry, list_cases, read_mask, read_slice
+from nnunet_xfer.evaluation.io import (check_same_geometry, images_for_cases, list_cases,
+                                       read_mask, read_slice)
 
 IMAT_HU = (-190.0, -30.0)
 MUSCLE_HU = (-29.0, 150.0)
@@ -83,13 +84,8 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     out_csv = Path(out_csv)
     if out_csv.exists() and not overwrite:
         raise UserError(f"{out_csv}: exists; pass --overwrite to replace it")
-    mask_files = list_cases(Path(masks), "masks")
-    image_files = list_cases(Path(images), "images")
-    lacking = [c for c in mask_files if c not in image_files]
-    if lacking:
-        raise UserError(f"case {lacking[0]}: mask {mask_files[lacking[0]]} has no image in {images}"
-                        f" (expected {lacking[0]}_0000.nii.gz or {lacking[0]}.nii.gz)"
-                        + (f"; {len(lacking) - 1} more cases lack images" if len(lacking) > 1 else ""))
+    mask_files = list_cases(Path(masks), "masks", channel_suffix=False)
+    image_files = images_for_cases(Path(images), list(mask_files))
     height_of = read_heights(Path(heights)) if heights is not None else {}
 
     rows = []
