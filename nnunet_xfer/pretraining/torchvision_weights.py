@@ -35,6 +35,8 @@ from nnunet_xfer.pretraining.store import entry_path, file_sha256, save_entry
 #: Which published weights each source imports (the members of torchvision's Weights enums).
 WEIGHTS_TAG = {"cls": "IMAGENET1K_V1", "seg": "COCO_WITH_VOC_LABELS_V1"}
 OFFLINE_ENV = "nnUNet_xfer_offline"
+#: Network parts each source's published weights cover.
+IMPORTED_PARTS = {"cls": ("encoder",), "seg": ("encoder", "decoder")}
 
 
 def published_weights(network: torch.nn.Module, source: str):
@@ -230,9 +232,10 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
     state = network.state_dict()
     state.update(mapped)
     network.load_state_dict(state)  # proves the mapped state fits the planned network
-    prefix = network.backbone_prefix
-    trained = [prefix] + sorted({".".join(k.split(".")[:2]) + "." for k in mapped
-                                 if not k.startswith(prefix)})
+    # Same convention as the other sources: the prefixes of the parts the weights cover (the
+    # head is never among them: part_of() gives the head precedence over the decoder).
+    parts = network_parts(network)
+    trained = [p for part in IMPORTED_PARTS[source] for p in parts[part]]
     metadata = {
         "source": source,
         "data": f"{path} ({enum})",
