@@ -64,7 +64,7 @@ def test_anatomy_sanity(subjects_256):
         body = labels == np.bincount(labels.ravel()[labels.ravel() > 0]).argmax()  # not the table
         assert not (m & ~body).any()
         frac = m.sum() / body.sum()
-        assert 0.1 <= frac <= 0.35, frac
+        assert 0.1 <= frac <= 0.4, frac  # lean muscular men reach ~0.38 at L3
         area_cm2 = m.sum() * s.spacing[0] * s.spacing[1] / 100
         assert 60 < area_cm2 < 260
         muscle_hu.append(s.image[ndimage.binary_erosion(m)].mean())

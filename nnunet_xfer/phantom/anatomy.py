@@ -54,7 +54,7 @@ def sample_params(rng: np.random.Generator) -> Params:
     musc = float(np.clip(1.0 + 0.1 * rng.normal() + (0.07 if male else -0.07)
                          + 0.6 * (height - 1.70), 0.7, 1.35))
     myo = float(rng.beta(1.4, 3.0))
-    half_width = float(np.clip(128 + 70 * adip + 25 * (musc - 1) + rng.normal(0, 6), 112, 205))
+    half_width = float(np.clip(128 + 70 * adip + 45 * (musc - 1) + rng.normal(0, 6), 112, 205))
     ratio = float(np.clip(0.66 + 0.1 * adip + rng.normal(0, 0.035), 0.58, 0.85))
     half_ap = half_width * ratio
     span = 2 * half_width + rng.uniform(25, 70)
@@ -110,6 +110,9 @@ def sample_params(rng: np.random.Generator) -> Params:
         "colon_gas": [rng.uniform(0.1, 0.7) for _ in range(2)],
         "calcified": bool(rng.random() < 0.3 + 0.4 * myo),
         "scarpa": bool(rng.random() < 0.6),
+        "liver": bool(rng.random() < 0.35),  # tip of the right lobe reaches L3 in some subjects
+        "liver_ab": (rng.uniform(25, 45), rng.uniform(15, 28)),
+        "liver_hu": rng.uniform(95, 120) if p.contrast else rng.uniform(50, 65),
     }
     return p
 
@@ -234,10 +237,16 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
                       0.35 * mu["es_d"], 0.6, angle=np.pi / 2 - sgn * 0.3)
         gaps[box] |= m
 
+    o = p.organs
+    if o["liver"]:
+        box, m = blob(grid, p.body_dx - 0.5 * p.half_width, vy - 0.4 * o["liver_ab"][0],
+                      *o["liver_ab"], angle=0.6, coeffs=c[3])
+        m &= (depth > wall)[box] & ~_grow(muscle, grid, 2.0)[box]
+        hu[box][m] = o["liver_hu"]
+        retro[box] |= m
     _bowel(hu, grid, p, cavity & ~_grow(retro, grid, 4.0), texture_rng)
 
     organs = np.zeros((n, n), bool)
-    o = p.organs
     for i, sgn in enumerate((-1, 1)):
         if o["kidney"][i]:
             ka, kb = o["kidney_ab"][i]
@@ -258,7 +267,7 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     hu[box][m] = p.hu["blood_v"]
     organs[box] |= m
 
-    bone = _spine(hu, grid, p, vx, vy)
+    bone = _spine(hu, grid, p, vx, vy, y_back)
     hu[gaps & muscle] = p.hu["visceral_fat"]
     muscle &= ~(bone | organs | gaps)
 
@@ -289,8 +298,9 @@ def _table(hu: np.ndarray, grid: Grid, p: Params, body_radius) -> None:
     hu[(y > curve + 14) & (y < curve + 16)] = 80
 
 
-def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float) -> np.ndarray:
-    """Vertebral body with cortex, canal, pedicles, laminae, spinous and transverse processes."""
+def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float, y_back: float) -> np.ndarray:
+    """Vertebral body with cortex, canal, pedicles, laminae, spinous and transverse processes;
+    the spinous process stops short of ``y_back``, the posterior surface of the back muscles."""
     sp = p.spine
     bone = np.zeros(hu.shape, bool)
     a, b = sp["vw"] / 2, sp["vd"] / 2
@@ -314,7 +324,8 @@ def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float) -> np.nd
         post[box] |= m
         box, m = blob(grid, vx + sgn * (cw + 1), cy + cd + 2.5, 5.5, 5.0)
         post[box] |= m  # articular processes
-    box, m = blob(grid, vx, cy + cd + 3 + sp["sp_len"] / 2, sp["sp_w"] / 2, sp["sp_len"] / 2, n=3.0)
+    sp_len = max(min(sp["sp_len"], y_back - 4 - (cy + cd + 3)), 8.0)
+    box, m = blob(grid, vx, cy + cd + 3 + sp_len / 2, sp["sp_w"] / 2, sp_len / 2, n=3.0)
     post[box] |= m
     hu[post] = p.hu["cortex"] * 0.8
     box, canal = blob(grid, vx, cy, cw, cd, n=1.6)

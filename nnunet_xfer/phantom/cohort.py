@@ -86,8 +86,9 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
     (root / "masks").mkdir()
     names = [observer_name(k, n_observers) for k in range(n_observers)]
     styles = [observer_style(k, seed) for k in range(n_observers)]
+    (root / "observers").mkdir()
     for name in names:
-        (root / "observers" / name).mkdir(parents=True)
+        (root / "observers" / name).mkdir()
     rows = []
     for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0):
         cid = case_id(i, n_cases)

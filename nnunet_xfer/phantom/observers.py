@@ -36,8 +36,8 @@ def observer_name(k: int, n_observers: int = 10) -> str:
 def observer_style(k: int, seed: int = 0) -> ObserverStyle:
     """The style of observer ``k`` (0-based) in a cohort drawn with ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7_000_003, k]))
-    return ObserverStyle(bias_mm=float(rng.normal(0.0, 0.2)), fat_mm=float(rng.normal(0.0, 0.3)),
-                         noise_mm=float(rng.uniform(0.2, 0.45)), corr_mm=float(rng.uniform(6, 15)),
+    return ObserverStyle(bias_mm=float(rng.normal(0.0, 0.25)), fat_mm=float(rng.normal(0.0, 0.35)),
+                         noise_mm=float(rng.uniform(0.25, 0.55)), corr_mm=float(rng.uniform(6, 15)),
                          omissions=float(rng.uniform(0.1, 0.6)), omission_mm=float(rng.uniform(4, 8)))
 
 

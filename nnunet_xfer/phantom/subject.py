@@ -17,7 +17,7 @@ from nnunet_xfer.phantom.shapes import Grid, block_mean
 
 #: Size the spacing rule refers to: at 512² the pixel spacing is FOV/512 (0.6–0.9 mm).
 REFERENCE_SIZE = 512
-#: Finest pixel (mm) the anatomy is drawn at before averaging down to the output size.
+#: Coarsest pixel (mm) the anatomy is drawn at before averaging down to the output size.
 FINE_MM = 1.5
 #: In-plane resolution of the simulated scanner (Gaussian sigma, mm).
 PSF_MM = 0.5
@@ -74,7 +74,8 @@ def make_subject(index: int, size: int = 512, seed: int = 0) -> Subject:
     rng, tex = subject_rngs(seed, index)
     p = sample_params(rng)
     spacing = spacing_for(p, size)
-    factor = max(1, math.ceil(spacing / FINE_MM - 1e-9))
+    # Slices coarser than 1 mm are always supersampled (≥ 2×2) so edges get partial volume.
+    factor = max(1 if spacing <= 1.0 else 2, math.ceil(spacing / FINE_MM - 1e-9))
     grid = Grid(size * factor, spacing / factor)
     fine = render(p, grid, tex)
     hu = ndimage.gaussian_filter(fine.hu, PSF_MM / grid.spacing)
