@@ -20,7 +20,10 @@ OBSERVER = 1        # obs02
 WINDOW = (-160, 240)  # abdominal soft-tissue window: level 40, width 400 HU
 
 
-def main(out: Path = Path(__file__).with_name("phantom.png")) -> None:
+OUT = Path(__file__).with_name("phantom.png")
+
+
+def main(out: Path = OUT) -> None:
     fig, axes = plt.subplots(2, len(CASES), figsize=(4.4 * len(CASES), 7.0))
     for j, i in enumerate(CASES):
         s = make_subject(i, size=512, seed=0)
@@ -38,8 +41,8 @@ def main(out: Path = Path(__file__).with_name("phantom.png")) -> None:
         axes[1, j].imshow(np.ma.masked_equal(s.mask, 0), cmap="autumn", alpha=0.45,
                           interpolation="nearest")
         axes[1, j].contour(obs, levels=[0.5], colors="cyan", linewidths=0.6)
-        axes[1, j].set_title(f"muscle {area:.0f} cm², {density:.0f} HU; cyan: obs{OBSERVER + 1:02d}",
-                             fontsize=10)
+        axes[1, j].set_title(f"muscle {area:.0f} cm², {density:.0f} HU; "
+                             f"cyan: obs{OBSERVER + 1:02d}", fontsize=10)
     fig.suptitle("nnunet-xfer phantom (seed 0, 512²): CT in HU (W400/L40), reference muscle mask, "
                  "one simulated observer", fontsize=11)
     fig.tight_layout()

@@ -10,7 +10,8 @@ from scipy import ndimage
 
 from conftest import run_cli
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.phantom import make_subject, observer_mask, observer_name, observer_style, write_cohort
+from nnunet_xfer.phantom import (make_subject, observer_mask, observer_name, observer_style,
+                                 write_cohort)
 from nnunet_xfer.phantom.anatomy import sample_params
 from nnunet_xfer.phantom.observers import observer_rng
 from nnunet_xfer.phantom.subject import subject_rngs
@@ -104,7 +105,8 @@ def test_observers_realistic_and_distinct(subjects_256):
                 pair_dice.append(dice(obs[a], obs[b]))
     assert 0.88 <= np.mean(ref_dice) <= 0.985, np.mean(ref_dice)
     assert min(ref_dice) > 0.8
-    assert np.mean(pair_dice) < np.mean(ref_dice)  # two noisy outlines agree less than one and the truth
+    # two noisy outlines agree less with each other than each does with the truth
+    assert np.mean(pair_dice) < np.mean(ref_dice)
     # the same observer on the same case is reproducible
     again = observer_mask(subjects_256[0], styles[0], observer_rng(3, 0, 0))
     assert np.array_equal(again, observer_mask(subjects_256[0], styles[0], observer_rng(3, 0, 0)))
@@ -121,7 +123,8 @@ def _read(path):
 
 
 def test_write_cohort_layout(tmp_path):
-    out = write_cohort(tmp_path / "c", n_cases=5, size=48, n_observers=2, n_observer_cases=3, seed=1)
+    out = write_cohort(tmp_path / "c", n_cases=5, size=48, n_observers=2, n_observer_cases=3,
+                       seed=1)
     with open(out / "cases.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["case_id", "image", "mask", "height_m", "sex"]
@@ -136,7 +139,8 @@ def test_write_cohort_layout(tmp_path):
         assert marr.dtype == np.uint8
         np.testing.assert_array_equal(arr, subj.image)
         np.testing.assert_array_equal(marr, subj.mask)
-        assert float(r["height_m"]) == pytest.approx(subj.height_m, abs=1e-3) and r["sex"] == subj.sex
+        assert float(r["height_m"]) == pytest.approx(subj.height_m, abs=1e-3)
+        assert r["sex"] == subj.sex
     assert sorted(p.name for p in (out / "observers").iterdir()) == ["obs01", "obs02"]
     for name in ("obs01", "obs02"):
         files = sorted(p.name for p in (out / "observers" / name).iterdir())

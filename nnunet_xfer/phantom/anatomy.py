@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from nnunet_xfer.phantom.shapes import (Grid, blob, blob_ratio, harmonics, perturb, smooth_noise,
                                        superellipse_radius)
@@ -47,7 +48,7 @@ _FAT_BASE = np.array([1.0, 1.05, 1.15, 1.1, 0.8, 0.55, 0.45])
 
 
 def sample_params(rng: np.random.Generator) -> Params:
-    """Draw one subject; all randomness of the anatomy (not of the pixel texture) comes from here."""
+    """Draw one subject; all randomness of its anatomy (not of the pixel texture) is drawn here."""
     male = rng.random() < 0.5
     height = float(np.clip(rng.normal(1.76 if male else 1.63, 0.07), 1.45, 2.02))
     adip = float(rng.beta(2.0, 2.5))
@@ -82,31 +83,35 @@ def sample_params(rng: np.random.Generator) -> Params:
         "fluid": rng.uniform(0, 25), "oral_contrast": rng.uniform(150, 350),
     }
     m = musc
-    asym = lambda: float(np.exp(rng.normal(0, 0.06)))  # noqa: E731 - left/right asymmetry
     p.muscle = {
         "rectus_t": 12.0 * m * rng.uniform(0.85, 1.15), "rectus_end": rng.uniform(0.42, 0.56),
         "linea_alba": rng.uniform(0.012, 0.035), "semilunaris": rng.uniform(0.02, 0.05),
         "eo_t": 8.0 * m * rng.uniform(0.8, 1.2), "io_t": 9.5 * m * rng.uniform(0.8, 1.2),
         "ta_t": 5.0 * m * rng.uniform(0.8, 1.2), "plane": rng.uniform(0.8, 2.0),
         "ld_t": 7.0 * m * rng.uniform(0.7, 1.3),
-        "psoas_a": 15.0 * m * rng.uniform(0.85, 1.15), "psoas_b": 12.5 * m * rng.uniform(0.85, 1.15),
+        "psoas_a": 15.0 * m * rng.uniform(0.85, 1.15),
+        "psoas_b": 12.5 * m * rng.uniform(0.85, 1.15),
         "ql_a": 17.0 * m * rng.uniform(0.85, 1.15), "ql_b": 9.0 * m * rng.uniform(0.85, 1.2),
-        "es_w": 47.0 * m ** 0.7 * rng.uniform(0.9, 1.1), "es_d": 44.0 * m ** 0.7 * rng.uniform(0.9, 1.1),
-        "side": {s: asym() for s in ("L", "R")},
+        "es_w": 47.0 * m ** 0.7 * rng.uniform(0.9, 1.1),
+        "es_d": 44.0 * m ** 0.7 * rng.uniform(0.9, 1.1),
+        "side": {s: float(np.exp(rng.normal(0, 0.06))) for s in ("L", "R")},  # asymmetry
         "group_hu": rng.normal(0, 4, size=8),
         "coeffs": [harmonics(rng, 0.05, 4) for _ in range(8)],
     }
     p.spine = {
-        "vw": 46 + (4 if male else 0) + rng.normal(0, 2), "vd": 33 + (2 if male else 0) + rng.normal(0, 1.5),
+        "vw": 46 + (4 if male else 0) + rng.normal(0, 2),
+        "vd": 33 + (2 if male else 0) + rng.normal(0, 1.5),
         "cortex": rng.uniform(1.2, 2.0), "tp_len": rng.uniform(20, 30), "sp_w": rng.uniform(5, 8),
-        "sp_len": rng.uniform(28, 38), "canal_w": rng.uniform(18, 24), "canal_d": rng.uniform(12, 16),
+        "sp_len": rng.uniform(28, 38),
+        "canal_w": rng.uniform(18, 24), "canal_d": rng.uniform(12, 16),
     }
     p.organs = {
         "kidney": [bool(rng.random() < 0.85), bool(rng.random() < 0.85)],
         "kidney_ab": [(rng.uniform(14, 24), rng.uniform(11, 16)) for _ in range(2)],
         "kidney_dx": rng.uniform(12, 30), "kidney_angle": rng.uniform(0.3, 0.7),
         "aorta_r": rng.uniform(8, 12.5), "ivc": (rng.uniform(10, 16), rng.uniform(6, 10)),
-        "bowel_n": int(rng.integers(22, 40) * (1 - 0.4 * adip)), "bowel_seed": int(rng.integers(2**31)),
+        "bowel_n": int(rng.integers(22, 40) * (1 - 0.4 * adip)),
+        "bowel_seed": int(rng.integers(2**31)),
         "colon_gas": [rng.uniform(0.1, 0.7) for _ in range(2)],
         "calcified": bool(rng.random() < 0.3 + 0.4 * myo),
         "scarpa": bool(rng.random() < 0.6),
@@ -161,7 +166,7 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
 
     mu = p.muscle
     side = np.where(right, mu["side"]["R"], mu["side"]["L"])
-    wobble = perturb(theta * 1.0, mu["coeffs"][0])
+    wobble = perturb(theta, mu["coeffs"][0])  # the wall is thicker in places
 
     def taper(a0: float, a1: float, w: float = 0.12) -> np.ndarray:
         return np.sqrt(np.clip(np.minimum(aphi - a0, a1 - aphi) / w, 0, 1))
@@ -181,7 +186,8 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     muscle = np.zeros((n, n), bool)
     mhu = np.full((n, n), np.nan)
 
-    def add(region: np.ndarray | tuple, k: int, box=None) -> None:
+    def add(region: np.ndarray, k: int, box: tuple[slice, slice] | None = None) -> None:
+        """Mark ``region`` (of ``box``) as muscle group ``k``."""
         value = p.hu["muscle"] + mu["group_hu"][k]
         if box is None:
             muscle[region] = True
@@ -251,8 +257,7 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
         if o["kidney"][i]:
             ka, kb = o["kidney_ab"][i]
             box, m = blob(grid, vx + sgn * (ps_x + mu["psoas_a"] + 0.6 * ka + o["kidney_dx"] / 3),
-                          vy - 4, ka, kb,
-                          angle=-sgn * o["kidney_angle"], coeffs=c[i])
+                          vy - 4, ka, kb, angle=-sgn * o["kidney_angle"], coeffs=c[i])
             hu[box][m] = p.hu["kidney"]
             organs[box] |= m
     aorta_c = (vx + 0.25 * sp["vw"] + 2, vy - sp["vd"] / 2 - o["aorta_r"] - 2)
@@ -260,7 +265,8 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     hu[box][m] = p.hu["blood_a"]
     organs[box] |= m
     if o["calcified"]:
-        box, m = blob(grid, aorta_c[0] + 0.7 * o["aorta_r"], aorta_c[1] + 0.5 * o["aorta_r"], 1.5, 1.2)
+        r = o["aorta_r"]
+        box, m = blob(grid, aorta_c[0] + 0.7 * r, aorta_c[1] + 0.5 * r, 1.5, 1.2)
         hu[box][m] = 600
     box, m = blob(grid, vx - 0.45 * sp["vw"] - 4, vy - sp["vd"] / 2 - o["ivc"][1] - 2, *o["ivc"],
                   angle=0.2)
@@ -284,7 +290,7 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
 
 
 def _grow(mask: np.ndarray, grid: Grid, mm: float) -> np.ndarray:
-    from scipy import ndimage
+    """``mask`` dilated by ``mm`` millimetres."""
     return ndimage.distance_transform_edt(~mask, sampling=grid.spacing) <= mm
 
 
@@ -298,7 +304,8 @@ def _table(hu: np.ndarray, grid: Grid, p: Params, body_radius) -> None:
     hu[(y > curve + 14) & (y < curve + 16)] = 80
 
 
-def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float, y_back: float) -> np.ndarray:
+def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float,
+           y_back: float) -> np.ndarray:
     """Vertebral body with cortex, canal, pedicles, laminae, spinous and transverse processes;
     the spinous process stops short of ``y_back``, the posterior surface of the back muscles."""
     sp = p.spine

@@ -96,7 +96,7 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
         _write(subj.image, subj.spacing, root / "images" / f"{cid}.nii.gz")
         _write(subj.mask, subj.spacing, root / "masks" / f"{cid}.nii.gz")
         if i < n_observer_cases:
-            for k, (name, style) in enumerate(zip(names, styles)):
+            for k, (name, style) in enumerate(zip(names, styles, strict=True)):
                 m = observer_mask(subj, style, observer_rng(seed, k, i))
                 _write(m, subj.spacing, root / "observers" / name / f"{cid}.nii.gz")
         rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "mask": f"masks/{cid}.nii.gz",

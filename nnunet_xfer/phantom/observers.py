@@ -38,11 +38,12 @@ def observer_style(k: int, seed: int = 0) -> ObserverStyle:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7_000_003, k]))
     return ObserverStyle(bias_mm=float(rng.normal(0.0, 0.25)), fat_mm=float(rng.normal(0.0, 0.35)),
                          noise_mm=float(rng.uniform(0.25, 0.55)), corr_mm=float(rng.uniform(6, 15)),
-                         omissions=float(rng.uniform(0.1, 0.6)), omission_mm=float(rng.uniform(4, 8)))
+                         omissions=float(rng.uniform(0.1, 0.6)),
+                         omission_mm=float(rng.uniform(4, 8)))
 
 
 def observer_mask(subject: Subject, style: ObserverStyle, rng: np.random.Generator) -> np.ndarray:
-    """One observer's uint8 0/1 outline of ``subject``'s skeletal muscle (same shape as its mask)."""
+    """One observer's uint8 0/1 outline of ``subject``'s skeletal muscle (shape of its mask)."""
     fine, f = subject.fine, subject.factor
     s = subject.spacing[0] / f
     ref = fine.muscle

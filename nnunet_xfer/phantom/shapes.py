@@ -1,4 +1,4 @@
-"""Vectorised 2D shape primitives on a millimetre grid: polar outlines, smooth noise, bounding boxes.
+"""Vectorised 2D shape primitives on a millimetre grid: polar outlines, smooth noise, boxes.
 
 Every anatomical structure of the phantom is a region of a :class:`Grid` (pixel centres in mm),
 described in polar coordinates around a centre with a smooth, randomly perturbed radius.
