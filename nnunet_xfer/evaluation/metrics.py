@@ -77,20 +77,21 @@ def directed_boundary_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[flo
     a, b = _crop_padded(a, b)
     edge_a, edge_b = _boundary_of_padded(a), _boundary_of_padded(b)
     scale = np.asarray(spacing, dtype=np.float64).reshape(1, 2)
-    return _nearest(edge_a, edge_b, scale), _nearest(edge_b, edge_a, scale)
+    pts_a, pts_b = np.argwhere(edge_a) * scale, np.argwhere(edge_b) * scale
+    return _nearest(pts_a, ~edge_b[edge_a], pts_b), _nearest(pts_b, ~edge_a[edge_b], pts_a)
 
 
-def _nearest(edge_from: np.ndarray, edge_to: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Distance from each ``edge_from`` pixel to the nearest ``edge_to`` pixel (row-major order).
+def _nearest(pts_from: np.ndarray, only_from: np.ndarray, pts_to: np.ndarray) -> np.ndarray:
+    """Distance from each of ``pts_from`` to the nearest of ``pts_to`` (boundary pixels in mm).
 
-    Pixels on both boundaries are 0 without a query: in a good segmentation most are, and k-d tree
-    queries that land exactly on a tree point are the slow ones (ties at every split).
+    ``only_from`` flags the points that are not on the other boundary; the rest are at distance 0
+    without a query: in a good segmentation most are, and k-d tree queries that land exactly on a
+    tree point are the slow ones (ties at every split).
     """
-    dist = np.zeros(int(np.count_nonzero(edge_from)))
-    only_from = edge_from & ~edge_to
+    dist = np.zeros(len(pts_from))
     if only_from.any():
-        tree = cKDTree(np.argwhere(edge_to) * scale, balanced_tree=False, compact_nodes=False)
-        dist[only_from[edge_from]] = tree.query(np.argwhere(only_from) * scale)[0]
+        tree = cKDTree(pts_to, balanced_tree=False, compact_nodes=False)
+        dist[only_from] = tree.query(pts_from[only_from])[0]
     return dist
 
 
