@@ -407,13 +407,31 @@ def _bad(kind: str, folder: Path, rows: list[dict]) -> tuple[list[dict], str]:
     if kind == "values_0_255":
         r["image"] = str(write(to_image(np.abs(hu_slice(3)) % 256), folder / "win.nii.gz"))
         return rows, "case00.*win.nii.gz.*not in HU"
+    if kind == "array_mask_shape":
+        np.save(folder / "m.npy", np.zeros((SHAPE[0] + 1, SHAPE[1]), np.uint8))
+        r["mask"] = str(folder / "m.npy")
+        return rows, "case00.*m.npy.*shape"
+    if kind == "folder_without_dicom":
+        (folder / "emptydir").mkdir()
+        r["image"] = str(folder / "emptydir")
+        return rows, "case00.*emptydir.*no DICOM series"
+    if kind == "dicom_without_spacing":
+        pydicom = pytest.importorskip("pydicom")
+        write_dicom_series(folder / "series", hu_slice(4)[None])
+        path = folder / "series" / "000.dcm"
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing
+        ds.save_as(path)
+        r["image"] = str(path)
+        return rows, "case00.*000.dcm.*spacing"
     raise AssertionError(kind)
 
 
 BAD_KINDS = ["shape_mismatch", "geometry_mismatch", "mask_values", "missing_file", "unreadable_file",
              "duplicate_id", "unsafe_id", "volume_without_slice", "slice_out_of_range",
              "vertebra_label_absent", "zero_spacing", "missing_spacing", "nan_in_image",
-             "inf_in_image", "uint8_image", "values_0_255"]
+             "inf_in_image", "uint8_image", "values_0_255", "array_mask_shape",
+             "folder_without_dicom", "dicom_without_spacing"]
 
 
 @pytest.fixture(scope="module")
@@ -459,6 +477,18 @@ def test_existing_dataset_needs_overwrite(tmp_path, nn_dirs, good_rows):
     assert read_subsets(out)["seed"] == 2
     assert json.loads((pre / out.name / "splits_final.json").read_text()) == read_splits(out)
     assert sorted(p.name for p in raw.iterdir()) == [out.name]
+
+
+def test_stale_splits_in_preprocessed_need_overwrite(tmp_path, nn_dirs, good_rows):
+    raw, pre = nn_dirs
+    stale = pre / "Dataset064_L3" / "splits_final.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps([{"train": ["a"], "val": ["b"]}]))
+    with pytest.raises(UserError, match="splits_final.json holds different splits.*--overwrite"):
+        convert(cases_csv=manifest(tmp_path, good_rows), dataset_id=64, sizes=[2])
+    assert not (raw / "Dataset064_L3").exists()
+    out = convert(cases_csv=manifest(tmp_path, good_rows), dataset_id=64, sizes=[2], overwrite=True)
+    assert json.loads(stale.read_text()) == read_splits(out)
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, good_rows):
