@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.phantom import (make_subject, observer_mask, observer_name, observer_style,
                                  write_cohort)
 from nnunet_xfer.phantom.anatomy import sample_params
-from nnunet_xfer.phantom.observers import observer_rng
+from nnunet_xfer.phantom.observers import ObserverStyle, observer_rng
 from nnunet_xfer.phantom.subject import subject_rngs
 
 
@@ -112,6 +113,29 @@ def test_observers_realistic_and_distinct(subjects_256):
     assert np.array_equal(again, observer_mask(subjects_256[0], styles[0], observer_rng(3, 0, 0)))
 
 
+def test_observer_style_direction(subjects_256):
+    """Positive offsets outline more muscle than the reference, negative ones less; the fat
+    tendency acts where muscle borders fat, not where it borders organs or bowel."""
+    base = ObserverStyle(bias_mm=0.0, fat_mm=0.0, noise_mm=0.0, corr_mm=10.0, omissions=0.0,
+                         omission_mm=5.0)
+    near_soft = {"fat": 0, "bias": 0}
+    for s in subjects_256:
+        ref = s.mask.astype(bool)
+        area = {(field, mm): int(observer_mask(s, replace(base, **{field: mm}),
+                                               observer_rng(0, 0, 0)).sum())
+                for field in ("bias_mm", "fat_mm") for mm in (-1.0, 1.0)}
+        plain = int(observer_mask(s, base, observer_rng(0, 0, 0)).sum())
+        assert abs(plain - int(ref.sum())) <= 0.01 * ref.sum()
+        assert area[("bias_mm", -1.0)] < plain < area[("bias_mm", 1.0)]
+        assert area[("fat_mm", -1.0)] < plain < area[("fat_mm", 1.0)]
+        ring = ndimage.binary_dilation(ref) & ~ref
+        soft = ring & (s.image > -10) & (s.image < 300)  # bowel, kidney, vessels next to muscle
+        for key, style in (("fat", replace(base, fat_mm=1.0)), ("bias", replace(base, bias_mm=1.0))):
+            grown = observer_mask(s, style, observer_rng(0, 0, 0)).astype(bool) & ~ref
+            near_soft[key] += int((grown & soft).sum())
+    assert near_soft["fat"] < near_soft["bias"]
+
+
 def test_observer_names():
     assert observer_name(0) == "obs01" and observer_name(9) == "obs10"
     assert observer_name(0, 150) == "obs001"
@@ -184,3 +208,32 @@ def test_cli_phantom(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "already exists" in lines[0] and "--overwrite" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_tissue_hu_matches_a_real_l3_slice():
+    """Muscle and subcutaneous-fat HU of a real L3 slice lie within the phantom's range when the
+    phantom is made at the real slice's pixel size."""
+    from conftest import REAL_CT
+    folder = REAL_CT / "totalseg_example"
+    if not (folder / "example_ct_L3_hu.nii.gz").exists():
+        pytest.skip("real CT test files not present")
+    img = sitk.ReadImage(str(folder / "example_ct_L3_hu.nii.gz"))
+    real = sitk.GetArrayFromImage(img)[0].astype(float)
+    mask_file = folder / "example_ct_L3_mask_ts_fast.nii.gz"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_file)))[0]
+    spacing = img.GetSpacing()[0]
+
+    def stats(image, muscle, px):
+        body = ndimage.binary_fill_holes(image > -500)
+        lab, _ = ndimage.label(body)
+        body = lab == np.bincount(lab.ravel()[lab.ravel() > 0]).argmax()
+        depth = ndimage.distance_transform_edt(body) * px
+        return image[muscle].mean(), np.median(image[(depth > 3) & (depth < 6)])
+
+    real_muscle, real_fat = stats(real, (labels >= 1) & (labels <= 4), spacing)
+    size = int(round(512 * 0.75 / spacing))
+    phantom = [stats(s.image.astype(float), s.mask.astype(bool), s.spacing[0])
+               for s in (make_subject(i, size=size) for i in range(8))]
+    muscle, fat = np.array(phantom).T
+    assert muscle.min() - 10 <= real_muscle <= muscle.max() + 10, (real_muscle, muscle)
+    assert fat.min() - 15 <= real_fat <= fat.max() + 15, (real_fat, fat)

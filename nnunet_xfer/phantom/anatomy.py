@@ -334,7 +334,7 @@ def _spine(hu: np.ndarray, grid: Grid, p: Params, vx: float, vy: float,
     sp_len = max(min(sp["sp_len"], y_back - 4 - (cy + cd + 3)), 8.0)
     box, m = blob(grid, vx, cy + cd + 3 + sp_len / 2, sp["sp_w"] / 2, sp_len / 2, n=3.0)
     post[box] |= m
-    hu[post] = p.hu["cortex"] * 0.8
+    hu[post] = 0.55 * p.hu["cortex"] + 0.45 * p.hu["cancellous"]  # thinner cortex, more marrow
     box, canal = blob(grid, vx, cy, cw, cd, n=1.6)
     hu[box][canal] = p.hu["csf"]
     post[box] &= ~canal

@@ -21,7 +21,8 @@ class ObserverStyle:
     """How one observer delineates muscle (mm; positive means outside the reference)."""
 
     bias_mm: float         # everywhere
-    fat_mm: float          # extra, where the muscle borders fat (tighter < 0 < looser)
+    fat_mm: float          # extra, where muscle borders fat (tighter < 0 < looser; looser
+    #                        observers also bridge thin fat planes between muscles)
     noise_mm: float        # SD of smooth random boundary wander
     corr_mm: float         # its correlation length along the boundary
     omissions: float       # expected local omissions per case
@@ -50,6 +51,11 @@ def observer_mask(subject: Subject, style: ObserverStyle, rng: np.random.Generat
     wander = smooth_noise(rng, ref.shape, style.corr_mm / s)
     offset = style.bias_mm + style.fat_mm * subject.fat_proximity + style.noise_mm * wander
     drawn = (subject.signed_distance_mm + offset > 0) & fine.body & (fine.hu < 300)
+    if style.fat_mm > 0:
+        # a looser observer also draws across fat planes between muscles up to ~2×fat_mm wide
+        r = style.fat_mm
+        closed = ndimage.distance_transform_edt(subject.signed_distance_mm > -r, sampling=s) > r
+        drawn |= closed & fine.fat
     edge = np.flatnonzero(ref & ~ndimage.binary_erosion(ref))
     grid = Grid(ref.shape[0], s)
     for _ in range(rng.poisson(style.omissions) if edge.size else 0):
