@@ -56,7 +56,10 @@ def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = N
     if not all(env.get(v) for v in NNUNET_VARS):
         for v in NNUNET_VARS:
             env[v] = str(out.resolve() / v)
-    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_compile": "false", "MPLBACKEND": "Agg",
+    # nnUNet_n_proc_DA=1: one background augmentation worker (0 breaks nnU-Net's planner, which
+    # calls torch.set_num_threads with it); nnUNet_def_n_proc=1: no 8-process export pools on CPU.
+    env.update({"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
+                "MPLBACKEND": "Agg",
                 "nnUNet_xfer_epochs": str(settings.epochs),
                 "nnUNet_xfer_iterations": str(settings.iterations)})
     return env

@@ -153,4 +153,5 @@ def test_run_tiny_grid_then_second_run_skips(preprocessed_dataset, nnunet_env):
     assert "SKIP train XferScratchTrainer_n5 fold 0" in text
     assert "SKIP train XferScratchTrainer_n10 fold 0" in text
     assert "RUN train" not in text
-    assert "2 of 4 already finished, skipped" in second.stderr
+    assert "2 of 4 already finished, skipped" in second.stdout + second.stderr
+    assert f"report: {results / 'nnunet_xfer_evaluation' / 'report.html'}" in second.stdout

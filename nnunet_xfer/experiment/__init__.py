@@ -15,7 +15,8 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment.runner import StepResult, run_steps
 from nnunet_xfer.experiment.slurm import render_slurm
 from nnunet_xfer.experiment.steps import (Step, check_sizes, dataset_name, grid_steps,
-                                          is_torchvision_plans, placeholders, shell_command)
+                                          expand_token, is_torchvision_plans, placeholders,
+                                          shell_command)
 from nnunet_xfer.names import SIZES, SOURCES
 
 LOG_NAME = "nnunet_xfer_experiment.log"
@@ -104,6 +105,10 @@ def run_experiment(dataset: str, plans: str = "nnUNetPlans", configuration: str 
     failed = [r for r in results if r.status in ("failed", "blocked")]
     for r in results:
         print(f"{r.status:8s} {r.step.name}" + (f" ({r.seconds:.0f} s)" if r.seconds else ""))
+    report = next((r for r in results if r.step.kind == "report" and r.status == "ok"), None)
+    if report is not None:
+        argv = report.step.argv
+        print(f"report: {expand_token(argv[argv.index('-o') + 1])}")
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} steps failed or were blocked "
                         f"(first: {failed[0].step.name}: {failed[0].message.splitlines()[0]}); "

@@ -118,7 +118,9 @@ def _run_one(step: Step, env: dict, log, log_path: Path) -> StepResult:
     if code == 0 and step.done_file and not Path(expand_token(step.done_file, env)).exists():
         code, err = 1, f"exited 0 but {expand_token(step.done_file, env)} is missing"
     if code != 0:
-        msg = err or f"exit status {code}; last lines:\n{_tail(log_path, offset)}\n(full output: {log_path})"
+        tail = _tail(log_path, offset)
+        last = tail.splitlines()[-1] if tail else "no output"
+        msg = err or f"exit status {code}: {last}\nlast lines:\n{tail}\n(full output: {log_path})"
         _log(log, f"FAIL {step.name} ({seconds:.1f} s): exit {code} {err}")
         return StepResult(step, "failed", seconds, msg)
     _log(log, f"OK {step.name} ({seconds:.1f} s)")
