@@ -172,9 +172,10 @@ def measures_tables(masks: Masks, images: dict[str, Path], case_ids: list[str]
         image, img_spacing = io.read_slice(images[c])
         for rater, per_case in masks.items():
             m, spacing = per_case[c]
-            if image.shape != m.shape:
-                raise UserError(f"case {c}: image {images[c]} has shape {image.shape} but the "
-                                f"{rater} mask has {m.shape}; give the matching CT images")
+            try:
+                io.check_same_geometry(spacing, m.shape, img_spacing, image.shape, c)
+            except UserError as e:
+                raise UserError(f"image {images[c].name} of {e}") from None
             mm = measures.muscle_measures(image, m, spacing)
             rows.append({"case_id": c, "rater": rater, **{k: mm[k] for k in MEASURE_COLUMNS}})
     table = pd.DataFrame(rows)
