@@ -63,15 +63,21 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
     if n_observers == 0:
         n_observer_cases = 0
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
     try:
         _fill(tmp, n_cases, size, n_observers, n_observer_cases, seed)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
         else:
             tmp.rename(out)
     except BaseException:
