@@ -170,6 +170,11 @@ def test_write_cohort_layout(tmp_path):
         files = sorted(p.name for p in (out / "observers" / name).iterdir())
         assert files == [f"L3_{i:04d}.nii.gz" for i in range(3)]
     assert not [p for p in tmp_path.iterdir() if p.name != "c"]  # no temporary folder left
+    again = write_cohort(tmp_path / "d", n_cases=5, size=48, n_observers=2, n_observer_cases=3,
+                         seed=1)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (again / f).read_bytes() for f in files)
 
 
 def test_write_cohort_refuses_existing_and_overwrites(tmp_path):
