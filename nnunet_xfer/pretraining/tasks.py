@@ -132,7 +132,7 @@ class SegTask(_DecoderTask):
         from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
         self.num_classes = num_classes
         self._build_head(network, channels, patch, num_classes)
-        self.criterion = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False}, {},
+        self.criterion = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                                         weight_ce=1, weight_dice=1, ignore_label=IGNORE,
                                         dice_class=MemoryEfficientSoftDiceLoss)
 
