@@ -80,10 +80,12 @@ def _add_env(sub) -> None:
 
 def _cmd_pretrain(a: argparse.Namespace) -> None:
     from nnunet_xfer.pretraining.run import pretrain
-    pretrain(dataset=a.dataset, source=a.source, plans=a.plans, configuration=a.configuration,
-             data=a.data, weights=a.weights, iterations=a.iterations, batch_size=a.batch_size,
-             lr=a.lr, resume=a.resume, overwrite=a.overwrite, device=a.device,
-             permutations=a.permutations, seed=a.seed)
+    path = pretrain(dataset=a.dataset, source=a.source, plans=a.plans,
+                    configuration=a.configuration, data=a.data, weights=a.weights,
+                    iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, resume=a.resume,
+                    overwrite=a.overwrite, device=a.device, permutations=a.permutations,
+                    seed=a.seed, checkpoint_every=a.checkpoint_every)
+    print(f"wrote {path}")
 
 
 def _add_pretrain(sub) -> None:
@@ -101,6 +103,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--permutations", type=int, default=100, help="jigsaw permutation classes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="iterations between training-state checkpoints (for --resume)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
