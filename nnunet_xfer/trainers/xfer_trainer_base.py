@@ -138,7 +138,8 @@ class XferTrainerBase(nnUNetTrainer):
             self.print_to_log_file(f"nnunet_xfer: continuing; subset read back from {stored}")
         else:
             try:
-                chosen = fold_subset(Path(self.preprocessed_dataset_folder_base), self._raw_folder(),
+                chosen = fold_subset(self.plans_manager.dataset_name,
+                                     Path(self.preprocessed_dataset_folder_base), self._raw_folder(),
                                      self.fold, self.subset_size, self.dataset_json)
             except UserError as e:
                 raise SystemExit(f"nnunet_xfer: {e}") from None
