@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import locale
 import shutil
 import struct
 import warnings
@@ -147,6 +148,14 @@ def test_other_formats_and_array_masks(tmp_path, nn_dirs, good_rows, ending):
 def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.75, 0.8), thickness=2.5) -> None:
     """A CT series stored as uint16 = HU + 1024 with RescaleIntercept -1024 (as scanners do)."""
     folder.mkdir(parents=True)
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer leaves the process in "C"
+    try:
+        _write_dicom_slices(folder, hu, spacing, thickness)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_slices(folder: Path, hu: np.ndarray, spacing, thickness) -> None:
     uid = "1.2.826.0.1.3680043.2.1125.4242"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

@@ -10,6 +10,7 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
@@ -26,10 +27,46 @@ from nnunet_xfer.names import DEFAULT_FOLDS, DEFAULT_SEED, SIZES, env_path
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
+class Target(NamedTuple):
+    """One dataset folder to write: the main dataset (``size`` None) or a per-size one."""
+
+    name: str
+    dataset_id: int
+    splits: list[dict]
+    subsets: dict
+    size: int | None
+
+
 def per_size_datasets_plan(dataset_id: int, name: str, sizes: list[int]) -> list[tuple[int, int, str]]:
     """``(size, id, folder name)`` of the per-size datasets: id = ID + k, k = 1.. over sorted sizes."""
     return [(n, dataset_id + k, dataset_folder_name(dataset_id + k, f"{name}_n{n}"))
             for k, n in enumerate(sorted(set(sizes)), start=1)]
+
+
+def plan_targets(dataset_id: int, name: str, splits: list[dict], subsets: dict,
+                 per_size_datasets: bool) -> list[Target]:
+    """The main dataset and, if asked, one dataset per subset size that every fold can hold.
+
+    A per-size dataset trains fold f on fold f's nested subset and validates on the full fold f.
+    """
+    targets = [Target(dataset_folder_name(dataset_id, name), dataset_id, splits, subsets, None)]
+    if not per_size_datasets:
+        return targets
+    folds = [str(f) for f in range(len(splits))]
+    for n, sub_id, sub_name in per_size_datasets_plan(dataset_id, name, subsets["sizes"]):
+        if sub_id > 999:
+            raise UserError(f"per-size dataset {sub_name} would need id {sub_id} > 999; "
+                            f"choose a smaller -d")
+        if not all(str(n) in subsets["folds"][f] for f in folds):
+            warnings.warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
+                          f"of a fold", stacklevel=3)
+            continue
+        train = {f: subsets["folds"][f][str(n)] for f in folds}
+        targets.append(Target(
+            sub_name, sub_id, [{"train": train[f], "val": splits[int(f)]["val"]} for f in folds],
+            {"seed": subsets["seed"], "sizes": [n], "folds": {f: {str(n): train[f]} for f in folds}},
+            n))
+    return targets
 
 
 def _nnunet_dir(var: str) -> Path | None:
@@ -95,6 +132,13 @@ def _convert_case(folder: Path, spec: CaseSpec, labels: list[int] | None, allow_
             "cols": case.image.GetSize()[0], "muscle_pixels": case.muscle_pixels}
 
 
+def _describe_source(cases_csv: Path | None, images_dir: Path | None,
+                     masks_dir: Path | None) -> str:
+    if cases_csv is not None:
+        return str(Path(cases_csv).resolve())
+    return f"{Path(images_dir).resolve()} + {Path(masks_dir).resolve()}"
+
+
 def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
     """One warning per subset size that some folds are too small for."""
     for n in subsets["sizes"]:
@@ -126,60 +170,46 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     preprocessed = _nnunet_dir("nnUNet_preprocessed")
     specs = _specs(cases_csv, images_dir, masks_dir)
 
-    folder_name = dataset_folder_name(dataset_id, name)
     ids = [s.case_id for s in specs]
     splits = make_splits(ids, n_folds=n_folds, seed=seed)
     subsets = make_subsets(splits, sizes, seed=seed, warn=False)
     _warn_left_out(subsets, splits)
-    targets = [(folder_name, dataset_id, splits, subsets, None)]
-    if per_size_datasets:
-        for n, sub_id, sub_name in per_size_datasets_plan(dataset_id, name, sizes):
-            if not all(str(n) in subsets["folds"][str(f)] for f in range(n_folds)):
-                warnings.warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
-                              f"of a fold", stacklevel=2)
-                continue
-            sub_splits = [{"train": subsets["folds"][str(f)][str(n)], "val": splits[f]["val"]}
-                          for f in range(n_folds)]
-            sub_subsets = {"seed": seed, "sizes": [n],
-                           "folds": {str(f): {str(n): subsets["folds"][str(f)][str(n)]}
-                                     for f in range(n_folds)}}
-            targets.append((sub_name, sub_id, sub_splits, sub_subsets, n))
+    targets = plan_targets(dataset_id, name, splits, subsets, per_size_datasets)
+    main_name = targets[0].name
     # every refusal happens before anything is written
-    replaced = {}
-    for tname, tid, tsplits, _, _ in targets:
-        replaced[tname] = check_free(raw, tid, tname.split("_", 1)[1], overwrite)
-        _check_preprocessed(preprocessed, tid, tname, tsplits, overwrite)
+    replaced = {t.name: check_free(raw, t.dataset_id, t.name, overwrite) for t in targets}
+    for t in targets:
+        _check_preprocessed(preprocessed, t.dataset_id, t.name, t.splits, overwrite)
 
     rows, empty = [], []
     with staging(raw) as staged:
         main = new_staging(raw)
         staged.append(main)
-        with tqdm(specs, desc=f"convert {folder_name}", unit="case") as bar:
+        with tqdm(specs, desc=f"convert {main_name}", unit="case") as bar:
             for spec in bar:
                 rows.append(_convert_case(main, spec, labels, allow_non_hu, empty))
         if empty:
             warnings.warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}",
                           stacklevel=2)
         cases = pd.DataFrame(rows)
-        per_case = {r["case_id"]: {"height_m": r["height_m"], "sex": r["sex"]} for r in rows}
-        source = str(Path(cases_csv).resolve()) if cases_csv is not None else \
-            f"{Path(images_dir).resolve()} + {Path(masks_dir).resolve()}"
+        common = {"seed": seed, "n_folds": n_folds, "label_map": labels,
+                  "source": _describe_source(cases_csv, images_dir, masks_dir),
+                  "cases": {r["case_id"]: {"height_m": r["height_m"], "sex": r["sex"]} for r in rows}}
         folders = {}
-        for tname, tid, tsplits, tsubsets, n in targets:
-            folder = main if n is None else new_staging(raw)
-            if n is not None:
+        for t in targets:
+            folder = main
+            extra = {**common, "sizes": t.subsets["sizes"]}
+            if t.size is not None:
+                folder = new_staging(raw)
                 staged.append(folder)
                 share_cases(main, folder)
-            extra = {"seed": seed, "n_folds": n_folds, "sizes": tsubsets["sizes"], "source": source,
-                     "label_map": labels, "cases": per_case}
-            if n is not None:
-                extra.update({"subset_size": n, "parent_dataset": folder_name})
-            write_metadata(folder, tname, cases, tsplits, tsubsets, extra)
-            folders[tname] = folder
-        for tname, tid, tsplits, _, _ in targets:
-            commit(folders[tname], raw / tname, replaced[tname])
+                extra.update({"subset_size": t.size, "parent_dataset": main_name})
+            write_metadata(folder, t.name, cases, t.splits, t.subsets, extra)
+            folders[t.name] = folder
+        for t in targets:
+            commit(folders[t.name], raw / t.name, replaced[t.name])
     if preprocessed is not None:
-        for tname, _, tsplits, _, _ in targets:
-            (preprocessed / tname).mkdir(parents=True, exist_ok=True)
-            write_json(preprocessed / tname / "splits_final.json", tsplits)
-    return raw / folder_name
+        for t in targets:
+            (preprocessed / t.name).mkdir(parents=True, exist_ok=True)
+            write_json(preprocessed / t.name / "splits_final.json", t.splits)
+    return raw / main_name

@@ -99,15 +99,14 @@ def share_cases(src: Path, dst: Path) -> None:
             link_or_copy(f, dst / sub / f.name)
 
 
-def check_free(root: Path, dataset_id: int, name: str, overwrite: bool) -> list[Path]:
+def check_free(root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> list[Path]:
     """Existing folders with this id that would be replaced; refuses unless ``overwrite``."""
     existing = folders_with_id(root, dataset_id)
     if existing and not overwrite:
-        taken = ", ".join(p.name for p in existing)
-        what = ("already exists" if [p.name for p in existing] == [dataset_folder_name(dataset_id, name)]
-                else "is taken by")
-        raise UserError(f"dataset id {dataset_id} {what} {taken} in {root}; choose another -d or "
-                        f"pass --overwrite to replace it")
+        names = [p.name for p in existing]
+        what = "already exists" if names == [folder_name] else "is taken by"
+        raise UserError(f"dataset id {dataset_id} {what}: {', '.join(names)} in {root}; choose "
+                        f"another -d or pass --overwrite to replace it")
     return existing
 
 
