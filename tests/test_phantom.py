@@ -130,7 +130,8 @@ def test_observer_style_direction(subjects_256):
         assert area[("fat_mm", -1.0)] < plain < area[("fat_mm", 1.0)]
         ring = ndimage.binary_dilation(ref) & ~ref
         soft = ring & (s.image > -10) & (s.image < 300)  # bowel, kidney, vessels next to muscle
-        for key, style in (("fat", replace(base, fat_mm=1.0)), ("bias", replace(base, bias_mm=1.0))):
+        for key, style in (("fat", replace(base, fat_mm=1.0)),
+                           ("bias", replace(base, bias_mm=1.0))):
             grown = observer_mask(s, style, observer_rng(0, 0, 0)).astype(bool) & ~ref
             near_soft[key] += int((grown & soft).sum())
     assert near_soft["fat"] < near_soft["bias"]

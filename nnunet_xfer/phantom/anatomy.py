@@ -58,11 +58,10 @@ def sample_params(rng: np.random.Generator) -> Params:
     half_width = float(np.clip(128 + 70 * adip + 45 * (musc - 1) + rng.normal(0, 6), 112, 205))
     ratio = float(np.clip(0.66 + 0.1 * adip + rng.normal(0, 0.035), 0.58, 0.85))
     half_ap = half_width * ratio
-    span = 2 * half_width + rng.uniform(25, 70)
-    fov = float(np.clip(span, 0.6 * 512, 0.9 * 512))
+    margin = rng.uniform(25, 70)  # mm of air around the body inside the field of view
     p = Params(
         sex="M" if male else "F", height_m=round(height, 3), adiposity=adip, muscularity=musc,
-        myosteatosis=myo, contrast=bool(rng.random() < 0.6), fov_mm=fov,
+        myosteatosis=myo, contrast=bool(rng.random() < 0.6), fov_mm=0.0,
         body_dx=float(rng.normal(0, 4)), body_dy=float(rng.normal(-12, 5)),
         half_width=half_width, half_ap_ant=half_ap * float(rng.uniform(1.0, 1.12)),
         half_ap_post=half_ap * float(rng.uniform(0.82, 0.92)), back_n=float(rng.uniform(2.0, 2.5)),
@@ -71,6 +70,7 @@ def sample_params(rng: np.random.Generator) -> Params:
                                     + rng.normal(0, 2.5), 3, 75)),
         fat_profile=_FAT_BASE * np.exp(rng.normal(0, 0.12, size=_FAT_BASE.size)),
     )
+    _fit_field_of_view(p, margin)
     mu = 54 - 42 * myo + rng.normal(0, 4)
     p.hu = {
         "subcut_fat": rng.uniform(-112, -92), "visceral_fat": rng.uniform(-100, -80),
@@ -122,6 +122,30 @@ def sample_params(rng: np.random.Generator) -> Params:
     return p
 
 
+def body_outline(p: Params, theta: np.ndarray) -> np.ndarray:
+    """Skin radius (mm) from the body centre along image angle ``theta`` (π/2 points posterior)."""
+    b = np.where(np.sin(theta) < 0, p.half_ap_ant, p.half_ap_post)
+    n = np.where(np.sin(theta) < 0, 2.0, p.back_n)
+    return superellipse_radius(theta, p.half_width, b, n) * perturb(theta, p.body_coeffs)
+
+
+def _fit_field_of_view(p: Params, margin: float) -> None:
+    """Choose the FOV (0.6–0.9 mm pixels at 512²) that holds the body with ``margin`` mm of air;
+    a body too large for the widest FOV is shrunk to fit, so no slice is truncated."""
+    fov_max = 0.9 * 512
+    t = np.linspace(-np.pi, np.pi, 721)
+    while True:
+        r = body_outline(p, t)
+        extent = max(np.abs(p.body_dx + r * np.cos(t)).max(),
+                     np.abs(p.body_dy + r * np.sin(t)).max())
+        if 2 * extent + 10 <= fov_max:
+            break
+        p.half_width *= 0.98
+        p.half_ap_ant *= 0.98
+        p.half_ap_post *= 0.98
+    p.fov_mm = float(np.clip(2 * extent + margin, 0.6 * 512, fov_max))
+
+
 @dataclass
 class Rendering:
     """One subject drawn on a grid: noise-free HU, skeletal muscle and body masks, fat mask."""
@@ -143,9 +167,7 @@ def render(p: Params, grid: Grid, texture_rng: np.random.Generator) -> Rendering
     right = np.broadcast_to(dx < 0, rho.shape)  # image left = patient right
 
     def body_radius(t: np.ndarray) -> np.ndarray:
-        b = np.where(np.sin(t) < 0, p.half_ap_ant, p.half_ap_post)
-        nn = np.where(np.sin(t) < 0, 2.0, p.back_n)
-        return superellipse_radius(t, p.half_width, b, nn) * perturb(t, p.body_coeffs)
+        return body_outline(p, t)
 
     def fat_t(ap: np.ndarray) -> np.ndarray:
         return p.fat_thickness * np.interp(ap, _FAT_NODES, p.fat_profile)
