@@ -51,20 +51,25 @@ def _cmd_convert(a: argparse.Namespace) -> None:
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="build an nnU-Net raw dataset with folds and nested subsets")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--cases", type=Path, help="case manifest CSV (case_id,image,mask,...)")
+    src.add_argument("--cases", type=Path,
+                     help="case manifest CSV: case_id,image,mask [,slice_index | "
+                          "vertebra_mask,vertebra_label] [,height_m,sex,observer]")
     src.add_argument("--images", type=Path, help="folder of images (with --masks)")
     p.add_argument("--masks", type=Path, help="folder of masks matched to --images by file name")
     p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("-n", "--name", default="L3", help="dataset name (default L3)")
-    p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--sizes", type=_sizes, default=list(SIZES), help="e.g. 5,10,25,50,75,100,125")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default 4)")
+    p.add_argument("--sizes", type=_sizes, default=list(SIZES),
+                   help="nested training-subset sizes (default 5,10,25,50,75,100,125)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of folds and subsets (default {DEFAULT_SEED})")
     p.add_argument("--label-map", default=None,
                    help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: mask must be 0/1)")
     p.add_argument("--allow-non-hu", action="store_true", help="accept 8-bit / non-HU images")
     p.add_argument("--per-size-datasets", action="store_true",
                    help="also write Dataset<ID+k>_<Name>_n<N> per subset size (nnU-Net baselines)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset with this id (and its preprocessed splits)")
     p.set_defaults(func=_cmd_convert)
 
 
