@@ -165,8 +165,8 @@ def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str 
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
     raw = _env("nnUNet_raw") / name
-    images = io.list_cases(raw / "imagesTr", "images")
     labels = io.list_cases(raw / "labelsTr", "labels")
+    images = io.images_for_cases(raw / "imagesTr", sorted(labels))
     runs = find_runs(results, plans, configuration)
     if not runs:
         raise UserError(f"no Xfer<Source>Trainer_n<N> or {PLAIN_TRAINER} runs with "
@@ -185,7 +185,7 @@ def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str 
                "folder": str(run["folder"]), "missing_folds": [], "missing_predictions": {}}
         for fold, split in enumerate(splits):
             validation = run["folder"] / f"fold_{fold}" / "validation"
-            preds = io.list_cases(validation) if _has_any(validation) else None
+            preds = io.list_cases(validation, "predictions") if _has_any(validation) else None
             if preds is None:
                 gap["missing_folds"].append(fold)
                 continue

@@ -216,11 +216,7 @@ def observer_study(reference: Path, observers: Path, predictions: Path | None = 
     if not case_ids:
         raise UserError(f"no case is present for all raters ({', '.join(files)}); check that the "
                         f"files are named by the same case ids")
-    image_files = io.list_cases(images, "images") if images is not None else None
-    if image_files is not None:
-        missing = [c for c in case_ids if c not in image_files]
-        if missing:
-            raise UserError(f"--images {images} has no image for case(s) {', '.join(missing[:5])}")
+    image_files = io.images_for_cases(images, case_ids) if images is not None else None
     excluded = {r: sorted(set(f) - set(case_ids)) for r, f in files.items()}
 
     masks: Masks = {r: load_masks(f, case_ids, label, r) for r, f in files.items()}
