@@ -285,3 +285,15 @@ def test_seg_pretrain_train_and_predict_with_nnunet_cli(torch_home, tv_dataset, 
     ref = sitk.ReadImage(str(images / f"{case}_0000.nii.gz"))
     assert pred.GetSize() == ref.GetSize()
     assert set(sitk.GetArrayFromImage(pred).ravel().tolist()) <= {0, 1}
+
+
+def test_jigsaw_pretraining_runs_on_torchvision_plans(tv_dataset, nnunet_env):
+    """The package's own pretraining loop and heads work for these networks too."""
+    run_cli("nnunet-xfer", "pretrain", "-d", str(TV_ID), "-s", "jigsaw", "-p", PLANS,
+            "--iterations", "1", "--device", "cpu", "--overwrite")
+    meta = json.loads(_entry("jigsaw").with_suffix(".json").read_text())
+    assert meta["trained_prefixes"] == ["backbone."] and meta["iterations"] == 1
+    from nnunet_xfer.pretraining.torchvision_weights import build_planned_network
+    from nnunet_xfer.pretraining.store import architecture_fingerprint
+    net = build_planned_network(TV_NAME, PLANS, "2d")
+    assert meta["architecture_fingerprint"] == architecture_fingerprint(net)
