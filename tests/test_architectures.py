@@ -20,7 +20,8 @@ import torchvision
 from conftest import DATASET_NAME, run_cli
 from nnunet_xfer.architectures import ARCHITECTURES, is_torchvision_network
 from nnunet_xfer.architectures.parts import network_parts, part_of, supports_deep_supervision
-from nnunet_xfer.architectures.plans_variant import adjusted_batch_size, write_plans_variant
+from nnunet_xfer.architectures.plans_variant import (activation_elements, adjusted_batch_size,
+                                                     write_plans_variant)
 from nnunet_xfer.architectures.registry import build
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.store import load_entry
@@ -72,6 +73,8 @@ def test_parts_cover_every_key_and_head_is_last_class_layer(arch):
     assert net.state_dict()[net.backbone_prefix + "conv1.weight"].shape[1] == 2
     cls_name = ARCHITECTURES[arch].class_name
     assert is_torchvision_network(cls_name) and not supports_deep_supervision(cls_name)
+    # the plans variant's batch-size rule can size every network
+    assert activation_elements(cls_name, ARCHITECTURES[arch].kwargs, [], 1, 2, [64, 64]) > 64 * 64
 
 
 def test_registry_and_deep_supervision_refused():

@@ -33,6 +33,7 @@ def activation_elements(class_name: str, arch_kwargs: dict, kw_requires_import: 
     with torch.device("meta"):
         net = get_network_from_plans(class_name, arch_kwargs, kw_requires_import, input_channels,
                                      num_classes, allow_init=False, deep_supervision=False)
+    net.eval()  # same outputs per layer; train-mode BN would refuse DeepLab's 1×1 pooled branch
     total = 0
 
     def count(_module, _inputs, output) -> None:
