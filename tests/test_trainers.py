@@ -95,6 +95,12 @@ def test_transfer_refuses_missing_and_unknown_keys():
     assert "enc.extra.weight (not in the network)" in str(e.value)
 
 
+def test_transfer_refuses_a_checkpoint_with_nothing_to_transfer():
+    source = {k: v for k, v in filled(ToyNet(), seed=1).items() if k.startswith("dec.head.")}
+    with pytest.raises(TransferError, match="nothing to transfer"):
+        transfer_weights(ToyNet(), source, ToyNet.xfer_parts, [])
+
+
 def test_adapt_input_channels_preserves_constant_response():
     w = torch.randn(2, 3, 3, 3)
     one = adapt_input_channels(w, 1)

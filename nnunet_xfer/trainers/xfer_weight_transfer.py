@@ -91,7 +91,8 @@ def transfer_weights(network: torch.nn.Module, source_state: Mapping[str, torch.
 
     Refuses (``TransferError``, nothing copied) when the checkpoint is not congruent with the
     network outside the head: a transferred key missing from the checkpoint, a checkpoint key the
-    network does not have, or a shape difference other than the first convolution's input channels.
+    network does not have, a shape difference other than the first convolution's input channels,
+    or nothing at all to transfer.
     """
     transfer_parts = [p for p in transfer_parts if p in TRANSFERABLE_PARTS]
     target = network.state_dict()
@@ -130,6 +131,9 @@ def transfer_weights(network: torch.nn.Module, source_state: Mapping[str, torch.
     if problems:
         raise TransferError(f"checkpoint does not fit the network ({len(problems)} keys): "
                             f"{_describe(problems)}; pretrain it again for these plans")
+    if not plan:
+        raise TransferError(f"nothing to transfer: no tensor of the parts {transfer_parts} of this "
+                            f"network is in the checkpoint")
 
     with torch.no_grad():
         for key, src in plan.items():
