@@ -87,6 +87,18 @@ def test_jigsaw_shuffle_is_inverted_by_its_label():
         jigsaw.tile_size((12, 12))
 
 
+def test_jigsaw_uses_the_full_depth_of_an_8_stage_encoder_at_512():
+    """The shuffled patch keeps the planned size, so all 8 stages run (deepest map 4×4)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    net = PlainConvUNet(1, 8, [4] * 8, nn.Conv2d, 3, [1] + [2] * 7, [1] * 8, 2, [1] * 7,
+                        conv_bias=True, norm_op=nn.InstanceNorm2d, nonlin=nn.LeakyReLU)
+    task = JigsawTask(net, 1, (512, 512), "cpu", permutations=100)
+    x, labels = task.prepare({"image": torch.randn(2, 1, 512, 512)})
+    assert x.shape == (2, 1, 512, 512) and labels.shape == (2,)
+    assert net.encoder(x)[-1].shape[-2:] == (4, 4)
+    assert task(net, x).shape == (2, 100)
+
+
 # ----------------------------------------------------------------------------- rec
 def test_rec_corruptions_change_input_and_leave_target():
     g = torch.Generator().manual_seed(0)
@@ -183,8 +195,9 @@ def test_rec_and_jigsaw_entries_load_under_nnunetv2_train(preprocessed_dataset, 
     through the same transfer the trainer runs, on the network the trainer builds."""
     from nnunet_xfer.architectures.parts import network_parts
     from nnunet_xfer.trainers.xfer_weight_transfer import parts_from_prefixes, transfer_weights
-    run_cli("nnunet-xfer", "pretrain", "-d", str(DATASET_ID), "-s", "rec", "--iterations", "3",
-            "--device", "cpu", env={"nnUNet_results": str(results), "OMP_NUM_THREADS": "1"})
+    cli = run_cli("nnunet-xfer", "pretrain", "-d", str(DATASET_ID), "-s", "rec", "--iterations", "3",
+                  "--device", "cpu", env={"nnUNet_results": str(results), "OMP_NUM_THREADS": "1"})
+    assert cli.stdout.strip().endswith("rec.pth") and "pretrain rec" in cli.stderr  # path; tqdm bar
     pretrain(dataset=str(DATASET_ID), source="jigsaw", iterations=3, permutations=10)
     ids = sorted(p.name[:-len(".pkl")] for p in
                  (preprocessed_dataset / "nnUNetPlans_2d").glob("*.pkl"))

@@ -145,15 +145,16 @@ class SegTask(_DecoderTask):
 
     def metric(self, out, target):
         """Mean hard Dice over the foreground classes present in prediction or target."""
-        pred, t = out.argmax(1), target[:, 0]
+        t = target[:, 0]
         valid = t != IGNORE
-        dices = []
-        for c in range(1, self.num_classes):
-            p, g = (pred == c) & valid, (t == c) & valid
-            denom = p.sum() + g.sum()
-            if denom > 0:
-                dices.append(float(2 * (p & g).sum() / denom))
-        return sum(dices) / len(dices) if dices else 1.0
+        pred, t = out.argmax(1)[valid], t[valid]
+        n = self.num_classes
+        inter = torch.bincount(t[pred == t], minlength=n)[1:n]
+        denom = (torch.bincount(pred, minlength=n) + torch.bincount(t, minlength=n))[1:n]
+        present = denom > 0
+        if not bool(present.any()):
+            return 1.0
+        return float((2 * inter[present] / denom[present]).mean())
 
 
 class ClsTask(Task):
