@@ -52,7 +52,7 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     assert (out / "observer_study" / "report.html").is_file()
     assert (results / "XferRecTrainer_n5__nnUNetPlans__2d/fold_0/checkpoint_final.pth").is_file()
     # the pytest session's nnU-Net folders were not touched
-    assert not any(Path(nnunet_env[v]).glob("Dataset990_*") for v in NNUNET_VARS)
+    assert not [p for v in NNUNET_VARS for p in Path(nnunet_env[v]).glob("Dataset990_*")]
 
     again = subprocess.run([NNUNET_XFER, "demo", "--quick", "-o", str(out)], env=_clean_env(),
                            capture_output=True, text=True, timeout=60)

@@ -7,6 +7,7 @@ marked blocked). Progress is a tqdm bar over the steps that actually run.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.experiment.steps import Step, expand_token, shell_command
+from nnunet_xfer.experiment.steps import Step, expand_token
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _run_one(step: Step, env: dict, log, log_path: Path) -> StepResult:
     if step.resume_file and Path(expand_token(step.resume_file, env)).exists():
         argv.append(step.resume_flag)
     argv[0] = executable(argv[0])
-    _log(log, f"RUN {step.name}: {shell_command(Step(step.name, step.kind, tuple(argv)))}")
+    _log(log, f"RUN {step.name}: {shlex.join(argv)}")
     offset = log.tell()
     try:
         proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
