@@ -84,10 +84,10 @@ for _ in range(iters):
     trainer.train_step(next(trainer.dataloader_train))
 sync()
 seconds = time.perf_counter() - t
-peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if device == "cuda" else "n/a (CPU)"
 bs = trainer.configuration_manager.batch_size
 with open(rows, "a") as f:
-    f.write(f"| {trainer_name} | {plans} | {bs} | {iters / seconds:.2f} | {iters * bs / seconds:.1f} | {peak:.2f} |\n")
+    f.write(f"| {trainer_name} | {plans} | {bs} | {iters / seconds:.2f} | {iters * bs / seconds:.1f} | {peak} |\n")
 for dl in (trainer.dataloader_train, trainer.dataloader_val):
     if hasattr(dl, "_finish"):
         dl._finish()
