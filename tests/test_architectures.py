@@ -25,8 +25,8 @@ from nnunet_xfer.architectures.plans_variant import (activation_elements, adjust
 from nnunet_xfer.architectures.registry import build
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.store import load_entry
-from nnunet_xfer.pretraining.torchvision_weights import (adapt_input_channels,
-                                                         import_torchvision_weights)
+from nnunet_xfer.architectures.parts import adapt_input_channels
+from nnunet_xfer.pretraining.torchvision_weights import import_torchvision_weights
 
 TV_ID, TV_NAME = 511, "Dataset511_L3tv"
 PLANS = "nnUNetPlans_fcn_resnet50"

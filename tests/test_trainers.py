@@ -8,7 +8,6 @@ never meet those of the pretraining tests.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.names import SIZE_TAGS, SOURCES, store_checkpoint, trainer_name
 from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, group_lr,
                                                 mark_transferred, part_param_groups)
-from nnunet_xfer.trainers.xfer_weight_transfer import (TransferError, adapt_input_channels,
-                                                       parts_from_prefixes, transfer_weights)
+from nnunet_xfer.architectures.parts import adapt_input_channels
+from nnunet_xfer.trainers.xfer_weight_transfer import (TransferError, parts_from_prefixes,
+                                                       transfer_weights)
 
 
 # ----------------------------------------------------------------------------- toy network

@@ -53,3 +53,15 @@ def supports_deep_supervision(class_name: str) -> bool:
 
 # Re-exported so that trainers and pretraining find every architecture question in this module.
 from nnunet_xfer.architectures.registry import is_torchvision_network  # noqa: E402,F401
+
+
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """First-conv kernels (O, C, ...) → (O, c, ...): summed over C, shared equally by c channels.
+
+    For c = 1 this is the sum over RGB: a grey image fed as R = G = B gives the network the same
+    response as the grey image through the summed kernel. Equal channel counts are copied as is.
+    """
+    if weight.shape[1] == channels:
+        return weight.clone()
+    summed = weight.sum(dim=1, keepdim=True)
+    return (summed / channels).repeat(1, channels, *([1] * (weight.ndim - 2)))

@@ -19,7 +19,6 @@ channels, and ``Σ_c w_c * g = (Σ_c w_c) * g``.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -27,9 +26,10 @@ from urllib.parse import urlparse
 
 import torch
 
-from nnunet_xfer.architectures.parts import is_torchvision_network, network_parts, part_of
+from nnunet_xfer.architectures.parts import (adapt_input_channels, is_torchvision_network,
+                                             network_parts, part_of)
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import env_path
+from nnunet_xfer.pretraining.network import build_network, load_planned
 from nnunet_xfer.pretraining.store import entry_path, file_sha256, save_entry
 
 #: Which published weights each source imports (the members of torchvision's Weights enums).
@@ -177,39 +177,15 @@ def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source
     return mapped
 
 
-def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """RGB kernels (O, 3, k, k) → (O, C, k, k): summed over RGB, shared equally by C channels."""
-    if weight.shape[1] == channels:
-        return weight.clone()
-    summed = weight.sum(dim=1, keepdim=True)
-    return (summed / channels).repeat(1, channels, 1, 1)
-
-
 def build_planned_network(dataset_name: str, plans: str, configuration: str) -> torch.nn.Module:
-    """The network of these plans, built by nnU-Net exactly as its trainer does (no DS)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    folder = env_path("nnUNet_preprocessed") / dataset_name
-    plans_file = folder / f"{plans}.json"
-    if not plans_file.is_file():
-        raise UserError(f"{plans_file} not found; write it with `nnunet-xfer plan -d "
-                        f"{dataset_name} --arch fcn_resnet50` (or another --arch)")
-    pm = PlansManager(str(plans_file))
-    if configuration not in pm.available_configurations:
-        raise UserError(f"{plans_file} has no configuration {configuration!r}; it has "
-                        f"{', '.join(pm.available_configurations)}")
-    cm = pm.get_configuration(configuration)
-    if not is_torchvision_network(cm.network_arch_class_name):
-        raise UserError(f"{plans_file} uses {cm.network_arch_class_name.rsplit('.', 1)[-1]}, which "
-                        f"cannot take torchvision weights; write torchvision plans with `nnunet-xfer"
-                        f" plan -d {dataset_name} --arch fcn_resnet50` and pass -p "
+    """The torchvision network of these plans, built exactly as the trainer builds it."""
+    planned = load_planned(dataset_name, plans, configuration)
+    if not is_torchvision_network(planned.class_name):
+        raise UserError(f"plans {plans} of {dataset_name} use {planned.class_name.rsplit('.', 1)[-1]}, "
+                        f"which cannot take torchvision weights; write torchvision plans with "
+                        f"`nnunet-xfer plan -d {dataset_name} --arch fcn_resnet50` and pass -p "
                         f"nnUNetPlans_fcn_resnet50, or pretrain with --data")
-    dataset_json = json.loads((folder / "dataset.json").read_text())
-    n_in = determine_num_input_channels(pm, cm, dataset_json)
-    n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
-    return nnUNetTrainer.build_network_architecture(pm, cm, n_in, n_out,
-                                                    enable_deep_supervision=False)
+    return build_network(planned)
 
 
 def import_torchvision_weights(dataset_name: str, source: str, plans: str, configuration: str,

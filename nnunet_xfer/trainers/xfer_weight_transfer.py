@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nnunet_xfer.architectures.parts import part_of
+from nnunet_xfer.architectures.parts import adapt_input_channels, part_of
 from nnunet_xfer.errors import UserError
 
 #: Parts a checkpoint may contribute; the head is the target task's own and never transferred.
@@ -67,17 +67,6 @@ def input_conv_keys(network: torch.nn.Module) -> list[str]:
         return []
     ptr = first.weight.data_ptr()
     return [k for k, v in network.state_dict().items() if v.data_ptr() == ptr and v.shape == first.weight.shape]
-
-
-def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """Map a first-conv weight (out, C, ...) to (out, c, ...): sum over C, spread evenly over c.
-
-    For c = 1 this is the sum over channels (RGB → grey: a grey image fed as R=G=B gives the same
-    response); for C = 1 it repeats the kernel divided by c. The response to a constant input that
-    is spread over the channels is preserved.
-    """
-    summed = weight.sum(dim=1, keepdim=True)
-    return summed.repeat(1, channels, *([1] * (weight.ndim - 2))) / channels
 
 
 def _describe(keys: list[str], limit: int = 8) -> str:
