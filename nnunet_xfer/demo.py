@@ -42,8 +42,8 @@ class DemoSettings:
 
 #: Sized to finish in <= 10 min on 2 CPU cores with models that clearly beat chance.
 FULL = DemoSettings(cases=40, size=128, observers=10, observer_cases=40,
-                    sources=("scratch", "rec", "jigsaw"), sizes=(5, 10), epochs=5,
-                    iterations=20, pretrain_iterations=30)
+                    sources=("scratch", "rec", "jigsaw"), sizes=(5, 10), epochs=3,
+                    iterations=20, pretrain_iterations=10)
 #: The tiny version the tests run (< 2.5 min).
 QUICK = DemoSettings(cases=24, size=64, observers=3, observer_cases=24, sources=("scratch", "rec"),
                      sizes=(5,), epochs=1, iterations=2, pretrain_iterations=5)
