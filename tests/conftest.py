@@ -80,7 +80,10 @@ def phantom_dir(tmp_path_factory) -> Path:
 def raw_dataset(phantom_dir, nnunet_env) -> Path:
     """The phantom converted to ``$nnUNet_raw/Dataset501_L3`` with sizes 5 and 10."""
     from nnunet_xfer.dataset_conversion.convert import convert
-    convert(cases_csv=phantom_dir / "cases.csv", dataset_id=DATASET_ID, name="L3", sizes=[5, 10])
+    with pytest.MonkeyPatch.context() as mp:  # a module fixture may have pointed them elsewhere
+        for k, v in nnunet_env.items():
+            mp.setenv(k, v)
+        convert(cases_csv=phantom_dir / "cases.csv", dataset_id=DATASET_ID, name="L3", sizes=[5, 10])
     return Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
 
 
@@ -89,7 +92,7 @@ def preprocessed_dataset(raw_dataset, nnunet_env) -> Path:
     """``nnUNetv2_plan_and_preprocess -d 501 -c 2d --verify_dataset_integrity`` on the phantom."""
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which refuses 0
     run_cli("nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d",
-            "--verify_dataset_integrity", "-np", "1", env={"nnUNet_n_proc_DA": "1"})
+            "--verify_dataset_integrity", "-np", "1", env={**nnunet_env, "nnUNet_n_proc_DA": "1"})
     return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
 
 
@@ -97,7 +100,7 @@ def preprocessed_dataset(raw_dataset, nnunet_env) -> Path:
 def scratch_run(preprocessed_dataset, nnunet_env) -> Path:
     """One real `nnUNetv2_train 501 2d 0 -tr XferScratchTrainer_n5 -device cpu` (1 epoch × 2 it)."""
     run_cli("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "XferScratchTrainer_n5",
-            "-device", "cpu")
+            "-device", "cpu", env=nnunet_env)
     return (Path(nnunet_env["nnUNet_results"]) / DATASET_NAME
             / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0")
 

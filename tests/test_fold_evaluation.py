@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATASET_ID, fake_results_tree, run_cli, write_slice
+from conftest import fake_results_tree, run_cli, write_slice
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
@@ -125,19 +125,3 @@ def test_refusals_and_bad_predictions(fake_tree, evaluated, tmp_path):
         with pytest.raises(UserError, match="--label"):
             evaluate_dataset("990", out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-
-
-def test_evaluate_real_nnunet_run(scratch_run, nnunet_env, tmp_path):
-    """`nnunet-xfer evaluate` on the real 1-epoch `nnUNetv2_train ... -tr XferScratchTrainer_n5`."""
-    out = tmp_path / "eval"
-    run_cli("nnunet-xfer", "evaluate", "-d", str(DATASET_ID), "-o", str(out))
-    cases = pd.read_csv(out / "cases.csv", dtype={"size_tag": str})
-    summary = json.loads((out / "summary.json").read_text())
-    splits = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset501_L3"
-                         / "splits_final.json").read_text())
-    own = cases[cases.trainer == "XferScratchTrainer_n5"]
-    assert sorted(own.case_id) == sorted(splits[0]["val"])
-    assert (own.fold == 0).all() and (own.n == 5).all() and (own.source == "scratch").all()
-    assert own.dice.between(0, 1).all() and (own.sma_cm2_ref > 0).all()
-    missing = {m["trainer"]: m for m in summary["missing"]}
-    assert missing["XferScratchTrainer_n5"]["missing_folds"] == list(range(1, len(splits)))

@@ -16,12 +16,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from nnunet_xfer.architectures.registry import ARCHITECTURES
+from nnunet_xfer.atomic import atomic_write_json
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.names import env_path
 
@@ -118,7 +118,4 @@ def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlan
     variant["nnunet_xfer"] = {"architecture": arch, "source_plans": source_plans,
                               "batch_size_rule": "floor(source_batch * A_source / A_new), "
                                                  "clipped to [2, source_batch]"}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(variant, indent=4))
-    os.replace(tmp, out)
-    return out
+    return atomic_write_json(out, variant, indent=4)

@@ -7,12 +7,12 @@ prefix of the n=10 list, which is a prefix of the next, so the subsets are neste
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from nnunet_xfer.atomic import atomic_write_json
 from nnunet_xfer.errors import UserError
 
 
@@ -80,7 +80,4 @@ def subset_for(splits: list[dict], fold: int, size: int | None, subsets: dict | 
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, obj)

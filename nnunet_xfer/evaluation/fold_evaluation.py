@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from nnunet_xfer.atomic import atomic_folder
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, io, measures, metrics
 from nnunet_xfer.evaluation.observer_study import (
@@ -236,19 +236,11 @@ def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str 
         williams, summary["observers"], summary["human_level"] = observer_verdicts(
             cases, obs_files, labels)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         cases.to_csv(tmp / "cases.csv", index=False)
         if williams is not None:
             williams.to_csv(tmp / "observers_williams.csv", index=False)
         write_json(tmp / "summary.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"evaluated {len(cases)} case(s) of {len(runs)} run(s); "
           f"{len(missing)} run(s) incomplete; wrote {out}")
     return out

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_xfer.atomic import atomic_folder
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, io, measures, metrics
 
@@ -233,10 +232,8 @@ def observer_study(reference: Path, observers: Path, predictions: Path | None = 
     for r in [REFERENCE] + ([name] if predictions is not None else []):
         williams += williams_rows(pairwise, r, observer_names, case_ids)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "staple").mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
+        (tmp / "staple").mkdir()
         staple_rows = []
         for c in tqdm(case_ids, desc="STAPLE", unit="case", leave=False):
             consensus = staple_consensus([masks[o][c][0] for o in observer_names])
@@ -265,11 +262,6 @@ def observer_study(reference: Path, observers: Path, predictions: Path | None = 
             stats.to_csv(tmp / "measures_agreement.csv", index=False)
             summary["measures_agreement"] = stats.to_dict("records")
         write_json(tmp / "summary.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

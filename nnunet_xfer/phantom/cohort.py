@@ -10,9 +10,6 @@ Layout (paths in ``cases.csv`` are relative to OUT)::
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_xfer.atomic import atomic_folder
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
@@ -63,26 +61,8 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
     if n_observers == 0:
         n_observer_cases = 0
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
-    try:
+    with atomic_folder(out) as tmp:
         _fill(tmp, n_cases, size, n_observers, n_observer_cases, seed)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -52,7 +52,20 @@ class Task(nn.Module):
         raise NotImplementedError
 
 
-class JigsawTask(Task):
+class EncoderClassificationTask(Task):
+    """A class label from the encoder's deepest features (jigsaw permutation, natural-image class)."""
+
+    def forward(self, network, x):
+        return self.head(deepest_features(network, x))
+
+    def loss(self, out, target):
+        return F.cross_entropy(out.float(), target)
+
+    def metric(self, out, target):
+        return float((out.argmax(1) == target).float().mean())
+
+
+class JigsawTask(EncoderClassificationTask):
     """Classify which of K permutations shuffled the 3×3 tiles, from the deepest encoder features."""
 
     name, metric_name, parts = "jigsaw", "jigsaw_accuracy", ("encoder",)
@@ -73,15 +86,6 @@ class JigsawTask(Task):
     def prepare(self, batch):
         x = batch["image"].to(self.device, non_blocking=True)
         return jigsaw.make_puzzles(x, self.perms, self.tile, self.generator)
-
-    def forward(self, network, x):
-        return self.head(deepest_features(network, x))
-
-    def loss(self, out, target):
-        return F.cross_entropy(out.float(), target)
-
-    def metric(self, out, target):
-        return float((out.argmax(1) == target).float().mean())
 
 
 class _DecoderTask(Task):
@@ -157,7 +161,7 @@ class SegTask(_DecoderTask):
         return float((2 * inter[present] / denom[present]).mean())
 
 
-class ClsTask(Task):
+class ClsTask(EncoderClassificationTask):
     """Natural-image classification: deepest encoder features, global average pool, linear head."""
 
     name, metric_name, parts = "cls", "classification_accuracy", ("encoder",)
@@ -170,12 +174,3 @@ class ClsTask(Task):
     def prepare(self, batch):
         return (batch["image"].to(self.device, non_blocking=True),
                 batch["label"].to(self.device, non_blocking=True))
-
-    def forward(self, network, x):
-        return self.head(deepest_features(network, x))
-
-    def loss(self, out, target):
-        return F.cross_entropy(out.float(), target)
-
-    def metric(self, out, target):
-        return float((out.argmax(1) == target).float().mean())
