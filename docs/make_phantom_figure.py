@@ -36,7 +36,7 @@ def main(out: Path = OUT) -> None:
             ax.imshow(s.image, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1])
             ax.set_ylim(crop[1], crop[0])
             ax.set_axis_off()
-        axes[0, j].set_title(f"L3_{i:04d}  {s.sex}, {s.height_m:.2f} m, {s.spacing[0]:.2f} mm px",
+        axes[0, j].set_title(f"L3-{i:04d}  {s.sex}, {s.height_m:.2f} m, {s.spacing[0]:.2f} mm px",
                              fontsize=10)
         axes[1, j].imshow(np.ma.masked_equal(s.mask, 0), cmap="autumn", alpha=0.45,
                           interpolation="nearest")

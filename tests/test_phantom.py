@@ -153,7 +153,7 @@ def test_write_cohort_layout(tmp_path):
     with open(out / "cases.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["case_id", "image", "mask", "height_m", "sex"]
-    assert [r["case_id"] for r in rows] == [f"L3_{i:04d}" for i in range(5)]
+    assert [r["case_id"] for r in rows] == [f"L3-{i:04d}" for i in range(5)]
     for i, r in enumerate(rows):
         img, arr = _read(out / r["image"])
         msk, marr = _read(out / r["mask"])
@@ -169,7 +169,7 @@ def test_write_cohort_layout(tmp_path):
     assert sorted(p.name for p in (out / "observers").iterdir()) == ["obs01", "obs02"]
     for name in ("obs01", "obs02"):
         files = sorted(p.name for p in (out / "observers" / name).iterdir())
-        assert files == [f"L3_{i:04d}.nii.gz" for i in range(3)]
+        assert files == [f"L3-{i:04d}.nii.gz" for i in range(3)]
     assert not [p for p in tmp_path.iterdir() if p.name != "c"]  # no temporary folder left
     again = write_cohort(tmp_path / "d", n_cases=5, size=48, n_observers=2, n_observer_cases=3,
                          seed=1)
@@ -181,13 +181,13 @@ def test_write_cohort_layout(tmp_path):
 def test_write_cohort_refuses_existing_and_overwrites(tmp_path):
     out = tmp_path / "c"
     write_cohort(out, n_cases=2, size=40, n_observers=1, n_observer_cases=1)
-    before = (out / "images" / "L3_0000.nii.gz").read_bytes()
+    before = (out / "images" / "L3-0000.nii.gz").read_bytes()
     with pytest.raises(UserError, match="exists"):
         write_cohort(out, n_cases=2, size=40, seed=9)
-    assert (out / "images" / "L3_0000.nii.gz").read_bytes() == before
+    assert (out / "images" / "L3-0000.nii.gz").read_bytes() == before
     write_cohort(out, n_cases=3, size=40, n_observers=1, n_observer_cases=1, seed=9, overwrite=True)
     assert len(list((out / "images").iterdir())) == 3
-    assert (out / "images" / "L3_0000.nii.gz").read_bytes() != before
+    assert (out / "images" / "L3-0000.nii.gz").read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
@@ -207,7 +207,7 @@ def test_cli_phantom(tmp_path):
             "--observer-cases", "2", "--seed", "4")
     assert len(list((out / "images").glob("L3_*.nii.gz"))) == 3
     assert len(list((out / "observers" / "obs02").glob("*.nii.gz"))) == 2
-    _, arr = _read(out / "images" / "L3_0001.nii.gz")
+    _, arr = _read(out / "images" / "L3-0001.nii.gz")
     np.testing.assert_array_equal(arr, make_subject(1, size=40, seed=4).image)
     proc = run_cli("nnunet-xfer", "phantom", str(out), "--cases", "3", "--size", "40", check=False)
     assert proc.returncode == 2

@@ -2,9 +2,9 @@
 
 Layout (paths in ``cases.csv`` are relative to OUT)::
 
-    OUT/images/L3_0000.nii.gz          2D int16 HU, spacing set
-    OUT/masks/L3_0000.nii.gz           uint8 0/1, same geometry
-    OUT/observers/obs01/L3_0000.nii.gz observer masks of the first M cases
+    OUT/images/L3-0000.nii.gz          2D int16 HU, spacing set
+    OUT/masks/L3-0000.nii.gz           uint8 0/1, same geometry
+    OUT/observers/obs01/L3-0000.nii.gz observer masks of the first M cases
     OUT/cases.csv                      case_id,image,mask,height_m,sex
 """
 from __future__ import annotations
@@ -26,8 +26,11 @@ MIN_SIZE = 32
 
 
 def case_id(index: int, n_cases: int = 40) -> str:
-    """``L3_0000``, ``L3_0001``, … (wider numbers for cohorts of 10 000 or more)."""
-    return f"L3_{index:0{max(4, len(str(n_cases - 1)))}d}"
+    """``L3-0000``, ``L3-0001``, … (wider numbers for cohorts of 10 000 or more).
+
+    A hyphen, not an underscore: ``L3-0000`` would end like nnU-Net's channel suffix ``_0000``.
+    """
+    return f"L3-{index:0{max(4, len(str(n_cases - 1)))}d}"
 
 
 def _write(array: np.ndarray, spacing: tuple[float, float], path: Path) -> None:
