@@ -205,7 +205,7 @@ def test_cli_phantom(tmp_path):
     out = tmp_path / "cohort"
     run_cli("nnunet-xfer", "phantom", str(out), "--cases", "3", "--size", "40", "--observers", "2",
             "--observer-cases", "2", "--seed", "4")
-    assert len(list((out / "images").glob("L3_*.nii.gz"))) == 3
+    assert len(list((out / "images").glob("L3-*.nii.gz"))) == 3
     assert len(list((out / "observers" / "obs02").glob("*.nii.gz"))) == 2
     _, arr = _read(out / "images" / "L3-0001.nii.gz")
     np.testing.assert_array_equal(arr, make_subject(1, size=40, seed=4).image)
