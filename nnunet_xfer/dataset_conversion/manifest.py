@@ -42,26 +42,26 @@ def _blank(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
 
 
-def _as_int(value, column: str, case: str) -> int | None:
+def _number(value) -> float | None:
+    """A manifest cell as a float (NaN when not a number), None when blank."""
     if _blank(value):
         return None
     try:
-        f = float(value)
+        return float(value)
     except ValueError:
-        f = math.nan
-    if not math.isfinite(f) or f != int(f):
+        return math.nan
+
+
+def _as_int(value, column: str, case: str) -> int | None:
+    f = _number(value)
+    if f is not None and (not math.isfinite(f) or f != int(f)):
         raise UserError(f"case {case}: {column} {value!r} is not an integer; fix the manifest")
-    return int(f)
+    return None if f is None else int(f)
 
 
 def _as_float(value, column: str, case: str) -> float | None:
-    if _blank(value):
-        return None
-    try:
-        f = float(value)
-    except ValueError:
-        f = math.nan
-    if not math.isfinite(f) or f <= 0:
+    f = _number(value)
+    if f is not None and (not math.isfinite(f) or f <= 0):
         raise UserError(f"case {case}: {column} {value!r} is not a positive number; fix the manifest")
     return f
 
