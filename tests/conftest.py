@@ -220,3 +220,18 @@ def fake_results_tree(base: Path, n_cases: int = 12, size: int = 128, seed: int 
                         as_3d=True)
     return {"nnUNet_raw": str(base / "raw"), "nnUNet_preprocessed": str(base / "preprocessed"),
             "nnUNet_results": str(base / "results")}
+
+
+@pytest.fixture(scope="module")
+def fake_tree(tmp_path_factory):
+    """``fake_results_tree`` with the nnU-Net variables pointing at it for the whole module.
+
+    The session dataset fixtures (raw_dataset and after) pass their own variables, so a module
+    using this one may still request them.
+    """
+    base = tmp_path_factory.mktemp("fake_tree")
+    env = fake_results_tree(base)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield base, env

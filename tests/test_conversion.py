@@ -55,7 +55,7 @@ def to_image(arr: np.ndarray, spacing=SPACING, origin=None) -> sitk.Image:
 
 def write(img: sitk.Image | np.ndarray, path: Path, like: sitk.Image | None = None) -> Path:
     if isinstance(img, np.ndarray):
-        arr, img = img, sitk.GetImageFromArray(img)
+        img = sitk.GetImageFromArray(img)
         if like is not None:
             img.CopyInformation(like)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import fake_results_tree, run_cli, write_slice
+from conftest import run_cli, write_slice
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
@@ -16,17 +16,6 @@ from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
 COLUMNS = ["case_id", "source", "n", "fold", "plans", "dice", "rms_dta_mm", "assd_mm", "hd95_mm",
            "hd_mm", "nsd", "sma_cm2_ref", "sma_cm2_pred", "smd_hu_ref", "smd_hu_pred", "failed",
            "size_tag", "in_pretraining", "image", "reference", "prediction"]
-
-
-@pytest.fixture(scope="module")
-def fake_tree(tmp_path_factory):
-    """The fake results tree with the nnU-Net variables pointing at it (restored afterwards)."""
-    base = tmp_path_factory.mktemp("fake_tree")
-    env = fake_results_tree(base)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield base, env
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import fake_results_tree, run_cli
+from conftest import run_cli
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
@@ -41,18 +41,8 @@ def _embedded_pngs(parsed: _Images) -> list[bytes]:
     return [base64.b64decode(s[len(prefix):]) for s in parsed.srcs]
 
 
-@pytest.fixture(scope="module")
-def fake_env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("report_tree")
-    env = fake_results_tree(base)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield base, env
-
-
-def test_full_report(fake_env, tmp_path):
-    base, env = fake_env
+def test_full_report(fake_tree, tmp_path):
+    base, env = fake_tree
     evaluation = evaluate_dataset("990", out=tmp_path / "eval", observers=base / "observers")
     html_path = tmp_path / "out" / "report.html"
     proc = run_cli("nnunet-xfer", "report", "-i", str(evaluation), "-o", str(html_path), env=env)
@@ -74,8 +64,8 @@ def test_full_report(fake_env, tmp_path):
     assert not [p for p in html_path.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_partial_inputs(fake_env, tmp_path, monkeypatch):
-    base, env = fake_env
+def test_partial_inputs(fake_tree, tmp_path, monkeypatch):
+    base, env = fake_tree
     # one source, one size, no observers
     results = tmp_path / "results"
     shutil.copytree(Path(env["nnUNet_results"]) / "Dataset990_Fake" /

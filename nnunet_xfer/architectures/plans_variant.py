@@ -22,6 +22,9 @@ import torch
 
 from nnunet_xfer.architectures.registry import ARCHITECTURES
 from nnunet_xfer.atomic import atomic_write_json
+from nnunet_xfer.dataset_conversion.dataset_files import (
+    dataset_name as resolve_dataset_name,
+)
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.names import env_path
 
@@ -72,12 +75,8 @@ def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlan
     """Write ``$nnUNet_preprocessed/<Dataset>/<source_plans>_<arch>.json``; return its path."""
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    try:
-        dataset_name = maybe_convert_to_dataset_name(str(dataset))
-    except RuntimeError as e:
-        raise UserError(f"dataset {dataset}: {e}") from None
+    dataset_name = resolve_dataset_name(dataset)
     folder = env_path("nnUNet_preprocessed") / dataset_name
     src = folder / f"{source_plans}.json"
     if not src.is_file():

@@ -34,9 +34,11 @@ def dataset_name(dataset: str | int) -> str:
         if root and Path(root).is_dir():
             found.update(p.name for p in Path(root).iterdir() if p.is_dir() and p.name.startswith(prefix))
     if len(found) != 1:
-        what = "no dataset" if not found else f"several datasets ({', '.join(sorted(found))})"
-        raise UserError(f"{what} with id {int(text)} in $nnUNet_raw/$nnUNet_preprocessed/"
-                        f"$nnUNet_results; give the full dataset name or fix the folders")
+        what = ("not found: no dataset" if not found
+                else f"is ambiguous: several datasets ({', '.join(sorted(found))})")
+        raise UserError(f"dataset {int(text)} {what} with id {int(text)} in $nnUNet_raw/"
+                        f"$nnUNet_preprocessed/$nnUNet_results; convert it first "
+                        f"(`nnunet-xfer convert`), give the full dataset name or fix the folders")
     return found.pop()
 
 

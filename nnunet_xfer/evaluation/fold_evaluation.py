@@ -8,7 +8,6 @@ and ``summary.json`` (per source × size × plans over all folds). Never imports
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,26 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer.atomic import atomic_folder
+from nnunet_xfer.dataset_conversion.dataset_files import dataset_name
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, io, measures, metrics
 from nnunet_xfer.evaluation.observer_study import (
-    METRIC_COLUMNS, REFERENCE, check_geometry, load_masks, observer_files,
-    pairwise_table, williams_rows, write_json)
-from nnunet_xfer.names import PRETRAINED_SOURCES, SOURCES, env_path, parse_trainer_name, store_dir
+    METRIC_COLUMNS,
+    REFERENCE,
+    check_geometry,
+    load_masks,
+    observer_files,
+    pairwise_table,
+    williams_rows,
+    write_json,
+)
+from nnunet_xfer.names import (
+    PRETRAINED_SOURCES,
+    SOURCES,
+    env_path,
+    parse_trainer_name,
+    store_dir,
+)
 
 EVALUATION_FOLDER = "nnunet_xfer_evaluation"
 PLAIN_TRAINER = "nnUNetTrainer"
@@ -36,23 +49,6 @@ def _env(var: str) -> Path:
     except RuntimeError as e:
         raise UserError(str(e)) from None
 
-
-def dataset_name(dataset: str | int) -> str:
-    """``Dataset501_L3`` from ``501``, ``"501"`` or the name itself (searched in nnU-Net's folders)."""
-    text = str(dataset)
-    if text.startswith("Dataset"):
-        return text
-    try:
-        prefix = f"Dataset{int(text):03d}_"
-    except ValueError:
-        raise UserError(f"dataset {text!r} is neither an id nor a DatasetXXX_Name") from None
-    for var in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed"):
-        base = Path(os.environ.get(var, "") or "/nonexistent")
-        hits = sorted(p.name for p in base.glob(prefix + "*") if p.is_dir()) if base.is_dir() else []
-        if hits:
-            return hits[0]
-    raise UserError(f"no dataset with id {text} in $nnUNet_results, $nnUNet_raw or "
-                    f"$nnUNet_preprocessed")
 
 
 def find_runs(results_dataset: Path, plans: str | None, configuration: str) -> list[dict]:

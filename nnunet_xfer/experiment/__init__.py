@@ -11,12 +11,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_xfer.dataset_conversion.dataset_files import dataset_name
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment.runner import StepResult, run_steps
 from nnunet_xfer.experiment.slurm import render_slurm
-from nnunet_xfer.experiment.steps import (Step, check_sizes, dataset_name, grid_steps,
-                                          expand_token, is_torchvision_plans, placeholders,
-                                          shell_command)
+from nnunet_xfer.experiment.steps import (
+    Step,
+    check_sizes,
+    expand_token,
+    grid_steps,
+    is_torchvision_plans,
+    placeholders,
+    shell_command,
+)
 from nnunet_xfer.names import SIZES, SOURCES
 
 LOG_NAME = "nnunet_xfer_experiment.log"

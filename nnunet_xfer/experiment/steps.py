@@ -81,17 +81,6 @@ def expand_token(token: str, environ: dict | None = None) -> str:
     return _VAR.sub(sub, token)
 
 
-def dataset_name(dataset: str) -> str:
-    """``Dataset501_L3`` for ``501`` or the name itself, looked up as nnU-Net does."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(str(dataset))
-    except (RuntimeError, ValueError) as e:
-        first = str(e).splitlines()[0]
-        raise UserError(f"dataset {dataset!r} not found ({first}); convert it first "
-                        f"(`nnunet-xfer convert`) or check $nnUNet_raw/$nnUNet_preprocessed") from None
-
-
 def is_torchvision_plans(name: str, plans: str, configuration: str) -> bool:
     """True when the plans' network is one of the package's torchvision-backbone architectures."""
     root = os.environ.get("nnUNet_preprocessed")

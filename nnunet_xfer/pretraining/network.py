@@ -57,17 +57,6 @@ class Planned:
                 for c in range(self.num_input_channels)]
 
 
-def dataset_name_of(dataset: str | int) -> str:
-    """nnU-Net's dataset name for an id or a name, with a one-line error."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        raise UserError(f"dataset {dataset!r} not found in $nnUNet_preprocessed/$nnUNet_raw "
-                        f"({str(e).splitlines()[0]}); convert it and run "
-                        f"`nnUNetv2_plan_and_preprocess -d <ID> -c 2d` first") from None
-
-
 def load_planned(dataset_name: str, plans: str = "nnUNetPlans",
                  configuration: str = "2d") -> Planned:
     """Read ``$nnUNet_preprocessed/<Dataset>/<plans>.json`` and ``dataset.json`` as the trainer does."""

@@ -8,14 +8,27 @@ from pathlib import Path
 
 import torch
 
+from nnunet_xfer.dataset_conversion.dataset_files import (
+    dataset_name as resolve_dataset_name,
+)
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.names import PRETRAINED_SOURCES
 from nnunet_xfer.pretraining import jigsaw
 from nnunet_xfer.pretraining.loop import train, window_mean
-from nnunet_xfer.pretraining.network import (Planned, build_network, dataset_name_of,
-                                             default_num_workers, load_planned, trained_prefixes)
-from nnunet_xfer.pretraining.sources import (CTImages, ImageClasses, NaturalSegmentation,
-                                             PreprocessedSlices, Source)
+from nnunet_xfer.pretraining.network import (
+    Planned,
+    build_network,
+    default_num_workers,
+    load_planned,
+    trained_prefixes,
+)
+from nnunet_xfer.pretraining.sources import (
+    CTImages,
+    ImageClasses,
+    NaturalSegmentation,
+    PreprocessedSlices,
+    Source,
+)
 from nnunet_xfer.pretraining.store import entry_path, save_entry
 from nnunet_xfer.pretraining.tasks import ClsTask, JigsawTask, RecTask, SegTask, Task
 
@@ -117,7 +130,7 @@ def pretrain(dataset: str, source: str, plans: str = "nnUNetPlans", configuratio
     for name, value in (("iterations", iterations), ("batch-size", batch_size), ("lr", lr),
                         ("checkpoint-every", checkpoint_every)):
         _positive(name, value)
-    dataset_name = dataset_name_of(dataset)
+    dataset_name = resolve_dataset_name(dataset)
     planned = load_planned(dataset_name, plans, configuration)
     if len(planned.patch_size) != 2:
         raise UserError(f"configuration {configuration!r} is {len(planned.patch_size)}D; "
@@ -129,7 +142,9 @@ def pretrain(dataset: str, source: str, plans: str = "nnUNetPlans", configuratio
 
     if source in ("cls", "seg") and data is None:
         if _is_torchvision(planned.class_name):
-            from nnunet_xfer.pretraining.torchvision_weights import import_torchvision_weights
+            from nnunet_xfer.pretraining.torchvision_weights import (
+                import_torchvision_weights,
+            )
             return import_torchvision_weights(dataset_name=dataset_name, source=source, plans=plans,
                                               configuration=configuration, weights=weights,
                                               overwrite=overwrite)

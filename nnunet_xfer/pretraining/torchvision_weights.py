@@ -26,8 +26,15 @@ from urllib.parse import urlparse
 
 import torch
 
-from nnunet_xfer.architectures.parts import (adapt_input_channels, is_torchvision_network,
-                                             network_parts, part_of)
+from nnunet_xfer.architectures.parts import (
+    adapt_input_channels,
+    is_torchvision_network,
+    network_parts,
+    part_of,
+)
+from nnunet_xfer.dataset_conversion.dataset_files import (
+    dataset_name as resolve_dataset_name,
+)
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.network import build_network, load_planned
 from nnunet_xfer.pretraining.store import entry_path, file_sha256, save_entry
@@ -192,11 +199,7 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
                                weights: Path | None, overwrite: bool, verify_hash: bool = True,
                                allow_download: bool = True) -> Path:
     """Import torchvision's published ``cls``/``seg`` weights into the pretrained store."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        dataset_name = maybe_convert_to_dataset_name(str(dataset_name))
-    except RuntimeError as e:
-        raise UserError(f"dataset {dataset_name}: {e}") from None
+    dataset_name = resolve_dataset_name(dataset_name)
     pth = entry_path(dataset_name, source, plans, configuration)
     if pth.exists() and not overwrite:
         raise UserError(f"{pth} exists; pass --overwrite to replace it")
