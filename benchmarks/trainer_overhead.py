@@ -51,9 +51,9 @@ def ensure_rec_entry(dataset: str, plans: str) -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_xfer.names import store_checkpoint
+    from nnunet_xfer.layout import DatasetLayout
     from nnunet_xfer.pretraining.store import save_entry
-    pth = store_checkpoint(dataset, "rec", plans, "2d")
+    pth = DatasetLayout(dataset).store_entry("rec", plans, "2d")
     if pth.is_file():
         return
     pm = PlansManager(os.path.join(os.environ["nnUNet_preprocessed"], dataset, plans + ".json"))
@@ -117,7 +117,7 @@ def main() -> None:
             os.environ[f"nnUNet_{var}"] = str(root / var)
         dataset = make_phantom_dataset(root, a.size, a.cases)
     else:
-        from nnunet_xfer.dataset_conversion.dataset_files import dataset_name
+        from nnunet_xfer.layout import resolve_dataset_name as dataset_name
         dataset = dataset_name(a.dataset)
         os.environ["nnUNet_results"] = str(root / "results")  # trainer outputs and store stay temporary
     import torch

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import DEFAULT_SEED, SIZES, SOURCES
+from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
 
 
 def _sizes(text: str) -> list[int]:
-    from nnunet_xfer.names import parse_int_list
+    from nnunet_xfer.study_grid import parse_int_list
     try:
         return parse_int_list(text)
     except ValueError as e:

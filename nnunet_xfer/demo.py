@@ -18,7 +18,7 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment import trainer_env
 from nnunet_xfer.experiment.runner import run_steps
 from nnunet_xfer.experiment.steps import EVALUATION_FOLDER, REPORT_NAME, Step, grid_steps
-from nnunet_xfer.names import trainer_name
+from nnunet_xfer.study_grid import trainer_name
 
 DEMO_ID = 990
 DEMO_NAME = f"Dataset{DEMO_ID}_XferDemo"

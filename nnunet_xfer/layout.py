@@ -16,7 +16,6 @@ Layout (``docs/layout.md`` shows it as a tree)::
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,15 +123,6 @@ def resolve_dataset_name(dataset: str | int) -> str:
     return found.pop()
 
 
-def _read_json(path: Path, what: str):
-    if not path.is_file():
-        raise UserError(f"{path} is missing; (re-)run `nnunet-xfer convert` to write the {what}")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid JSON; re-run `nnunet-xfer convert --overwrite`") from None
-
-
 @dataclass(frozen=True)
 class DatasetLayout:
     """Every path of one dataset. Build it with :meth:`of` (id or name)."""
@@ -218,22 +208,6 @@ class DatasetLayout:
         """nnU-Net's copy of dataset.json in the preprocessed folder."""
         return self.preprocessed / DATASET_JSON
 
-    def read_splits(self) -> list[dict]:
-        """The raw dataset's folds (list of ``{"train": [...], "val": [...]}``)."""
-        return _read_json(self.existing_raw() / SPLITS_FILE, "folds")
-
-    def read_subsets(self) -> dict:
-        """``subsets.json`` (``{"seed", "sizes", "folds": {fold: {size: [ids]}}}``)."""
-        return _read_json(self.existing_raw() / SUBSETS_FILE, "nested subsets")
-
-    def read_cases(self):
-        """``cases.csv`` as a DataFrame with string case ids."""
-        import pandas as pd
-        path = self.existing_raw() / CASES_CSV
-        if not path.is_file():
-            raise UserError(f"{path} is missing; (re-)run `nnunet-xfer convert`")
-        return pd.read_csv(path, dtype={"case_id": str})
-
     # ------------------------------------------------------------ pretrained store
     def store_dir(self, plans: str = DEFAULT_PLANS, configuration: str = DEFAULT_CONFIGURATION) -> Path:
         """``$nnUNet_results/<Dataset>/nnunet_xfer_pretrained/<plans>__<config>/``."""
@@ -301,3 +275,13 @@ def validation_summary(fold_folder: Path) -> Path:
 def nnunet_folders() -> list[Path]:
     """The nnU-Net folders set in the environment (for output-folder safety checks)."""
     return [p for p in (settings.nnunet_folder_or_none(v) for v in settings.NNUNET_FOLDERS) if p]
+
+
+def read_cases(dataset: "str | int | Path | DatasetLayout"):
+    """Per-case metadata ``cases.csv`` (case_id, height_m, sex, observer, …) with string case ids."""
+    import pandas as pd
+    folder = Path(dataset) if isinstance(dataset, Path) else DatasetLayout.of(dataset).existing_raw()
+    path = folder / CASES_CSV
+    if not path.is_file():
+        raise UserError(f"{path} is missing; (re-)run `nnunet-xfer convert`")
+    return pd.read_csv(path, dtype={"case_id": str})

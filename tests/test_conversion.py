@@ -20,8 +20,8 @@ import SimpleITK as sitk
 
 from conftest import DATASET_NAME, REAL_CT, run_cli
 from nnunet_xfer.dataset_conversion.convert import convert
-from nnunet_xfer.dataset_conversion.dataset_files import (ensure_splits_in_preprocessed, read_cases,
-                                                          read_splits, read_subsets)
+from nnunet_xfer.layout import read_cases
+from nnunet_xfer.splits import ensure_splits_in_preprocessed, read_splits, read_subsets
 from nnunet_xfer.errors import UserError
 
 SHAPE = (16, 20)  # rows, columns

@@ -21,7 +21,7 @@ from conftest import DATASET_ID, DATASET_NAME, REAL_CT, run_cli
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining import corruptions, jigsaw
 from nnunet_xfer.pretraining.loop import train
-from nnunet_xfer.pretraining.sources import CTImages, Source
+from nnunet_xfer.pretraining.datasets import CTImages, Source
 from nnunet_xfer.pretraining.store import architecture_fingerprint, load_entry
 from nnunet_xfer.pretraining.tasks import ClsTask, JigsawTask, RecTask, SegTask
 

@@ -17,7 +17,9 @@ import torch
 from conftest import DATASET_ID, DATASET_NAME, run_cli
 from nnunet_xfer.architectures.parts import NNUNET_PARTS, part_of
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import SIZE_TAGS, SOURCES, store_checkpoint, trainer_name
+from nnunet_xfer.layout import DatasetLayout
+from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.study_grid import SIZE_TAGS, trainer_name
 from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, group_lr,
                                                 mark_transferred, part_param_groups)
 from nnunet_xfer.architectures.parts import adapt_input_channels
@@ -187,7 +189,7 @@ def test_env_command_and_version_check(monkeypatch):
 
 # ----------------------------------------------------------------------------- subsets (no training)
 def test_fold_subset_generates_missing_subsets_and_refuses_oversize(preprocessed_dataset, tmp_path, monkeypatch):
-    from nnunet_xfer.dataset_conversion.splits import make_subsets
+    from nnunet_xfer.splits import make_subsets
     from nnunet_xfer.trainers.xfer_subsets import fold_subset
     pre = tmp_path / "preprocessed" / DATASET_NAME
     pre.mkdir(parents=True)
@@ -252,7 +254,9 @@ def network_from_plans(preprocessed: Path, in_channels: int) -> torch.nn.Module:
 def fake_store_entry(results: Path, source: str, network: torch.nn.Module, **meta) -> tuple[Path, dict]:
     from nnunet_xfer.pretraining.store import save_entry
     state = filled(network, seed=3)
-    pth = store_checkpoint(DATASET_NAME, source, results=results)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_results", str(results))
+        pth = DatasetLayout(DATASET_NAME).store_entry(source)
     save_entry(pth, state, None, {"source": source, **meta})
     return pth, state
 

@@ -22,11 +22,8 @@ import torch
 
 from nnunet_xfer.architectures.registry import ARCHITECTURES
 from nnunet_xfer.atomic import atomic_write_json
-from nnunet_xfer.dataset_conversion.dataset_files import (
-    dataset_name as resolve_dataset_name,
-)
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import env_path
+from nnunet_xfer.layout import DatasetLayout
 
 
 def activation_elements(class_name: str, arch_kwargs: dict, kw_requires_import: list[str],
@@ -76,18 +73,17 @@ def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlan
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    dataset_name = resolve_dataset_name(dataset)
-    folder = env_path("nnUNet_preprocessed") / dataset_name
-    src = folder / f"{source_plans}.json"
+    layout = DatasetLayout.of(dataset)
+    src = layout.plans_json(source_plans)
     if not src.is_file():
         raise UserError(f"{src} not found; run `nnUNetv2_plan_and_preprocess -d {dataset} -c 2d` "
                         f"first")
     plans_name = f"{source_plans}_{arch}"
-    out = folder / f"{plans_name}.json"
+    out = layout.plans_json(plans_name)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     plans = json.loads(src.read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    dataset_json = json.loads(layout.preprocessed_dataset_json().read_text())
     input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     num_classes = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
 

@@ -20,9 +20,11 @@ from nnunet_xfer.dataset_conversion.prepare import parse_label_map, prepare_case
 from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, dataset_folder_name,
                                                        folders_with_id, new_staging, share_cases,
                                                        staging, write_case, write_metadata)
-from nnunet_xfer.dataset_conversion.splits import make_splits, make_subsets, write_json
+from nnunet_xfer.splits import make_splits, make_subsets, write_json
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import DEFAULT_FOLDS, DEFAULT_SEED, SIZES, env_path
+from nnunet_xfer import settings
+from nnunet_xfer.layout import SPLITS_FILE
+from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -70,12 +72,9 @@ def plan_targets(dataset_id: int, name: str, splits: list[dict], subsets: dict,
 
 
 def _nnunet_dir(var: str) -> Path | None:
-    try:
-        return env_path(var)
-    except RuntimeError as e:
-        if var == "nnUNet_raw":
-            raise UserError(str(e)) from None
-        return None
+    if var == "nnUNet_raw":
+        return settings.nnunet_folder(var)
+    return settings.nnunet_folder_or_none(var)
 
 
 def _check_args(dataset_id: int, name: str, sizes: list[int]) -> None:
@@ -106,7 +105,7 @@ def _check_preprocessed(preprocessed: Path | None, dataset_id: int, folder_name:
     if others and not overwrite:
         raise UserError(f"dataset id {dataset_id} is taken by {', '.join(others)} in {preprocessed}; "
                         f"choose another -d or remove that folder")
-    existing = preprocessed / folder_name / "splits_final.json"
+    existing = preprocessed / folder_name / SPLITS_FILE
     if existing.is_file() and not overwrite:
         try:
             same = json.loads(existing.read_text()) == splits
@@ -211,5 +210,5 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     if preprocessed is not None:
         for t in targets:
             (preprocessed / t.name).mkdir(parents=True, exist_ok=True)
-            write_json(preprocessed / t.name / "splits_final.json", t.splits)
+            write_json(preprocessed / t.name / SPLITS_FILE, t.splits)
     return raw / main_name

@@ -1,6 +1,6 @@
 """Write nnU-Net v2 raw datasets: staged in a hidden temporary folder, then renamed into place.
 
-Layout (DESIGN.md): ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``,
+Layout (docs/layout.md): ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``,
 ``splits_final.json``, ``subsets.json`` and ``cases.csv`` (per-case metadata for the evaluation).
 """
 from __future__ import annotations
@@ -15,14 +15,15 @@ from typing import Iterator
 import pandas as pd
 import SimpleITK as sitk
 
-from nnunet_xfer.dataset_conversion.splits import write_json
+from nnunet_xfer.splits import write_json
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.layout import (CASES_CSV, DATASET_JSON, SPLITS_FILE, SUBSETS_FILE, TEMP_PREFIX,
+                                image_file, label_file)
 
 FILE_ENDING = ".nii.gz"
 CHANNEL_NAMES = {"0": "CT"}
 LABELS = {"background": 0, "muscle": 1}
-CASES_CSV = "cases.csv"
-_STAGING_PREFIX = ".nnunet_xfer_staging_"  # must not start with "Dataset": nnU-Net scans by prefix
+_STAGING_PREFIX = f"{TEMP_PREFIX}_staging_"  # must not start with "Dataset": nnU-Net scans by prefix
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -41,9 +42,9 @@ def folders_with_id(root: Path, dataset_id: int) -> list[Path]:
 
 def write_case(folder: Path, case_id: str, image: sitk.Image, mask: sitk.Image) -> None:
     """Write one case's image (values and geometry as given) and its 0/1 label."""
-    sitk.WriteImage(image, str(folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"),
+    sitk.WriteImage(image, str(folder / "imagesTr" / image_file(case_id, 0, FILE_ENDING)),
                     useCompression=True)
-    sitk.WriteImage(mask, str(folder / "labelsTr" / f"{case_id}{FILE_ENDING}"), useCompression=True)
+    sitk.WriteImage(mask, str(folder / "labelsTr" / label_file(case_id, FILE_ENDING)), useCompression=True)
 
 
 def dataset_json(n_training: int, name: str, extra: dict) -> dict:
@@ -57,9 +58,9 @@ def dataset_json(n_training: int, name: str, extra: dict) -> dict:
 def write_metadata(folder: Path, name: str, cases: pd.DataFrame, splits: list[dict],
                    subsets: dict, extra: dict) -> None:
     """dataset.json, splits_final.json, subsets.json and cases.csv of one dataset folder."""
-    write_json(folder / "dataset.json", dataset_json(len(cases), name, extra))
-    write_json(folder / "splits_final.json", splits)
-    write_json(folder / "subsets.json", subsets)
+    write_json(folder / DATASET_JSON, dataset_json(len(cases), name, extra))
+    write_json(folder / SPLITS_FILE, splits)
+    write_json(folder / SUBSETS_FILE, subsets)
     cases.to_csv(folder / CASES_CSV, index=False)
 
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nnunet_xfer.evaluation import agreement, io  # noqa: E402
-from nnunet_xfer.names import SOURCES  # noqa: E402
+from nnunet_xfer.sources import SOURCES  # noqa: E402
 
 #: CT display window of the gallery (HU), the usual soft-tissue window for L3 muscle.
 WINDOW_HU = (-160.0, 240.0)

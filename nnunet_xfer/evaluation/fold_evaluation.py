@@ -15,7 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer.atomic import atomic_folder
-from nnunet_xfer.dataset_conversion.dataset_files import dataset_name
+from nnunet_xfer import settings
+from nnunet_xfer.layout import EVALUATION_FOLDER, DatasetLayout, resolve_dataset_name as dataset_name
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, io, measures, metrics
 from nnunet_xfer.evaluation.observer_study import (
@@ -28,15 +29,9 @@ from nnunet_xfer.evaluation.observer_study import (
     williams_rows,
     write_json,
 )
-from nnunet_xfer.names import (
-    PRETRAINED_SOURCES,
-    SOURCES,
-    env_path,
-    parse_trainer_name,
-    store_dir,
-)
+from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
+from nnunet_xfer.study_grid import parse_trainer_name
 
-EVALUATION_FOLDER = "nnunet_xfer_evaluation"
 PLAIN_TRAINER = "nnUNetTrainer"
 PLAIN_SOURCE = "nnunet"
 MEASURES = ("sma_cm2", "smd_hu", "imat_cm2", "smi_cm2_m2")
@@ -44,10 +39,7 @@ GROUP = ["source", "size_tag", "plans", "configuration"]
 
 
 def _env(var: str) -> Path:
-    try:
-        return env_path(var)
-    except RuntimeError as e:
-        raise UserError(str(e)) from None
+    return settings.nnunet_folder(var)
 
 
 
@@ -97,7 +89,7 @@ def pretraining_cases(name: str, plans: str, configuration: str, all_cases: list
     used every case (jigsaw/rec pretrained on the dataset's own preprocessed slices).
     """
     found = {}
-    folder = store_dir(name, plans, configuration, results=_env("nnUNet_results"))
+    folder = DatasetLayout(name).store_dir(plans, configuration)
     for source in PRETRAINED_SOURCES:
         path = folder / f"{source}.json"
         if not path.is_file():

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnunet_xfer.dataset_conversion.dataset_files import dataset_name
+from nnunet_xfer.layout import resolve_dataset_name as dataset_name
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment.runner import StepResult, run_steps
 from nnunet_xfer.experiment.slurm import render_slurm
@@ -24,7 +24,8 @@ from nnunet_xfer.experiment.steps import (
     placeholders,
     shell_command,
 )
-from nnunet_xfer.names import SIZES, SOURCES
+from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.study_grid import SIZES
 
 LOG_NAME = "nnunet_xfer_experiment.log"
 MODES = ("dry-run", "run", "slurm")
@@ -102,11 +103,8 @@ def run_experiment(dataset: str, plans: str = "nnUNetPlans", configuration: str 
               f"submit it from a login node with:  bash {slurm_file}")
         return slurm_file
     env = trainer_env()
-    from nnunet_xfer.names import env_path
-    try:
-        log = env_path("nnUNet_results") / name / LOG_NAME
-    except RuntimeError as e:
-        raise UserError(str(e)) from None
+    from nnunet_xfer.layout import DatasetLayout
+    log = DatasetLayout(name).results / LOG_NAME
     print(f"experiment log: {log}")
     results = run_steps(steps, log, env=env, keep_going=True, desc="experiment")
     failed = [r for r in results if r.status in ("failed", "blocked")]

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import SOURCES, STORE_FOLDER, trainer_name
+from nnunet_xfer.layout import STORE_FOLDER
+from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.study_grid import trainer_name
 
 _VAR = re.compile(r"\$\{(\w+)\}")
 

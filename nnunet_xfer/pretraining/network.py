@@ -16,7 +16,7 @@ from torch import nn
 
 from nnunet_xfer.architectures.parts import network_parts
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import env_path
+from nnunet_xfer.layout import DEFAULT_PLANS, DatasetLayout
 
 
 @dataclass
@@ -47,8 +47,7 @@ class Planned:
     @property
     def data_folder(self) -> Path:
         """``$nnUNet_preprocessed/<Dataset>/<data identifier>``: the preprocessed cases."""
-        return (env_path("nnUNet_preprocessed") / self.dataset_name
-                / self.configuration_manager.data_identifier)
+        return DatasetLayout(self.dataset_name).preprocessed / self.configuration_manager.data_identifier
 
     def intensity_properties(self) -> list[dict]:
         """Per input channel: the CT intensity properties nnU-Net's CTNormalization uses."""
@@ -63,14 +62,14 @@ def load_planned(dataset_name: str, plans: str = "nnUNetPlans",
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    folder = env_path("nnUNet_preprocessed") / dataset_name
-    plans_file = folder / f"{plans}.json"
-    ds_file = folder / "dataset.json"
+    layout = DatasetLayout(dataset_name)
+    plans_file = layout.plans_json(plans)
+    ds_file = layout.preprocessed_dataset_json()
     if not plans_file.is_file() or not ds_file.is_file():
         did = dataset_name[len("Dataset"):].split("_", 1)[0]
         raise UserError(f"{plans_file} not found: dataset {dataset_name} has not been planned and "
                         f"preprocessed; run `nnUNetv2_plan_and_preprocess -d {did} -c {configuration}`"
-                        + ("" if plans == "nnUNetPlans" else f" (and `nnunet-xfer plan` for {plans})"))
+                        + ("" if plans == DEFAULT_PLANS else f" (and `nnunet-xfer plan` for {plans})"))
     pm = PlansManager(str(plans_file))
     if configuration not in pm.available_configurations:
         raise UserError(f"configuration {configuration!r} is not in {plans_file} "

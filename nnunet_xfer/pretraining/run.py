@@ -8,11 +8,9 @@ from pathlib import Path
 
 import torch
 
-from nnunet_xfer.dataset_conversion.dataset_files import (
-    dataset_name as resolve_dataset_name,
-)
+from nnunet_xfer.layout import resolve_dataset_name, resume_path
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import PRETRAINED_SOURCES
+from nnunet_xfer.sources import PRETRAINED_SOURCES
 from nnunet_xfer.pretraining import jigsaw
 from nnunet_xfer.pretraining.loop import train, window_mean
 from nnunet_xfer.pretraining.network import (
@@ -22,7 +20,7 @@ from nnunet_xfer.pretraining.network import (
     load_planned,
     trained_prefixes,
 )
-from nnunet_xfer.pretraining.sources import (
+from nnunet_xfer.pretraining.datasets import (
     CTImages,
     ImageClasses,
     NaturalSegmentation,
@@ -37,11 +35,6 @@ DEFAULT_LR = 1e-3
 CHECKPOINT_EVERY = 500
 #: Points kept of the loss curve written into the store's JSON.
 CURVE_POINTS = 100
-
-
-def resume_path(pth: Path) -> Path:
-    """The training-state checkpoint kept beside a store entry (``<source>.resume.pth``)."""
-    return pth.with_name(pth.stem + ".resume.pth")
 
 
 def _is_torchvision(class_name: str) -> bool:

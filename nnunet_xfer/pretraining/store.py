@@ -1,6 +1,6 @@
 """The pretrained store: one ``<source>.pth`` + ``<source>.json`` per source task.
 
-Layout (DESIGN.md): ``$nnUNet_results/<Dataset>/nnunet_xfer_pretrained/<plans>__<config>/``.
+Layout (docs/layout.md): ``$nnUNet_results/<Dataset>/nnunet_xfer_pretrained/<plans>__<config>/``.
 The ``.pth`` holds ``{"network": state_dict, "head": state_dict or None}``: the network's own
 parameters under the very keys nnU-Net's network uses (so transfer is key for key), and the task
 head separately. It is read with ``torch.load(weights_only=True)``. The ``.json`` beside it is the
@@ -19,7 +19,7 @@ import torch
 
 from nnunet_xfer import __version__
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import store_checkpoint
+from nnunet_xfer.layout import DatasetLayout, record_path
 
 FORMAT = "nnunet_xfer.store/1"
 
@@ -72,10 +72,10 @@ def save_entry(pth: Path, network_state: Mapping[str, torch.Tensor],
         "sha256": file_sha256(tmp),
         "file": pth.name,
     })
-    json_tmp = pth.with_suffix(".json.tmp")
+    json_tmp = record_path(pth).with_name(record_path(pth).name + ".tmp")
     json_tmp.write_text(json.dumps(record, indent=2, default=str))
     os.replace(tmp, pth)
-    os.replace(json_tmp, pth.with_suffix(".json"))
+    os.replace(json_tmp, record_path(pth))
     return pth
 
 
@@ -92,7 +92,7 @@ def load_entry(pth: Path) -> tuple[dict, dict | None, dict]:
     except Exception as e:  # truncated/corrupt file or unsafe pickle
         raise UserError(f"cannot read pretrained checkpoint {pth} ({type(e).__name__}: {e}); "
                         f"recreate it with `nnunet-xfer pretrain`") from None
-    meta_path = pth.with_suffix(".json")
+    meta_path = record_path(pth)
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if isinstance(obj, dict) and "network" in obj:
         return dict(obj["network"]), (dict(obj["head"]) if obj.get("head") else None), meta
@@ -103,5 +103,5 @@ def load_entry(pth: Path) -> tuple[dict, dict | None, dict]:
 
 def entry_path(dataset_name: str, source: str, plans: str = "nnUNetPlans",
                configuration: str = "2d") -> Path:
-    """Where the store entry of ``source`` for these plans lives (see DESIGN.md)."""
-    return store_checkpoint(dataset_name, source, plans, configuration)
+    """Where the store entry of ``source`` for these plans lives (see docs/layout.md)."""
+    return DatasetLayout(dataset_name).store_entry(source, plans, configuration)

@@ -12,7 +12,7 @@ from torch import nn
 
 from nnunet_xfer.pretraining import corruptions, jigsaw
 from nnunet_xfer.pretraining.network import DecoderFeatures, deepest_features
-from nnunet_xfer.pretraining.sources import IGNORE
+from nnunet_xfer.pretraining.datasets import IGNORE
 
 
 @torch.no_grad()

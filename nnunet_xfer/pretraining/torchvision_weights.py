@@ -32,9 +32,7 @@ from nnunet_xfer.architectures.parts import (
     network_parts,
     part_of,
 )
-from nnunet_xfer.dataset_conversion.dataset_files import (
-    dataset_name as resolve_dataset_name,
-)
+from nnunet_xfer.layout import resolve_dataset_name
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.network import build_network, load_planned
 from nnunet_xfer.pretraining.store import entry_path, file_sha256, save_entry

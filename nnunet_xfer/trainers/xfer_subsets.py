@@ -1,6 +1,6 @@
 """The training subset of a trainer: splits and nested subsets read where nnU-Net keeps its data.
 
-The rule itself lives in ``nnunet_xfer.dataset_conversion.splits``; this module puts the folds where
+The rule itself lives in ``nnunet_xfer.splits``; this module puts the folds where
 nnU-Net reads them, finds ``subsets.json`` (or creates it with that rule) and picks
 the fold's entry.
 """
@@ -10,11 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_xfer.dataset_conversion.dataset_files import ensure_splits_in_preprocessed, read_subsets
-from nnunet_xfer.dataset_conversion.splits import make_subsets, subset_for, write_json
-from nnunet_xfer.names import DEFAULT_SEED, SIZES
+from nnunet_xfer.layout import SUBSETS_FILE
+from nnunet_xfer.splits import ensure_splits_in_preprocessed, make_subsets, read_subsets, subset_for, write_json
+from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
 
-SUBSETS_FILE = "subsets.json"
 
 
 @dataclass

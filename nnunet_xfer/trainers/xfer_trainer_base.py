@@ -27,7 +27,9 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_xfer.architectures.parts import network_parts, supports_deep_supervision
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.names import PRETRAINED_SOURCES, SIZE_TAGS, SOURCES, store_checkpoint, trainer_name
+from nnunet_xfer.layout import DatasetLayout
+from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
+from nnunet_xfer.study_grid import SIZE_TAGS, trainer_name
 from nnunet_xfer.pretraining.store import architecture_fingerprint, file_sha256, load_entry
 from nnunet_xfer.trainers import check_nnunet_version
 from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, is_frozen,
@@ -209,8 +211,8 @@ class XferTrainerBase(nnUNetTrainer):
                                f"the {self.source} checkpoint is not reloaded")
 
     def _load_source(self) -> None:
-        pth = store_checkpoint(self.plans_manager.dataset_name, self.source,
-                               self.plans_manager.plans_name, self.configuration_name)
+        pth = DatasetLayout(self.plans_manager.dataset_name).store_entry(
+            self.source, self.plans_manager.plans_name, self.configuration_name)
         if not pth.is_file():
             raise SystemExit(f"nnunet_xfer: no pretrained '{self.source}' checkpoint at {pth}; "
                              f"run: {self._pretrain_command()}")

@@ -7,6 +7,8 @@ prefix of the n=10 list, which is a prefix of the next, so the subsets are neste
 """
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from nnunet_xfer.atomic import atomic_write_json
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.layout import SPLITS_FILE, SUBSETS_FILE, DatasetLayout
 
 
 def make_splits(case_ids: list[str], n_folds: int = 4, seed: int = 12345) -> list[dict]:
@@ -76,6 +79,51 @@ def subset_for(splits: list[dict], fold: int, size: int | None, subsets: dict | 
             return list(entry)
         seed = subsets.get("seed", seed)
     return sorted(subset_order(train, fold, seed)[:size])
+
+
+def _folder(dataset: "str | int | Path | DatasetLayout") -> Path:
+    """The raw dataset folder of an id, a name, a layout or the folder itself."""
+    if isinstance(dataset, Path):
+        return dataset
+    return DatasetLayout.of(dataset).existing_raw()
+
+
+def _read_json(path: Path, what: str):
+    if not path.is_file():
+        raise UserError(f"{path} is missing; (re-)run `nnunet-xfer convert` to write the {what}")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON; re-run `nnunet-xfer convert --overwrite`") from None
+
+
+def read_splits(dataset: "str | int | Path | DatasetLayout") -> list[dict]:
+    """The dataset's folds: ``splits_final.json`` of the raw dataset (id, name, layout or folder)."""
+    return _read_json(_folder(dataset) / SPLITS_FILE, "folds")
+
+
+def read_subsets(dataset: "str | int | Path | DatasetLayout") -> dict:
+    """The dataset's nested subsets: ``subsets.json`` (``{"seed", "sizes", "folds": {...}}``)."""
+    return _read_json(_folder(dataset) / SUBSETS_FILE, "nested subsets")
+
+
+def ensure_splits_in_preprocessed(dataset: "str | int | DatasetLayout") -> Path:
+    """Copy the raw dataset's folds to ``$nnUNet_preprocessed/<Dataset>/`` if absent.
+
+    nnU-Net reads its folds only from there; an existing file is left alone (nnU-Net's own rule).
+    Returns the path of the file nnU-Net will use.
+    """
+    layout = DatasetLayout.of(dataset)
+    target = layout.preprocessed_splits
+    if not target.is_file():
+        source = layout.raw_splits
+        if not source.is_file():
+            raise UserError(f"{source} is missing; (re-)run `nnunet-xfer convert`")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    return target
 
 
 def write_json(path: Path, obj) -> None:
