@@ -1,0 +1,123 @@
+"""``XferTransferTrainer``: the base trainer plus a source checkpoint and a fine-tuning schedule.
+
+Only trainers of pretrained sources derive from it; scratch trainers carry none of this.
+
+* :meth:`configure_optimizers` makes one param group per network part (see ``xfer_schedule``).
+* :meth:`on_train_start` loads the source checkpoint into the network only for a fresh run
+  (no checkpoint loaded, epoch 0), so continuing never reloads the source, ``--val`` never needs
+  the store, and inference (which only calls ``build_network_architecture``) never touches it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+from nnunet_xfer import settings
+from nnunet_xfer.architectures.parts import network_parts
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.layout import DEBUG_JSON, INITIAL_CHECKPOINT, DatasetLayout
+from nnunet_xfer.pretraining.store import architecture_fingerprint, file_sha256, load_entry
+from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, is_frozen,
+                                                mark_transferred, part_param_groups)
+from nnunet_xfer.trainers.xfer_trainer_base import XferTrainerBase, refuse, shorten_keys
+from nnunet_xfer.trainers.xfer_weight_transfer import parts_from_prefixes, transfer_weights
+
+
+class XferTransferTrainer(XferTrainerBase):
+    """Base of ``Xfer<Source>Trainer_n<N>`` for sources with a store entry (all but scratch)."""
+
+    #: fine-tuning schedule (env vars may override, see FineTuneSchedule)
+    fine_tune = FineTuneSchedule()
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.xfer_schedule = FineTuneSchedule.from_env(self.fine_tune)
+        self.xfer_info["schedule"] = {**vars(self.xfer_schedule),
+                                      "warmup_epochs": self.xfer_schedule.warmup_epochs(self.num_epochs),
+                                      "initial_lr": self.initial_lr}
+
+    def _pretrain_command(self) -> str:
+        layout = DatasetLayout(self.plans_manager.dataset_name)
+        return (f"nnunet-xfer pretrain -d {layout.id} -s {self.source} "
+                f"-p {self.plans_manager.plans_name} -c {self.configuration_name}")
+
+    # ---------------------------------------------------------------- optimiser and schedule
+    def configure_optimizers(self):
+        """SGD as nnU-Net's, one param group per network part."""
+        net = self._bare_network()
+        optimizer = torch.optim.SGD(part_param_groups(net, network_parts(net)), self.initial_lr,
+                                    weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        return optimizer, PartPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def on_train_epoch_start(self):
+        # frozen parameters get no gradient at all, so no momentum builds up while frozen
+        # (under DDP the LR of 0 alone keeps them fixed: DDP needs a fixed set of trainable tensors)
+        for group in self.optimizer.param_groups:
+            frozen = is_frozen(group, self.current_epoch)
+            if not self.is_ddp:
+                for p in group["params"]:
+                    p.requires_grad_(not frozen)
+        super().on_train_epoch_start()
+        lrs = ", ".join(f"{g['xfer_part']} {g['lr']:.3g}" + (" (frozen)" if is_frozen(g, self.current_epoch) else "")
+                        for g in self.optimizer.param_groups)
+        self.print_to_log_file(f"nnunet_xfer learning rates: {lrs}")
+
+    # ---------------------------------------------------------------- source checkpoint
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        if self._xfer_resumed or self.current_epoch > 0:
+            self._note_resumed()
+        else:
+            self._load_source()
+        super().on_train_start()
+
+    def _note_resumed(self) -> None:
+        previous = {}
+        debug = Path(self.output_folder) / DEBUG_JSON
+        if debug.is_file():
+            previous = (load_json(str(debug)).get("xfer_info") or {})
+            previous = previous.get("transfer", {}) if isinstance(previous, dict) else {}
+        self.xfer_info["transfer"] = {**previous, "reloaded": False,
+                                      "note": f"continued at epoch {self.current_epoch}; source not reloaded"}
+        self.print_to_log_file(f"nnunet_xfer: continuing at epoch {self.current_epoch}; "
+                               f"the {self.source} checkpoint is not reloaded")
+
+    def _load_source(self) -> None:
+        pth = DatasetLayout(self.plans_manager.dataset_name).store_entry(
+            self.source, self.plans_manager.plans_name, self.configuration_name)
+        if not pth.is_file():
+            raise refuse(f"no pretrained '{self.source}' checkpoint at {pth}; "
+                             f"run: {self._pretrain_command()}")
+        net = self._bare_network()
+        try:
+            state, _head, meta = load_entry(pth)  # torch.load(weights_only=True); the head is never used
+            parts = network_parts(net)
+            transfer_parts = parts_from_prefixes(meta.get("trained_prefixes"), parts, self.source)
+            report = transfer_weights(net, state, parts, transfer_parts)
+        except UserError as e:
+            raise refuse(f"{pth}: {e}; recreate it with: {self._pretrain_command()}") from None
+        sha256 = file_sha256(pth)
+        fingerprint = architecture_fingerprint(net)
+        mark_transferred(self.optimizer, transfer_parts, self.xfer_schedule, self.num_epochs)
+        self.xfer_info["transfer"] = {
+            "reloaded": True, "checkpoint": str(pth), "sha256": sha256,
+            "sha256_recorded": meta.get("sha256"), "source_task": meta.get("source", self.source),
+            "trained_prefixes": meta.get("trained_prefixes"),
+            "fingerprint_checkpoint": meta.get("architecture_fingerprint"),
+            "fingerprint_network": fingerprint, **report.summary()}
+        self.print_to_log_file(
+            f"nnunet_xfer: loaded source '{self.source}' from {pth} (sha256 {sha256}); transferred "
+            f"{len(report.transferred)} tensors of parts {transfer_parts}, "
+            f"{len(report.not_transferred)} not transferred: {shorten_keys(report.not_transferred)}")
+        if report.adapted:
+            self.print_to_log_file(f"nnunet_xfer: adapted input channels: {report.adapted}")
+        if meta.get("sha256") and meta["sha256"] != sha256:
+            self.print_to_log_file(f"nnunet_xfer WARNING: {pth} differs from the sha256 in its .json record")
+        if settings.flag("nnUNet_xfer_save_initial"):
+            torch.save({"network_weights": net.state_dict(), "trainer_name": type(self).__name__,
+                        "transfer": self.xfer_info["transfer"]}, join(self.output_folder, INITIAL_CHECKPOINT))
+            self.print_to_log_file(f"nnunet_xfer: weights after transfer saved to {INITIAL_CHECKPOINT}")
