@@ -1,6 +1,6 @@
 """Write nnU-Net v2 raw datasets: staged in a hidden temporary folder, then renamed into place.
 
-Layout (DESIGN.md): ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``,
+Layout (docs/layout.md): ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``,
 ``splits_final.json``, ``subsets.json`` and ``cases.csv`` (per-case metadata for the evaluation).
 """
 from __future__ import annotations

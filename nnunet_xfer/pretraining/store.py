@@ -1,6 +1,6 @@
 """The pretrained store: one ``<source>.pth`` + ``<source>.json`` per source task.
 
-Layout (DESIGN.md): ``$nnUNet_results/<Dataset>/nnunet_xfer_pretrained/<plans>__<config>/``.
+Layout (docs/layout.md): ``$nnUNet_results/<Dataset>/nnunet_xfer_pretrained/<plans>__<config>/``.
 The ``.pth`` holds ``{"network": state_dict, "head": state_dict or None}``: the network's own
 parameters under the very keys nnU-Net's network uses (so transfer is key for key), and the task
 head separately. It is read with ``torch.load(weights_only=True)``. The ``.json`` beside it is the
@@ -103,5 +103,5 @@ def load_entry(pth: Path) -> tuple[dict, dict | None, dict]:
 
 def entry_path(dataset_name: str, source: str, plans: str = "nnUNetPlans",
                configuration: str = "2d") -> Path:
-    """Where the store entry of ``source`` for these plans lives (see DESIGN.md)."""
+    """Where the store entry of ``source`` for these plans lives (see docs/layout.md)."""
     return store_checkpoint(dataset_name, source, plans, configuration)
