@@ -1,4 +1,4 @@
-"""Segmentation metrics against a brute-force reference built straight from DESIGN.md's definitions."""
+"""Segmentation metrics against a brute-force reference built straight from docs/definitions.md."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """The list of cases to convert: a manifest CSV, or image and mask folders matched by file name.
 
-Manifest columns (DESIGN.md): ``case_id,image,mask`` required; optional ``slice_index``,
+Manifest columns (docs/conversion.md): ``case_id,image,mask`` required; optional ``slice_index``,
 ``vertebra_mask`` + ``vertebra_label``, ``height_m``, ``sex``, ``observer``. Relative paths are
 relative to the CSV's folder.
 """

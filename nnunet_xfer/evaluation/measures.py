@@ -1,6 +1,6 @@
 """Muscle-health measures of an L3 slice: SMA, SMD, IMAT, HU-refined SMA and SMI.
 
-Definitions (DESIGN.md): SMA (cm²) = mask pixels × pixel area; SMD = mean HU inside the mask;
+Definitions (docs/definitions.md): SMA (cm²) = mask pixels × pixel area; SMD = mean HU inside the mask;
 IMAT (cm²) = mask pixels within −190..−30 HU; HU-refined SMA (cm²) = mask pixels within −29..150 HU;
 SMI (cm²/m²) = SMA / height². HU ranges are inclusive at both ends.
 """

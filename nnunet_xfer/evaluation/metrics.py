@@ -1,8 +1,9 @@
 """Segmentation metrics of a predicted 2D mask against a reference: Dice and boundary distances.
 
-Definitions (DESIGN.md, "Definitions"): the boundary of a mask is the mask minus its erosion by a
-3×3 square, with everything outside the image counted as outside the mask; distances are between
-pixel centres in mm. All distance metrics come from one routine, :func:`directed_boundary_distances`.
+Definitions (docs/definitions.md, "Segmentation metrics"): the boundary of a mask is the mask minus
+its erosion by a 3×3 square, with everything outside the image counted as outside the mask;
+distances are between pixel centres in mm. All distance metrics come from one routine,
+:func:`directed_boundary_distances`.
 
 Nearest boundary pixels are found with a k-d tree over the boundary pixels' coordinates in mm
 rather than a distance transform of the whole bounding box: both are exact, but an L3 muscle

@@ -5,7 +5,7 @@ optionally, a model (a predictions folder or an nnU-Net fold/trainer folder with
 Only cases that the reference, every observer and the model all have are studied; the cases left
 out are listed in ``summary.json`` so partial coverage is never silent.
 
-Williams index (DESIGN.md): agreement is Dice, or 1/RMS DTA for distances. A failed comparison
+Williams index (docs/definitions.md): agreement is Dice, or 1/RMS DTA for distances. A failed comparison
 (exactly one mask empty, RMS undefined) counts as agreement 0 (an infinitely bad distance); identical
 masks (RMS 0) get the agreement of the closest non-identical pair in the same comparison (the
 smallest positive RMS), so 1/RMS stays finite and identical never scores below near-identical.
@@ -194,7 +194,7 @@ def measures_tables(masks: Masks, images: dict[str, Path], case_ids: list[str]
 def observer_study(reference: Path, observers: Path, predictions: Path | None = None,
                    name: str = "model", out: Path = Path("observer_study"), label: int = 1,
                    images: Path | None = None, overwrite: bool = False) -> Path:
-    """Run the observer study and write its tables into ``out`` (see docs/sections/evaluation.md).
+    """Run the observer study and write its tables into ``out`` (see docs/evaluation.md).
 
     Writes ``pairwise.csv``, ``williams.csv``, ``staple/<case>.nii.gz`` + ``staple.csv``,
     ``summary.json`` and, with ``images``, ``measures.csv`` + ``measures_agreement.csv``.

@@ -21,7 +21,7 @@ GROUP_ORDER = ("encoder", "decoder", "head", "other")
 
 @dataclass
 class FineTuneSchedule:
-    """How transferred parameters are trained; see docs/sections/trainers.md for the why.
+    """How transferred parameters are trained; see docs/trainers.md for the why.
 
     ``lr_factor``: transferred parameters run at this fraction of nnU-Net's LR (nnssl's
     PretrainedTrainer fine-tunes at 1e-3, a tenth of nnU-Net's 1e-2). ``warmup_fraction``: linear
