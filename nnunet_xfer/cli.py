@@ -118,7 +118,7 @@ def _add_pretrain(sub) -> None:
 
 
 def _cmd_plan(a: argparse.Namespace) -> None:
-    from nnunet_xfer.architectures.plans_variant import write_plans_variant
+    from nnunet_xfer.planning import write_plans_variant
     path = write_plans_variant(dataset=a.dataset, arch=a.arch, source_plans=a.plans,
                                overwrite=a.overwrite)
     print(f"wrote {path}")

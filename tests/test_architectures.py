@@ -20,8 +20,7 @@ import torchvision
 from conftest import DATASET_NAME, run_cli
 from nnunet_xfer.architectures import ARCHITECTURES, is_torchvision_network
 from nnunet_xfer.architectures.parts import network_parts, part_of, supports_deep_supervision
-from nnunet_xfer.architectures.plans_variant import (activation_elements, adjusted_batch_size,
-                                                     write_plans_variant)
+from nnunet_xfer.planning import activation_elements, adjusted_batch_size, write_plans_variant
 from nnunet_xfer.architectures.registry import build
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.store import load_entry

@@ -16,12 +16,6 @@ def replace_first_conv(conv: nn.Conv2d, input_channels: int) -> nn.Conv2d:
     return new
 
 
-def replace_class_conv(conv: nn.Conv2d, num_classes: int) -> nn.Conv2d:
-    """A new final 1×1 class convolution with ``num_classes`` outputs."""
-    return nn.Conv2d(conv.in_channels, num_classes, conv.kernel_size, conv.stride, conv.padding,
-                     bias=conv.bias is not None)
-
-
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad the last two axes up to a multiple (zero = the z-scored foreground mean)."""
     h, w = x.shape[-2:]

@@ -8,7 +8,6 @@ also set ``supports_deep_supervision = False`` so that trainers switch deep supe
 from __future__ import annotations
 
 import pydoc
-from collections.abc import Iterable
 
 import torch
 
@@ -33,11 +32,6 @@ def part_of(key: str, parts: dict[str, tuple[str, ...]]) -> str:
         if any(key.startswith(p) for p in parts[part]):
             return part
     return "other"
-
-
-def keys_of(keys: Iterable[str], parts: dict[str, tuple[str, ...]], *wanted: str) -> list[str]:
-    """The keys that belong to any of the ``wanted`` parts."""
-    return [k for k in keys if part_of(k, parts) in wanted]
 
 
 def network_class(class_name: str) -> type | None:
