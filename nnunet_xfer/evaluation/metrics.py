@@ -118,7 +118,7 @@ def _offset_table(sr: float, sc: float, size: int, max_reach: int) -> _Offsets:
 def _union_window(a: np.ndarray, b: np.ndarray) -> tuple[slice, slice] | None:
     """Bounding box of ``a | b`` as two slices; None when both are empty."""
     union = a | b
-    if union.shape[1] % 8 == 0:  # rows 8 pixels at a time (``a | b`` is C-contiguous)
+    if union.flags.c_contiguous and union.shape[1] % 8 == 0:  # rows 8 pixels at a time
         rows_any = (union.view(np.uint64) != 0).any(axis=1)
     else:
         rows_any = union.any(axis=1)
@@ -335,6 +335,6 @@ def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float
         assd_mm=(float(d_p.sum()) + float(d_r.sum())) / n,
         hd95_mm=max(_percentile(d_p, off_p.size, 95), _percentile(d_r, off_r.size, 95)),
         hd_mm=max(float(d_p.max(initial=0.0)), float(d_r.max(initial=0.0))),
-        nsd=within / n,
+        nsd=float(within) / n,
         failed=False,
     )
