@@ -168,6 +168,23 @@ def test_search_paths_are_the_ones_named(path, monkeypatch):
         assert sum(exact_sizes) == off_boundary
 
 
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.floats(0.05, 20.0), st.floats(0.05, 20.0), st.sampled_from([0, 1, 8, 100, 2000]))
+def test_offset_table_holds_every_offset_up_to_its_radius_in_order(sr, sc, size):
+    """The exactness argument of the search: the table is sorted by length and complete."""
+    reach = 64
+    t = metrics_module._offset_table(sr, sc, size, reach)
+    assert np.all(np.diff(t.d2) >= 0)
+    np.testing.assert_array_equal(t.d2, (t.dr * sr) ** 2 + (t.dc * sc) ** 2)
+    assert len(set(zip(t.dr.tolist(), t.dc.tolist()))) == t.d2.size and 0 not in t.d2
+    assert t.reach_r <= reach and t.reach_c <= reach
+    assert t.d2.size <= max(size, 4) * 1.2 + 8
+    dr, dc = np.mgrid[-reach - 2:reach + 3, -reach - 2:reach + 3]
+    d2 = (dr * sr) ** 2 + (dc * sc) ** 2
+    radius2 = t.d2[-1] if t.d2.size else 0.0
+    assert t.d2.size == np.count_nonzero((d2 <= radius2) & (d2 > 0))
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 20, 21, 41, 61, 101, 1000])
 @pytest.mark.parametrize("zeros_share", [0.0, 0.5, 0.94, 0.95, 0.96, 1.0])
 def test_percentile_matches_numpy_bit_for_bit(n, zeros_share):
@@ -286,6 +303,79 @@ def test_real_lits_muscle_shifted_against_itself():
     back = segmentation_metrics(muscle, shifted, spacing)
     for key in ("dice", "rms_dta_mm", "assd_mm", "hd95_mm", "hd_mm", "nsd"):
         assert back[key] == pytest.approx(m[key], abs=1e-9)
+
+
+def l3_like_perturbations(ref: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Predictions a model might make of ``ref``: near misses, a hole, a far false positive,
+    and gross failures far beyond the search table."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:ref.shape[0], :ref.shape[1]]
+    inside = ndimage.distance_transform_edt(ref)
+    cy, cx = np.unravel_index(np.argmax(inside), ref.shape)
+    noise = ndimage.gaussian_filter(rng.standard_normal(ref.shape), 4.0)
+    signed = inside - ndimage.distance_transform_edt(~ref)
+    return {
+        "dilate": ndimage.binary_dilation(ref, np.ones((3, 3), bool), iterations=2),
+        "erode": ndimage.binary_erosion(ref, np.ones((3, 3), bool)),
+        "rotate": ndimage.rotate(ref.astype(np.float32), 4.0, reshape=False, order=1) > 0.5,
+        "noise": signed + 1.5 * noise / np.abs(noise).max() > 0,
+        "hole": ref & ((yy - cy) ** 2 + (xx - cx) ** 2 > 7 ** 2),
+        "far blob": ref | ((yy - 8) ** 2 + (xx - 500) ** 2 <= 5 ** 2),
+        "shifted 40 px": np.roll(ref, (40, -30), axis=(0, 1)),
+    }
+
+
+def synthetic_l3_ring() -> np.ndarray:
+    yy, xx = np.mgrid[:512, :512]
+    outer = (yy - 260) ** 2 / 150 ** 2 + (xx - 256) ** 2 / 210 ** 2 < 1
+    inner = (yy - 265) ** 2 / 125 ** 2 + (xx - 256) ** 2 / 180 ** 2 < 1
+    back = (yy - 360) ** 2 / 45 ** 2 + (xx - 256) ** 2 / 90 ** 2 < 1
+    return (outer & ~inner) | back
+
+
+@pytest.mark.parametrize("spacing", [(0.78, 0.78), (0.7, 0.95)])
+def test_512_l3_like_ring_against_its_perturbations(spacing):
+    ref = synthetic_l3_ring()
+    for name, pred in l3_like_perturbations(ref).items():
+        assert_matches_brute(pred, ref, spacing)
+        assert_matches_brute(ref, pred, spacing)
+
+
+@pytest.mark.skipif(not LITS_LABELS.exists(), reason="shared/real_ct not present")
+def test_real_lits_muscle_against_its_perturbations():
+    from PIL import Image
+    muscle = np.asarray(Image.open(LITS_LABELS)) == 1
+    for spacing in ((0.78, 0.78), (0.7, 0.95)):
+        for name, pred in l3_like_perturbations(muscle).items():
+            assert_matches_brute(pred, muscle, spacing)
+
+
+def test_input_types_and_layouts_give_the_same_metrics():
+    ref = synthetic_l3_ring()[100:300, 40:203]           # odd width: no 8-pixel row words
+    pred = ndimage.binary_dilation(ref) & ~ndimage.binary_erosion(ref, iterations=5)
+    want = segmentation_metrics(pred, ref, (0.9, 0.6))
+    assert_matches_brute(pred, ref, (0.9, 0.6))
+    variants = {
+        "uint8 labels": (pred.astype(np.uint8), ref.astype(np.uint8)),
+        "float": (pred.astype(np.float32), ref.astype(np.float64)),
+        "strided views": (np.pad(pred, 3)[3:-3, 3:-3], np.repeat(ref, 2, axis=1)[:, ::2]),
+    }
+    for name, (p, r) in variants.items():
+        assert segmentation_metrics(p, r, (0.9, 0.6)) == want, name
+    # Transposed (Fortran-ordered) masks, 8-pixel-multiple width: the same metrics, axes swapped.
+    p, r = np.ascontiguousarray(pred[:, :160]), np.ascontiguousarray(ref[:, :160])
+    assert segmentation_metrics(p.T, r.T, (0.6, 0.9)) == pytest.approx(
+        segmentation_metrics(p, r, (0.9, 0.6)), abs=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0), (1.0, -0.5), (math.nan, 1.0), (1.0, math.inf)])
+def test_bad_spacing_raises(spacing):
+    a = np.zeros((5, 5), bool)
+    a[1:3, 1:3] = True
+    with pytest.raises(ValueError, match="spacing"):
+        segmentation_metrics(a, a, spacing)
+    with pytest.raises(ValueError, match="spacing"):
+        directed_boundary_distances(a, a, spacing)
 
 
 def test_directed_distances_agree_with_medpy_where_definitions_match():
