@@ -131,16 +131,19 @@ def _union_window(a: np.ndarray, b: np.ndarray) -> tuple[slice, slice] | None:
 
 
 class _Boundaries(NamedTuple):
-    """Both boundaries on one padded grid, as flat indices (row-major order of the image)."""
-    idx_a: np.ndarray       # flat indices of a's boundary pixels, ascending
+    """Both boundaries on one padded grid of ``size`` pixels, held in one flat array ``grids``:
+    b's boundary in ``grids[:size]``, a's in ``grids[size:]``. A boundary pixel of a at flat index
+    i looks for b's boundary at ``grids[i + offset]``, one of b at i + size for a's: both
+    directions are searched in one pass."""
+    idx_a: np.ndarray       # flat grid indices of a's boundary pixels, ascending (row-major)
     idx_b: np.ndarray
-    edge_a: np.ndarray      # flat bool grid of a's boundary (padding included)
-    edge_b: np.ndarray
+    grids: np.ndarray       # bool, 2 * size
+    size: int
     width: int              # row length of the padded grid
 
 
 def _boundaries(ca: np.ndarray, cb: np.ndarray, table: _Offsets) -> _Boundaries:
-    """Boundaries of two masks cropped to the union's box (``ca``, ``cb``), placed on one grid
+    """Boundaries of two masks cropped to the union's box (``ca``, ``cb``), placed on a grid
     padded by the table's reach (at least 1), so that any offset of the table from a pixel of the
     box stays inside the grid.
 
@@ -154,29 +157,29 @@ def _boundaries(ca: np.ndarray, cb: np.ndarray, table: _Offsets) -> _Boundaries:
     width = w + 2 * pc
     size = (h + 2 * pr) * width
     lo, hi = pr * width, (pr + h) * width           # the rows of the box, flat
-    out = []
-    for m in (ca, cb):
-        grid = np.zeros(size, bool)
-        grid.reshape(-1, width)[pr:pr + h, pc:pc + w] = m
-        rows3 = grid[lo - width:hi - width] & grid[lo:hi] & grid[lo + width:hi + width]
+    grids = np.zeros(2 * size, bool)
+    mask = np.zeros(size, bool)
+    idx = []
+    for m, edge in ((ca, grids[size:]), (cb, grids[:size])):
+        mask.reshape(-1, width)[pr:pr + h, pc:pc + w] = m
+        rows3 = mask[lo - width:hi - width] & mask[lo:hi] & mask[lo + width:hi + width]
         eroded = rows3[:-2] & rows3[1:-1] & rows3[2:]
-        edge = np.zeros(size, bool)
-        np.greater(grid[lo + 1:hi - 1], eroded, out=edge[lo + 1:hi - 1])  # grid & ~eroded
-        out.append((np.flatnonzero(edge[lo:hi]) + lo, edge))
-    (idx_a, edge_a), (idx_b, edge_b) = out
-    return _Boundaries(idx_a, idx_b, edge_a, edge_b, width)
+        np.greater(mask[lo + 1:hi - 1], eroded, out=edge[lo + 1:hi - 1])  # mask & ~eroded
+        idx.append(np.flatnonzero(edge[lo:hi]) + lo)
+    return _Boundaries(idx[0], idx[1], grids, size, width)
 
 
-def _nearest_d2(src: np.ndarray, dst_grid: np.ndarray, dst_idx: np.ndarray, width: int,
-                table: _Offsets, spacing: tuple[float, float]) -> np.ndarray:
-    """Squared distance (mm²) from each flat index in ``src`` to the nearest True of ``dst_grid``.
+def _search_d2(src: np.ndarray, grids: np.ndarray, table: _Offsets, width: int,
+               fallback_cost) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squared distance (mm²) from each flat index in ``src`` to the nearest True of ``grids``
+    within the offset table: ``(d2, pending, pos)``, where ``d2[pos]`` are still to be found for
+    the flat indices ``pending`` (no hit in the table, or not worth searching further).
 
-    ``src`` pixels are not on the destination boundary. Offsets are probed in ascending length, a
-    chunk at a time for all pending pixels; the first hit is the minimum. The search stops when
-    the table is used up or when its cost so far plus the next chunk's would exceed the cost of
-    answering the pending pixels exactly by other means (cost model above; so a search that does
-    not pay off costs at most twice the exact fallback); the pixels left are answered by
-    :func:`_exact_d2`.
+    ``src`` pixels are not on the boundary they look for. Offsets are probed in ascending length,
+    a chunk at a time for all pending pixels; the first hit is the minimum. The search stops when
+    the table is used up or when its cost so far would exceed ``fallback_cost(pending)``, the
+    cost of answering the pending pixels exactly (so a search that does not pay off costs at
+    most twice the exact answer; cost model above).
     """
     n = src.size
     d2 = np.empty(n)
@@ -187,15 +190,15 @@ def _nearest_d2(src: np.ndarray, dst_grid: np.ndarray, dst_idx: np.ndarray, widt
         k = pending.size
         hi = min(flat.size, max(lo + 8, lo * 3 // 2, lo - (-_MIN_CHUNK_PROBES // k)))
         spent += k * (hi - lo)
-        if spent > _fallback_cost(k, dst_idx.size):
+        if spent > fallback_cost(pending):
             break
         # Lay the (offset, pixel) probes out with the longer side contiguous: numpy's inner loops.
         if k >= hi - lo:
-            hits = np.take(dst_grid, flat[lo:hi, None] + pending)
+            hits = np.take(grids, flat[lo:hi, None] + pending)
             found = hits.any(axis=0)
             first = hits[:, found].argmax(axis=0) if found.any() else None
         else:
-            hits = np.take(dst_grid, pending[:, None] + flat[lo:hi])
+            hits = np.take(grids, pending[:, None] + flat[lo:hi])
             found = hits.any(axis=1)
             first = hits[found].argmax(axis=1) if found.any() else None
         if first is not None:
@@ -203,12 +206,10 @@ def _nearest_d2(src: np.ndarray, dst_grid: np.ndarray, dst_idx: np.ndarray, widt
             missed = ~found
             pending, pos = pending[missed], pos[missed]
         lo = hi
-    if pending.size:
-        d2[pos] = _exact_d2(pending, dst_idx, width, spacing)
-    return d2
+    return d2, pending, pos
 
 
-def _fallback_cost(n: int, m: int) -> int:
+def _exact_cost(n: int, m: int) -> int:
     """Cost (in probes) of :func:`_exact_d2` for ``n`` pixels against ``m`` boundary pixels."""
     return min(_KD_BUILD_COST * m + _KD_QUERY_COST * n, _PAIR_COST * n * m)
 
@@ -235,11 +236,25 @@ def _boundary_distances(bd: _Boundaries, table: _Offsets, spacing: tuple[float, 
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(off_a, d2_a, off_b, d2_b)``: which boundary pixels of a are off b's boundary, their
     squared distances (mm², > 0) to b's boundary, and the same from b to a."""
-    off_a = ~bd.edge_b[bd.idx_a]
-    off_b = ~bd.edge_a[bd.idx_b]
-    d2_a = _nearest_d2(bd.idx_a[off_a], bd.edge_b, bd.idx_b, bd.width, table, spacing)
-    d2_b = _nearest_d2(bd.idx_b[off_b], bd.edge_a, bd.idx_a, bd.width, table, spacing)
-    return off_a, d2_a, off_b, d2_b
+    size = bd.size
+    off_a = ~bd.grids[bd.idx_a]                 # b's boundary is grids[:size]
+    off_b = ~bd.grids[bd.idx_b + size]          # a's boundary is grids[size:]
+    src_a, src_b = bd.idx_a[off_a], bd.idx_b[off_b] + size
+    n_a, m_a, m_b = src_a.size, bd.idx_b.size, bd.idx_a.size
+
+    def fallback_cost(pending: np.ndarray) -> int:
+        from_a = int(np.count_nonzero(pending < size))
+        return _exact_cost(from_a, m_a) + _exact_cost(pending.size - from_a, m_b)
+
+    d2, pending, pos = _search_d2(np.concatenate([src_a, src_b]), bd.grids, table, bd.width,
+                                  fallback_cost)
+    if pending.size:
+        from_a = pending < size
+        if from_a.any():
+            d2[pos[from_a]] = _exact_d2(pending[from_a], bd.idx_b, bd.width, spacing)
+        if not from_a.all():
+            d2[pos[~from_a]] = _exact_d2(pending[~from_a] - size, bd.idx_a, bd.width, spacing)
+    return off_a, d2[:n_a], off_b, d2[n_a:]
 
 
 def directed_boundary_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float]
