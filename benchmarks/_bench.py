@@ -114,7 +114,7 @@ class Timings:
         wall median: > 1 means slower than the baseline)."""
         base = self.summary(baseline, per)
         lines = [f"{self.rounds} interleaved rounds, order rotated each round; {unit}; "
-                 f"× {baseline} = time / {baseline}'s time (CPU min, CPU median, wall median)",
+                 f"× {baseline} = candidate time / time of {baseline} (> 1: slower)",
                  "",
                  "| candidate | CPU min | CPU median | wall min | wall median "
                  f"| × {baseline} CPU min | × CPU median | × wall median |",

@@ -7,10 +7,11 @@ tools are the ``bench`` extra: ``pip install surface-distance medpy``; a tool th
 installed is left out and said so).
 
 Pairs: the LiTS029 L3 expert muscle mask (label 1 of ../shared/real_ct/lits029, assumed 0.78 mm
-pixels) when present, else the phantom's subject 0 at 512², as the reference, against 7
+pixels) when present, else the phantom's subject 0 at 512², as the reference, against 8
 perturbations — dilated 1 px, eroded 1 px, shifted (2, -3) px, rotated 3°, smooth random boundary
-noise (±1.5 px), a hole (radius 6 px) in the thickest muscle, a false-positive blob 60 px away —
-each at isotropic spacing and at an anisotropic (0.70, 0.95) mm. One timed call of a tool runs
+noise (±1.5 px), a hole (radius 6 px) in the thickest muscle, a false-positive blob 60 px away,
+and a gross miss (shifted by (10, -8) px, the hardest case for a search that follows the
+boundary) — each at isotropic spacing and at an anisotropic (0.70, 0.95) mm. One timed call of a tool runs
 all pairs; the tools alternate in every round with the order rotated (see benchmarks/_bench.py).
 
 What each tool computes (the same four quantities, each from one pass of its distance routine):
@@ -84,6 +85,7 @@ def perturbations(ref: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
         "boundary noise": signed + noise > 0,
         "hole r=6px": ref & ((yy - cy) ** 2 + (xx - cx) ** 2 > 6 ** 2),
         "blob 60px away": ref | blob,
+        "missed by (10,-8)px": np.roll(ref, (10, -8), axis=(0, 1)),
     }
 
 

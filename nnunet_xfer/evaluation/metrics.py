@@ -96,10 +96,11 @@ class _Offsets(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _offset_table(sr: float, sc: float, size: int, max_reach: int) -> _Offsets:
-    """All nonzero offsets within a disc of ``radius`` mm, sorted by length (mm, row, column).
+    """All nonzero offsets no longer than a radius in mm, sorted by length (then row, column).
 
-    The disc holds about ``size`` offsets and reaches at most ``max_reach`` pixels along either
-    axis. The candidate box is one pixel wider than the disc so that float rounding of
+    The radius is chosen so that the disc (an ellipse in pixels at anisotropic spacing) holds
+    about ``size`` offsets and reaches at most ``max_reach`` pixels along either axis. The
+    candidate box is one pixel wider than the disc so that float rounding of
     ``radius / spacing`` cannot leave out an offset on the rim.
     """
     radius = min(math.sqrt(size * sr * sc / math.pi), max_reach * sr, max_reach * sc)
@@ -132,9 +133,9 @@ def _union_window(a: np.ndarray, b: np.ndarray) -> tuple[slice, slice] | None:
 
 class _Boundaries(NamedTuple):
     """Both boundaries on one padded grid of ``size`` pixels, held in one flat array ``grids``:
-    b's boundary in ``grids[:size]``, a's in ``grids[size:]``. A boundary pixel of a at flat index
-    i looks for b's boundary at ``grids[i + offset]``, one of b at i + size for a's: both
-    directions are searched in one pass."""
+    b's boundary in ``grids[:size]``, a's in ``grids[size:]``. A boundary pixel of a at flat
+    index i probes ``grids[i + offset]`` (b's boundary), one of b probes
+    ``grids[i + size + offset]`` (a's boundary), so both directions are searched in one pass."""
     idx_a: np.ndarray       # flat grid indices of a's boundary pixels, ascending (row-major)
     idx_b: np.ndarray
     grids: np.ndarray       # bool, 2 * size
