@@ -1,15 +1,9 @@
 """Segmentation metrics of a predicted 2D mask against a reference: Dice and boundary distances.
 
-<<<<<<< HEAD
 Definitions (docs/definitions.md, "Segmentation metrics"): the boundary of a mask is the mask minus
 its erosion by a 3×3 square, with everything outside the image counted as outside the mask;
 distances are between pixel centres in mm. All distance metrics come from one routine,
-:func:`directed_boundary_distances`.
-=======
-Definitions (as documented for `evaluate`): the boundary of a mask is the mask minus its erosion
-by a 3×3 square, with everything outside the image counted as outside the mask; distances are
-between pixel centres in mm. All distance metrics come from one routine, :func:`_boundary_distances`.
->>>>>>> metrics
+:func:`_boundary_distances`.
 
 The algorithm is exact and its work follows the boundary, not the image or its bounding box (an
 L3 muscle boundary has ~2,400 pixels against ~70,000 in its bounding box, and a distance
