@@ -145,6 +145,16 @@ def _many_labels(path: Path) -> Path:
     return write(m, path)
 
 
+def _npy_mask(folder: Path) -> str:
+    np.save(folder / "mask.npy", square())
+    return str(folder / "mask.npy")
+
+
+def _spacing(t: Path, rows: list[dict], image: Path, pattern: str):
+    """Case c00's image replaced; its mask an array, so no geometry mismatch can refuse it instead."""
+    return _set(rows, 0, image=str(image), mask=_npy_mask(t)), {}, pattern
+
+
 def _loop(path: Path) -> Path:
     os.symlink(path.name, path)
     return path
@@ -178,23 +188,22 @@ REFUSED = {
         r, {"cases_csv": manifest(t, [{k: v for k, v in x.items() if k != "mask"} for x in r],
                                   "nomask.csv")}, r"nomask\.csv.*lacks column.*mask"),
     # spacing: ITK would silently read 1 mm or flip the axis; ITK's own warnings must not leak
-    "spacing_zero_nifti": lambda t, r: (_set(r, 0, image=str(_nifti_with_pixdim(t / "z.nii", 0, 0))),
-                                        {}, r"c00.*z\.nii.*spacing"),
-    "spacing_negative_nifti": lambda t, r: (
-        _set(r, 0, image=str(_nifti_with_pixdim(t / "n.nii", -0.75, 0.75))), {},
-        r"c00.*n\.nii.*spacing"),
-    "spacing_nan_nifti": lambda t, r: (
-        _set(r, 0, image=str(_nifti_with_pixdim(t / "nan.nii", float("nan"), 0.75))), {},
-        r"c00.*nan\.nii.*spacing"),
-    "spacing_negative_mha": lambda t, r: (_set(r, 0, image=str(_mha(t / "n.mha", "-0.75 0.75"))),
-                                          {}, r"c00.*n\.mha.*spacing"),
-    "spacing_zero_mha": lambda t, r: (_set(r, 0, image=str(_mha(t / "z.mha", "0 0.75"))),
-                                      {}, r"c00.*z\.mha.*spacing"),
-    "spacing_nan_nrrd": lambda t, r: (_set(r, 0, image=str(_nrrd(t / "nan.nrrd", "spacings: nan 0.75"))),
-                                      {}, r"c00.*nan\.nrrd.*spacing"),
-    "spacing_negative_nrrd": lambda t, r: (
-        _set(r, 0, image=str(_nrrd(t / "n.nrrd", "spacings: -0.75 0.75"))), {},
-        r"c00.*n\.nrrd.*spacing"),
+    "spacing_zero_nifti": lambda t, r: _spacing(t, r, _nifti_with_pixdim(t / "z.nii", 0, 0),
+                                                r"c00.*z\.nii.*spacing"),
+    "spacing_negative_nifti": lambda t, r: _spacing(t, r, _nifti_with_pixdim(t / "n.nii", -0.75, 0.75),
+                                                    r"c00.*n\.nii.*spacing"),
+    "spacing_nan_nifti": lambda t, r: _spacing(t, r, _nifti_with_pixdim(t / "nan.nii", float("nan"), 0.75),
+                                               r"c00.*nan\.nii.*spacing"),
+    "spacing_negative_mha": lambda t, r: _spacing(t, r, _mha(t / "n.mha", "-0.75 0.75"),
+                                                  r"c00.*n\.mha.*spacing"),
+    "spacing_zero_mha": lambda t, r: _spacing(t, r, _mha(t / "z.mha", "0 0.75"), r"c00.*z\.mha.*spacing"),
+    "spacing_nan_nrrd": lambda t, r: _spacing(t, r, _nrrd(t / "nan.nrrd", "spacings: nan 0.75"),
+                                              r"c00.*nan\.nrrd.*spacing"),
+    "spacing_negative_nrrd": lambda t, r: _spacing(t, r, _nrrd(t / "n.nrrd", "spacings: -0.75 0.75"),
+                                                   r"c00.*n\.nrrd.*spacing"),
+    "spacing_zero_nrrd_directions": lambda t, r: _spacing(
+        t, r, _nrrd(t / "d.nrrd", "space dimension: 2\nspace directions: (0,0) (0,0.75)"),
+        r"c00.*d\.nrrd.*spacing"),
     # dimensions and channels
     "image_4d": lambda t, r: (_set(r, 0, image=str(_four_d(t / "four.nii.gz"))), {}, r"c00.*four\.nii\.gz.*4D"),
     "image_rgb": lambda t, r: (_set(r, 0, image=str(_rgb_nifti(t / "rgb.nii.gz"))), {},
@@ -470,6 +479,45 @@ def test_convert_overwrite_under_another_name_refuses_a_foreign_dataset(tmp_path
         convert(cases_csv=manifest(tmp_path, rows), dataset_id=601, name="Other", sizes=[2],
                 overwrite=True)
     assert visible_and_hidden(raw) == [DATASET] and (theirs / "imagesTr" / "a_0000.nii.gz").is_file()
+
+
+def test_convert_overwrite_recognises_a_dataset_converted_before_markers(tmp_path, nn, rows):
+    from nnunet_xfer.layout import OUTPUT_MARKER
+    raw, _ = nn
+    csv = manifest(tmp_path, rows)
+    out = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
+    (out / OUTPUT_MARKER).unlink()  # as an older nnunet-xfer left it: dataset.json lists the cases
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"notes\.txt"):
+        convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2], overwrite=True)
+    (out / "notes.txt").unlink()
+    convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2], seed=3, overwrite=True)
+    assert json.loads((out / "subsets.json").read_text())["seed"] == 3 and (out / OUTPUT_MARKER).is_file()
+
+
+@pytest.mark.parametrize("where", ["preprocessed", "results"])
+def test_convert_never_gives_one_id_two_names(tmp_path, nn, rows, monkeypatch, where):
+    raw, pre = nn
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    root = {"preprocessed": pre, "results": tmp_path / "results"}[where]
+    (root / DATASET / "nnUNetTrainer__nnUNetPlans__2d").mkdir(parents=True)  # no raw dataset
+    with pytest.raises(UserError, match=rf"id 601 .*{DATASET}"):
+        convert(cases_csv=manifest(tmp_path, rows), dataset_id=601, name="Other", sizes=[2],
+                overwrite=True)
+    assert visible_and_hidden(raw) == [] and (root / DATASET).is_dir()
+
+
+def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn, rows):
+    raw, pre = nn
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}
+    args = ("nnunet-xfer", "convert", "--cases", str(manifest(tmp_path, rows)), "-d", "601",
+            "-n", "T601", "--sizes", "2")
+    assert run_cli(*args, env=env).stdout.splitlines() == [f"wrote {raw / DATASET}"]
+    (pre / DATASET / "nnUNetPlans.json").write_text("{}")
+    lines = run_cli(*args, "--overwrite", env=env).stdout.splitlines()
+    assert lines == [f"removed {raw / DATASET} (--overwrite)", f"removed {pre / DATASET} (--overwrite)",
+                     f"wrote {raw / DATASET}"]
+    assert not (pre / DATASET / "nnUNetPlans.json").exists()
 
 
 def test_convert_kill9_then_rerun_is_complete_and_clean(tmp_path, nn, many):
