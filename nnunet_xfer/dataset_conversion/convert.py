@@ -153,19 +153,20 @@ def _plan_preprocessed(preprocessed: Path | None, target: Target,
     return remove
 
 
-def _check_results(target: Target, replacing: bool) -> None:
-    """Refuse a second dataset name for the id in ``$nnUNet_results``; warn about old runs."""
+def _check_results(target: Target, replacing: bool) -> list[str]:
+    """Refuse a second dataset name for the id in ``$nnUNet_results``; return warnings about runs
+    trained on a dataset that ``target`` replaces."""
     results = settings.nnunet_folder_or_none("nnUNet_results")
-    if results is None:
-        return
-    for folder in folders_with_id(results, target.dataset_id):
+    notes = []
+    for folder in folders_with_id(results, target.dataset_id) if results is not None else []:
         if folder.name != target.name:
             raise UserError(f"dataset id {target.dataset_id} is used by {folder} (trained runs); "
                             f"convert under its name ({folder.name.split('_', 1)[1]}), choose "
                             f"another -d, or move that folder away")
         if replacing and any(folder.iterdir()):
-            warnings.warn(f"{folder} keeps what was trained on the replaced dataset; those runs "
-                          f"do not match the new data", stacklevel=3)
+            notes.append(f"{folder} keeps what was trained on the replaced dataset; those runs do "
+                         f"not match the new data")
+    return notes
 
 
 def _convert_case(folder: Path, spec: CaseSpec, labels: list[int] | None, allow_non_hu: bool,
@@ -241,10 +242,10 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     main_name = targets[0].name
     # every refusal happens before anything is written
     replaced = {t.name: check_free(raw, t.dataset_id, t.name, overwrite) for t in targets}
-    stale = []
+    stale, notes = [], []
     for t in targets:
         stale += _plan_preprocessed(preprocessed, t, replaced[t.name], overwrite)
-        _check_results(t, bool(replaced[t.name]))
+        notes += _check_results(t, bool(replaced[t.name]))
 
     rows, empty = [], []
     with staging(raw) as staged:
@@ -277,6 +278,8 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
         remove_folders(stale)
         for t in targets:
             commit(folders[t.name], raw / t.name, replaced[t.name])
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     result = ConversionResult(folder=raw / main_name, datasets=[raw / t.name for t in targets])
     result.removed = [p for t in targets for p in replaced[t.name]] + stale
     if preprocessed is not None:
