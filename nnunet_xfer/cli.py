@@ -43,10 +43,12 @@ def _add_phantom(sub) -> None:
 
 def _cmd_convert(a: argparse.Namespace) -> None:
     from nnunet_xfer.dataset_conversion.convert import convert
-    convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks, dataset_id=a.dataset,
-            name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed, overwrite=a.overwrite,
-            label_map=a.label_map, allow_non_hu=a.allow_non_hu,
-            per_size_datasets=a.per_size_datasets)
+    result = convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks,
+                     dataset_id=a.dataset, name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed,
+                     overwrite=a.overwrite, label_map=a.label_map, allow_non_hu=a.allow_non_hu,
+                     per_size_datasets=a.per_size_datasets)
+    print("\n".join([f"removed {p} (--overwrite)" for p in result.removed]
+                    + [f"wrote {p}" for p in result.datasets]))
 
 
 def _add_convert(sub) -> None:
@@ -59,18 +61,22 @@ def _add_convert(sub) -> None:
     p.add_argument("--masks", type=Path, help="folder of masks matched to --images by file name")
     p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("-n", "--name", default="L3", help="dataset name (default L3)")
-    p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default 4)")
+    p.add_argument("--folds", type=int, default=4,
+                   help="cross-validation folds (default 4); 0: no folds or subsets, a dataset of "
+                        "1-3 cases to predict on only")
     p.add_argument("--sizes", type=_sizes, default=list(SIZES),
                    help="nested training-subset sizes (default 5,10,25,50,75,100,125)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of folds and subsets (default {DEFAULT_SEED})")
     p.add_argument("--label-map", default=None,
-                   help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: mask must be 0/1)")
+                   help="mask labels that are muscle, e.g. '1', '1,2,3,4' or '1,86-89' "
+                        "(default: mask must be 0/1)")
     p.add_argument("--allow-non-hu", action="store_true", help="accept 8-bit / non-HU images")
     p.add_argument("--per-size-datasets", action="store_true",
                    help="also write Dataset<ID+k>_<Name>_n<N> per subset size (nnU-Net baselines)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing dataset with this id (and its preprocessed splits)")
+                   help="replace a dataset with this id that convert wrote (refused if it holds "
+                        "other files) and remove its $nnUNet_preprocessed folder")
     p.set_defaults(func=_cmd_convert)
 
 

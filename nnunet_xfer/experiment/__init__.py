@@ -25,6 +25,7 @@ from nnunet_xfer.experiment.steps import (
     shell_command,
 )
 from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import SIZES
 
 LOG_NAME = "nnunet_xfer_experiment.log"
@@ -52,6 +53,7 @@ def experiment_steps(dataset: str, plans: str = "nnUNetPlans", configuration: st
                      pretrain_iterations: int | None = None) -> tuple[str, list[Step]]:
     """(dataset name, steps) for a grid, after checking the dataset and its subsets."""
     name = dataset_name(dataset)
+    verify_dataset(name, folds, sizes)  # folds and subsets bound together, sizes chosen at convert
     check_sizes(name, sizes, folds)
     if observers is not None and not Path(observers).is_dir():
         raise UserError(f"observer folder {observers} does not exist")
