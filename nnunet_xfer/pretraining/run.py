@@ -29,7 +29,8 @@ from nnunet_xfer.pretraining.loop import StateMismatch, TrainingStopped, train, 
 from nnunet_xfer.pretraining.network import (Planned, build_network, default_num_workers,
                                              load_planned, trained_prefixes)
 from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, SCOPE_FOLD, check_replaceable,
-                                           entry_lock, provenance, save_entry)
+                                           entry_lock, provenance, restricted_load,
+                                           save_entry)
 from nnunet_xfer.pretraining.tasks import make_task
 from nnunet_xfer.sources import DATA_TARGET, SourceSpec, pretrained_spec
 
@@ -183,7 +184,7 @@ def _data_source(s: SourceSpec, planned: Planned, data: Path | None,
 def read_state(state_file: Path) -> dict:
     """A training state written by :func:`pretrain`, loaded safely; one-line error otherwise."""
     try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state = restricted_load(state_file)
     except Exception as e:  # truncated, corrupt, or a pickle that is not tensors and plain types
         first = (str(e).strip().splitlines() or ["no detail"])[0][:160]
         raise UserError(f"cannot read training state {state_file} ({type(e).__name__}: {first}); "

@@ -21,6 +21,7 @@ import os
 import platform
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -90,6 +91,19 @@ def provenance(dataset_name: str, plans: dict, configuration: str, *, scope: str
             "intensity_properties": intensity_properties(plans)}
 
 
+def entry_provenance(dataset_name: str, plans: str = "nnUNetPlans", configuration: str = "2d", *,
+                     scope: str, fold: int | None = None, case_ids=()) -> dict:
+    """:func:`provenance` for the plans on disk (``$nnUNet_preprocessed/<Dataset>/<plans>.json``)."""
+    path = DatasetLayout(dataset_name).plans_json(plans)
+    try:
+        plans_dict = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read plans {path} ({type(e).__name__}); run "
+                        f"`nnUNetv2_plan_and_preprocess` first") from None
+    return provenance(dataset_name, plans_dict, configuration, scope=scope, fold=fold,
+                      case_ids=list(case_ids))
+
+
 def pretrain_command(dataset_name: str, source: str, plans: str, configuration: str, *,
                      fold: int | None = None, scope: str | None = None, data: str | None = None,
                      overwrite: bool = False) -> str:
@@ -108,8 +122,51 @@ def pretrain_command(dataset_name: str, source: str, plans: str, configuration: 
     return cmd + (" --overwrite" if overwrite else "")
 
 
-def _command_from_record(pth: Path, meta: dict, dataset_name: str, plans: dict,
-                         configuration: str) -> str:
+@dataclass(frozen=True)
+class TrainerEntry:
+    """The store entry a trainer loads: where, for which fold (None: shared) and scope."""
+
+    path: Path
+    fold: int | None
+    scope: str
+    #: the ``nnunet-xfer pretrain`` command that writes it
+    command: str
+
+
+def trainer_entry(dataset_name: str, source: str, plans: str, configuration: str,
+                  fold: int | str, torchvision: bool = False) -> TrainerEntry:
+    """The entry a trainer of ``fold`` loads (the one rule for trainers and their checks).
+
+    Sources that read the target's images: the entry of the trainer's own fold, or with
+    ``nnUNet_xfer_pretrain_scope=all`` the entry pretrained on every case. Other sources: the
+    shared entry (``torchvision``: the plans' network takes torchvision's published weights, so
+    no ``--data`` is needed to write it). One-line :class:`UserError` for a bad scope value or
+    fold ``all`` with per-fold entries.
+    """
+    from nnunet_xfer import settings
+    from nnunet_xfer.sources import spec
+    s = spec(source)
+    entry_fold, scope = None, SCOPE_EXTERNAL
+    if s.reads_target_images:
+        scope = settings.choice("nnUNet_xfer_pretrain_scope", (SCOPE_FOLD, SCOPE_ALL)) or SCOPE_FOLD
+        if scope == SCOPE_FOLD:
+            if str(fold) == "all":
+                all_cmd = pretrain_command(dataset_name, source, plans, configuration, scope=SCOPE_ALL)
+                raise UserError(f"fold 'all' has no per-fold '{source}' entry (its pretraining would "
+                                f"see every case); set nnUNet_xfer_pretrain_scope=all to load the "
+                                f"entry of `{all_cmd}`")
+            entry_fold = int(fold)
+    command = pretrain_command(dataset_name, source, plans, configuration, fold=entry_fold,
+                               scope=scope)
+    if s.needs_user_data and not torchvision:
+        command += f" --data FOLDER (FOLDER: {s.data_hint})"
+    path = DatasetLayout(dataset_name).store_entry(source, plans, configuration, fold=entry_fold)
+    return TrainerEntry(path, entry_fold, scope, command)
+
+
+def recreate_command(pth: Path, meta: dict, dataset_name: str, plans: dict,
+                     configuration: str) -> str:
+    """The pretrain command (with ``--overwrite``) that recreates an existing entry, from its record."""
     data = None
     if meta.get("scope") == SCOPE_EXTERNAL and meta.get("data") and not meta.get("weights_file"):
         data = str(meta["data"])
@@ -149,7 +206,7 @@ def check_entry(pth: Path, meta: dict, dataset_name: str, plans: dict, configura
     plans'; and, when ``fold`` is given, that the entry was trained for that fold.
     """
     pth = Path(pth)
-    cmd = _command_from_record(pth, meta or {}, dataset_name, plans, configuration)
+    cmd = recreate_command(pth, meta or {}, dataset_name, plans, configuration)
     where = f"pretrained checkpoint {pth}"
     if not meta:
         raise UserError(f"{where} has no record {record_path(pth).name} (it was not written by "
@@ -283,6 +340,18 @@ def save_entry(pth: Path, network_state: Mapping[str, torch.Tensor],
     return pth
 
 
+def restricted_load(path: Path):
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain types only, never code.
+
+    torch's own warnings (e.g. about a foreign pickle protocol) are silenced so that the caller's
+    one-line error is all the user sees.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else "no detail"
@@ -298,7 +367,7 @@ def load_entry(pth: Path) -> tuple[dict, dict | None, dict]:
     if not pth.is_file():
         raise UserError(f"pretrained checkpoint {pth} not found")
     try:
-        obj = torch.load(pth, map_location="cpu", weights_only=True)
+        obj = restricted_load(pth)
     except Exception as e:  # truncated/corrupt file or unsafe pickle
         raise UserError(f"cannot read pretrained checkpoint {pth} ({type(e).__name__}: "
                         f"{_first_line(e)}); it is truncated, corrupt or not ours: recreate it "

@@ -37,7 +37,8 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import resolve_dataset_name
 from nnunet_xfer.pretraining.network import Planned, build_network, load_planned
 from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, check_replaceable, entry_lock,
-                                           entry_path, file_sha256, provenance, save_entry)
+                                           entry_path, file_sha256, provenance, restricted_load,
+                                           save_entry)
 from nnunet_xfer.sources import DATA_NATURAL_CLASSES, SourceSpec, spec
 
 OFFLINE_ENV = "nnUNet_xfer_offline"
@@ -126,7 +127,7 @@ def resolve_weights_file(weights, file: Path | None = None, allow_download: bool
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weights file as a plain state dict, loaded safely; one-line error when unreadable."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = restricted_load(path)
     except Exception as e:  # truncated, corrupt, or not a tensor-only pickle
         raise UserError(f"cannot read weights file {path} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); it is truncated or "

@@ -19,10 +19,9 @@ from nnunet_xfer.architectures.parts import network_parts
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEBUG_JSON, INITIAL_CHECKPOINT, DatasetLayout
 from nnunet_xfer.architectures import is_torchvision_network
-from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, SCOPE_FOLD, architecture_fingerprint,
-                                           check_entry, file_sha256, load_entry, pretrain_command,
-                                           read_record)
-from nnunet_xfer.sources import spec
+from nnunet_xfer.pretraining.store import (architecture_fingerprint, check_entry, file_sha256,
+                                           load_entry, pretrain_command, read_record, recreate_command,
+                                           trainer_entry)
 from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, is_frozen,
                                                 mark_transferred, part_param_groups)
 from nnunet_xfer.trainers.xfer_trainer_base import XferTrainerBase, refuse, shorten_keys
@@ -97,30 +96,19 @@ class XferTransferTrainer(XferTrainerBase):
         ``nnUNet_xfer_pretrain_scope=all``, the entry pretrained on every case); others the
         shared entry. A missing, tampered or stale entry is refused with the pretrain command.
         """
-        s = spec(self.source)
         dataset_name = self.plans_manager.dataset_name
         plans_name, configuration = self.plans_manager.plans_name, self.configuration_name
-        fold, scope = None, SCOPE_EXTERNAL
-        if s.reads_target_images:
-            try:
-                scope = settings.choice("nnUNet_xfer_pretrain_scope", (SCOPE_FOLD, SCOPE_ALL)) or SCOPE_FOLD
-            except UserError as e:
-                raise refuse(e) from None
-            if scope == SCOPE_FOLD:
-                if self.fold == "all":
-                    raise refuse(f"fold 'all' has no per-fold '{self.source}' entry (its pretraining "
-                                 f"would see every case); set nnUNet_xfer_pretrain_scope=all to load "
-                                 f"the entry of `{pretrain_command(dataset_name, self.source, plans_name, configuration, scope=SCOPE_ALL)}`")
-                fold = int(self.fold)
-        pth = DatasetLayout(dataset_name).store_entry(self.source, plans_name, configuration, fold=fold)
+        try:
+            entry = trainer_entry(dataset_name, self.source, plans_name, configuration, self.fold,
+                                  torchvision=is_torchvision_network(
+                                      self.configuration_manager.network_arch_class_name))
+        except UserError as e:
+            raise refuse(e) from None
+        pth, fold, scope = entry.path, entry.fold, entry.scope
         if not pth.is_file():
-            command = pretrain_command(dataset_name, self.source, plans_name, configuration,
-                                       fold=fold, scope=scope)
-            if s.needs_user_data and not is_torchvision_network(
-                    self.configuration_manager.network_arch_class_name):
-                command += f" --data FOLDER (FOLDER: {s.data_hint})"
-            raise refuse(f"no pretrained '{self.source}' checkpoint at {pth}; run: {command}")
+            raise refuse(f"no pretrained '{self.source}' checkpoint at {pth}; run: {entry.command}")
         net = self._bare_network()
+        meta: dict = {}
         try:
             meta = read_record(pth)
             # before unpickling anything: the file is the one recorded, for these very plans
@@ -140,7 +128,7 @@ class XferTransferTrainer(XferTrainerBase):
             report = transfer_weights(net, state, parts, transfer_parts)
         except UserError as e:
             raise refuse(f"{e}" if str(pth) in str(e) else f"{pth}: {e}; recreate it with: "
-                         f"{pretrain_command(dataset_name, self.source, plans_name, configuration, fold=fold, scope=scope, overwrite=True)}") from None
+                         f"{recreate_command(pth, meta, dataset_name, self.plans_manager.plans, configuration)}") from None
         sha256 = file_sha256(pth)
         fingerprint = architecture_fingerprint(net)
         mark_transferred(self.optimizer, transfer_parts, self.xfer_schedule, self.num_epochs)
