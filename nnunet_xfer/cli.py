@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
 from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
 
 
@@ -100,16 +100,18 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def _add_pretrain(sub) -> None:
+    from nnunet_xfer.sources import spec
+    target = "/".join(n for n in PRETRAINED_SOURCES if spec(n).reads_target_images)
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
-    p.add_argument("-s", "--source", required=True, choices=[s for s in SOURCES if s != "scratch"])
+    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
     p.add_argument("-p", "--plans", default="nnUNetPlans")
     p.add_argument("-c", "--configuration", default="2d")
     p.add_argument("--fold", type=int, default=None,
-                   help="jigsaw/rec: pretrain on this fold's training cases only (the entry "
+                   help=f"{target}: pretrain on this fold's training cases only (the entry "
                         "trainers of this fold load)")
     p.add_argument("--scope", choices=("fold", "all"), default=None,
-                   help="jigsaw/rec: 'all' pretrains on every case, validation cases included "
+                   help=f"{target}: 'all' pretrains on every case, validation cases included "
                         "(recorded in the entry); 'fold' needs --fold")
     p.add_argument("--data", type=Path, default=None,
                    help="source data (VOC folder / ImageFolder root / CT images); never the "

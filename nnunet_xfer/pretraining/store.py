@@ -29,7 +29,7 @@ import torch
 from nnunet_xfer import __version__
 from nnunet_xfer.atomic import atomic_group, make_folder
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import DatasetLayout, entry_lock_path, record_path
+from nnunet_xfer.layout import DatasetLayout, entry_lock_path, fold_folder_name, record_path
 
 FORMAT = "nnunet_xfer.store/1"
 #: ``scope`` of an entry: trained on one fold's training cases, on every case of the target, or
@@ -171,8 +171,9 @@ def recreate_command(pth: Path, meta: dict, dataset_name: str, plans: dict,
     if meta.get("scope") == SCOPE_EXTERNAL and meta.get("data") and not meta.get("weights_file"):
         data = str(meta["data"])
     fold = meta.get("fold") if isinstance(meta.get("fold"), int) else None
-    if fold is None and pth.parent.name.startswith("fold_"):
-        tail = pth.parent.name.removeprefix("fold_")
+    prefix = fold_folder_name("")
+    if fold is None and pth.parent.name.startswith(prefix):
+        tail = pth.parent.name.removeprefix(prefix)
         fold = int(tail) if tail.isdigit() else None
     return pretrain_command(dataset_name, str(meta.get("source") or pth.stem),
                             str(plans.get("plans_name")), configuration, fold=fold,
