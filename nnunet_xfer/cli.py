@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
 from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
 
 
@@ -91,23 +91,37 @@ def _add_env(sub) -> None:
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> None:
-    from nnunet_xfer.pretraining.run import pretrain
-    path = pretrain(dataset=a.dataset, source=a.source, plans=a.plans,
-                    configuration=a.configuration, data=a.data, weights=a.weights,
-                    iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, resume=a.resume,
-                    overwrite=a.overwrite, device=a.device, permutations=a.permutations,
-                    seed=a.seed, checkpoint_every=a.checkpoint_every)
+    from nnunet_xfer.pretraining.run import PretrainConfig, PretrainInterrupted, pretrain
+    config = PretrainConfig(dataset=a.dataset, source=a.source, plans=a.plans,
+                            configuration=a.configuration, fold=a.fold, scope=a.scope, data=a.data,
+                            weights=a.weights, iterations=a.iterations, batch_size=a.batch_size,
+                            lr=a.lr, permutations=a.permutations, seed=a.seed,
+                            checkpoint_every=a.checkpoint_every, device=a.device)
+    try:
+        path = pretrain(config, resume=a.resume, overwrite=a.overwrite)
+    except PretrainInterrupted as e:
+        print(f"nnunet-xfer pretrain: interrupted by {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     print(f"wrote {path}")
 
 
 def _add_pretrain(sub) -> None:
+    from nnunet_xfer.sources import spec
+    target = "/".join(n for n in PRETRAINED_SOURCES if spec(n).reads_target_images)
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
-    p.add_argument("-s", "--source", required=True, choices=[s for s in SOURCES if s != "scratch"])
+    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
     p.add_argument("-p", "--plans", default="nnUNetPlans")
     p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("--fold", type=int, default=None,
+                   help=f"{target}: pretrain on this fold's training cases only (the entry "
+                        "trainers of this fold load)")
+    p.add_argument("--scope", choices=("fold", "all"), default=None,
+                   help=f"{target}: 'all' pretrains on every case, validation cases included "
+                        "(recorded in the entry); 'fold' needs --fold")
     p.add_argument("--data", type=Path, default=None,
-                   help="source data (VOC folder / ImageFolder root / CT images)")
+                   help="source data (VOC folder / ImageFolder root / CT images); never the "
+                        "target dataset")
     p.add_argument("--weights", type=Path, default=None,
                    help="torchvision weights file (cls/seg with torchvision plans)")
     p.add_argument("--iterations", type=int, default=None)
@@ -118,7 +132,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="iterations between training-state checkpoints (for --resume)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the entry this command wrote before (nothing else)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.set_defaults(func=_cmd_pretrain)
 

@@ -11,7 +11,7 @@ Layout (``docs/layout.md`` shows it as a tree)::
     $nnUNet_preprocessed/<Dataset>/   <plans>.json, splits_final.json (nnU-Net reads folds here)
     $nnUNet_results/<Dataset>/
         <Trainer>__<Plans>__<config>/fold_<k>/{checkpoint_final.pth, validation/summary.json}
-        nnunet_xfer_pretrained/<Plans>__<config>/[fold_<k>/]<source>.{pth,json,resume.pth}
+        nnunet_xfer_pretrained/<Plans>__<config>/[fold_<k>/]<source>.{pth,json,resume.pth} (+ hidden .<source>.lock)
         nnunet_xfer_evaluation/       evaluate's default output
 """
 from __future__ import annotations
@@ -45,6 +45,8 @@ INITIAL_CHECKPOINT = "checkpoint_initial.pth"
 ENTRY_SUFFIX = ".pth"
 ENTRY_RECORD_SUFFIX = ".json"
 RESUME_SUFFIX = ".resume.pth"
+#: Lock file a pretrain holds on one store entry while it trains and writes it (hidden).
+ENTRY_LOCK_SUFFIX = ".lock"
 #: Evaluation outputs.
 EVAL_CASES_CSV = "cases.csv"
 EVAL_SUMMARY_JSON = "summary.json"
@@ -89,6 +91,12 @@ def resume_path(entry: Path) -> Path:
     """The training state kept beside a store entry (``<source>.resume.pth``)."""
     entry = Path(entry)
     return entry.with_name(entry.name.removesuffix(ENTRY_SUFFIX) + RESUME_SUFFIX)
+
+
+def entry_lock_path(entry: Path) -> Path:
+    """The hidden lock file beside a store entry (``.<source>.lock``) that its one writer holds."""
+    entry = Path(entry)
+    return entry.with_name("." + entry.name.removesuffix(ENTRY_SUFFIX) + ENTRY_LOCK_SUFFIX)
 
 
 def record_path(entry: Path) -> Path:
