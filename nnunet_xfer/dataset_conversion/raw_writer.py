@@ -5,7 +5,6 @@ Layout (docs/layout.md): ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import secrets
@@ -17,6 +16,7 @@ from typing import Iterator
 import pandas as pd
 import SimpleITK as sitk
 
+from nnunet_xfer import atomic
 from nnunet_xfer.atomic import atomic_write_json, make_folder
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import (CASES_CSV, DATASET_JSON, OUTPUT_MARKER, SPLITS_FILE, SUBSETS_FILE,
@@ -117,23 +117,9 @@ def share_cases(src: Path, dst: Path) -> None:
 
 
 # ---------------------------------------------------------------- what convert wrote
-def listing(folder: Path) -> list[str]:
-    """Every file and link below ``folder`` (relative POSIX paths, sorted), the marker left out."""
-    files = []
-    for root, dirs, names in os.walk(folder, followlinks=False):
-        rel = Path(root).relative_to(folder)
-        for name in names + [d for d in dirs if (Path(root) / d).is_symlink()]:
-            path = (rel / name).as_posix()
-            if path != OUTPUT_MARKER:
-                files.append(path)
-    return sorted(files)
-
-
 def write_marker(folder: Path) -> None:
     """Record every file of a staged dataset folder as written by ``convert``."""
-    atomic_write_json(folder / OUTPUT_MARKER, {
-        "command": COMMAND, "files": listing(folder),
-        "written": _dt.datetime.now().isoformat(timespec="seconds")})
+    atomic.write_marker(folder, "convert")
 
 
 def written_by_convert(folder: Path) -> set[str] | None:
@@ -163,10 +149,6 @@ def written_by_convert(folder: Path) -> set[str] | None:
     return ours
 
 
-def _shown(names: list[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
 def check_replaceable(folder: Path) -> None:
     """Refuse to replace a dataset folder ``convert`` did not write, or one holding foreign files."""
     if folder.is_symlink() or not folder.is_dir():
@@ -176,10 +158,10 @@ def check_replaceable(folder: Path) -> None:
     if written is None:
         raise UserError(f"--overwrite refused: {folder} was not written by nnunet-xfer convert; "
                         f"remove it yourself or choose another -d")
-    foreign = [f for f in listing(folder) if f not in written]
+    foreign = [f for f in atomic.listing(folder) if f not in written]
     if foreign:
         raise UserError(f"--overwrite refused: {folder} holds files nnunet-xfer convert did not "
-                        f"write ({_shown(foreign)}); move them or choose another -d")
+                        f"write ({atomic.shown(foreign)}); move them or choose another -d")
 
 
 def check_free(root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> list[Path]:
