@@ -23,7 +23,7 @@ from nnunet_xfer.experiment.steps import (
     placeholders,
     shell_command,
 )
-from nnunet_xfer.layout import DatasetLayout
+from nnunet_xfer.layout import EVAL_SUMMARY_JSON, DatasetLayout
 from nnunet_xfer.settings import NNUNET_FOLDERS
 from nnunet_xfer.trainers import trainer_environment
 
@@ -103,9 +103,8 @@ def run(grid: Grid, grace: float | None = None) -> RunOutcome:
     layout = DatasetLayout(p.name)
     env = trainer_environment()
     with exclusive_lock(layout.experiment_lock, f"`nnunet-xfer experiment --run` on {p.name}"):
-        kwargs = {} if grace is None else {"grace": grace}
         results = run_steps(p.steps, layout.experiment_log, env=env, keep_going=True,
-                            desc="experiment", **kwargs)
+                            desc="experiment", grace=grace)
     report = table = None
     done = {r.step.kind: r for r in results if r.status == "ok"}
     if "report" in done:
@@ -113,7 +112,8 @@ def run(grid: Grid, grace: float | None = None) -> RunOutcome:
         report = Path(expand_token(argv[argv.index("-o") + 1], env))
     if "evaluate" in done:
         argv = done["evaluate"].step.argv
-        table = results_table(Path(expand_token(argv[argv.index("-o") + 1], env)))
+        summary = Path(expand_token(argv[argv.index("-o") + 1], env)) / EVAL_SUMMARY_JSON
+        table = results_table(summary) if summary.is_file() else None
     return RunOutcome(p.name, results, layout.experiment_log, report, table)
 
 

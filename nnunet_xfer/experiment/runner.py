@@ -173,19 +173,20 @@ def is_done(step: Step, env: Mapping[str, str]) -> bool:
 
 
 def run_steps(steps: list[Step], log_path: Path, env: Mapping[str, str], keep_going: bool = True,
-              desc: str = "steps", grace: float = GRACE_SECONDS) -> list[StepResult]:
+              desc: str = "steps", grace: float | None = None) -> list[StepResult]:
     """Execute ``steps`` in order; return one :class:`StepResult` per step (same order).
 
     ``env`` is the subprocesses' full environment. Steps whose result exists are skipped before
     the progress bar starts, so its ETA reflects real work. Raises :class:`RunInterrupted`
-    (after ending the running child) when the runner gets SIGINT or SIGTERM.
+    (after ending the running child) when the runner gets SIGINT or SIGTERM; ``grace``: seconds
+    between SIGTERM and SIGKILL of the child's group (default :data:`GRACE_SECONDS`).
     """
     env = dict(env)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, StepResult] = {}
     todo: list[Step] = []
-    children = _Children(grace)
+    children = _Children(GRACE_SECONDS if grace is None else grace)
     with open(log_path, "a") as log, _Signals(children):
         _log(log, f"=== {desc}: {len(steps)} steps (pid {os.getpid()})")
         for step in steps:
