@@ -28,6 +28,8 @@ from nnunet_xfer.experiment import (
 from nnunet_xfer.experiment.steps import ShellLayout
 from nnunet_xfer.layout import (
     CASES_CSV,
+    DEMO_LOG,
+    DEMO_MARKER,
     EVAL_CASES_CSV,
     EVAL_SUMMARY_JSON,
     EVALUATION_FOLDER,
@@ -38,7 +40,7 @@ from nnunet_xfer.trainers import trainer_environment
 
 DEMO_ID = 990
 DEMO_NAME = f"Dataset{DEMO_ID}_XferDemo"
-MARKER = ".nnunet_xfer_demo"
+MARKER = DEMO_MARKER
 NNUNET_VARS = env_settings.NNUNET_FOLDERS
 
 
@@ -178,7 +180,7 @@ def run_demo(out: Path = Path("demo_output"), quick: bool = False,
     _prepare(out, env, overwrite, own_folders=not user_folders)
     for v in NNUNET_VARS:
         Path(env[v]).mkdir(parents=True, exist_ok=True)
-    log = out.resolve() / "demo.log"
+    log = out.resolve() / DEMO_LOG
     print(f"nnunet-xfer demo ({'quick' if quick else 'full'}): {settings.cases} cases at "
           f"{settings.size}², sources {','.join(settings.sources)}, n={settings.sizes}, fold 0, "
           f"{settings.epochs} epoch(s) x {settings.iterations} iterations; CPU\n"

@@ -54,6 +54,9 @@ EXPERIMENT_LOCK = ".nnunet_xfer_experiment.lock"
 EXPERIMENT_LOG = "nnunet_xfer_experiment.log"
 #: The HTML report ``experiment`` writes into the evaluation folder.
 REPORT_HTML = "report.html"
+#: ``demo -o DIR``: the marker that lets ``--overwrite`` delete DIR, and the log of every stage.
+DEMO_MARKER = ".nnunet_xfer_demo"
+DEMO_LOG = "demo.log"
 #: Marker listing what a command wrote into a folder (see ``atomic.owned_output``).
 OUTPUT_MARKER = ".nnunet_xfer_output.json"
 #: Hidden temporary names start with this, so a later run can find and remove leftovers.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli
+from conftest import DATASET_ID, DATASET_NAME, fake_results_tree, run_cli
 from nnunet_xfer.cli import build_parser
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment import Grid, dry_run, format_table, results_table, run, write_slurm
@@ -307,3 +307,26 @@ def test_results_table_reads_evaluate_summary(tmp_path):
         in text
     with pytest.raises(UserError, match="run `nnunet-xfer evaluate` first"):
         results_table(tmp_path / "none")
+
+
+def test_results_table_of_a_real_evaluation(tmp_path, monkeypatch):
+    """The table read from what `nnunet-xfer evaluate --observers` writes (fake results tree)."""
+    env = fake_results_tree(tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    run_cli("nnunet-xfer", "evaluate", "-d", "990", "--observers", str(tmp_path / "observers"),
+            env=env)
+    evaluation = Path(env["nnUNet_results"]) / "Dataset990_Fake" / "nnunet_xfer_evaluation"
+    summary = json.loads((evaluation / "summary.json").read_text())
+    table = results_table(evaluation)
+    assert [(r.source, r.n_cases, r.n_failed) for r in table.rows] == \
+        [(g["source"], g["n_cases"], g["n_failed"]) for g in summary["groups"]]
+    verdicts = {(r.source, r.n): r.human_level for r in table.rows}
+    assert verdicts[("scratch", 5)] is False and verdicts[("nnunet", 6)] is True
+    j10 = next(r for r in table.rows if r.source == "jigsaw" and r.n == 10)
+    assert j10.dice == pytest.approx(summary["groups"][3]["metrics"]["dice"]["mean"])
+    text = format_table(table)
+    assert re.search(r"^jigsaw\s+10\s+11 \(1 failed\)\s+0\.\d{3}\s+\d\.\d\d\s+(yes|no)$", text, re.M)
+    assert re.search(r"^nnU-Net default\s+6\s+12\s+0\.\d{3}\s+\d\.\d\d\s+yes$", text, re.M)
+    lo, hi = summary["observers"]["band"]["dice"]
+    assert f"observers (3, 6 cases, each vs the reference): Dice {lo:.3f}–{hi:.3f}" in text
