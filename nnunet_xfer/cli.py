@@ -6,6 +6,7 @@ and is printed as one line with exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -230,29 +231,69 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _grid(a: argparse.Namespace):
+    """The experiment's :class:`Grid` from the parsed options (unset ones keep its defaults)."""
+    from nnunet_xfer.experiment import Grid
+    given = {"plans": a.plans, "configuration": a.configuration, "sizes": a.sizes,
+             "folds": a.folds, "device": a.device, "observers": a.observers,
+             "pretrain_iterations": a.pretrain_iterations, "pretrain_scope": a.pretrain_scope,
+             "arch": a.arch,
+             "sources": None if a.sources is None
+             else [s.strip() for s in a.sources.split(",") if s.strip()]}
+    return Grid(dataset=a.dataset, **{k: v for k, v in given.items() if v is not None})
+
+
 def _cmd_experiment(a: argparse.Namespace) -> None:
-    from nnunet_xfer.experiment import run_experiment
-    mode = "dry-run" if a.dry_run else "run" if a.run else "slurm"
-    run_experiment(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
-                   sources=[s.strip() for s in a.sources.split(",") if s.strip()],
-                   sizes=a.sizes, folds=a.folds, mode=mode, slurm_file=a.slurm,
-                   slurm_args=a.slurm_args, device=a.device, observers=a.observers,
-                   pretrain_iterations=a.pretrain_iterations, overwrite=a.overwrite)
+    from nnunet_xfer import experiment
+    grid = _grid(a)
+    if a.dry_run:
+        print(experiment.dry_run_text(experiment.dry_run(grid)))
+    elif a.slurm is not None:
+        script = experiment.write_slurm(grid, a.slurm, a.slurm_args, a.overwrite,
+                                        command_line="nnunet-xfer " + shlex.join(sys.argv[1:]))
+        print(f"wrote {script.path}: {script.n_train} training runs as one job array\n"
+              f"submit it from a login node with:  bash {script.path}")
+    else:
+        outcome = experiment.run(grid)
+        for r in outcome.results:
+            print(f"{r.status:8s} {r.step.name}" + (f" ({r.seconds:.0f} s)" if r.seconds else ""))
+        if outcome.table is not None:
+            print(experiment.format_table(outcome.table))
+        if outcome.report is not None:
+            print(f"report: {outcome.report}")
+        if outcome.failure():
+            raise UserError(outcome.failure())
 
 
 def _add_experiment(sub) -> None:
+    from nnunet_xfer.experiment.grid import PRETRAIN_SCOPES, Grid
+    default = Grid.default
     p = sub.add_parser("experiment", help="the study's grid: dry run, local run or SLURM script")
     p.add_argument("-d", "--dataset", required=True)
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-c", "--configuration", default="2d")
-    p.add_argument("--sources", default=",".join(SOURCES))
-    p.add_argument("--sizes", type=_sizes, default=list(SIZES))
-    p.add_argument("--folds", type=_sizes, default=[0, 1, 2, 3])
-    p.add_argument("--device", default="cuda", help="cuda, cpu or mps (default cuda)")
+    p.add_argument("-p", "--plans", default=None,
+                   help=f"plans of the trainings; with --arch the plans the variant is derived "
+                        f"from (default {default('plans')})")
+    p.add_argument("-c", "--configuration", default=None,
+                   help=f"(default {default('configuration')})")
+    p.add_argument("--sources", default=None,
+                   help=f"comma-separated (default {','.join(default('sources'))})")
+    p.add_argument("--sizes", type=_sizes, default=None,
+                   help=f"training-subset sizes (default {','.join(map(str, default('sizes')))})")
+    p.add_argument("--folds", type=_sizes, default=None,
+                   help=f"(default {','.join(map(str, default('folds')))})")
+    p.add_argument("--device", default=None,
+                   help=f"cuda, cpu or mps (default {default('device')})")
     p.add_argument("--observers", type=Path, default=None,
                    help="observer folder passed to `nnunet-xfer evaluate --observers`")
     p.add_argument("--pretrain-iterations", type=int, default=None,
                    help="iterations per pretraining (default: the pretrain command's)")
+    p.add_argument("--pretrain-scope", choices=PRETRAIN_SCOPES, default=None,
+                   help="sources that read the dataset's own images (rec, jigsaw): 'fold' "
+                        "pretrains once per fold on its training images only; 'all' once on "
+                        f"every image, validation cases included (default {default('pretrain_scope')})")
+    p.add_argument("--arch", default=None,
+                   help="torchvision-backbone network (e.g. unet_resnet34, fcn_resnet50): plan it "
+                        "and run every source on it (the paper's set-up)")
     p.add_argument("--slurm-args", default="",
                    help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --slurm FILE")
@@ -265,8 +306,8 @@ def _add_experiment(sub) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
-    from nnunet_xfer.demo import run_demo
-    run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite)
+    from nnunet_xfer.demo import demo_summary, run_demo
+    print(demo_summary(run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite)))
 
 
 def _add_demo(sub) -> None:
@@ -304,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"nnunet-xfer {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # experiment --run says which signal and what it stopped
+        print(f"nnunet-xfer {args.command}: interrupted" + (f": {e}" if str(e) else ""),
+              file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
     return 0
 
 

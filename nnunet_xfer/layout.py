@@ -52,6 +52,13 @@ EVAL_CASES_CSV = "cases.csv"
 EVAL_SUMMARY_JSON = "summary.json"
 #: Lock taken by one experiment runner per dataset.
 EXPERIMENT_LOCK = ".nnunet_xfer_experiment.lock"
+#: Output of every step ``experiment --run`` executes, appended.
+EXPERIMENT_LOG = "nnunet_xfer_experiment.log"
+#: The HTML report ``experiment`` writes into the evaluation folder.
+REPORT_HTML = "report.html"
+#: ``demo -o DIR``: the marker that lets ``--overwrite`` delete DIR, and the log of every stage.
+DEMO_MARKER = ".nnunet_xfer_demo"
+DEMO_LOG = "demo.log"
 #: Marker listing what a command wrote into a folder (see ``atomic.owned_output``).
 OUTPUT_MARKER = ".nnunet_xfer_output.json"
 #: Hidden temporary names start with this, so a later run can find and remove leftovers.
@@ -259,6 +266,11 @@ class DatasetLayout:
     def experiment_lock(self) -> Path:
         """The lock file one ``experiment --run`` holds."""
         return self.results / EXPERIMENT_LOCK
+
+    @property
+    def experiment_log(self) -> Path:
+        """The log ``experiment --run`` appends every step's output to."""
+        return self.results / EXPERIMENT_LOG
 
     def protected_folders(self) -> list[Path]:
         """Folders no output of ours may equal or contain (evaluate -o, observers -o, …)."""
