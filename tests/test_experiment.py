@@ -34,7 +34,7 @@ def grid_dataset(nnunet_env) -> Path:
     """An empty raw dataset folder with 4 folds and their subsets (enough for dry-run and SLURM)."""
     folder = Path(nnunet_env["nnUNet_raw"]) / GRID_NAME
     folder.mkdir(exist_ok=True)
-    shared, held_out = [f"c{i}" for i in range(10)], [f"v{f}" for f in range(4)]
+    shared, held_out = [f"c{i}" for i in range(30)], [f"v{f}" for f in range(4)]
     splits = [{"train": sorted(shared + [v for v in held_out if v != f"v{f}"]), "val": [f"v{f}"]}
               for f in range(4)]
     (folder / "splits_final.json").write_text(json.dumps(splits))
@@ -276,7 +276,7 @@ def test_sizes_error_names_convert_or_the_fold_as_the_cause(grid_dataset):
     subsets = json.loads((grid_dataset / "subsets.json").read_text())
     subsets["sizes"] = [5, 10, 125]
     (grid_dataset / "subsets.json").write_text(json.dumps(subsets))
-    with pytest.raises(UserError, match=r"n=125 exceeds the 13 training cases of fold 0"):
+    with pytest.raises(UserError, match=r"n=125 exceeds the 33 training cases of fold 0"):
         verify_dataset(GRID_NAME, [0, 1], [5, 125])
 
 
