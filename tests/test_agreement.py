@@ -98,7 +98,7 @@ def test_within_observer_variability_is_ci_high_at_least_one():
     assert within_observer_variability(1.0) and within_observer_variability(1.3)
     assert not within_observer_variability(0.999)
     rng = np.random.default_rng(0)
-    observers = rng.uniform(0.85, 0.95, size=(40, 3))
+    observers = rng.uniform(0.85, 0.95, size=(40, 6))  # the 6 pairs of 4 observers
     as_good = williams_index(rng.uniform(0.85, 0.95, size=(40, 4)), observers)
     better = williams_index(rng.uniform(0.96, 0.99, size=(40, 4)), observers)
     worse = williams_index(rng.uniform(0.70, 0.80, size=(40, 4)), observers)
