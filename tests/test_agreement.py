@@ -152,3 +152,13 @@ def test_williams_index_on_an_observer_study_copy_vs_eroded():
         assert copy["within_observer_variability"], (metric, copy)
         assert not bad["within_observer_variability"], (metric, bad)
         assert bad["wi"] < copy["wi"]
+
+
+def test_pearson_equals_scipy():
+    from scipy import stats
+    rng = np.random.default_rng(4)
+    for n in (3, 10, 200):
+        a = rng.normal(50, 10, n)
+        b = 0.7 * a + rng.normal(0, 5, n)
+        assert pearson_r(a, b) == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+    assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)

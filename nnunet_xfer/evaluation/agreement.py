@@ -84,12 +84,18 @@ def coefficient_of_variation(a, b) -> float:
 
 
 def pearson_r(a, b) -> float:
-    """Pearson correlation (scipy); NaN with fewer than 3 pairs or a constant series."""
+    """Pearson correlation; NaN with fewer than 3 pairs or a constant series.
+
+    Computed as scipy.stats.pearsonr does (centred, scaled, normalised dot product, clipped to
+    ±1) without importing scipy.stats, which costs a second at every command's start.
+    """
     a, b = _paired(a, b)
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    from scipy import stats  # imported here: scipy.stats costs a second at start-up
-    return float(stats.pearsonr(a, b)[0])
+    xm, ym = a - a.mean(), b - b.mean()
+    xm, ym = xm / np.abs(xm).max(), ym / np.abs(ym).max()
+    r = np.dot(xm / np.linalg.norm(xm), ym / np.linalg.norm(ym))
+    return float(np.clip(r, -1.0, 1.0))
 
 
 def agreement_stats(pred, ref) -> dict:
