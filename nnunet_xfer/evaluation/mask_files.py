@@ -162,8 +162,10 @@ def _read_image(path: Path) -> sitk.Image:
 
 
 def load_slice(path: str | Path) -> Slice:
-    """Read a 2D image (or a 3D image with exactly one slice) as a (rows, cols) array and its grid."""
-    return _load_itk(Path(path))
+    """Read a 2D image (or a 3D image with exactly one slice) as a (rows, cols) array and its grid.
+
+    A NIfTI file that ends before its image data does is refused (ITK would fill the gap)."""
+    return _load_nifti(Path(path), remember=False)
 
 
 def _load_itk(path: Path) -> Slice:
@@ -206,57 +208,79 @@ _MAX_LAYOUTS = 4096
 _layouts: dict[bytes, "tuple[int, np.dtype, tuple[int, ...], Geometry] | None"] = {}
 
 
-def _nifti_bytes(path: Path) -> bytes | None:
-    """The uncompressed bytes of a single-member ``.nii.gz`` or a ``.nii`` (None otherwise)."""
+def _nifti_bytes(path: Path) -> tuple[bytes | None, bool]:
+    """(the uncompressed bytes of a single-member ``.nii.gz`` or a ``.nii``, or None; whether a
+    ``.nii.gz`` ends before its compressed stream does)."""
     name = path.name.lower()
     try:
         if name.endswith(".nii.gz"):
             inflate = zlib.decompressobj(31)
             raw = inflate.decompress(path.read_bytes())
-            if not inflate.eof or inflate.unused_data:
-                return None
+            if not inflate.eof:
+                return None, True
+            if inflate.unused_data:
+                return None, False
         elif name.endswith(".nii"):
             raw = path.read_bytes()
         else:
-            return None
+            return None, False
     except (OSError, zlib.error):
-        return None
-    return raw if len(raw) > _NIFTI_HEADER + 4 else None
+        return None, False
+    return (raw if len(raw) > _NIFTI_HEADER + 4 else None), False
 
 
-def _layout_of(raw: bytes, read: Slice) -> "tuple[int, np.dtype, tuple[int, ...], Geometry] | None":
-    """How ``raw`` holds the array ITK read from it, when decoding it directly gives that array."""
+def _truncated(path: Path) -> UserError:
+    return UserError(f"{path}: is truncated or damaged (it ends before its image data does); "
+                     f"write it again")
+
+
+def _layout_of(raw: bytes, read: Slice, path: Path
+               ) -> "tuple[int, np.dtype, tuple[int, ...], Geometry] | None":
+    """How ``raw`` holds the array ITK read from it, when decoding it directly gives that array.
+
+    UserError when the file is shorter than its header says: ITK would read the missing voxels as
+    whatever its buffer held.
+    """
     if struct.unpack("<i", raw[:4])[0] != _NIFTI_HEADER:
         return None
     offset = int(struct.unpack("<f", raw[108:112])[0])
     arr = read.array
-    dtype = arr.dtype.newbyteorder("<")
-    if offset < _NIFTI_HEADER or offset + arr.nbytes > len(raw):
+    if offset < _NIFTI_HEADER:
         return None
+    if offset + arr.nbytes > len(raw):
+        raise _truncated(path)
+    dtype = arr.dtype.newbyteorder("<")
     direct = np.frombuffer(raw, dtype=dtype, count=arr.size, offset=offset)
     if not np.array_equal(direct.reshape(arr.shape), arr):
         return None
     return offset, dtype, arr.shape, read.geometry
 
 
-def _load_nifti_fast(path: Path) -> Slice:
-    """:func:`load_slice` of a NIfTI file, decoded directly when ITK already read its header."""
-    raw = _nifti_bytes(path) if path.name.lower().endswith((".nii.gz", ".nii")) else None
+def _load_nifti(path: Path, remember: bool = True) -> Slice:
+    """:func:`load_slice` that refuses truncated NIfTI files and, with ``remember``, decodes a
+    file directly when ITK already read a file with the same header."""
+    if not path.name.lower().endswith((".nii.gz", ".nii")):
+        return _load_itk(path)
+    raw, truncated = _nifti_bytes(path)
+    if truncated:
+        raise _truncated(path)
     if raw is None:
         return _load_itk(path)
     key = raw[:_NIFTI_HEADER]
-    layout = _layouts.get(key)
+    layout = _layouts.get(key) if remember else None
     if layout is not None:
         offset, dtype, shape, geometry = layout
         count = int(np.prod(shape))
-        if offset + count * dtype.itemsize <= len(raw):
-            arr = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape)
-            return Slice(arr.astype(dtype.newbyteorder("="), copy=True), geometry)
+        if offset + count * dtype.itemsize > len(raw):
+            raise _truncated(path)
+        arr = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return Slice(arr.astype(dtype.newbyteorder("="), copy=True), geometry)
     read = _load_itk(path)
-    if key not in _layouts:
+    found = _layout_of(raw, read, path)
+    if remember and key not in _layouts:
         if len(_layouts) >= _MAX_LAYOUTS:
             _layouts.clear()
-        _layouts[key] = _layout_of(raw, read)
+        _layouts[key] = found
     return read
 
 
@@ -306,7 +330,7 @@ def load_mask(path: str | Path, label: int = 1, other_labels: bool | None = None
     multi-label map).
     """
     path = Path(path)
-    arr, geometry = _load_nifti_fast(path)
+    arr, geometry = _load_nifti(path)
     allow_others = (label != 1) if other_labels is None else other_labels
     return Slice(mask_of_label(arr, label, allow_others, path), geometry)
 

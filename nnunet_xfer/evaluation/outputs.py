@@ -29,7 +29,8 @@ def check_output_folder(out: Path, command: str, overwrite: bool,
     * equals or contains an nnU-Net folder or one of its datasets (raw, preprocessed, results),
     * is the current folder or one holding it (``-o .``),
     * equals or contains one of the command's ``inputs``,
-    * exists and may not be replaced (no ``--overwrite``, or it holds files we did not write).
+    * exists and may not be replaced (no ``--overwrite``, or it holds files we did not write),
+    * cannot be created (under a file, or in a folder that is not writable).
     """
     out = _absolute(out)
     refuse_protected(out)
@@ -45,6 +46,15 @@ def check_output_folder(out: Path, command: str, overwrite: bool,
             raise UserError(f"output folder {out} would replace the input {path}; "
                             f"choose a folder of its own")
     check_replaceable(out, command, overwrite)
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot create output folder {out}: {ancestor} is a file; choose a "
+                        f"folder of its own")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create output folder {out}: {ancestor} is not writable; choose "
+                        f"a writable folder")
     return out
 
 
