@@ -106,3 +106,50 @@ def test_observer_study_report_and_bad_input(observer_study_data, tmp_path):
     with pytest.raises(UserError, match="cases.csv"):
         write_report(tmp_path / "nothing", tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
+
+
+def test_legend_names_schedules_pretraining_overlap_and_mixed_plans(fake_tree, tmp_path,
+                                                                     monkeypatch):
+    """A run with explicit fine-tuning options, pretraining that saw validation cases, and a
+    second plans identifier: summary.json, the legend notes and the headline all say so."""
+    import json
+
+    import pandas as pd
+    base, env = fake_tree
+    results = tmp_path / "results"
+    shutil.copytree(Path(env["nnUNet_results"]), results)
+    monkeypatch.setenv("nnUNet_results", str(results))
+    dataset = results / "Dataset990_Fake"
+    shutil.rmtree(dataset / "nnunet_xfer_evaluation", ignore_errors=True)
+    (dataset / "XferJigsawTrainer_n10__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
+        json.dumps({"xfer_info": {"schedule": {"explicit": True, "lr_factor": 0.1,
+                                               "warmup_fraction": 0.05, "freeze_epochs": 0}}}))
+    (dataset / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
+        json.dumps({"xfer_info": {"schedule": {"explicit": False, "lr_factor": 1.0}}}))
+    (dataset / "XferJigsawTrainer_n5__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
+        "{not json")  # read defensively
+    shutil.copytree(dataset / "XferScratchTrainer_n5__nnUNetPlans__2d",
+                    dataset / "XferScratchTrainer_n5__OtherPlans__2d")
+    # fold 0's own jigsaw entry saw only fold 0's training cases: it wins over the shared one
+    splits = json.loads((Path(env["nnUNet_raw"]) / "Dataset990_Fake" / "splits_final.json")
+                        .read_text())
+    fold0 = dataset / "nnunet_xfer_pretrained" / "nnUNetPlans__2d" / "fold_0"
+    fold0.mkdir()
+    (fold0 / "jigsaw.json").write_text(json.dumps({"scope": "fold",
+                                                    "case_ids": splits[0]["train"]}))
+    out = evaluate_dataset("990", out=tmp_path / "eval")
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {(g["source"], g["size_tag"], g["plans"]): g for g in summary["groups"]}
+    assert summary["mixed_plans"] and summary["plans"] == ["OtherPlans", "nnUNetPlans"]
+    assert groups[("jigsaw", "10", "nnUNetPlans")]["explicit_schedule"] == \
+        "freeze_epochs=0, lr_factor=0.1, warmup_fraction=0.05"
+    assert groups[("scratch", "5", "nnUNetPlans")]["explicit_schedule"] is None
+    assert groups[("jigsaw", "5", "nnUNetPlans")]["explicit_schedule"] is None
+    cases = pd.read_csv(out / "cases.csv", dtype={"size_tag": str})
+    jig = cases[cases.source == "jigsaw"]
+    assert not jig[jig.fold == 0].in_pretraining.any() and jig[jig.fold == 1].in_pretraining.all()
+    assert groups[("jigsaw", "10", "nnUNetPlans")]["n_in_pretraining"] == 6
+    text = write_report(out, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "explicit fine-tuning options" in text and "lr_factor=0.1" in text
+    assert "mixes plans (OtherPlans, nnUNetPlans)" in text
+    assert "† pretraining saw validation cases" in text and "jigsaw n=10 (6 of 11)" in text

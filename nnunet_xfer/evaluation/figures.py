@@ -26,6 +26,9 @@ MARK_PRETRAINING = "†"
 MARK_SCHEDULE = "‡"
 _COLORS = dict(zip((*SOURCES, "nnunet"), plt.get_cmap("tab10").colors))
 METRIC_LABELS = {"dice": "Dice", "rms_dta_mm": "RMS DTA (mm)"}
+#: Line style and marker of each plans identifier when a figure mixes plans.
+_PLANS_STYLES = ("-", "--", ":", "-.")
+_PLANS_MARKERS = ("o", "s", "^", "D")
 
 
 def source_color(source: str):
@@ -81,14 +84,16 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
             else:
                 y = np.array([v["mean"] for v in s])
                 sd = np.nan_to_num(np.array([v.get("sd", np.nan) for v in s], float))
-                # Dice cannot exceed 1: clip the upper bar rather than draw an impossible range
+                # Dice cannot exceed 1 nor a distance fall below 0: clip the bars at the limits
                 upper = np.minimum(sd, 1.0 - y) if metric == "dice" else sd
-                err = np.vstack([sd, upper])
+                lower = sd if metric == "dice" else np.minimum(sd, y)
+                err = np.vstack([lower, upper])
             marks = (MARK_PRETRAINING if any(g.get("n_in_pretraining") for g in gs) else "") + \
                 (MARK_SCHEDULE if any(g.get("explicit_schedule") for g in gs) else "")
-            ax.errorbar(x, y, yerr=err, marker="o", ms=5, capsize=3, lw=1.6,
-                        color=source_color(source), label=curve_label(source, plans, multi_plans,
-                                                                      marks))
+            style = plans_seen.index(plans) % len(_PLANS_STYLES)
+            ax.errorbar(x, y, yerr=err, marker=_PLANS_MARKERS[style], ms=5, capsize=3, lw=1.6,
+                        ls=_PLANS_STYLES[style], color=source_color(source),
+                        label=curve_label(source, plans, multi_plans, marks))
             for xi, yi, v in zip(x, y, s):
                 if v.get("n_failed"):
                     ax.annotate(f"{v['n_failed']} failed", (xi, yi), xytext=(4, -10),
