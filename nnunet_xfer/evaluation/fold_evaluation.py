@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_xfer import splits as splits_module
 from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement
@@ -31,6 +30,7 @@ from nnunet_xfer.evaluation.scoring import CaseJob, measure_keys, score_job
 from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_SUMMARY_JSON, DatasetLayout,
                                 fold_folder_name, read_cases, record_path, validation_folder)
 from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
+from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import parse_trainer_name
 
 COMMAND = "evaluate"
@@ -108,32 +108,6 @@ def find_runs(layout: DatasetLayout, plans: str | None, configuration: str) -> l
             source, size = parsed
         runs.append(Run(folder, trainer, run_plans, configuration, source, size))
     return runs
-
-
-def read_dataset_splits(layout: DatasetLayout) -> list[dict]:
-    """The dataset's folds (raw ``splits_final.json``); refused when the folds nnU-Net trained on
-    (the preprocessed copy) differ from them."""
-    folds = splits_module.read_splits(layout)
-    trained = layout.preprocessed_splits
-    if trained.is_file():
-        try:
-            other = json.loads(trained.read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise UserError(f"{trained} is not valid JSON; re-run `nnunet-xfer convert "
-                            f"--overwrite`") from None
-        if _normalized(other) != _normalized(folds):
-            raise UserError(f"{trained} (the folds nnU-Net trained on) differs from "
-                            f"{layout.raw_splits} (the dataset's folds); its results cannot be "
-                            f"scored against the dataset's folds: re-run `nnunet-xfer convert "
-                            f"--overwrite` and retrain")
-    return folds
-
-
-def _normalized(folds) -> list:
-    try:
-        return [(sorted(map(str, f["train"])), sorted(map(str, f["val"]))) for f in folds]
-    except (TypeError, KeyError):
-        return [None]
 
 
 # ---------------------------------------------------------------- 2. fold predictions
@@ -389,7 +363,8 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
         raise UserError(f"no Xfer<Source>Trainer_n<N> or {PLAIN_TRAINER} runs with "
                         f"{'plans ' + plans + ' and ' if plans else ''}configuration "
                         f"{configuration} in {layout.results}; train one with nnUNetv2_train first")
-    folds = read_dataset_splits(layout)
+    # the folds trained on are the folds the subsets came from (one-line refusal otherwise)
+    folds = verify_dataset(layout)
     heights = _heights(raw, layout)
     obs_files = observer_files(observers) if observers is not None else None
 

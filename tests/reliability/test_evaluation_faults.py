@@ -275,7 +275,7 @@ def test_splits_nnunet_trained_on_differ_from_the_dataset(env, tmp_path):
     folds = json.loads(pre.read_text())
     folds[0]["val"], folds[1]["val"] = folds[1]["val"], folds[0]["val"]
     pre.write_text(json.dumps(folds))
-    with pytest.raises(UserError, match="differs from"):
+    with pytest.raises(UserError, match="differ from"):
         evaluate_dataset("990", out=tmp_path / "out", workers=1)
 
 
