@@ -155,10 +155,51 @@ def _add_plan(sub) -> None:
     p.set_defaults(func=_cmd_plan)
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got {text!r}")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a margin in [0, 1), got {text!r}")
+    return value
+
+
+def _print_verdicts(verdicts: list[dict]) -> None:
+    for v in verdicts:
+        wi = "; ".join(f"WI {m} {w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]" for m, w in v["wi"].items())
+        print(f"  {v['label']}: {'human level' if v['human_level'] else 'not human level'} "
+              f"({wi}; rule: {v['rule']})")
+
+
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from nnunet_xfer.evaluation.fold_evaluation import evaluate_dataset
-    evaluate_dataset(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
-                     out=a.output, observers=a.observers, overwrite=a.overwrite)
+    from nnunet_xfer.evaluation.fold_evaluation import evaluate
+    result = evaluate(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
+                      out=a.output, observers=a.observers, overwrite=a.overwrite,
+                      workers=a.workers, margin=a.wi_margin)
+    print(f"evaluated {result.n_rows} case(s) of {result.n_runs} run(s), {result.n_failed} "
+          f"failed; {len(result.incomplete)} run(s) incomplete; wrote {result.out}")
+    _print_verdicts([{**v, "label": f"{v['source']} n={v['size_tag']} ({v['plans']})"}
+                     for v in result.verdicts])
+
+
+def _add_evaluation_options(p) -> None:
+    p.add_argument("--workers", type=_workers, default=None,
+                   help="processes scoring the cases (default: the available cores); "
+                        "the output does not depend on it")
+    p.add_argument("--wi-margin", type=_margin, default=None,
+                   help="human level when the Williams index CI's lower end is >= 1 - this "
+                        "(default 0.05)")
 
 
 def _add_evaluate(sub) -> None:
@@ -170,15 +211,26 @@ def _add_evaluate(sub) -> None:
                    help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
     p.add_argument("--observers", type=Path, default=None,
                    help="observer folder: add human-level verdicts by the Williams index")
-    p.add_argument("--overwrite", action="store_true")
+    _add_evaluation_options(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation in OUTPUT (nothing else is deleted)")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_observers(a: argparse.Namespace) -> None:
-    from nnunet_xfer.evaluation.observer_study import observer_study
-    observer_study(reference=a.reference, observers=a.observers, predictions=a.predictions,
-                   name=a.name, out=a.output, label=a.label, images=a.images,
-                   overwrite=a.overwrite)
+    from nnunet_xfer.evaluation.observer_study import run_observer_study
+    study = run_observer_study(reference=a.reference, observers=a.observers,
+                               predictions=a.predictions, name=a.name, out=a.output,
+                               label=a.label, images=a.images, overwrite=a.overwrite,
+                               workers=a.workers, margin=a.wi_margin)
+    print(f"observer study of {len(study.cases)} case(s); wrote {study.out}")
+    by_rater: dict[str, dict] = {}
+    for r in study.williams:
+        v = by_rater.setdefault(r["rater"], {"label": r["rater"], "wi": {}, "human_level": True,
+                                             "rule": r["rule"]})
+        v["wi"][r["metric"]] = [r["wi"], r["ci_low"], r["ci_high"]]
+        v["human_level"] = v["human_level"] and r["human_level"]
+    _print_verdicts(list(by_rater.values()))
 
 
 def _add_observers(sub) -> None:
@@ -189,8 +241,10 @@ def _add_observers(sub) -> None:
     p.add_argument("--name", default="model", help="rater name for --predictions")
     p.add_argument("--images", type=Path, default=None, help="CT images (for SMD)")
     p.add_argument("--label", type=int, default=1, help="muscle label value (default 1)")
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-o", "--output", type=Path, required=True, help="a new output folder")
+    _add_evaluation_options(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier observer study in OUTPUT (nothing else is deleted)")
     p.set_defaults(func=_cmd_observers)
 
 
@@ -220,14 +274,16 @@ def _add_measure(sub) -> None:
 def _cmd_report(a: argparse.Namespace) -> None:
     from nnunet_xfer.evaluation.report import write_report
     path = write_report(a.input, a.output, overwrite=a.overwrite)
-    print(f"report: {path}")
+    print(f"report: {path} (figures in {path.parent / (path.stem + '_files')})")
 
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML report with figures from an evaluation folder")
     p.add_argument("-i", "--input", type=Path, required=True, help="evaluation folder")
-    p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="report .html (its PNGs go into <name>_files/ beside it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier report of this name (and its <name>_files/)")
     p.set_defaults(func=_cmd_report)
 
 

@@ -195,7 +195,8 @@ def fake_results_tree(base: Path, n_cases: int = 12, size: int = 128, seed: int 
     splits = [{"train": cases[half:], "val": cases[:half]},
               {"train": cases[:half], "val": cases[half:]}]
     pre.mkdir(parents=True)
-    (pre / "splits_final.json").write_text(json.dumps(splits))
+    for folder in (raw, pre):  # the dataset's folds, and nnU-Net's copy it trains on
+        (folder / "splits_final.json").write_text(json.dumps(splits))
     for trainer, (noise, folds) in FAKE_RUNS.items():
         for f in folds:
             val = res / f"{trainer}__nnUNetPlans__2d" / f"fold_{f}" / "validation"

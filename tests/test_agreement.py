@@ -11,7 +11,8 @@ from scipy import ndimage
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.agreement import (agreement_stats, bland_altman,
                                               coefficient_of_variation, icc_2_1, pearson_r,
-                                              williams_index, within_observer_variability)
+                                              verdict_rule, williams_index,
+                                              within_observer_variability)
 from nnunet_xfer.evaluation.metrics import segmentation_metrics
 
 # Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges. ICC(2,1) = 0.29 in the paper;
@@ -98,7 +99,7 @@ def test_within_observer_variability_is_ci_high_at_least_one():
     assert within_observer_variability(1.0) and within_observer_variability(1.3)
     assert not within_observer_variability(0.999)
     rng = np.random.default_rng(0)
-    observers = rng.uniform(0.85, 0.95, size=(40, 3))
+    observers = rng.uniform(0.85, 0.95, size=(40, 6))  # the 6 pairs of 4 observers
     as_good = williams_index(rng.uniform(0.85, 0.95, size=(40, 4)), observers)
     better = williams_index(rng.uniform(0.96, 0.99, size=(40, 4)), observers)
     worse = williams_index(rng.uniform(0.70, 0.80, size=(40, 4)), observers)
@@ -152,3 +153,73 @@ def test_williams_index_on_an_observer_study_copy_vs_eroded():
         assert copy["within_observer_variability"], (metric, copy)
         assert not bad["within_observer_variability"], (metric, bad)
         assert bad["wi"] < copy["wi"]
+
+
+def test_pearson_equals_scipy():
+    from scipy import stats
+    rng = np.random.default_rng(4)
+    for n in (3, 10, 200):
+        a = rng.normal(50, 10, n)
+        b = 0.7 * a + rng.normal(0, 5, n)
+        assert pearson_r(a, b) == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+    assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def _observer_matrices(n_cases: int, n_obs: int, seed: int, noise: float = 0.01):
+    """Agreement of a rater with each observer and of every observer pair, for observers whose
+    quality differs, with per-case difficulty and measurement noise."""
+    rng = np.random.default_rng(seed)
+    quality = rng.uniform(0.80, 0.95, n_obs)
+    case = rng.normal(0, max(noise, 0.02), n_cases)[:, None]
+    r = np.clip(quality[None, :] + case + rng.normal(0, noise, (n_cases, n_obs)), 0, 1)
+    o = np.array([[min(quality[j], quality[k]) for j, k in combinations(range(n_obs), 2)]])
+    o = np.clip(o + case + rng.normal(0, noise, (n_cases, o.shape[1])), 0, 1)
+    return r, o
+
+
+@pytest.mark.parametrize("n_obs", [3, 4, 6])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_level_interval_not_narrower_than_one_level(n_obs, seed):
+    """Resampling observers as well as cases widens the CI: few observers cannot make it tight."""
+    r, o = _observer_matrices(20, n_obs, seed)
+    two = williams_index(r, o, n_boot=2000, seed=seed)
+    one = williams_index(r, o, n_boot=2000, seed=seed, resample_observers=False)
+    assert two["wi"] == one["wi"]
+    assert two["ci_high"] - two["ci_low"] >= one["ci_high"] - one["ci_low"]
+    assert two["ci_low"] <= one["ci_low"]  # the verdict's end moves down, never up
+
+
+def test_one_level_interval_is_the_case_bootstrap():
+    """resample_observers=False is the percentile bootstrap over cases, computed by hand."""
+    r, o = _observer_matrices(12, 4, 5)
+    one = williams_index(r, o, n_boot=300, seed=7, resample_observers=False)
+    idx = np.random.default_rng(7).integers(0, 12, size=(300, 12))
+    boot = [r[i].mean() / o[i].mean() for i in idx]
+    assert [one["ci_low"], one["ci_high"]] == pytest.approx(np.percentile(boot, [2.5, 97.5]))
+
+
+def test_human_level_needs_enough_cases_and_observers():
+    """Raters as good as the observers (WI 1): human level on 40 cases and 6 observers; on 5 cases
+    and 3 of the observers the interval is wider and the verdict never easier; with 2 observers
+    (their disagreement cannot be resampled) there is no verdict."""
+    full_low, few_low, full_hl, few_hl = [], [], 0, 0
+    for seed in range(10):
+        r, o = _observer_matrices(40, 6, seed, noise=0.05)
+        r = r * (o.mean() / r.mean())
+        full = williams_index(r, o)
+        few = williams_index(r[:5, :3], o[:5, [0, 1, 5]])  # observers 0-2: pairs 01, 02, 12
+        assert full["wi"] == pytest.approx(1.0) and full["human_level"]
+        full_low.append(full["ci_low"])
+        few_low.append(few["ci_low"])
+        full_hl += full["human_level"]
+        few_hl += few["human_level"]
+        two = williams_index(r[:, :2], o[:, :1])
+        assert not two["human_level"] and two["n_observers"] == 2
+    assert few_hl < full_hl and np.mean(few_low) < np.mean(full_low)
+    assert "no verdict with fewer than 3 observers" in verdict_rule(40, 2)
+    assert "40 case(s) and 6 observer(s)" in verdict_rule(40, 6)
+
+
+def test_williams_index_needs_the_pairs_of_its_observers():
+    with pytest.raises(ValueError, match="pairs"):
+        williams_index(np.ones((5, 4)), np.ones((5, 3)))

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from conftest import REAL_CT, run_cli
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.io import (case_id_from_filename, check_same_geometry, list_cases,
-                                       read_mask, read_slice)
+from nnunet_xfer.evaluation.mask_files import (case_id_from_filename, check_same_geometry,
+                                               list_cases, read_mask, read_slice)
 from nnunet_xfer.evaluation.measures import MEASURE_COLUMNS, muscle_measures
 
 # 10 muscle pixels at the IMAT / refined-muscle range ends; spacing 0.5 × 2.0 mm → 0.01 cm² a pixel

@@ -13,7 +13,7 @@ from conftest import run_cli, write_slice
 from scipy import ndimage
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation import io
+from nnunet_xfer.evaluation import mask_files as io
 from nnunet_xfer.evaluation.observer_study import observer_study
 
 
@@ -150,7 +150,7 @@ def test_bad_inputs(observer_study_data, tmp_path):
 
 
 def test_rms_agreement_conventions():
-    from nnunet_xfer.evaluation.observer_study import _agreement, rms_floor
+    from nnunet_xfer.evaluation.raters import _agreement, rms_floor
     rms = np.array([[0.0, 0.5, np.nan], [2.0, 4.0, 1.0]])
     floor = rms_floor(rms)
     assert floor == 0.5

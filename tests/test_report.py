@@ -50,14 +50,16 @@ def test_full_report(fake_tree, tmp_path):
     parsed = _parse(html_path)
     pngs = _embedded_pngs(parsed)
     assert all(p.startswith(PNG_MAGIC) for p in pngs)
-    files = sorted(html_path.parent.glob("report_*.png"))
+    files = sorted((html_path.parent / "report_files").glob("*.png"))  # a folder of its own
     assert [f.name for f in files] == sorted(
-        f"report_{k}.png" for k in ("headline", "williams", "bland_altman", "boxes", "gallery"))
+        f"{k}.png" for k in ("headline", "williams", "bland_altman", "boxes", "gallery"))
+    assert sorted(p.name for p in html_path.parent.iterdir()) == ["report.html", "report_files"]
     assert sorted(f.read_bytes() for f in files) == sorted(pngs)  # the same figures, embedded
     text = html_path.read_text(encoding="utf-8")
     assert parsed.tables >= 4  # summary, human level, missing runs, pretraining overlap
     assert "XferJigsawTrainer_n5" in text and "fold 0: case_000" in text  # the missing list
     assert "Grey band" in text and "http" not in text.replace("http-equiv", "")
+    assert "Verdict rule" in text and "3 observer(s)" in text  # the rule beside the verdicts
     with pytest.raises(UserError, match="--overwrite"):
         write_report(evaluation, html_path)
     write_report(evaluation, html_path, overwrite=True)
@@ -77,14 +79,20 @@ def test_partial_inputs(fake_tree, tmp_path, monkeypatch):
     text = report.read_text(encoding="utf-8")
     assert len(_embedded_pngs(_parse(report))) == 4  # no Williams figure without observers
     assert "No observer results" in text and "Only one training-set size" in text
-    # a run without any fold: nothing to plot, the report says so
+    # a run without any fold: evaluate refuses in one line naming what to do, writes nothing
     shutil.rmtree(results / "Dataset990_Fake" / "XferScratchTrainer_n5__nnUNetPlans__2d")
     (results / "Dataset990_Fake" / "XferRecTrainer_n10__nnUNetPlans__2d" / "fold_0").mkdir(
         parents=True)
-    empty = evaluate_dataset("990", out=tmp_path / "empty")
-    text = write_report(empty, tmp_path / "empty.html").read_text(encoding="utf-8")
-    assert "No evaluated cases" in text and "XferRecTrainer_n10" in text
-    assert "<img" not in text
+    with pytest.raises(UserError, match="no prediction to evaluate.*--val"):
+        evaluate_dataset("990", out=tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+    # and the report refuses an empty evaluation (one written by hand, or by an older version)
+    shutil.copytree(one, tmp_path / "empty")
+    cases = (tmp_path / "empty" / "cases.csv").read_text().splitlines()[0] + "\n"
+    (tmp_path / "empty" / "cases.csv").write_text(cases)
+    with pytest.raises(UserError, match="empty evaluation"):
+        write_report(tmp_path / "empty", tmp_path / "empty.html")
+    assert not (tmp_path / "empty.html").exists() and not (tmp_path / "empty_files").exists()
 
 
 def test_observer_study_report_and_bad_input(observer_study_data, tmp_path):
@@ -92,9 +100,56 @@ def test_observer_study_report_and_bad_input(observer_study_data, tmp_path):
                            out=tmp_path / "study")
     report = write_report(study, tmp_path / "obs.html")
     assert len(_embedded_pngs(_parse(report))) == 1
-    assert (tmp_path / "obs_williams.png").is_file()
+    assert (tmp_path / "obs_files" / "williams.png").is_file()
     assert "No muscle measures" in report.read_text(encoding="utf-8")
     (tmp_path / "nothing").mkdir()
     with pytest.raises(UserError, match="cases.csv"):
         write_report(tmp_path / "nothing", tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
+
+
+def test_legend_names_schedules_pretraining_overlap_and_mixed_plans(fake_tree, tmp_path,
+                                                                     monkeypatch):
+    """A run with explicit fine-tuning options, pretraining that saw validation cases, and a
+    second plans identifier: summary.json, the legend notes and the headline all say so."""
+    import json
+
+    import pandas as pd
+    base, env = fake_tree
+    results = tmp_path / "results"
+    shutil.copytree(Path(env["nnUNet_results"]), results)
+    monkeypatch.setenv("nnUNet_results", str(results))
+    dataset = results / "Dataset990_Fake"
+    shutil.rmtree(dataset / "nnunet_xfer_evaluation", ignore_errors=True)
+    (dataset / "XferJigsawTrainer_n10__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
+        json.dumps({"xfer_info": {"schedule": {"explicit": True, "lr_factor": 0.1,
+                                               "warmup_fraction": 0.05, "freeze_epochs": 0}}}))
+    (dataset / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
+        json.dumps({"xfer_info": {"schedule": {"explicit": False, "lr_factor": 1.0}}}))
+    (dataset / "XferJigsawTrainer_n5__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
+        "{not json")  # read defensively
+    shutil.copytree(dataset / "XferScratchTrainer_n5__nnUNetPlans__2d",
+                    dataset / "XferScratchTrainer_n5__OtherPlans__2d")
+    # fold 0's own jigsaw entry saw only fold 0's training cases: it wins over the shared one
+    splits = json.loads((Path(env["nnUNet_raw"]) / "Dataset990_Fake" / "splits_final.json")
+                        .read_text())
+    fold0 = dataset / "nnunet_xfer_pretrained" / "nnUNetPlans__2d" / "fold_0"
+    fold0.mkdir()
+    (fold0 / "jigsaw.json").write_text(json.dumps({"scope": "fold",
+                                                    "case_ids": splits[0]["train"]}))
+    out = evaluate_dataset("990", out=tmp_path / "eval")
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {(g["source"], g["size_tag"], g["plans"]): g for g in summary["groups"]}
+    assert summary["mixed_plans"] and summary["plans"] == ["OtherPlans", "nnUNetPlans"]
+    assert groups[("jigsaw", "10", "nnUNetPlans")]["explicit_schedule"] == \
+        "freeze_epochs=0, lr_factor=0.1, warmup_fraction=0.05"
+    assert groups[("scratch", "5", "nnUNetPlans")]["explicit_schedule"] is None
+    assert groups[("jigsaw", "5", "nnUNetPlans")]["explicit_schedule"] is None
+    cases = pd.read_csv(out / "cases.csv", dtype={"size_tag": str})
+    jig = cases[cases.source == "jigsaw"]
+    assert not jig[jig.fold == 0].in_pretraining.any() and jig[jig.fold == 1].in_pretraining.all()
+    assert groups[("jigsaw", "10", "nnUNetPlans")]["n_in_pretraining"] == 6
+    text = write_report(out, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "explicit fine-tuning options" in text and "lr_factor=0.1" in text
+    assert "mixes plans (OtherPlans, nnUNetPlans)" in text
+    assert "† pretraining saw validation cases" in text and "jigsaw n=10 (6 of 11)" in text

@@ -6,15 +6,20 @@ how many were used.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
-from scipy import stats
 
 from nnunet_xfer.errors import UserError
 
 #: Multiplier of the SD of differences for the 95% limits of agreement (Bland & Altman 1986).
 LOA_Z = 1.96
+#: Human level: the lower end of the Williams index's CI must reach 1 − this margin.
+HUMAN_LEVEL_MARGIN = 0.05
+#: Observers needed for a human-level verdict: with 2 there is one observer pair, and how much
+#: observers disagree among themselves cannot be resampled.
+MIN_OBSERVERS_FOR_VERDICT = 3
 
 
 def _paired(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +84,18 @@ def coefficient_of_variation(a, b) -> float:
 
 
 def pearson_r(a, b) -> float:
-    """Pearson correlation (scipy); NaN with fewer than 3 pairs or a constant series."""
+    """Pearson correlation; NaN with fewer than 3 pairs or a constant series.
+
+    Computed as scipy.stats.pearsonr does (centred, scaled, normalised dot product, clipped to
+    ±1) without importing scipy.stats, which costs a second at every command's start.
+    """
     a, b = _paired(a, b)
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    return float(stats.pearsonr(a, b)[0])
+    xm, ym = a - a.mean(), b - b.mean()
+    xm, ym = xm / np.abs(xm).max(), ym / np.abs(ym).max()
+    r = np.dot(xm / np.linalg.norm(xm), ym / np.linalg.norm(ym))
+    return float(np.clip(r, -1.0, 1.0))
 
 
 def agreement_stats(pred, ref) -> dict:
@@ -93,50 +105,101 @@ def agreement_stats(pred, ref) -> dict:
 
 
 def within_observer_variability(ci_high: float) -> bool:
-    """Whether a rater agrees with the observers as well as they agree with each other.
-
-    True when the Williams-index CI includes 1 or lies above it, i.e. its upper end is ≥ 1.
-    """
+    """The published reading of the Williams index: the CI includes 1 or lies above it
+    (``ci_high ≥ 1``). A wider interval (fewer cases or observers) makes it easier to meet, so it
+    is reported beside, not used as, the human-level verdict (:func:`human_level`)."""
     return bool(ci_high >= 1.0)
 
 
-def williams_index(rater_vs_obs: np.ndarray, obs_vs_obs: np.ndarray, n_boot: int = 1000,
-                   seed: int = 0, ci: float = 0.95) -> dict:
-    """Williams index of a rater R against observers O1..On, with a bootstrap CI over cases.
+def human_level(ci_low: float, n_observers: int, margin: float = HUMAN_LEVEL_MARGIN) -> bool:
+    """The human-level verdict: the lower end of the two-level CI is at least ``1 − margin``.
 
-    ``rater_vs_obs[c, j]`` = agreement a(R, Oj) on case c; ``obs_vs_obs[c, p]`` = a(Oj, Ok) for each
-    observer pair p (j < k). Agreement must grow with agreement: Dice as it is, distances as 1/RMS
-    (the caller converts). WI = mean_j a(R,Oj) / mean_{j<k} a(Oj,Ok), each mean taken over cases
-    and columns, NaN entries (an observer who did not read that case) left out. The CI resamples
-    cases with replacement (percentile method, ``n_boot`` draws, seeded).
-    Returns ``wi, ci_low, ci_high, within_observer_variability, n_cases``.
+    A non-inferiority rule: the rater's agreement with the observers is, with 95% confidence, at
+    least ``1 − margin`` of their agreement with each other. Fewer cases or observers widen the
+    interval and so make the verdict harder, never easier. Needs
+    :data:`MIN_OBSERVERS_FOR_VERDICT` observers (False with fewer) and a defined CI.
+    """
+    return bool(n_observers >= MIN_OBSERVERS_FOR_VERDICT and ci_low >= 1.0 - margin)
+
+
+def verdict_rule(n_cases: int, n_observers: int, margin: float = HUMAN_LEVEL_MARGIN,
+                 ci: float = 0.95) -> str:
+    """The verdict rule in words, with the numbers of cases and observers it rests on."""
+    rule = (f"human level if the lower end of the {ci:.0%} CI of the Williams index (bootstrap "
+            f"over {n_cases} case(s) and {n_observers} observer(s)) is >= {1 - margin:g}, for "
+            f"Dice and 1/RMS DTA")
+    if n_observers < MIN_OBSERVERS_FOR_VERDICT:
+        rule += f"; no verdict with fewer than {MIN_OBSERVERS_FOR_VERDICT} observers"
+    return rule
+
+
+def williams_index(rater_vs_obs: np.ndarray, obs_vs_obs: np.ndarray, n_boot: int = 1000,
+                   seed: int = 0, ci: float = 0.95, resample_observers: bool = True,
+                   margin: float = HUMAN_LEVEL_MARGIN) -> dict:
+    """Williams index of a rater R against observers O1..On, with a two-level bootstrap CI.
+
+    ``rater_vs_obs[c, j]`` = agreement a(R, Oj) on case c; ``obs_vs_obs[c, p]`` = a(Oj, Ok) for the
+    observer pairs p in ``itertools.combinations(range(n), 2)`` order. Agreement must grow with
+    agreement: Dice as it is, distances as 1/RMS (the caller converts). WI = mean_j a(R,Oj) /
+    mean_{j<k} a(Oj,Ok), each mean taken over cases and columns, NaN entries (an observer who did
+    not read that case) left out.
+
+    The CI (percentile method, ``n_boot`` draws, seeded) resamples cases with replacement and, with
+    ``resample_observers``, the observers too: a draw weighs observer j by how often it was drawn
+    and pair (j, k) by the product of both counts, so a pair needs two different observers (draws
+    of a single observer carry no pair and are skipped). Few observers thus widen the interval as
+    few cases do. ``resample_observers=False`` gives the one-level interval over cases only.
+
+    Returns ``wi, ci_low, ci_high, within_observer_variability`` (published rule, ``ci_high ≥ 1``),
+    ``human_level`` (:func:`human_level`), ``n_cases, n_observers``.
     """
     r = np.asarray(rater_vs_obs, dtype=np.float64)
     o = np.asarray(obs_vs_obs, dtype=np.float64)
     if r.ndim != 2 or o.ndim != 2 or r.shape[0] != o.shape[0]:
         raise ValueError(f"need [cases, observers] and [cases, pairs] arrays with the same cases, "
                          f"got {r.shape} and {o.shape}")
-    if r.shape[1] < 2 or o.shape[1] < 1:
+    n_obs = r.shape[1]
+    if n_obs < 2 or o.shape[1] < 1:
         raise UserError(f"Williams index needs at least 2 observers to compare against, got "
-                        f"{r.shape[1]}; add observers (one sub-folder each)")
-    # Per-case sums and counts let each bootstrap draw be two gathers and a sum.
-    sums = np.stack([np.nansum(r, axis=1), np.nansum(o, axis=1)])
-    counts = np.stack([np.sum(~np.isnan(r), axis=1), np.sum(~np.isnan(o), axis=1)])
-    used = (counts > 0).any(axis=0)
-    sums, counts = sums[:, used], counts[:, used]
+                        f"{n_obs}; add observers (one sub-folder each)")
+    pairs = np.array(list(itertools.combinations(range(n_obs), 2)))
+    if resample_observers and o.shape[1] != len(pairs):
+        raise ValueError(f"{n_obs} observers make {len(pairs)} pairs, got {o.shape[1]} pair columns")
+    r_cnt, o_cnt = ~np.isnan(r), ~np.isnan(o)
+    used = r_cnt.any(axis=1) | o_cnt.any(axis=1)
+    r_val, o_val = np.where(r_cnt, r, 0.0)[used], np.where(o_cnt, o, 0.0)[used]
+    r_cnt, o_cnt = r_cnt[used].astype(np.float64), o_cnt[used].astype(np.float64)
     n_cases = int(used.sum())
 
-    def ratio(s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    def ratio(num_r, den_r, num_o, den_o):
         with np.errstate(divide="ignore", invalid="ignore"):
-            return (s[0] / c[0]) / (s[1] / c[1])
+            return (num_r / den_r) / (num_o / den_o)
 
-    wi = float(ratio(sums.sum(axis=1), counts.sum(axis=1))) if n_cases else math.nan
+    wi = float(ratio(r_val.sum(), r_cnt.sum(), o_val.sum(), o_cnt.sum())) if n_cases else math.nan
+    result = dict(wi=wi, ci_low=math.nan, ci_high=math.nan, within_observer_variability=False,
+                  human_level=False, n_cases=n_cases, n_observers=n_obs)
     if n_cases < 2:
-        return dict(wi=wi, ci_low=math.nan, ci_high=math.nan,
-                    within_observer_variability=False, n_cases=n_cases)
-    idx = np.random.default_rng(seed).integers(0, n_cases, size=(n_boot, n_cases))
-    boot = ratio(sums[:, idx].sum(axis=2), counts[:, idx].sum(axis=2))
+        return result
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n_cases, size=(n_boot, n_cases))
+    counts = np.zeros((n_boot, n_cases))
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    if resample_observers:
+        draws = np.random.default_rng([seed, 1]).integers(0, n_obs, size=(n_boot, n_obs))
+        w_obs = np.zeros((n_boot, n_obs))
+        np.add.at(w_obs, (np.arange(n_boot)[:, None], draws), 1.0)
+    else:
+        w_obs = np.ones((n_boot, n_obs))
+    w_pair = w_obs[:, pairs[:, 0]] * w_obs[:, pairs[:, 1]] if len(pairs) == o.shape[1] \
+        else np.ones((n_boot, o.shape[1]))
+    # Per draw: sum over cases (weighted by how often drawn) and columns (by observer weights).
+    boot = ratio(((counts @ r_val) * w_obs).sum(axis=1), ((counts @ r_cnt) * w_obs).sum(axis=1),
+                 ((counts @ o_val) * w_pair).sum(axis=1), ((counts @ o_cnt) * w_pair).sum(axis=1))
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return result
     alpha = (1.0 - ci) / 2.0
-    ci_low, ci_high = (float(v) for v in np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)]))
-    return dict(wi=wi, ci_low=ci_low, ci_high=ci_high,
-                within_observer_variability=within_observer_variability(ci_high), n_cases=n_cases)
+    ci_low, ci_high = (float(v) for v in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
+    return {**result, "ci_low": ci_low, "ci_high": ci_high,
+            "within_observer_variability": within_observer_variability(ci_high),
+            "human_level": human_level(ci_low, n_obs, margin)}

@@ -14,15 +14,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nnunet_xfer.evaluation import agreement, io  # noqa: E402
-from nnunet_xfer.sources import SOURCES  # noqa: E402
+from nnunet_xfer.evaluation import agreement  # noqa: E402
+from nnunet_xfer.evaluation.mask_files import load_mask, load_slice  # noqa: E402
+from nnunet_xfer.evaluation.raters import with_worst  # noqa: E402
+from nnunet_xfer.sources import SOURCES, label as source_label  # noqa: E402
 
 #: CT display window of the gallery (HU), the usual soft-tissue window for L3 muscle.
 WINDOW_HU = (-160.0, 240.0)
-SOURCE_LABELS = {"scratch": "scratch", "cls": "classification", "seg": "segmentation",
-                 "rec": "reconstruction", "jigsaw": "jigsaw", "nnunet": "nnU-Net default"}
+#: Legend marks: pretraining saw validation cases; an explicit fine-tuning schedule was used.
+MARK_PRETRAINING = "†"
+MARK_SCHEDULE = "‡"
 _COLORS = dict(zip((*SOURCES, "nnunet"), plt.get_cmap("tab10").colors))
 METRIC_LABELS = {"dice": "Dice", "rms_dta_mm": "RMS DTA (mm)"}
+#: Line style and marker of each plans identifier when a figure mixes plans.
+_PLANS_STYLES = ("-", "--", ":", "-.")
+_PLANS_MARKERS = ("o", "s", "^", "D")
 
 
 def source_color(source: str):
@@ -36,23 +42,35 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
+def curve_label(source: str, plans: str, multi_plans: bool, marks: str = "") -> str:
+    """Legend label of one source's curve: the source, its plans when a figure mixes plans, and
+    the marks of :data:`MARK_PRETRAINING` / :data:`MARK_SCHEDULE`."""
+    text = source_label(source) + (f" ({plans})" if multi_plans else "")
+    return text + (f" {marks}" if marks else "")
+
+
 def headline(groups: list[dict], path: Path, band: dict | None = None,
-             center: str = "mean") -> Path:
+             center: str = "mean", band_counts: tuple[int, int] | None = None) -> Path:
     """Dice and RMS DTA against training-set size per source (log x), the observers as a band.
 
     ``center`` is ``mean`` (error bars ± SD) or ``median`` (error bars = IQR) across cases.
+    Failed cases are in every point (at their worst value); their number is written beside the
+    point. ``band_counts`` = (observers, cases) of the band. A figure that mixes plans says so.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     all_n = sorted({float(g["n"]) for g in groups})
+    plans_seen = sorted({g["plans"] for g in groups})
+    multi_plans = len(plans_seen) > 1
     for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
         if band and metric in band and band[metric][0] is not None:
             lo, hi = band[metric]
+            what = (f" ({band_counts[0]} observers, {band_counts[1]} cases)"
+                    if band_counts else "")
             ax.axhspan(lo, hi if hi > lo else lo + 1e-3, color="0.8", alpha=0.6, lw=0,
-                       label="observers vs reference")
+                       label="observers vs reference" + what)
         by_key: dict[tuple, list[dict]] = {}
         for g in groups:
             by_key.setdefault((g["source"], g["plans"]), []).append(g)
-        multi_plans = len({k[1] for k in by_key}) > 1
         for (source, plans), gs in by_key.items():
             gs = sorted((g for g in gs if g["metrics"][metric].get("n", 0)),
                         key=lambda g: float(g["n"]))
@@ -66,12 +84,21 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
             else:
                 y = np.array([v["mean"] for v in s])
                 sd = np.nan_to_num(np.array([v.get("sd", np.nan) for v in s], float))
-                # Dice cannot exceed 1: clip the upper bar rather than draw an impossible range
+                # Dice cannot exceed 1 nor a distance fall below 0: clip the bars at the limits
                 upper = np.minimum(sd, 1.0 - y) if metric == "dice" else sd
-                err = np.vstack([sd, upper])
-            label = SOURCE_LABELS.get(source, source) + (f" ({plans})" if multi_plans else "")
-            ax.errorbar(x, y, yerr=err, marker="o", ms=5, capsize=3, lw=1.6,
-                        color=source_color(source), label=label)
+                lower = sd if metric == "dice" else np.minimum(sd, y)
+                err = np.vstack([lower, upper])
+            marks = (MARK_PRETRAINING if any(g.get("n_in_pretraining") for g in gs) else "") + \
+                (MARK_SCHEDULE if any(g.get("explicit_schedule") for g in gs) else "")
+            style = plans_seen.index(plans) % len(_PLANS_STYLES)
+            ax.errorbar(x, y, yerr=err, marker=_PLANS_MARKERS[style], ms=5, capsize=3, lw=1.6,
+                        ls=_PLANS_STYLES[style], color=source_color(source),
+                        label=curve_label(source, plans, multi_plans, marks))
+            for xi, yi, v in zip(x, y, s):
+                if v.get("n_failed"):
+                    ax.annotate(f"{v['n_failed']} failed", (xi, yi), xytext=(4, -10),
+                                textcoords="offset points", fontsize=7,
+                                color=source_color(source))
         ax.set_xscale("log")
         if all_n:
             ax.set_xticks(all_n)
@@ -81,12 +108,19 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
         ax.set_xlabel("training-set size (slices)")
         ax.set_ylabel(METRIC_LABELS[metric])
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"Dice ({'median, IQR' if center == 'median' else 'mean ± SD'})")
-    axes[1].set_title(f"RMS distance-to-agreement ({'median, IQR' if center == 'median' else 'mean ± SD'})")
+    stat = "median, IQR" if center == "median" else "mean ± SD"
+    counts = sorted({int(g["n_cases"]) for g in groups if "n_cases" in g})
+    cases = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}") if counts else "?"
+    axes[0].set_title(f"Dice ({stat}; {cases} cases per point)", fontsize=10)
+    axes[1].set_title(f"RMS distance-to-agreement ({stat}; failed cases at the image diagonal)",
+                      fontsize=10)
+    if multi_plans:
+        fig.suptitle(f"Mixed plans ({', '.join(plans_seen)}): curves come from different networks",
+                     color="tab:red")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
-                   bbox_to_anchor=(0.5, -0.08), frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4),
+                   bbox_to_anchor=(0.5, -0.12), frameon=False)
     return _save(fig, path)
 
 
@@ -127,9 +161,12 @@ def boxes(cases: pd.DataFrame, path: Path) -> Path:
     for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
         data, colors, labels = [], [], []
         for k in keys.itertuples(index=False):
-            sel = cases[(cases.source == k.source) & (cases.size_tag == k.size_tag)
-                        & (cases.plans == k.plans)][metric].dropna()
-            data.append(sel.to_numpy(float) if len(sel) else np.array([np.nan]))
+            rows = cases[(cases.source == k.source) & (cases.size_tag == k.size_tag)
+                         & (cases.plans == k.plans)]
+            sel = with_worst(rows[metric], rows.failed, rows.worst_distance_mm, metric) \
+                if "worst_distance_mm" in rows else rows[metric].to_numpy(float)
+            sel = sel[np.isfinite(sel)]
+            data.append(sel if len(sel) else np.array([np.nan]))
             colors.append(source_color(k.source))
             labels.append(f"{k.source}\nn={k.size_tag if k.size_tag != 'all' else f'{k.n:g}'}")
         bp = ax.boxplot(data, patch_artist=True, widths=0.6, showfliers=True)
@@ -140,7 +177,8 @@ def boxes(cases: pd.DataFrame, path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(range(1, len(labels) + 1))
         ax.set_xticklabels(labels, fontsize=8)
-    axes[0].set_title("per-case Dice and RMS DTA by source task and training-set size")
+    axes[0].set_title("per-case Dice and RMS DTA by source task and training-set size "
+                      "(failed cases at the image diagonal)")
     return _save(fig, path)
 
 
@@ -152,9 +190,9 @@ def gallery(panels: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 4.3), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.09, top=0.88, wspace=0.04)
     for ax, p in zip(axes[0], panels):
-        image, _ = io.read_slice(p["image"])
-        ref, _ = io.read_mask(p["reference"])
-        pred, _ = io.read_mask(p["prediction"])
+        image = load_slice(p["image"]).array
+        ref = load_mask(p["reference"]).array
+        pred = load_mask(p["prediction"]).array
         ax.imshow(image, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1],
                   interpolation="nearest")
         for mask, color in ((ref, "lime"), (pred, "magenta")):

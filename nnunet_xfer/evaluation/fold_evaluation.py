@@ -1,56 +1,103 @@
-"""Evaluate every transfer-learning run of a dataset from nnU-Net's own fold outputs.
+"""``evaluate``: every transfer-learning run of a dataset, scored from nnU-Net's own fold outputs.
 
-Reads ``$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<config>/fold_*/validation/*`` for
-``Xfer<Source>Trainer_n<N>`` trainers and plain ``nnUNetTrainer`` (source ``nnunet``), the raw
-images and labels of ``$nnUNet_raw/<Dataset>``, and writes ``cases.csv`` (one row per case × run)
-and ``summary.json`` (per source × size × plans over all folds). Never imports the trainers.
+Four steps, each a function: :func:`find_runs` (``Xfer<Source>Trainer_n<N>`` and plain
+``nnUNetTrainer`` folders, source ``nnunet``) → :func:`fold_predictions` (every fold of the
+dataset's ``splits_final.json``: its validation predictions, and what is missing) →
+:func:`score_predictions` (metrics and measures against ``$nnUNet_raw/<Dataset>``, over
+``workers`` processes) → :func:`summarize` (per source × size × plans over all folds) and
+:func:`write_evaluation` (``cases.csv``, ``summary.json``, ``observers_williams.csv``).
+Never imports the trainers.
 """
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from nnunet_xfer.atomic import atomic_folder
-from nnunet_xfer import settings
-from nnunet_xfer.layout import EVALUATION_FOLDER, DatasetLayout, resolve_dataset_name as dataset_name
+from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation import agreement, io, measures, metrics
-from nnunet_xfer.evaluation.observer_study import (
-    METRIC_COLUMNS,
-    REFERENCE,
-    check_geometry,
-    load_masks,
-    observer_files,
-    pairwise_table,
-    williams_rows,
-    write_json,
-)
+from nnunet_xfer.evaluation import agreement
+from nnunet_xfer.evaluation.mask_files import has_slice_files, images_for_cases, list_cases
+from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
+from nnunet_xfer.evaluation.parallel import available_workers, ordered_map
+from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, observer_files, observer_verdicts,
+                                           with_worst)
+from nnunet_xfer.evaluation.scoring import CaseJob, measure_keys, score_job
+from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_SUMMARY_JSON, DatasetLayout,
+                                fold_folder_name, read_cases, record_path, validation_folder)
 from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
 from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import parse_trainer_name
 
+COMMAND = "evaluate"
 PLAIN_TRAINER = "nnUNetTrainer"
 PLAIN_SOURCE = "nnunet"
-MEASURES = ("sma_cm2", "smd_hu", "imat_cm2", "smi_cm2_m2")
 GROUP = ["source", "size_tag", "plans", "configuration"]
+WILLIAMS_CSV = "observers_williams.csv"
+FAILURE_RULE = ("every case counts: a failed case (exactly one of prediction and reference "
+                "empty) keeps Dice 0 and enters RMS DTA, ASSD, HD95 and HD at the image diagonal "
+                "in mm (worst_distance_mm) and NSD at 0; n_failed counts them")
 
 
-def _env(var: str) -> Path:
-    return settings.nnunet_folder(var)
+@dataclass(frozen=True)
+class Run:
+    """One nnU-Net run folder ``<Trainer>__<Plans>__<config>`` of ours (or plain nnU-Net's)."""
+
+    folder: Path
+    trainer: str
+    plans: str
+    configuration: str
+    source: str
+    #: training-set size of an ``_n<N>`` trainer; None for ``_nall`` and plain nnU-Net
+    size: int | None
+
+    @property
+    def size_tag(self) -> str:
+        """The trainer's own size tag: ``5``, …, or ``all``."""
+        return "all" if self.size is None else str(self.size)
+
+    def fold_folder(self, fold: int) -> Path:
+        """``<run>/fold_<k>``."""
+        return self.folder / fold_folder_name(fold)
+
+    def training_size(self, split: dict) -> int:
+        """Training slices of this run in a fold: its size, or the whole training fold."""
+        return self.size if self.size is not None else len(split["train"])
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One validation prediction of one run: ``case`` of ``fold``, trained on ``n`` slices."""
 
-def find_runs(results_dataset: Path, plans: str | None, configuration: str) -> list[dict]:
-    """Every Xfer/nnUNetTrainer output folder of the dataset for ``configuration`` (and plans)."""
+    run: Run
+    fold: int
+    n: int
+    case: str
+    path: Path
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found and wrote."""
+
+    out: Path
+    n_rows: int
+    n_runs: int
+    n_failed: int
+    incomplete: list[dict] = field(default_factory=list)
+    verdicts: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- 1. find runs
+def find_runs(layout: DatasetLayout, plans: str | None, configuration: str) -> list[Run]:
+    """Every Xfer/nnUNetTrainer run folder of the dataset for ``configuration`` (and plans)."""
     runs = []
-    for folder in sorted(results_dataset.glob(f"*__*__{configuration}")):
-        parts = folder.name.split("__")
-        trainer, run_plans = parts[0], "__".join(parts[1:-1])
-        if not folder.is_dir() or (plans is not None and run_plans != plans):
+    for folder, trainer, run_plans in layout.run_folders(configuration):
+        if plans is not None and run_plans != plans:
             continue
         if trainer == PLAIN_TRAINER:
             source, size = PLAIN_SOURCE, None
@@ -59,56 +106,157 @@ def find_runs(results_dataset: Path, plans: str | None, configuration: str) -> l
             if parsed is None:
                 continue
             source, size = parsed
-        runs.append({"folder": folder, "trainer": trainer, "plans": run_plans,
-                     "configuration": configuration, "source": source, "size": size,
-                     "size_tag": "all" if size is None else str(size)})
+        runs.append(Run(folder, trainer, run_plans, configuration, source, size))
     return runs
 
 
-def read_splits(name: str) -> list[dict]:
-    """nnU-Net's ``splits_final.json`` (preprocessed folder first, then the raw dataset)."""
-    for base in (_env("nnUNet_preprocessed"), _env("nnUNet_raw")):
-        path = base / name / "splits_final.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    raise UserError(f"no splits_final.json for {name} in $nnUNet_preprocessed or $nnUNet_raw; "
-                    f"convert the dataset with `nnunet-xfer convert` (or run nnU-Net once)")
+# ---------------------------------------------------------------- 2. fold predictions
+def fold_predictions(runs: list[Run], folds: list[dict]) -> tuple[list[Prediction], list[dict]]:
+    """Every validation prediction of every run's folds, and each run's gaps: folds without a
+    ``validation/`` holding predictions, and validation cases without a prediction."""
+    predictions, missing = [], []
+    for run in runs:
+        gap = {"trainer": run.trainer, "plans": run.plans, "configuration": run.configuration,
+               "folder": str(run.folder), "missing_folds": [], "missing_predictions": {}}
+        for fold, split in enumerate(folds):
+            validation = validation_folder(run.fold_folder(fold))
+            if not has_slice_files(validation):
+                gap["missing_folds"].append(fold)
+                continue
+            preds = list_cases(validation, "predictions")
+            lost = sorted(c for c in split["val"] if c not in preds)
+            if lost:
+                gap["missing_predictions"][str(fold)] = lost
+            n = run.training_size(split)
+            predictions += [Prediction(run, fold, n, c, preds[c])
+                            for c in split["val"] if c in preds]
+        if gap["missing_folds"] or gap["missing_predictions"]:
+            missing.append(gap)
+    return predictions, missing
 
 
-def read_heights(raw: Path) -> dict[str, float]:
-    """Per-case heights in m from the raw dataset's ``cases.csv``, if it has them."""
-    path = raw / "cases.csv"
-    if not path.is_file() or "height_m" not in pd.read_csv(path, nrows=0).columns:
-        return {}
-    return {c: h for c, h in measures.read_heights(path).items() if np.isfinite(h)}
+def pretraining_records(layout: DatasetLayout, plans: str, configuration: str,
+                        folds: int, all_cases: list[str]) -> dict:
+    """``{source: {"shared": record, "folds": {k: record}}}`` of the store entries for these plans.
 
-
-def pretraining_cases(name: str, plans: str, configuration: str, all_cases: list[str]) -> dict:
-    """``{source: {"data", "case_ids"}}`` of the store entries for these plans.
-
-    A store record without a ``case_ids`` list whose ``data`` names this dataset is taken to have
-    used every case (jigsaw/rec pretrained on the dataset's own preprocessed slices).
+    A record is ``{"data", "scope", "case_ids"}``: the cases of this dataset its pretraining saw.
+    A fold's own entry (``fold_<k>/<source>.json``) wins over the shared one. ``scope == "all"``,
+    or no ``case_ids`` list with a ``data`` naming this dataset, means every case.
     """
-    found = {}
-    folder = DatasetLayout(name).store_dir(plans, configuration)
-    for source in PRETRAINED_SOURCES:
-        path = folder / f"{source}.json"
+    def read(path: Path) -> dict | None:
         if not path.is_file():
-            continue
-        meta = json.loads(path.read_text())
+            return None
+        try:
+            meta = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, OSError):
+            raise UserError(f"{path} is not valid JSON; re-run `nnunet-xfer pretrain` for it "
+                            f"(or remove it)") from None
+        if not isinstance(meta, dict):
+            return None
         ids = meta.get("case_ids")
-        if not isinstance(ids, list):
-            ids = list(all_cases) if name in str(meta.get("data", "")) else []
-        found[source] = {"data": str(meta.get("data", "")), "case_ids": sorted(map(str, ids))}
+        data = str(meta.get("data", ""))
+        if meta.get("scope") == "all" or (not isinstance(ids, list) and layout.name in data):
+            ids = list(all_cases)
+        elif not isinstance(ids, list):
+            ids = []
+        return {"data": data, "scope": meta.get("scope"), "case_ids": sorted(map(str, ids))}
+
+    found = {}
+    for source in PRETRAINED_SOURCES:
+        shared = read(record_path(layout.store_entry(source, plans, configuration)))
+        per_fold = {k: r for k in range(folds) if (r := read(record_path(
+            layout.store_entry(source, plans, configuration, fold=k)))) is not None}
+        if shared is not None or per_fold:
+            found[source] = {"shared": shared, "folds": per_fold}
     return found
 
 
-def _stats(values: pd.Series) -> dict:
-    v = values.dropna().to_numpy(float)
+def _seen_in_pretraining(records: dict, source: str, fold: int) -> set[str]:
+    entry = records.get(source)
+    if not entry:
+        return set()
+    record = entry["folds"].get(fold) or entry["shared"]
+    return set(record["case_ids"]) if record else set()
+
+
+def explicit_schedule(run: Run, folds: list[int]) -> str | None:
+    """The explicit fine-tuning options a run's folds recorded in ``debug.json``
+    (``xfer_info.schedule`` with ``explicit`` true), as ``key=value`` text; None when every fold
+    used the default schedule or recorded none."""
+    found = []
+    for fold in folds:
+        path = run.fold_folder(fold) / DEBUG_JSON
+        try:
+            info = json.loads(path.read_text()).get("xfer_info") or {}
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            continue
+        schedule = info.get("schedule") if isinstance(info, dict) else None
+        if isinstance(schedule, dict) and schedule.get("explicit") is True:
+            text = ", ".join(f"{k}={v}" for k, v in sorted(schedule.items()) if k != "explicit")
+            if text not in found:
+                found.append(text or "explicit")
+    return " | ".join(found) if found else None
+
+
+# ---------------------------------------------------------------- 3. score cases
+def score_predictions(predictions: list[Prediction], images: dict[str, Path],
+                      labels: dict[str, Path], heights: dict[str, float],
+                      workers: int = 1, desc: str | None = None) -> list[dict]:
+    """Metrics and measures of every prediction, in the order given, whatever ``workers``.
+
+    Work goes out by case (its image and reference are read once for all its predictions).
+    """
+    by_case: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+    for i, p in enumerate(predictions):
+        if p.case not in labels or p.case not in images:
+            raise UserError(f"case {p.case} of {p.path} has no image/label in the raw dataset; "
+                            f"predict only the dataset's own cases")
+        by_case[p.case].append((i, p.path))
+    jobs = [CaseJob(c, images[c], labels[c], heights.get(c), tuple(preds))
+            for c, preds in by_case.items()]
+    scored: list[dict | None] = [None] * len(predictions)
+    for rows in ordered_map(score_job, jobs, workers, desc=desc):
+        for index, values in rows:
+            scored[index] = values
+    return scored  # type: ignore[return-value]
+
+
+def case_rows(predictions: list[Prediction], scored: list[dict], pretraining: dict[str, dict],
+              images: dict[str, Path], labels: dict[str, Path]) -> pd.DataFrame:
+    """``cases.csv``: one row per prediction, run and fold facts beside its scores."""
+    rows = []
+    for p, s in zip(predictions, scored):
+        seen = _seen_in_pretraining(pretraining.get(p.run.plans, {}), p.run.source, p.fold)
+        rows.append({"case_id": p.case, "source": p.run.source, "n": int(p.n),
+                     "size_tag": p.run.size_tag, "fold": p.fold, "plans": p.run.plans,
+                     "configuration": p.run.configuration, "trainer": p.run.trainer, **s,
+                     "in_pretraining": p.case in seen, "image": str(images[p.case]),
+                     "reference": str(labels[p.case]), "prediction": str(p.path)})
+    return pd.DataFrame(rows, columns=case_columns())
+
+
+def case_columns() -> list[str]:
+    """The columns of ``cases.csv`` in order."""
+    return ["case_id", "source", "n", "size_tag", "fold", "plans", "configuration", "trainer",
+            *METRIC_COLUMNS, "failed", "worst_distance_mm",
+            *[f"{k}_{w}" for k in measure_keys() for w in ("ref", "pred")],
+            "in_pretraining", "image", "reference", "prediction"]
+
+
+# ---------------------------------------------------------------- 4. summarise
+def metric_stats(values, failed=None, worst=None, metric: str = "dice") -> dict:
+    """Mean, SD, median, quartiles and n of one metric over cases, failed cases entered at their
+    worst value (:func:`~nnunet_xfer.evaluation.raters.with_worst`) and counted in ``n_failed``."""
+    v = np.asarray(values, dtype=np.float64)
+    failed = np.zeros(v.shape, bool) if failed is None else np.asarray(failed, dtype=bool)
+    if worst is not None:
+        v = with_worst(v, failed, worst, metric)
+    n_failed = int(failed.sum())
+    v = v[np.isfinite(v)]
     if v.size == 0:
-        return {"n": 0}
+        return {"n": 0, "n_failed": n_failed}
     q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return {"n": int(v.size), "mean": float(v.mean()),
+    return {"n": int(v.size), "n_failed": n_failed, "mean": float(v.mean()),
             "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
             "median": float(med), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1)}
 
@@ -119,17 +267,33 @@ def group_order(entry: dict) -> tuple:
     return order.get(entry["source"], 99), entry["plans"], float(entry["n"])
 
 
-def summarize(cases: pd.DataFrame) -> list[dict]:
-    """Per source × size × plans over all folds: metric statistics, failures, SMA/SMD agreement."""
+def _mean_n(values) -> int | float:
+    ns = sorted(set(int(v) for v in values))
+    return ns[0] if len(ns) == 1 else float(np.mean(ns))
+
+
+def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
+              schedules: dict[tuple[str, str], str | None] | None = None) -> list[dict]:
+    """Per source × size × plans over all folds: metric statistics with failures counted,
+    missing predictions, pretraining overlap, explicit schedules, SMA/SMD agreement."""
+    lost = defaultdict(int)
+    for gap in missing or []:
+        for cases_lost in gap["missing_predictions"].values():
+            lost[(gap["trainer"], gap["plans"])] += len(cases_lost)
     groups = []
     for key, g in cases.groupby(GROUP, sort=False):
         entry = dict(zip(GROUP, key))
-        ns = sorted(set(g.n.astype(int)))
+        trainers = sorted(set(g.trainer))
+        explicit = [s for t in trainers if (s := (schedules or {}).get((t, entry["plans"])))]
         entry.update({
-            "n": ns[0] if len(ns) == 1 else float(np.mean(ns)), "n_per_fold": ns,
+            "n": _mean_n(g.n), "n_per_fold": sorted(set(g.n.astype(int))),
             "folds": sorted(set(g.fold.astype(int))), "n_cases": int(len(g)),
-            "n_failed": int(g.failed.sum()), "n_in_pretraining": int(g.in_pretraining.sum()),
-            "metrics": {m: _stats(g[m]) for m in METRIC_COLUMNS},
+            "n_failed": int(g.failed.sum()),
+            "n_missing_predictions": int(sum(lost[(t, entry["plans"])] for t in trainers)),
+            "n_in_pretraining": int(g.in_pretraining.sum()),
+            "explicit_schedule": " | ".join(explicit) if explicit else None,
+            "metrics": {m: metric_stats(g[m], g.failed, g.worst_distance_mm, m)
+                        for m in METRIC_COLUMNS},
             "agreement": {m: agreement.agreement_stats(g[f"{m}_pred"].to_numpy(float),
                                                        g[f"{m}_ref"].to_numpy(float))
                           for m in ("sma_cm2", "smd_hu")},
@@ -139,167 +303,140 @@ def summarize(cases: pd.DataFrame) -> list[dict]:
     return groups
 
 
-def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str = "2d",
-                     out: Path | None = None, observers: Path | None = None,
-                     overwrite: bool = False) -> Path:
+def observer_groups(cases: pd.DataFrame) -> list[tuple[dict, list[tuple[str, Path]]]]:
+    """(group key, [(case, prediction)]) of every source × size × plans, for the observer verdicts."""
+    groups = []
+    for key, g in cases.groupby(GROUP, sort=False):
+        per_case = g.drop_duplicates("case_id")
+        entry = {**dict(zip(GROUP, key)), "n": _mean_n(g.n)}
+        groups.append((entry, [(c, Path(p)) for c, p in zip(per_case.case_id, per_case.prediction)]))
+    groups.sort(key=lambda item: group_order(item[0]))
+    return groups
+
+
+def _williams_table(rows: pd.DataFrame) -> pd.DataFrame:
+    if not len(rows):
+        return rows
+    rank = {s: i for i, s in enumerate((*SOURCES, PLAIN_SOURCE))}
+    return rows.sort_values(["source", "plans", "n", "metric"], kind="stable",
+                            key=lambda c: c.map(lambda s: rank.get(s, 99))
+                            if c.name == "source" else c)
+
+
+# ---------------------------------------------------------------- 5. write
+def write_evaluation(out: Path, cases: pd.DataFrame, summary: dict,
+                     williams: pd.DataFrame | None, overwrite: bool) -> Path:
+    """``cases.csv``, ``summary.json`` (and ``observers_williams.csv``) as one owned folder."""
+    with owned_output(out, COMMAND, overwrite) as tmp:
+        cases.to_csv(tmp / EVAL_CASES_CSV, index=False)
+        if williams is not None:
+            williams.to_csv(tmp / WILLIAMS_CSV, index=False)
+        write_json(tmp / EVAL_SUMMARY_JSON, summary)
+    return Path(out)
+
+
+# ---------------------------------------------------------------- the command
+def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
+             out: Path | None = None, observers: Path | None = None, overwrite: bool = False,
+             workers: int | None = None, margin: float | None = None) -> Evaluation:
     """Evaluate every run of ``dataset``; write ``cases.csv`` and ``summary.json`` into ``out``.
 
-    ``out`` defaults to ``$nnUNet_results/<Dataset>/nnunet_xfer_evaluation``. With ``observers``
-    (one sub-folder per observer, masks named by case) also the Williams index of every
-    source × size against the observers and its human-level verdict.
+    ``out`` defaults to ``$nnUNet_results/<Dataset>/nnunet_xfer_evaluation``; one that equals or
+    holds an nnU-Net dataset folder is refused, and an existing one is replaced only with
+    ``overwrite`` when it holds nothing but an earlier evaluation. With ``observers`` (one
+    sub-folder per observer, masks named by case) also the Williams index of every
+    source × size against the observers and its human-level verdict (``margin``: see
+    :func:`~nnunet_xfer.evaluation.agreement.human_level`). ``workers`` processes
+    (default: the available cores) score the cases; the output does not depend on their number.
+    UserError when no case could be evaluated.
     """
-    name = dataset_name(dataset)
-    results = _env("nnUNet_results") / name
-    out = Path(out) if out is not None else results / EVALUATION_FOLDER
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
-    raw = _env("nnUNet_raw") / name
-    labels = io.list_cases(raw / "labelsTr", "labels")
-    images = io.images_for_cases(raw / "imagesTr", sorted(labels))
-    runs = find_runs(results, plans, configuration)
+    layout = DatasetLayout.of(dataset)
+    out = Path(out) if out is not None else layout.evaluation_dir
+    out = check_output_folder(out, COMMAND, overwrite, inputs=(observers,))
+    workers = available_workers() if workers is None else max(1, int(workers))
+    margin = agreement.HUMAN_LEVEL_MARGIN if margin is None else float(margin)
+    raw = layout.existing_raw()
+    labels = list_cases(layout.labels_dir, "labels")
+    images = images_for_cases(layout.images_dir, sorted(labels))
+    runs = find_runs(layout, plans, configuration)
     if not runs:
         raise UserError(f"no Xfer<Source>Trainer_n<N> or {PLAIN_TRAINER} runs with "
                         f"{'plans ' + plans + ' and ' if plans else ''}configuration "
-                        f"{configuration} in {results}; train one with nnUNetv2_train first")
-    splits = verify_dataset(name)  # the folds trained on are the folds the subsets came from
-    heights = read_heights(raw)
+                        f"{configuration} in {layout.results}; train one with nnUNetv2_train first")
+    # the folds trained on are the folds the subsets came from (one-line refusal otherwise)
+    folds = verify_dataset(layout)
+    heights = _heights(raw, layout)
     obs_files = observer_files(observers) if observers is not None else None
 
-    missing, rows, ref_cache = [], [], {}
-    overlap = {p: pretraining_cases(name, p, configuration, sorted(labels))
-               for p in sorted({r["plans"] for r in runs})}
-    todo = []
-    for run in runs:
-        gap = {"trainer": run["trainer"], "plans": run["plans"], "configuration": configuration,
-               "folder": str(run["folder"]), "missing_folds": [], "missing_predictions": {}}
-        for fold, split in enumerate(splits):
-            validation = run["folder"] / f"fold_{fold}" / "validation"
-            preds = io.list_cases(validation, "predictions") if _has_any(validation) else None
-            if preds is None:
-                gap["missing_folds"].append(fold)
-                continue
-            lost = sorted(c for c in split["val"] if c not in preds)
-            if lost:
-                gap["missing_predictions"][str(fold)] = lost
-            n = run["size"] if run["size"] is not None else len(split["train"])
-            todo += [(run, fold, n, c, preds[c]) for c in split["val"] if c in preds]
-        if gap["missing_folds"] or gap["missing_predictions"]:
-            missing.append(gap)
-
-    for run, fold, n, case, pred_path in tqdm(todo, desc=f"evaluate {name}", unit="case"):
-        if case not in labels or case not in images:
-            raise UserError(f"case {case} of {pred_path} has no image/label in {raw}")
-        if case not in ref_cache:
-            image, _ = io.read_slice(images[case])
-            ref, spacing = io.read_mask(labels[case])
-            ref_cache[case] = (image, ref, spacing,
-                               measures.muscle_measures(image, ref, spacing, heights.get(case)))
-        image, ref, spacing, ref_measures = ref_cache[case]
-        pred, pred_spacing = io.read_mask(pred_path)
-        io.check_same_geometry(spacing, ref.shape, pred_spacing, pred.shape, case)
-        m = metrics.segmentation_metrics(pred, ref, spacing)
-        pm = measures.muscle_measures(image, pred, spacing, heights.get(case))
-        source_ids = overlap[run["plans"]].get(run["source"], {}).get("case_ids", [])
-        rows.append({
-            "case_id": case, "source": run["source"], "n": int(n), "size_tag": run["size_tag"],
-            "fold": fold, "plans": run["plans"], "configuration": configuration,
-            "trainer": run["trainer"], **{k: m[k] for k in METRIC_COLUMNS},
-            "failed": bool(m["failed"]),
-            **{f"{k}_ref": ref_measures.get(k) for k in MEASURES},
-            **{f"{k}_pred": pm.get(k) for k in MEASURES},
-            "in_pretraining": case in source_ids,
-            "image": str(images[case]), "reference": str(labels[case]), "prediction": str(pred_path),
-        })
-    cases = pd.DataFrame(rows, columns=_columns())
+    predictions, missing = fold_predictions(runs, folds)
+    if not predictions:
+        raise UserError(f"no prediction to evaluate: none of the {len(runs)} run(s) in "
+                        f"{layout.results} has a fold_<k>/validation/ with predictions for the "
+                        f"folds of {layout.raw_splits.name}; let nnU-Net finish training and "
+                        f"validation (`nnUNetv2_train ... --val`) first")
+    scored = score_predictions(predictions, images, labels, heights, workers,
+                               desc=f"evaluate {layout.name}")
+    pretraining = {p: pretraining_records(layout, p, configuration, len(folds), sorted(labels))
+                   for p in sorted({r.plans for r in runs})}
+    cases = case_rows(predictions, scored, pretraining, images, labels)
+    folds_of: dict[Run, set[int]] = defaultdict(set)
+    for p in predictions:
+        folds_of[p.run].add(p.fold)
+    schedules = {(r.trainer, r.plans): explicit_schedule(r, sorted(folds_of[r])) for r in runs}
+    plans_seen = sorted(set(cases.plans))
     summary = {
-        "dataset": name, "configuration": configuration, "plans_filter": plans,
-        "n_runs": len(runs), "n_rows": len(cases), "groups": summarize(cases) if rows else [],
+        "dataset": layout.name, "configuration": configuration, "plans_filter": plans,
+        "plans": plans_seen, "mixed_plans": len(plans_seen) > 1,
+        "n_runs": len(runs), "n_rows": len(cases), "n_failed": int(cases.failed.sum()),
+        "failure_rule": FAILURE_RULE,
+        "groups": summarize(cases, missing, schedules),
         "missing": missing,
-        "pretraining_overlap": {p: {s: {"data": v["data"], "n_cases": len(v["case_ids"]),
-                                        "case_ids": v["case_ids"]} for s, v in per.items()}
-                                for p, per in overlap.items()},
+        "pretraining_overlap": _overlap_summary(pretraining),
         "heights_known": len(heights),
     }
-    williams = None
+    williams, verdicts = None, []
     if obs_files is not None:
-        williams, summary["observers"], summary["human_level"] = observer_verdicts(
-            cases, obs_files, labels)
-
-    with atomic_folder(out) as tmp:
-        cases.to_csv(tmp / "cases.csv", index=False)
-        if williams is not None:
-            williams.to_csv(tmp / "observers_williams.csv", index=False)
-        write_json(tmp / "summary.json", summary)
-    print(f"evaluated {len(cases)} case(s) of {len(runs)} run(s); "
-          f"{len(missing)} run(s) incomplete; wrote {out}")
-    return out
+        table, summary["observers"], verdicts = observer_verdicts(
+            observer_groups(cases), obs_files, labels, workers, margin)
+        williams = _williams_table(table)
+        summary["human_level"] = verdicts
+        summary["verdict_rule"] = agreement.verdict_rule(
+            summary["observers"]["n_cases"], summary["observers"]["n_observers"], margin)
+    write_evaluation(out, cases, summary, williams, overwrite)
+    return Evaluation(out=out, n_rows=len(cases), n_runs=len(runs),
+                      n_failed=int(cases.failed.sum()), incomplete=missing, verdicts=verdicts)
 
 
-def _has_any(folder: Path) -> bool:
-    return folder.is_dir() and any(io.is_slice_file(p) for p in folder.iterdir())
+def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str = "2d",
+                     out: Path | None = None, observers: Path | None = None,
+                     overwrite: bool = False, workers: int | None = None) -> Path:
+    """:func:`evaluate`, returning the output folder."""
+    return evaluate(dataset, plans, configuration, out, observers, overwrite, workers).out
 
 
-def _columns() -> list[str]:
-    return ["case_id", "source", "n", "size_tag", "fold", "plans", "configuration", "trainer",
-            *METRIC_COLUMNS, "failed", *[f"{k}_{w}" for k in MEASURES for w in ("ref", "pred")],
-            "in_pretraining", "image", "reference", "prediction"]
+def _heights(raw: Path, layout: DatasetLayout) -> dict[str, float]:
+    """Per-case heights in m from the raw dataset's ``cases.csv``, when it has them."""
+    if not layout.cases_csv.is_file():
+        return {}
+    table = read_cases(raw)
+    if "height_m" not in table.columns:
+        return {}
+    heights = pd.to_numeric(table["height_m"], errors="coerce")
+    return {c: float(h) for c, h in zip(table["case_id"], heights) if np.isfinite(h)}
 
 
-def observer_verdicts(cases: pd.DataFrame, obs_files: dict[str, dict[str, Path]],
-                      labels: dict[str, Path]) -> tuple[pd.DataFrame, dict, list[dict]]:
-    """Williams index of every source × size × plans against the observers on the observer cases.
+def _overlap_summary(pretraining: dict) -> dict:
+    """Per plans and source: the data, scope and cases of this dataset its pretraining saw
+    (shared entry and per-fold entries together)."""
+    result = {}
+    for plans, per_source in pretraining.items():
+        result[plans] = {}
+        for source, entry in per_source.items():
+            records = ([entry["shared"]] if entry["shared"] else []) + list(entry["folds"].values())
+            ids = sorted(set().union(*(r["case_ids"] for r in records)))
+            result[plans][source] = {
+                "data": records[0]["data"], "scope": records[0]["scope"], "n_cases": len(ids),
+                "case_ids": ids,
+                "folds": {str(k): len(r["case_ids"]) for k, r in entry["folds"].items()}}
+    return result
 
-    A group reaches human level when the 95% CI of its Williams index includes 1 or lies above it,
-    for Dice and for 1/RMS DTA alike.
-    """
-    observer_names = list(obs_files)
-    study = sorted(set.intersection(*(set(f) for f in obs_files.values())) & set(labels))
-    if not study:
-        raise UserError("no observer case is a case of the dataset (or delineated by every "
-                        "observer); name observer masks by the dataset's case ids")
-    masks = {REFERENCE: load_masks(labels, study, 1, REFERENCE),
-             **{o: load_masks(f, study, 1, o) for o, f in obs_files.items()}}
-    check_geometry(masks, study)
-    base_pairs = [(a, b) for i, a in enumerate(masks) for b in list(masks)[i + 1:]]
-    base = pairwise_table(masks, study, base_pairs, desc="observer pairs")
-    info = {"names": observer_names, "cases": study,
-            "vs_reference": {}, "band": {}, "williams": []}
-    for o in observer_names:
-        sel = base[(base.rater_a == REFERENCE) & (base.rater_b == o)]
-        info["vs_reference"][o] = {k: float(sel[k].mean()) for k in METRIC_COLUMNS}
-    for k in ("dice", "rms_dta_mm"):
-        vals = [v[k] for v in info["vs_reference"].values()]
-        info["band"][k] = [float(np.nanmin(vals)), float(np.nanmax(vals))]
-    if len(observer_names) >= 3:
-        for o in observer_names:
-            info["williams"] += williams_rows(base, o, [x for x in observer_names if x != o],
-                                              study)
-
-    rows, verdicts = [], []
-    for key, g in cases[cases.case_id.isin(study)].groupby(GROUP, sort=False):
-        group = dict(zip(GROUP, key))
-        rater = "model"
-        per_case = g.drop_duplicates("case_id").set_index("case_id")
-        have = sorted(per_case.index)
-        masks[rater] = {c: io.read_mask(per_case.loc[c, "prediction"]) for c in have}
-        check_geometry({REFERENCE: masks[REFERENCE], rater: masks[rater]}, have)
-        pw = pairwise_table(masks, have, [(rater, o) for o in observer_names],
-                            desc=f"{group['source']} n={group['size_tag']} vs observers")
-        obs = base[base.rater_a.isin(observer_names) & base.rater_b.isin(observer_names)]
-        wr = williams_rows(pd.concat([pw, obs[obs.case_id.isin(have)]]), rater, observer_names,
-                           have)
-        n = sorted(set(g.n.astype(int)))
-        for r in wr:
-            rows.append({**group, "n": n[0] if len(n) == 1 else float(np.mean(n)),
-                         **{k: v for k, v in r.items() if k != "rater"}})
-        verdicts.append({**group, "n": rows[-1]["n"], "n_cases": len(have),
-                         "wi": {r["metric"]: [r["wi"], r["ci_low"], r["ci_high"]] for r in wr},
-                         "human_level": all(r["within_observer_variability"] for r in wr)})
-    verdicts.sort(key=group_order)
-    table = pd.DataFrame(rows)
-    if len(table):
-        table = table.sort_values(["source", "plans", "n", "metric"], kind="stable",
-                                  key=lambda c: c.map(lambda s: group_order(
-                                      {"source": s, "plans": "", "n": 0})[0])
-                                  if c.name == "source" else c)
-    return table, info, verdicts

@@ -15,8 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.io import (check_same_geometry, images_for_cases, list_cases,
-                                       read_mask, read_slice)
+from nnunet_xfer.evaluation.mask_files import (check_same_geometry, images_for_cases,
+                                               list_cases, read_mask, read_slice)
 
 IMAT_HU = (-190.0, -30.0)
 MUSCLE_HU = (-29.0, 150.0)
@@ -77,7 +77,7 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
 
     Images are ``<case>_0000.nii.gz`` (nnU-Net style) or ``<case>.nii.gz`` (also .nii/.mha/.nrrd),
     in HU; masks are ``<case>.<ending>`` with the same shape and spacing. ``label`` is the muscle
-    value in the masks; ``other_labels`` as in :func:`~nnunet_xfer.evaluation.io.read_mask`.
+    value in the masks; ``other_labels`` as in :func:`~nnunet_xfer.evaluation.mask_files.read_mask`.
     ``heights`` is an optional CSV ``case_id,height_m`` for SMI. Writes one row per mask, columns
     :data:`MEASURE_COLUMNS`, atomically, and returns the table.
     """

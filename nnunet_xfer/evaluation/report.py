@@ -2,7 +2,10 @@
 
 Reads what ``nnunet-xfer evaluate`` wrote (``cases.csv``, ``summary.json``, optionally
 ``observers_williams.csv``) or an ``nnunet-xfer observers`` folder (``williams.csv``,
-``pairwise.csv``, ...). Pieces that are absent are named in the report, never a crash.
+``pairwise.csv``, ...). Pieces that are absent are named in the report, never a crash; an empty
+evaluation is refused. The PNGs also go into a folder of the report's own beside the HTML,
+``<name>_files/``; neither the HTML nor that folder is replaced without ``--overwrite``, and then
+only when an earlier report wrote them.
 """
 from __future__ import annotations
 
@@ -10,13 +13,20 @@ import base64
 import html
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from nnunet_xfer.atomic import atomic_write_json, atomic_write_text, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
+from nnunet_xfer.evaluation.outputs import check_output_folder
+from nnunet_xfer.layout import EVAL_CASES_CSV, EVAL_SUMMARY_JSON, OUTPUT_MARKER
+from nnunet_xfer.sources import label as source_label
+
+COMMAND = "report"
+#: The HTML's generator tag: an existing file without it was not written by this command.
+GENERATOR = "nnunet-xfer report"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;
@@ -39,6 +49,12 @@ def _table(df: pd.DataFrame) -> str:
 
 def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
+
+
+def figures_folder(output_html: Path) -> Path:
+    """The report's own folder of PNGs: ``<name>_files/`` beside ``<name>.html``."""
+    output_html = Path(output_html)
+    return output_html.parent / f"{output_html.stem}_files"
 
 
 def _img(path: Path, alt: str) -> str:
@@ -75,9 +91,11 @@ def summary_table(groups: list[dict]) -> pd.DataFrame:
         smd_icc, smd_ba = _agreement_text(g.get("agreement", {}).get("smd_hu"))
         m = g["metrics"]
         rows.append({
-            "source": g["source"], "n": f"{g['n']:g}" if isinstance(g["n"], (int, float)) else g["n"],
+            "source": source_label(g["source"]),
+            "n": f"{g['n']:g}" if isinstance(g["n"], (int, float)) else g["n"],
             "size": g["size_tag"], "plans": g["plans"], "folds": ",".join(map(str, g["folds"])),
             "cases": g["n_cases"], "failed": g["n_failed"],
+            "missing": g.get("n_missing_predictions", 0),
             "Dice mean ± SD": _fmt(m.get("dice"), "mean"),
             "Dice median [IQR]": _fmt(m.get("dice"), "median"),
             "RMS DTA mm mean ± SD": _fmt(m.get("rms_dta_mm"), "mean"),
@@ -86,6 +104,7 @@ def summary_table(groups: list[dict]) -> pd.DataFrame:
             "SMA ICC": sma_icc, "SMA bias [LoA] cm²": sma_ba,
             "SMD ICC": smd_icc, "SMD bias [LoA] HU": smd_ba,
             "in pretraining": g.get("n_in_pretraining", 0),
+            "schedule": g.get("explicit_schedule") or "default",
         })
     return pd.DataFrame(rows)
 
@@ -131,33 +150,57 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                  f"{len({g['source'] for g in groups})} source task(s), "
                  f"{len({g['size_tag'] for g in groups})} training-set size(s).</p>")
 
+    plans_seen = sorted({g["plans"] for g in groups})
+    if len(plans_seen) > 1:
+        parts.append(_note(f"This report mixes plans ({', '.join(plans_seen)}): the curves and "
+                           f"rows come from different networks, so differences between them are "
+                           f"not due to the source task alone. Each is labelled with its plans."))
+
     parts.append("<h2>Dice and RMS DTA against training-set size</h2>")
-    if groups:
-        band = observers.get("band") if observers else None
-        figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band)
-        parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size"))
-        parts.append('<p class="muted">Mean ± SD across all validation cases of all folds. '
-                     + ("Grey band: range of the observers' mean agreement with the reference on "
-                        f"the {len(observers['cases'])} observer case(s)." if band else
-                        "No observer results in this folder (run evaluate with --observers for "
-                        "the observers' band).") + "</p>")
-        if len({g['size_tag'] for g in groups}) < 2:
-            parts.append(_note("Only one training-set size was evaluated, so the curve is a point."))
-    else:
-        parts.append(_note("No evaluated cases: no run had any fold with predictions."))
+    band = observers.get("band") if observers else None
+    band_counts = (observers.get("n_observers", len(observers.get("names", []))),
+                   observers.get("n_cases", len(observers.get("cases", [])))) if band else None
+    figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band,
+                                        band_counts=band_counts)
+    parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size"))
+    counts = sorted({int(g["n_cases"]) for g in groups})
+    parts.append('<p class="muted">Mean ± SD across all validation cases of all folds ('
+                 + (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}")
+                 + " cases per point). " + html.escape(summary.get("failure_rule", ""))
+                 + (". Numbers beside points: failed cases. " if summary.get("failure_rule") else
+                    " ")
+                 + (f"Grey band: range of the {band_counts[0]} observers' mean agreement with the "
+                    f"reference on the {band_counts[1]} observer case(s) — other cases than the "
+                    f"curves' ({counts[0] if len(counts) == 1 else f'{counts[0]}–{counts[-1]}'} "
+                    f"per point)." if band else
+                    "No observer results in this folder (run evaluate with --observers for "
+                    "the observers' band).") + "</p>")
+    legend = _legend_notes(groups)
+    if legend:
+        parts.append("<ul class='muted'>" + "".join(f"<li>{html.escape(t)}</li>" for t in legend)
+                     + "</ul>")
+    if len({g['size_tag'] for g in groups}) < 2:
+        parts.append(_note("Only one training-set size was evaluated, so the curve is a point."))
 
     parts.append("<h2>Summary per source task and training-set size</h2>")
-    if groups:
-        parts.append(_table(summary_table(groups)))
+    parts.append(_table(summary_table(groups)))
     if summary.get("human_level"):
         parts.append("<h2>Human level (Williams index against the observers)</h2>")
         hl = pd.DataFrame([{
-            "source": v["source"], "n": v["n"], "size": v["size_tag"], "plans": v["plans"],
-            "cases": v["n_cases"],
+            "source": source_label(v["source"]), "n": v["n"], "size": v["size_tag"],
+            "plans": v["plans"], "cases": v["n_cases"],
+            "observers": v.get("n_observers", len(observers.get("names", []))),
             **{f"WI {_WI_LABELS.get(k, k)} [95% CI]": f"{w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]"
                for k, w in v["wi"].items()},
-            "human level": "yes" if v["human_level"] else "no"} for v in summary["human_level"]])
+            "CI reaches 1 (published)": "yes" if v.get("within_observer_variability") else "no",
+            "human level": "yes" if v["human_level"] else "no",
+            "verdict rule": v.get("rule", "CI includes 1 or lies above it")}
+            for v in summary["human_level"]])
         parts.append(_table(hl))
+        if summary.get("verdict_rule"):
+            parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}. '
+                         "The interval resamples cases and observers (two levels), so fewer "
+                         "cases or observers widen it and make the verdict harder.</p>")
         wrows = pd.read_csv(folder / "observers_williams.csv") if (
             folder / "observers_williams.csv").is_file() else pd.DataFrame()
         obs_rows = pd.DataFrame(observers.get("williams", []))
@@ -184,9 +227,8 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         parts.append(_note("No run with evaluated cases."))
 
     parts.append("<h2>Per-case distributions</h2>")
-    if len(cases):
-        figs["boxes"] = figures.boxes(cases, fig_dir / "boxes.png")
-        parts.append(_img(figs["boxes"], "Box plots per source and size"))
+    figs["boxes"] = figures.boxes(cases, fig_dir / "boxes.png")
+    parts.append(_img(figs["boxes"], "Box plots per source and size"))
 
     parts.append("<h2>Gallery: best, median and worst case of the best run</h2>")
     if best is not None:
@@ -217,13 +259,38 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                      "for every validation case.</p>")
 
     overlap = summary.get("pretraining_overlap", {})
-    rows = [{"plans": p, "source": s, "data": v["data"], "cases of this dataset used": v["n_cases"]}
+    rows = [{"plans": p, "source": source_label(s), "data": v["data"],
+             "scope": v.get("scope") or "–", "cases of this dataset used": v["n_cases"]}
             for p, per in overlap.items() for s, v in per.items()]
     parts.append("<h2>Pretraining data overlap</h2>")
+    seen = [g for g in groups if g.get("n_in_pretraining")]
+    if seen:
+        parts.append(_note(
+            f"{figures.MARK_PRETRAINING} Pretraining saw validation cases of "
+            + ", ".join(f"{source_label(g['source'])} n={g['size_tag']} ({g['plans']}): "
+                        f"{g['n_in_pretraining']} of {g['n_cases']}" for g in seen)
+            + ". Their results are optimistic; pretrain per fold (the default) to avoid it."))
     parts.append(_table(pd.DataFrame(rows)) + "<p class='muted'>Cases used in pretraining are "
                  "flagged in cases.csv (column in_pretraining).</p>" if rows else
                  "<p>No pretrained store entries found for these plans.</p>")
     return parts
+
+
+def _legend_notes(groups: list[dict]) -> list[str]:
+    """What the legend marks of the headline figure mean, for the groups that carry them."""
+    notes = []
+    seen = [g for g in groups if g.get("n_in_pretraining")]
+    if seen:
+        notes.append(f"{figures.MARK_PRETRAINING} pretraining saw validation cases: "
+                     + ", ".join(f"{source_label(g['source'])} n={g['size_tag']} "
+                                 f"({g['n_in_pretraining']} of {g['n_cases']})" for g in seen))
+    explicit = [g for g in groups if g.get("explicit_schedule")]
+    if explicit:
+        notes.append(f"{figures.MARK_SCHEDULE} explicit fine-tuning options (not the default "
+                     "schedule every source shares): "
+                     + "; ".join(f"{source_label(g['source'])} n={g['size_tag']}: "
+                                 f"{g['explicit_schedule']}" for g in explicit))
+    return notes
 
 
 def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
@@ -235,6 +302,10 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
                      f"{html.escape(', '.join(summary.get('observers', [])))}"
                      + (f"; model: {html.escape(summary['model'])}" if summary.get("model") else "")
                      + ".</p>")
+        if summary.get("verdict_rule"):
+            parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}'
+                         "; column within_observer_variability is the published reading (CI "
+                         "upper end ≥ 1).</p>")
     w = pd.read_csv(folder / "williams.csv")
     if len(w):
         figs["williams"] = figures.williams(w, fig_dir / "williams.png")
@@ -256,42 +327,90 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
     return parts
 
 
+def _written_by_us(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{GENERATOR}">' in head
+
+
+def _check_html(output_html: Path, overwrite: bool) -> None:
+    if output_html.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{output_html}: give the report a name ending in .html")
+    if output_html.is_dir():
+        raise UserError(f"{output_html} is a folder; give the report's .html file name")
+    if output_html.exists() or output_html.is_symlink():
+        if not overwrite:
+            raise UserError(f"{output_html} exists; pass --overwrite to replace it")
+        if output_html.is_symlink() or not _written_by_us(output_html):
+            raise UserError(f"--overwrite refused: {output_html} was not written by nnunet-xfer "
+                            f"report; move it or choose another name")
+
+
+def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
+    """When the report lies in another command's output folder (e.g. the evaluation folder the
+    experiment writes it into), list its files in that folder's marker, so that command's
+    ``--overwrite`` may replace them with the rest of its output."""
+    marker = output_html.parent / OUTPUT_MARKER
+    if not marker.is_file():
+        return
+    try:
+        record = json.loads(marker.read_text())
+    except (ValueError, UnicodeDecodeError, OSError):
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        return
+    ours = [output_html.name] + sorted(
+        f"{fig_dir.name}/{p.relative_to(fig_dir).as_posix()}" for p in fig_dir.rglob("*")
+        if p.is_file() or p.is_symlink())
+    record["files"] = sorted(set(record["files"]) | set(ours))
+    atomic_write_json(marker, record)
+
+
 def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) -> Path:
     """Write the HTML report of an evaluation (or observer-study) folder and its PNG figures.
 
-    The PNGs go beside the HTML as ``<stem>_<figure>.png``.
+    The PNGs go into ``<name>_files/`` beside the HTML (:func:`figures_folder`). An existing HTML
+    or figures folder is replaced only with ``overwrite`` and only when a report wrote it.
+    UserError for a folder that is neither an evaluation nor an observer study, or an evaluation
+    without any evaluated case.
     """
-    folder, output_html = Path(input_dir), Path(output_html)
+    folder, output_html = Path(input_dir), Path(os.path.abspath(output_html))
     if not folder.is_dir():
         raise UserError(f"evaluation folder {folder} does not exist; run `nnunet-xfer evaluate`")
-    is_eval = (folder / "cases.csv").is_file() and (folder / "summary.json").is_file()
+    is_eval = (folder / EVAL_CASES_CSV).is_file() and (folder / EVAL_SUMMARY_JSON).is_file()
     is_obs = (folder / "williams.csv").is_file()
     if not (is_eval or is_obs):
         raise UserError(f"{folder} has neither cases.csv + summary.json (from `nnunet-xfer "
                         f"evaluate`) nor williams.csv (from `nnunet-xfer observers`)")
-    if output_html.exists() and not overwrite:
-        raise UserError(f"{output_html} exists; pass --overwrite to replace it")
-    output_html.parent.mkdir(parents=True, exist_ok=True)
-    fig_dir = output_html.parent / f".{output_html.stem}.figures-{os.getpid()}"
-    shutil.rmtree(fig_dir, ignore_errors=True)
-    fig_dir.mkdir()
+    cases, summary = None, None
+    if is_eval:
+        try:
+            cases = pd.read_csv(folder / EVAL_CASES_CSV, dtype={"case_id": str, "size_tag": str})
+            summary = json.loads((folder / EVAL_SUMMARY_JSON).read_text())
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError,
+                pd.errors.EmptyDataError) as e:
+            raise UserError(f"{folder}: cannot read the evaluation ({str(e).splitlines()[0]}); "
+                            f"re-run `nnunet-xfer evaluate`") from None
+        if not len(cases) or not summary.get("groups"):
+            raise UserError(f"{folder} is an empty evaluation (no evaluated case); nothing to "
+                            f"report: train and validate a run, then re-run `nnunet-xfer evaluate`")
+    _check_html(output_html, overwrite)
+    fig_dir = check_output_folder(figures_folder(output_html), COMMAND, overwrite,
+                                  inputs=(folder,))
     figs: dict[str, Path] = {}
-    try:
+    with owned_output(fig_dir, COMMAND, overwrite) as tmp:
         parts = [f"<h1>nnunet_xfer evaluation report</h1><p class='muted'>"
                  f"{html.escape(str(folder.resolve()))}</p>"]
         if is_eval:
-            cases = pd.read_csv(folder / "cases.csv")
-            summary = json.loads((folder / "summary.json").read_text())
-            parts += _evaluation_sections(folder, cases, summary, fig_dir, figs)
+            parts += _evaluation_sections(folder, cases, summary, tmp, figs)
         if is_obs:
-            parts += _observer_sections(folder, fig_dir, figs)
-        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>nnunet_xfer report"
+            parts += _observer_sections(folder, tmp, figs)
+        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+                f'<meta name="generator" content="{GENERATOR}"><title>nnunet_xfer report'
                 f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-        tmp_html = output_html.with_name(f".{output_html.name}.tmp-{os.getpid()}")
-        tmp_html.write_text(page, encoding="utf-8")
-        for key, path in figs.items():
-            os.replace(path, output_html.parent / f"{output_html.stem}_{key}.png")
-        os.replace(tmp_html, output_html)
-    finally:
-        shutil.rmtree(fig_dir, ignore_errors=True)
+    atomic_write_text(output_html, page)
+    _claim_in_owned_folder(output_html, fig_dir)
     return output_html

@@ -15,7 +15,8 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import EVAL_SUMMARY_JSON
 from nnunet_xfer.sources import label
 
-#: The rule behind the verdict column (docs/definitions.md).
+#: The rule behind the verdict column of an evaluation that does not state its own (written
+#: before ``summary.json`` carried ``verdict_rule``; docs/evaluation.md#the-human-level-verdict).
 VERDICT_RULE = ("human level: the 95% CI of the Williams index (model vs observers) includes 1 "
                 "or lies above it, for Dice and for 1/RMS DTA")
 
@@ -43,6 +44,8 @@ class ResultsTable:
     observer_cases: int = 0
     #: metric -> (min, max) over observers of their mean against the reference
     observer_band: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: the verdict rule with its numbers of cases and observers, as ``evaluate`` stated it
+    verdict_rule: str = VERDICT_RULE
 
 
 def _mean(group: dict, metric: str) -> float | None:
@@ -74,7 +77,8 @@ def results_table(evaluation: Path) -> ResultsTable:
     observers = summary.get("observers") or {}
     band = {k: (float(v[0]), float(v[1])) for k, v in observers.get("band", {}).items()}
     return ResultsTable(summary=path, rows=rows, observer_names=list(observers.get("names", [])),
-                        observer_cases=len(observers.get("cases", [])), observer_band=band)
+                        observer_cases=len(observers.get("cases", [])), observer_band=band,
+                        verdict_rule=summary.get("verdict_rule") or VERDICT_RULE)
 
 
 def format_table(table: ResultsTable) -> str:
@@ -104,7 +108,7 @@ def format_table(table: ResultsTable) -> str:
             parts.append(f"RMS DTA {r[0]:.2f}–{r[1]:.2f} mm")
         lines.append(f"observers ({len(table.observer_names)}, {table.observer_cases} cases, "
                      f"each vs the reference): {', '.join(parts)}")
-        lines.append(VERDICT_RULE)
+        lines.append(table.verdict_rule)
     else:
         lines.append("no observers given: no human-level verdict (pass --observers DIR)")
     return "\n".join(lines)
