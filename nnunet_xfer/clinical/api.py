@@ -25,7 +25,8 @@ from typing import Callable
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import atomic_write_csv, atomic_write_text, check_replaceable, owned_output
+from nnunet_xfer.atomic import (atomic_write_csv, atomic_write_text, check_replaceable,
+                                 owned_output, refuse_protected)
 from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg, write_nifti_mask
 from nnunet_xfer.clinical.predict import SlicePredictor
@@ -191,6 +192,7 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
     if low_smi_cutoffs is not None and low_smi_cutoffs not in CUTOFFS:
         raise UserError(f"--low-smi-cutoffs {low_smi_cutoffs!r}: use one of {', '.join(CUTOFFS)}")
     out = Path(out)
+    refuse_protected(out)
     check_replaceable(out, "measure", overwrite)
     specs = read_studies(Path(cases))
     height_of = read_heights(Path(heights)) if heights is not None else {}
