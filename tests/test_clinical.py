@@ -246,6 +246,23 @@ def test_measure_dicom_series_with_patient_data(model_env, predictor, phantom_di
     np.testing.assert_array_equal(got[0, ..., 0].astype(bool), want)
 
 
+def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path):
+    volume, spacing = phantom_volume(phantom_dir, 3)
+
+    def no_study_uid(k, ds):
+        ds.StudyInstanceUID = ""
+    write_ct_series(tmp_path / "series", volume, spacing, per_slice=no_study_uid)
+    csv = studies_csv(tmp_path / "s.csv", [{"case_id": "anon", "image": str(tmp_path / "series"),
+                                            "slice_index": 1}])
+    with pytest.warns(UserWarning, match="case anon: IM0001.dcm has no StudyInstanceUID"):
+        result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu")
+    row = result.table.set_index("case_id").loc["anon"]
+    assert row["status"] == "ok" and row["mask_file"] == "masks/anon.nii.gz"
+    mask = sitk.ReadImage(str(tmp_path / "out" / row["mask_file"]))
+    assert mask.GetSize() == (volume.shape[2], volume.shape[1], volume.shape[0])
+    assert not (tmp_path / "out" / "seg").exists()
+
+
 def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
     volume, spacing = phantom_volume(phantom_dir, 3)
     rows = [{"case_id": f"v{k}", "image": str(write_volume(tmp_path / f"v{k}.nrrd", volume, spacing)),

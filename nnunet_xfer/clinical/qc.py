@@ -31,7 +31,8 @@ OUTLINE_RGB = (255, 40, 40)
 GALLERY_COLUMNS = (
     ("case_id", "case", "text"), ("sma_cm2", "SMA cm²", "num"), ("smd_hu", "SMD HU", "num"),
     ("imat_cm2", "IMAT cm²", "num"), ("smi_cm2_m2", "SMI cm²/m²", "num"),
-    ("sma_mask_cm2", "SMA whole mask cm²", "num"), ("fold_dice_min", "min fold Dice", "num"),
+    ("low_smi", "low SMI", "text"), ("sma_mask_cm2", "SMA whole mask cm²", "num"),
+    ("fold_dice_min", "min fold Dice", "num"),
     ("slice_index", "slice", "num"), ("n_flags", "flags", "num"),
 )
 
@@ -150,6 +151,8 @@ def _num(v) -> str:
 
 
 def _shown(v, kind: str) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
     if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
         return "–"
     if kind == "num" and isinstance(v, (float, np.floating)):
@@ -177,15 +180,13 @@ def gallery_html(rows: list[dict], pictures: dict[str, bytes], failures: dict[st
                                     for f in flags) or "–"
                 cells.append(f'<td class="flags" data-value="{value}">{shown}</td>')
             else:
-                cells.append(f'<td class="{kind}" data-value="{html.escape(_num(value) if kind == "num" else str(value))}">'
+                key = _num(value) if kind == "num" else ("" if value is None else str(value))
+                cells.append(f'<td class="{kind}" data-value="{html.escape(key)}">'
                              f'{_shown(value, kind)}</td>')
         png = pictures.get(row["case_id"])
         img = (f'<img alt="overlay of {html.escape(row["case_id"])}" '
                f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else "–")
-        low = row.get("low_smi")
-        extra = f'<div class="failed">low SMI ({html.escape(str(row.get("cutoff_source", "")))})</div>' \
-            if low is True else ""
-        cells.append(f"<td>{img}{extra}</td>")
+        cells.append(f"<td>{img}</td>")
         cls = ' class="flagged"' if flags else ""
         body.append(f'<tr{cls} data-case="{html.escape(row["case_id"])}">{"".join(cells)}</tr>')
     legend = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in FLAGS.items())

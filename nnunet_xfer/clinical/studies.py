@@ -27,6 +27,8 @@ from nnunet_xfer.errors import UserError
 
 #: Heights outside this range (m) are not heights in metres.
 HEIGHT_RANGE_M = (0.3, 3.0)
+#: What a DICOM-SEG must reference in its source instance.
+_SEG_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 _SEX = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
 
 
@@ -204,13 +206,18 @@ def load_study(spec: CaseSpec, allow_non_hu: bool = False,
     study = Study(spec=spec, volume=volume, slice_image=slice_image, slice_index=index,
                   slice_source=source)
 
+    found = _dicom_instance(volume, index, headers) if headers else None
     if headers:
-        found = _dicom_instance(volume, index, headers)
+        missing = [k for k in _SEG_UIDS if found and not str(found[1].get(k, "")).strip()]
         if found is None:
-            study.notes.append("the DICOM instance of the slice was not found: no DICOM-SEG")
+            study.notes.append("the DICOM instance of the slice was not found: a NIfTI mask "
+                               "instead of a DICOM-SEG")
+        elif missing:
+            study.notes.append(f"{found[0].name} has no {', '.join(missing)}: a NIfTI mask instead "
+                               f"of a DICOM-SEG (which must reference them)")
         else:
             study.dicom = DicomSource(path=found[0], header=found[1], n_instances=len(headers))
-    header = study.dicom.header if study.dicom else (headers[0][1] if headers else None)
+    header = found[1] if found else (headers[0][1] if headers else None)
 
     height, height_source = spec.height_m, "manifest" if spec.height_m is not None else ""
     if height is None and heights and cid in heights and math.isfinite(heights[cid]):
