@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,11 @@ def find_trainer_class(name: str):
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunet_xfer.trainers import trainer_folder
-    with contextlib.redirect_stdout(io.StringIO()):
+    # nnU-Net imports every trainer module it has while searching; some import third-party
+    # packages (timm) whose deprecation warnings would only clutter the command's output
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
             return recursive_find_trainer_class_by_name(name)
         except (RuntimeError, AssertionError):
