@@ -54,6 +54,10 @@ window.addEventListener('load', function () {
     heads[i].click(); r.ascending = col(i); r.cases_ascending = cases();
     heads[i].click(); r.descending = col(i);
     heads[0].click(); r.by_case = cases();
+    document.getElementById('only-flagged').click();
+    r.shown_when_flagged_only = Array.prototype.filter.call(table.tBodies[0].rows,
+        function (row) { return row.style.display !== 'none'; }).map(
+        function (row) { return row.getAttribute('data-case'); });
   }
   r.blocked = window.__probe.blocked;
   var pre = document.createElement('pre');
@@ -131,6 +135,7 @@ def test_gallery_in_a_browser(gallery, tmp_path):
     assert r["cases_ascending"] == ["L3-0001", "L3-0000", "L3-0003", "L3-0002"]
     assert r["by_case"] == sorted(r["by_case"])
     assert not np.array_equal(before, up)
+    assert r["shown_when_flagged_only"] == ["L3-0001"]                 # the one flagged case
     shot = screenshot(gallery, tmp_path)
     assert shot.shape[0] >= 1000 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 50
 
