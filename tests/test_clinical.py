@@ -275,6 +275,9 @@ def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
     cli = pd.read_csv(tmp_path / "cli" / "measures.csv", dtype={"case_id": str})
     api = pd.read_csv(tmp_path / "api" / "measures.csv", dtype={"case_id": str})
     pd.testing.assert_frame_equal(cli, api)
+    pd.testing.assert_frame_equal(result.table.reset_index(drop=True)[["case_id", "sma_cm2"]],
+                                  api[["case_id", "sma_cm2"]])
+    assert result.n_cases == 3 and result.n_failed == 0 and result.out == tmp_path / "api"
     assert list(api["slice_index"]) == [0, 1, 2] and list(api["sex"]) == ["M", "F", "M"]
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == [
         ".nnunet_xfer_output.json", "gallery.html", "masks", "measures.csv", "qc"]

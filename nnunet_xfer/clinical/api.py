@@ -244,8 +244,3 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
             ok_rows, pictures, failed, "nnunet-xfer measure: quality control", facts))
     return MeasureResult(out=out, table=table, failed=failed)
 
-
-def measured_values(result: MeasureResult) -> pd.DataFrame:
-    """The measured cases only, indexed by case id (a convenience for notebooks)."""
-    ok = result.table[result.table["status"] == "ok"]
-    return ok.set_index("case_id")
