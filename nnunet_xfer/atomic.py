@@ -180,7 +180,7 @@ def atomic_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _listing(folder: Path) -> list[str]:
+def listing(folder: Path) -> list[str]:
     """Every file and link below ``folder`` (relative, sorted), the marker left out."""
     files = []
     for root, dirs, names in os.walk(folder, followlinks=False):
@@ -190,6 +190,18 @@ def _listing(folder: Path) -> list[str]:
             if path != OUTPUT_MARKER:
                 files.append(path)
     return sorted(files)
+
+
+def write_marker(folder: Path, command: str) -> None:
+    """Record every file now in ``folder`` as written by ``nnunet-xfer <command>``."""
+    atomic_write_json(Path(folder) / OUTPUT_MARKER, {
+        "command": f"nnunet-xfer {command}", "files": listing(folder),
+        "written": _dt.datetime.now().isoformat(timespec="seconds")})
+
+
+def shown(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` names, then how many more."""
+    return ", ".join(names[:limit]) + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def refuse_protected(out: Path, what: str = "output folder") -> None:
@@ -222,14 +234,13 @@ def check_replaceable(out: Path, command: str, overwrite: bool) -> None:
             written = set(json.loads(marker.read_text()).get("files", []))
         except (ValueError, UnicodeDecodeError, AttributeError):
             written = set()
-    present = _listing(out)
+    present = listing(out)
     foreign = [f for f in present if f not in written]
     if not marker.is_file() and present:
         foreign = present
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" … (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
         raise UserError(f"--overwrite refused: {out} holds files nnunet-xfer {command} did not write "
-                        f"({shown}); move them or choose another folder")
+                        f"({shown(foreign)}); move them or choose another folder")
 
 
 @contextmanager
@@ -244,6 +255,4 @@ def owned_output(out: Path, command: str, overwrite: bool = False) -> Iterator[P
     refuse_protected(out)
     with atomic_folder(out) as tmp:
         yield tmp
-        atomic_write_json(tmp / OUTPUT_MARKER, {
-            "command": f"nnunet-xfer {command}", "files": _listing(tmp),
-            "written": _dt.datetime.now().isoformat(timespec="seconds")})
+        write_marker(tmp, command)

@@ -6,11 +6,12 @@ and is printed as one line with exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.sources import SOURCES
+from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
 from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
 
 
@@ -43,10 +44,12 @@ def _add_phantom(sub) -> None:
 
 def _cmd_convert(a: argparse.Namespace) -> None:
     from nnunet_xfer.dataset_conversion.convert import convert
-    convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks, dataset_id=a.dataset,
-            name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed, overwrite=a.overwrite,
-            label_map=a.label_map, allow_non_hu=a.allow_non_hu,
-            per_size_datasets=a.per_size_datasets)
+    result = convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks,
+                     dataset_id=a.dataset, name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed,
+                     overwrite=a.overwrite, label_map=a.label_map, allow_non_hu=a.allow_non_hu,
+                     per_size_datasets=a.per_size_datasets)
+    print("\n".join([f"removed {p} (--overwrite)" for p in result.removed]
+                    + [f"wrote {p}" for p in result.datasets]))
 
 
 def _add_convert(sub) -> None:
@@ -59,18 +62,22 @@ def _add_convert(sub) -> None:
     p.add_argument("--masks", type=Path, help="folder of masks matched to --images by file name")
     p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("-n", "--name", default="L3", help="dataset name (default L3)")
-    p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default 4)")
+    p.add_argument("--folds", type=int, default=4,
+                   help="cross-validation folds (default 4); 0: no folds or subsets, a dataset of "
+                        "1-3 cases to predict on only")
     p.add_argument("--sizes", type=_sizes, default=list(SIZES),
                    help="nested training-subset sizes (default 5,10,25,50,75,100,125)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of folds and subsets (default {DEFAULT_SEED})")
     p.add_argument("--label-map", default=None,
-                   help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: mask must be 0/1)")
+                   help="mask labels that are muscle, e.g. '1', '1,2,3,4' or '1,86-89' "
+                        "(default: mask must be 0/1)")
     p.add_argument("--allow-non-hu", action="store_true", help="accept 8-bit / non-HU images")
     p.add_argument("--per-size-datasets", action="store_true",
                    help="also write Dataset<ID+k>_<Name>_n<N> per subset size (nnU-Net baselines)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing dataset with this id (and its preprocessed splits)")
+                   help="replace a dataset with this id that convert wrote (refused if it holds "
+                        "other files) and remove its $nnUNet_preprocessed folder")
     p.set_defaults(func=_cmd_convert)
 
 
@@ -85,23 +92,37 @@ def _add_env(sub) -> None:
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> None:
-    from nnunet_xfer.pretraining.run import pretrain
-    path = pretrain(dataset=a.dataset, source=a.source, plans=a.plans,
-                    configuration=a.configuration, data=a.data, weights=a.weights,
-                    iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, resume=a.resume,
-                    overwrite=a.overwrite, device=a.device, permutations=a.permutations,
-                    seed=a.seed, checkpoint_every=a.checkpoint_every)
+    from nnunet_xfer.pretraining.run import PretrainConfig, PretrainInterrupted, pretrain
+    config = PretrainConfig(dataset=a.dataset, source=a.source, plans=a.plans,
+                            configuration=a.configuration, fold=a.fold, scope=a.scope, data=a.data,
+                            weights=a.weights, iterations=a.iterations, batch_size=a.batch_size,
+                            lr=a.lr, permutations=a.permutations, seed=a.seed,
+                            checkpoint_every=a.checkpoint_every, device=a.device)
+    try:
+        path = pretrain(config, resume=a.resume, overwrite=a.overwrite)
+    except PretrainInterrupted as e:
+        print(f"nnunet-xfer pretrain: interrupted by {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     print(f"wrote {path}")
 
 
 def _add_pretrain(sub) -> None:
+    from nnunet_xfer.sources import spec
+    target = "/".join(n for n in PRETRAINED_SOURCES if spec(n).reads_target_images)
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
-    p.add_argument("-s", "--source", required=True, choices=[s for s in SOURCES if s != "scratch"])
+    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
     p.add_argument("-p", "--plans", default="nnUNetPlans")
     p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("--fold", type=int, default=None,
+                   help=f"{target}: pretrain on this fold's training cases only (the entry "
+                        "trainers of this fold load)")
+    p.add_argument("--scope", choices=("fold", "all"), default=None,
+                   help=f"{target}: 'all' pretrains on every case, validation cases included "
+                        "(recorded in the entry); 'fold' needs --fold")
     p.add_argument("--data", type=Path, default=None,
-                   help="source data (VOC folder / ImageFolder root / CT images)")
+                   help="source data (VOC folder / ImageFolder root / CT images); never the "
+                        "target dataset")
     p.add_argument("--weights", type=Path, default=None,
                    help="torchvision weights file (cls/seg with torchvision plans)")
     p.add_argument("--iterations", type=int, default=None)
@@ -112,7 +133,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500,
                    help="iterations between training-state checkpoints (for --resume)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the entry this command wrote before (nothing else)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -261,29 +283,69 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _grid(a: argparse.Namespace):
+    """The experiment's :class:`Grid` from the parsed options (unset ones keep its defaults)."""
+    from nnunet_xfer.experiment import Grid
+    given = {"plans": a.plans, "configuration": a.configuration, "sizes": a.sizes,
+             "folds": a.folds, "device": a.device, "observers": a.observers,
+             "pretrain_iterations": a.pretrain_iterations, "pretrain_scope": a.pretrain_scope,
+             "arch": a.arch,
+             "sources": None if a.sources is None
+             else [s.strip() for s in a.sources.split(",") if s.strip()]}
+    return Grid(dataset=a.dataset, **{k: v for k, v in given.items() if v is not None})
+
+
 def _cmd_experiment(a: argparse.Namespace) -> None:
-    from nnunet_xfer.experiment import run_experiment
-    mode = "dry-run" if a.dry_run else "run" if a.run else "slurm"
-    run_experiment(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
-                   sources=[s.strip() for s in a.sources.split(",") if s.strip()],
-                   sizes=a.sizes, folds=a.folds, mode=mode, slurm_file=a.slurm,
-                   slurm_args=a.slurm_args, device=a.device, observers=a.observers,
-                   pretrain_iterations=a.pretrain_iterations, overwrite=a.overwrite)
+    from nnunet_xfer import experiment
+    grid = _grid(a)
+    if a.dry_run:
+        print(experiment.dry_run_text(experiment.dry_run(grid)))
+    elif a.slurm is not None:
+        script = experiment.write_slurm(grid, a.slurm, a.slurm_args, a.overwrite,
+                                        command_line="nnunet-xfer " + shlex.join(sys.argv[1:]))
+        print(f"wrote {script.path}: {script.n_train} training runs as one job array\n"
+              f"submit it from a login node with:  bash {script.path}")
+    else:
+        outcome = experiment.run(grid)
+        for r in outcome.results:
+            print(f"{r.status:8s} {r.step.name}" + (f" ({r.seconds:.0f} s)" if r.seconds else ""))
+        if outcome.table is not None:
+            print(experiment.format_table(outcome.table))
+        if outcome.report is not None:
+            print(f"report: {outcome.report}")
+        if outcome.failure():
+            raise UserError(outcome.failure())
 
 
 def _add_experiment(sub) -> None:
+    from nnunet_xfer.experiment.grid import PRETRAIN_SCOPES, Grid
+    default = Grid.default
     p = sub.add_parser("experiment", help="the study's grid: dry run, local run or SLURM script")
     p.add_argument("-d", "--dataset", required=True)
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-c", "--configuration", default="2d")
-    p.add_argument("--sources", default=",".join(SOURCES))
-    p.add_argument("--sizes", type=_sizes, default=list(SIZES))
-    p.add_argument("--folds", type=_sizes, default=[0, 1, 2, 3])
-    p.add_argument("--device", default="cuda", help="cuda, cpu or mps (default cuda)")
+    p.add_argument("-p", "--plans", default=None,
+                   help=f"plans of the trainings; with --arch the plans the variant is derived "
+                        f"from (default {default('plans')})")
+    p.add_argument("-c", "--configuration", default=None,
+                   help=f"(default {default('configuration')})")
+    p.add_argument("--sources", default=None,
+                   help=f"comma-separated (default {','.join(default('sources'))})")
+    p.add_argument("--sizes", type=_sizes, default=None,
+                   help=f"training-subset sizes (default {','.join(map(str, default('sizes')))})")
+    p.add_argument("--folds", type=_sizes, default=None,
+                   help=f"(default {','.join(map(str, default('folds')))})")
+    p.add_argument("--device", default=None,
+                   help=f"cuda, cpu or mps (default {default('device')})")
     p.add_argument("--observers", type=Path, default=None,
                    help="observer folder passed to `nnunet-xfer evaluate --observers`")
     p.add_argument("--pretrain-iterations", type=int, default=None,
                    help="iterations per pretraining (default: the pretrain command's)")
+    p.add_argument("--pretrain-scope", choices=PRETRAIN_SCOPES, default=None,
+                   help="sources that read the dataset's own images (rec, jigsaw): 'fold' "
+                        "pretrains once per fold on its training images only; 'all' once on "
+                        f"every image, validation cases included (default {default('pretrain_scope')})")
+    p.add_argument("--arch", default=None,
+                   help="torchvision-backbone network (e.g. unet_resnet34, fcn_resnet50): plan it "
+                        "and run every source on it (the paper's set-up)")
     p.add_argument("--slurm-args", default="",
                    help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --slurm FILE")
@@ -296,8 +358,8 @@ def _add_experiment(sub) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
-    from nnunet_xfer.demo import run_demo
-    run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite)
+    from nnunet_xfer.demo import demo_summary, run_demo
+    print(demo_summary(run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite)))
 
 
 def _add_demo(sub) -> None:
@@ -335,9 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"nnunet-xfer {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # experiment --run says which signal and what it stopped
+        print(f"nnunet-xfer {args.command}: interrupted" + (f": {e}" if str(e) else ""),
+              file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
     return 0
 
 

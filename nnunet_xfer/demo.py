@@ -1,29 +1,47 @@
 """`nnunet-xfer demo`: the whole pipeline on a synthetic cohort, CPU only, through the real CLIs.
 
 Stages: phantom → convert → nnUNetv2_plan_and_preprocess → pretrain → nnUNetv2_train grid →
-evaluate (with the observers) → report → observer study → its report. Every stage is a subprocess
+evaluate (with the observers) → report → observer study → its report, then the table of Dice and
+RMS DTA per source and n with the observers' range and the human-level verdicts. Every stage is a subprocess
 of the same commands a user types (the experiment's step runner executes them), so the demo is
 also the smoke test of the installation. nnU-Net's folders go under the output folder unless
 ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` are all set already.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_xfer import settings as env_settings
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.experiment import trainer_env
-from nnunet_xfer.experiment.runner import run_steps
-from nnunet_xfer.experiment.steps import EVALUATION_FOLDER, REPORT_NAME, Step, grid_steps
+from nnunet_xfer.experiment import (
+    Grid,
+    ResultsTable,
+    Step,
+    format_table,
+    grid_steps,
+    results_table,
+    run_steps,
+)
+from nnunet_xfer.experiment.steps import ShellLayout
+from nnunet_xfer.layout import (
+    CASES_CSV,
+    DEMO_LOG,
+    DEMO_MARKER,
+    EVAL_CASES_CSV,
+    EVAL_SUMMARY_JSON,
+    EVALUATION_FOLDER,
+    REPORT_HTML,
+)
 from nnunet_xfer.study_grid import trainer_name
+from nnunet_xfer.trainers import trainer_environment
 
 DEMO_ID = 990
 DEMO_NAME = f"Dataset{DEMO_ID}_XferDemo"
-MARKER = ".nnunet_xfer_demo"
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+MARKER = DEMO_MARKER
+NNUNET_VARS = env_settings.NNUNET_FOLDERS
 
 
 @dataclass(frozen=True)
@@ -52,7 +70,7 @@ QUICK = DemoSettings(cases=24, size=64, observers=3, observer_cases=24, sources=
 def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = None) -> dict:
     """The subprocesses' environment: nnU-Net folders (the user's if all set, else under ``out``),
     trainer discovery, CPU-friendly nnU-Net settings and the demo's short schedules."""
-    env = trainer_env(environ)
+    env = trainer_environment(environ)
     if not all(env.get(v) for v in NNUNET_VARS):
         for v in NNUNET_VARS:
             env[v] = str(out.resolve() / v)
@@ -69,14 +87,19 @@ def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = N
     return env
 
 
+def demo_grid(out: Path, settings: DemoSettings) -> Grid:
+    """The demo's grid: fold 0 on CPU, its sources and sizes, observers from the phantom."""
+    return Grid(dataset=str(DEMO_ID), sources=settings.sources, sizes=settings.sizes, folds=(0,),
+                device="cpu", observers=out.resolve() / "phantom" / "observers",
+                pretrain_iterations=settings.pretrain_iterations)
+
+
 def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]]:
     """(stage, steps) in order; the training grid and its evaluation come from the experiment."""
     out = out.resolve()
     phantom = out / "phantom"
     sizes = ",".join(str(n) for n in settings.sizes)
-    grid = grid_steps(str(DEMO_ID), DEMO_NAME, sources=settings.sources, sizes=settings.sizes,
-                      folds=(0,), device="cpu", observers=phantom / "observers",
-                      pretrain_iterations=settings.pretrain_iterations)
+    grid = grid_steps(demo_grid(out, settings), DEMO_NAME, torchvision=False)
     by_kind = lambda *kinds: [s for s in grid if s.kind in kinds]  # noqa: E731
     model = trainer_name(settings.sources[-1], max(settings.sizes))
     study = out / "observer_study"
@@ -86,7 +109,7 @@ def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]
             str(settings.size), "--observers", str(settings.observers), "--observer-cases",
             str(settings.observer_cases), "--seed", "0"))]),
         ("convert", [Step("convert", "convert", (
-            "nnunet-xfer", "convert", "--cases", str(phantom / "cases.csv"), "-d", str(DEMO_ID),
+            "nnunet-xfer", "convert", "--cases", str(phantom / CASES_CSV), "-d", str(DEMO_ID),
             "-n", DEMO_NAME.split("_", 1)[1], "--sizes", sizes))]),
         ("plan and preprocess", [Step("plan", "plan", (
             "nnUNetv2_plan_and_preprocess", "-d", str(DEMO_ID), "-c", "2d", "-np", "2"))]),
@@ -97,10 +120,10 @@ def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]
             Step("observers", "observers", (
                 "nnunet-xfer", "observers", "--reference", str(phantom / "masks"),
                 "--observers", str(phantom / "observers"), "--images", str(phantom / "images"),
-                "--predictions", f"${{nnUNet_results}}/{DEMO_NAME}/{model}__nnUNetPlans__2d",
+                "--predictions", str(ShellLayout(DEMO_NAME).run_folder(model)),
                 "--name", model, "-o", str(study))),
             Step("observer report", "report", (
-                "nnunet-xfer", "report", "-i", str(study), "-o", str(study / REPORT_NAME)),
+                "nnunet-xfer", "report", "-i", str(study), "-o", str(study / REPORT_HTML)),
                 needs=("observers",))]),
     ]
 
@@ -131,21 +154,33 @@ def _prepare(out: Path, env: dict, overwrite: bool, own_folders: bool) -> None:
     (out / MARKER).write_text("written by `nnunet-xfer demo`; --overwrite may delete this folder\n")
 
 
-def run_demo(out: Path = Path("demo_output"), quick: bool = False,
-             overwrite: bool = False) -> dict[str, float]:
-    """Run the demo into ``out``; print each stage's wall time and where the results are.
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo produced: stage times, where the outputs are, and the results table."""
+    times: dict[str, float]
+    report: Path
+    evaluation: Path
+    observer_study: Path
+    models: Path
+    table: ResultsTable
 
-    Returns ``{stage: seconds}``. A failing stage stops the demo with a :class:`UserError`
-    naming the stage and the log file.
+
+def run_demo(out: Path = Path("demo_output"), quick: bool = False,
+             overwrite: bool = False) -> DemoResult:
+    """Run the demo into ``out``, printing each stage's wall time as it ends.
+
+    Returns the stage times, the output paths and the table of Dice / RMS DTA per source and n
+    with the observers' range and the human-level verdicts. A failing stage stops the demo with a
+    :class:`UserError` naming the stage and the log file.
     """
     settings = QUICK if quick else FULL
     out = Path(out)
-    user_folders = all(os.environ.get(v) for v in NNUNET_VARS)
+    user_folders = all(env_settings.nnunet_folder_or_none(v) is not None for v in NNUNET_VARS)
     env = demo_environment(out, settings)
     _prepare(out, env, overwrite, own_folders=not user_folders)
     for v in NNUNET_VARS:
         Path(env[v]).mkdir(parents=True, exist_ok=True)
-    log = out.resolve() / "demo.log"
+    log = out.resolve() / DEMO_LOG
     print(f"nnunet-xfer demo ({'quick' if quick else 'full'}): {settings.cases} cases at "
           f"{settings.size}², sources {','.join(settings.sources)}, n={settings.sizes}, fold 0, "
           f"{settings.epochs} epoch(s) x {settings.iterations} iterations; CPU\n"
@@ -163,10 +198,20 @@ def run_demo(out: Path = Path("demo_output"), quick: bool = False,
                             f"{bad[0].message.splitlines()[0]}; full output in {log}")
         print(f"[{time.monotonic() - start:6.1f} s] {stage}: {times[stage]:.1f} s", flush=True)
     times["total"] = time.monotonic() - start
-    evaluation = Path(env["nnUNet_results"]) / DEMO_NAME / EVALUATION_FOLDER
-    print(f"\ndemo finished in {times['total']:.0f} s\n"
-          f"report:              {evaluation / REPORT_NAME}\n"
-          f"tables:              {evaluation / 'cases.csv'}, {evaluation / 'summary.json'}\n"
-          f"observer study:      {out.resolve() / 'observer_study' / REPORT_NAME}\n"
-          f"trained models:      {Path(env['nnUNet_results']) / DEMO_NAME}")
-    return times
+    results_root = Path(env["nnUNet_results"])
+    evaluation = results_root / DEMO_NAME / EVALUATION_FOLDER
+    return DemoResult(times=times, report=evaluation / REPORT_HTML, evaluation=evaluation,
+                      observer_study=out.resolve() / "observer_study" / REPORT_HTML,
+                      models=results_root / DEMO_NAME, table=results_table(evaluation))
+
+
+def demo_summary(result: DemoResult) -> str:
+    """What the demo prints at the end: where everything is, then the results table."""
+    return (f"\ndemo finished in {result.times['total']:.0f} s\n"
+            f"report:              {result.report}\n"
+            f"tables:              {result.evaluation / EVAL_CASES_CSV}, "
+            f"{result.evaluation / EVAL_SUMMARY_JSON}\n"
+            f"observer study:      {result.observer_study}\n"
+            f"trained models:      {result.models}\n\n"
+            f"fold 0's validation cases, mean per source and n (a smoke test, not the study's "
+            f"result):\n{format_table(result.table)}")

@@ -11,7 +11,7 @@ Layout (``docs/layout.md`` shows it as a tree)::
     $nnUNet_preprocessed/<Dataset>/   <plans>.json, splits_final.json (nnU-Net reads folds here)
     $nnUNet_results/<Dataset>/
         <Trainer>__<Plans>__<config>/fold_<k>/{checkpoint_final.pth, validation/summary.json}
-        nnunet_xfer_pretrained/<Plans>__<config>/[fold_<k>/]<source>.{pth,json,resume.pth}
+        nnunet_xfer_pretrained/<Plans>__<config>/[fold_<k>/]<source>.{pth,json,resume.pth} (+ hidden .<source>.lock)
         nnunet_xfer_evaluation/       evaluate's default output
 """
 from __future__ import annotations
@@ -45,11 +45,20 @@ INITIAL_CHECKPOINT = "checkpoint_initial.pth"
 ENTRY_SUFFIX = ".pth"
 ENTRY_RECORD_SUFFIX = ".json"
 RESUME_SUFFIX = ".resume.pth"
+#: Lock file a pretrain holds on one store entry while it trains and writes it (hidden).
+ENTRY_LOCK_SUFFIX = ".lock"
 #: Evaluation outputs.
 EVAL_CASES_CSV = "cases.csv"
 EVAL_SUMMARY_JSON = "summary.json"
 #: Lock taken by one experiment runner per dataset.
 EXPERIMENT_LOCK = ".nnunet_xfer_experiment.lock"
+#: Output of every step ``experiment --run`` executes, appended.
+EXPERIMENT_LOG = "nnunet_xfer_experiment.log"
+#: The HTML report ``experiment`` writes into the evaluation folder.
+REPORT_HTML = "report.html"
+#: ``demo -o DIR``: the marker that lets ``--overwrite`` delete DIR, and the log of every stage.
+DEMO_MARKER = ".nnunet_xfer_demo"
+DEMO_LOG = "demo.log"
 #: Marker listing what a command wrote into a folder (see ``atomic.owned_output``).
 OUTPUT_MARKER = ".nnunet_xfer_output.json"
 #: Hidden temporary names start with this, so a later run can find and remove leftovers.
@@ -97,6 +106,12 @@ def resume_path(entry: Path) -> Path:
     """The training state kept beside a store entry (``<source>.resume.pth``)."""
     entry = Path(entry)
     return entry.with_name(entry.name.removesuffix(ENTRY_SUFFIX) + RESUME_SUFFIX)
+
+
+def entry_lock_path(entry: Path) -> Path:
+    """The hidden lock file beside a store entry (``.<source>.lock``) that its one writer holds."""
+    entry = Path(entry)
+    return entry.with_name("." + entry.name.removesuffix(ENTRY_SUFFIX) + ENTRY_LOCK_SUFFIX)
 
 
 def record_path(entry: Path) -> Path:
@@ -259,6 +274,11 @@ class DatasetLayout:
     def experiment_lock(self) -> Path:
         """The lock file one ``experiment --run`` holds."""
         return self.results / EXPERIMENT_LOCK
+
+    @property
+    def experiment_log(self) -> Path:
+        """The log ``experiment --run`` appends every step's output to."""
+        return self.results / EXPERIMENT_LOG
 
     def protected_folders(self) -> list[Path]:
         """Folders no output of ours may equal or contain (evaluate -o, observers -o, …)."""

@@ -292,7 +292,7 @@ def test_seg_pretrain_train_and_predict_with_nnunet_cli(torch_home, tv_dataset, 
 def test_jigsaw_pretraining_runs_on_torchvision_plans(tv_dataset, nnunet_env):
     """The package's own pretraining loop and heads work for these networks too."""
     run_cli("nnunet-xfer", "pretrain", "-d", str(TV_ID), "-s", "jigsaw", "-p", PLANS,
-            "--iterations", "1", "--device", "cpu", "--overwrite")
+            "--iterations", "1", "--device", "cpu", "--overwrite", "--scope", "all")
     meta = json.loads(_entry("jigsaw").with_suffix(".json").read_text())
     assert meta["trained_prefixes"] == ["backbone."] and meta["iterations"] == 1
     from nnunet_xfer.pretraining.torchvision_weights import build_planned_network

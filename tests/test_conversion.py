@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATASET_NAME, REAL_CT, run_cli
-from nnunet_xfer.dataset_conversion.convert import convert
+from nnunet_xfer.dataset_conversion.convert import convert as convert_dataset
 from nnunet_xfer.layout import read_cases
 from nnunet_xfer.splits import ensure_splits_in_preprocessed, read_splits, read_subsets
 from nnunet_xfer.errors import UserError
@@ -30,6 +30,11 @@ N_GOOD = 8
 
 
 # ----------------------------------------------------------------------------- helpers
+def convert(**kwargs) -> Path:
+    """``convert`` returning the main dataset folder (most tests only need that)."""
+    return convert_dataset(**kwargs).folder
+
+
 def hu_slice(seed: int, shape=SHAPE, dtype=np.int16) -> np.ndarray:
     return np.random.default_rng(seed).integers(-1024, 1500, shape).astype(dtype)
 

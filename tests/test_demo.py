@@ -28,6 +28,7 @@ def test_demo_stages_cover_the_pipeline(tmp_path):
     steps = dict(stages)
     assert [s.argv[5] for s in steps["train"]] == ["XferScratchTrainer_n5", "XferRecTrainer_n5"]
     assert [s.argv[5] for s in steps["pretrain"]] == ["rec"]
+    assert steps["pretrain"][0].argv[-6:-4] == ("--fold", "0")  # fold 0's training images only
     assert "--observers" in steps["evaluate + report"][0].argv
 
 
@@ -43,6 +44,13 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     evaluation = results / "nnunet_xfer_evaluation"
     report = evaluation / "report.html"
     assert f"report:              {report.resolve()}" in proc.stdout
+    # it ends with the table a user came for: Dice and RMS DTA per source and n, the observers'
+    # range and the human-level verdicts
+    for source in ("scratch", "reconstruction"):
+        assert re.search(rf"^{source}\s+5\s+\d+.*\s(yes|no)$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^observers \(3, \d+ cases, each vs the reference\): Dice \d\.\d{3}–\d\.\d{3}",
+                     proc.stdout, re.M)
+    assert proc.stdout.rstrip().endswith("for Dice and for 1/RMS DTA")
     html = report.read_text()
     assert html.count("<img") >= 2 and "data:image/png;base64," in html
     assert (report.parent / "report_headline.png").stat().st_size > 1000

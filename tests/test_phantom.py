@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 from conftest import run_cli
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.layout import OUTPUT_MARKER
 from nnunet_xfer.phantom import (make_subject, observer_mask, observer_name, observer_style,
                                  write_cohort)
 from nnunet_xfer.phantom.anatomy import sample_params
@@ -173,9 +175,14 @@ def test_write_cohort_layout(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "c"]  # no temporary folder left
     again = write_cohort(tmp_path / "d", n_cases=5, size=48, n_observers=2, n_observer_cases=3,
                          seed=1)
-    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    # every data file byte-identical; the output marker differs only in its time stamp
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != OUTPUT_MARKER)
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*")
+                           if p.is_file() and p.name != OUTPUT_MARKER)
     assert all((out / f).read_bytes() == (again / f).read_bytes() for f in files)
+    listed = json.loads((out / OUTPUT_MARKER).read_text())["files"]
+    assert listed == json.loads((again / OUTPUT_MARKER).read_text())["files"] == sorted(
+        f.as_posix() for f in files)
 
 
 def test_write_cohort_refuses_existing_and_overwrites(tmp_path):

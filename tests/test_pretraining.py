@@ -45,11 +45,11 @@ def results(tmp_path, monkeypatch) -> Path:
     return out
 
 
-def pretrain(**kw) -> Path:
-    from nnunet_xfer.pretraining.run import pretrain as run
+def pretrain(resume: bool = False, overwrite: bool = False, progress: bool = False, **kw) -> Path:
+    """``pretrain(PretrainConfig(**kw))`` on the CPU, without a progress bar."""
+    from nnunet_xfer.pretraining.run import PretrainConfig, pretrain as run
     kw.setdefault("device", "cpu")
-    kw.setdefault("progress", False)
-    return run(**kw)
+    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=progress)
 
 
 # ----------------------------------------------------------------------------- jigsaw
@@ -117,7 +117,10 @@ def test_rec_corruptions_change_input_and_leave_target():
     assert ((painted != u).flatten(1).float().mean(1) > 0).all()
     task = RecTask(toy_network(), 1, TOY, "cpu")
     inp, target = task.prepare({"image": x})
-    assert torch.equal(target, keep) and not torch.equal(inp, keep)
+    # the target is the image itself or (Models Genesis' flips) a flip of it; the input differs
+    for i in range(len(x)):
+        assert any(torch.equal(target[i], torch.flip(keep[i], dims)) for dims in ((), (1,), (2,), (1, 2)))
+    assert not torch.equal(inp, target)
 
 
 # ----------------------------------------------------------------------------- learning checks
@@ -196,18 +199,22 @@ def test_rec_and_jigsaw_entries_load_under_nnunetv2_train(preprocessed_dataset, 
     from nnunet_xfer.architectures.parts import network_parts
     from nnunet_xfer.trainers.xfer_weight_transfer import parts_from_prefixes, transfer_weights
     cli = run_cli("nnunet-xfer", "pretrain", "-d", str(DATASET_ID), "-s", "rec", "--iterations", "3",
-                  "--device", "cpu", env={"nnUNet_results": str(results), "OMP_NUM_THREADS": "1"})
+                  "--fold", "0", "--device", "cpu",
+                  env={"nnUNet_results": str(results), "OMP_NUM_THREADS": "1"})
     assert cli.stdout.strip().endswith("rec.pth") and "pretrain rec" in cli.stderr  # path; tqdm bar
-    pretrain(dataset=str(DATASET_ID), source="jigsaw", iterations=3, permutations=10)
+    pretrain(dataset=str(DATASET_ID), source="jigsaw", iterations=3, permutations=10, scope="all")
     ids = sorted(p.name[:-len(".pkl")] for p in
                  (preprocessed_dataset / "nnUNetPlans_2d").glob("*.pkl"))
+    fold0 = sorted(splits()[0]["train"])
     store = results / DATASET_NAME / "nnunet_xfer_pretrained" / "nnUNetPlans__2d"
     entries = {}
-    for source, parts in (("rec", ["encoder.", "decoder.encoder.", "decoder."]),
-                          ("jigsaw", ["encoder.", "decoder.encoder."])):
-        state, head, meta = entries[source] = load_entry(store / f"{source}.pth")
+    for source, parts, where, cases in (
+            ("rec", ["encoder.", "decoder.encoder.", "decoder."], "fold_0/", fold0),
+            ("jigsaw", ["encoder.", "decoder.encoder."], "", ids)):
+        state, head, meta = entries[source] = load_entry(store / f"{where}{source}.pth")
         assert meta["source"] == source and meta["iterations"] == 3
-        assert meta["case_ids"] == ids and meta["data"].startswith("nnUNet_preprocessed/")
+        assert meta["case_ids"] == cases and meta["data"].startswith("nnUNet_preprocessed/")
+        assert meta["scope"] == ("fold" if where else "all") and meta["fold"] == (0 if where else None)
         assert meta["trained_prefixes"] == parts and head
         assert meta["task_metric"]["name"] and np.isfinite(meta["final_loss"])
         assert not any(k.startswith("decoder.seg_layers") for k in head)
@@ -228,6 +235,11 @@ def test_rec_and_jigsaw_entries_load_under_nnunetv2_train(preprocessed_dataset, 
                .glob("training_log_*.txt")).read_text()
     assert "loaded source 'rec'" in log, proc.stdout[-2000:]
     assert f"sha256 {entries['rec'][2]['sha256']}" in log
+
+
+def splits() -> list[dict]:
+    from nnunet_xfer.layout import DatasetLayout
+    return json.loads(DatasetLayout(DATASET_NAME).raw_splits.read_text())
 
 
 def planned_network():
@@ -278,22 +290,41 @@ def test_seg_and_cls_entries_are_congruent_with_the_planned_network(preprocessed
     assert meta["classes"] == ["cat", "dog"]
 
 
-def test_seg_on_a_2d_nnunet_raw_dataset(raw_dataset, preprocessed_dataset, results):
-    pth = pretrain(dataset=DATASET_NAME, source="seg", data=raw_dataset, iterations=2, batch_size=2)
+def write_nnunet_2d(root: Path, n: int = 4, size: int = 40) -> Path:
+    """A 2D nnU-Net raw dataset of PNGs (not the target): discs of class 1 on noise."""
+    rng = np.random.default_rng(1)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        disc = (yy - 20) ** 2 + (xx - 12 - 4 * i) ** 2 < 64
+        Image.fromarray((rng.integers(0, 120, (size, size)) + 120 * disc).astype(np.uint8)).save(
+            root / "imagesTr" / f"pic_{i:03d}_0000.png")
+        Image.fromarray(disc.astype(np.uint8)).save(root / "labelsTr" / f"pic_{i:03d}.png")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "grey"}, "labels": {"background": 0, "disc": 1},
+        "numTraining": n, "file_ending": ".png"}))
+    return root
+
+
+def test_seg_on_a_2d_nnunet_raw_dataset(preprocessed_dataset, results, tmp_path):
+    data = write_nnunet_2d(tmp_path / "Dataset900_Discs")
+    pth = pretrain(dataset=DATASET_NAME, source="seg", data=data, iterations=2, batch_size=2)
     _, head, meta = load_entry(pth)
-    assert meta["num_classes"] == 2 and meta["data"] == str(raw_dataset)
-    assert len(meta["case_ids"]) == len(list((raw_dataset / "labelsTr").iterdir()))
+    assert meta["num_classes"] == 2 and meta["data"] == str(data)
+    assert len(meta["case_ids"]) == len(list((data / "labelsTr").iterdir()))
+    assert meta["scope"] == "external" and meta["fold"] is None
 
 
 def test_resume_continues_from_the_saved_iteration(preprocessed_dataset, results):
-    pth = pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2)
+    pth = pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0)
     first = torch.load(pth.with_name("rec.resume.pth"), weights_only=True)
     assert int(first["iteration"]) == 2
     with pytest.raises(UserError, match="exists"):
-        pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2)
+        pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0)
     with pytest.raises(UserError, match="other settings"):
-        pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=3, resume=True)
-    pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, resume=True)
+        pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=3, fold=0, resume=True)
+    pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, fold=0, resume=True)
     second = torch.load(pth.with_name("rec.resume.pth"), weights_only=True)
     meta = json.loads(pth.with_suffix(".json").read_text())
     assert meta["resumed_from"] == 2 and meta["iterations"] == 4
@@ -302,7 +333,7 @@ def test_resume_continues_from_the_saved_iteration(preprocessed_dataset, results
     # the optimiser went on from the saved state rather than from scratch
     assert second["optimizer"]["state"][0]["step"] == 4
     with pytest.raises(UserError, match="already run 4"):
-        pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, resume=True)
+        pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, fold=0, resume=True)
 
 
 def test_labels_of_the_target_dataset_are_never_read(preprocessed_dataset, results, tmp_path,
@@ -316,7 +347,8 @@ def test_labels_of_the_target_dataset_are_never_read(preprocessed_dataset, resul
         f.unlink()
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "no_raw"))
-    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", iterations=2, batch_size=2, permutations=10)
+    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", iterations=2, batch_size=2, permutations=10,
+                   scope="all")
     assert json.loads(pth.with_suffix(".json").read_text())["n_cases"] > 0
 
 
@@ -362,7 +394,7 @@ def test_bad_input_is_refused_with_one_line(preprocessed_dataset, results, tmp_p
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused("holds no CT images", source="rec", data=empty)
+    refused("holds no CT images", source="rec", data=empty, scope="all")
     refused("no class sub-folders", source="cls", data=empty)
     refused("JPEGImages", source="seg", data=empty)
     voc = write_voc(tmp_path / "voc_nomasks")
@@ -375,19 +407,252 @@ def test_bad_input_is_refused_with_one_line(preprocessed_dataset, results, tmp_p
     (broken / "cat" / "0.png").write_bytes(b"not a png")
     refused("cannot read image", source="cls", data=broken)
     refused("needs --data", source="cls")
-    refused("does not exist", source="rec", data=tmp_path / "missing")
+    refused("does not exist", source="rec", data=tmp_path / "missing", scope="all")
     # an entry that exists is refused unless --overwrite (or --resume)
-    pretrain(dataset=DATASET_NAME, source="jigsaw", iterations=1, batch_size=1, permutations=10)
-    refused("exists", source="jigsaw", permutations=10)
     pretrain(dataset=DATASET_NAME, source="jigsaw", iterations=1, batch_size=1, permutations=10,
-             overwrite=True)
+             scope="all")
+    refused("exists", source="jigsaw", permutations=10, scope="all")
+    pretrain(dataset=DATASET_NAME, source="jigsaw", iterations=1, batch_size=1, permutations=10,
+             overwrite=True, scope="all")
     # a dataset that was converted but not planned/preprocessed names the nnU-Net command
     raw = tmp_path / "raw" / "Dataset777_Other"
     raw.mkdir(parents=True)
     (raw / "dataset.json").write_text("{}")
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    refused("nnUNetv2_plan_and_preprocess -d 777", dataset="Dataset777_Other", source="rec")
-    proc = run_cli("nnunet-xfer", "pretrain", "-d", "777", "-s", "rec", check=False,
+    refused("nnUNetv2_plan_and_preprocess -d 777", dataset="Dataset777_Other", source="rec",
+            scope="all")
+    proc = run_cli("nnunet-xfer", "pretrain", "-d", "777", "-s", "rec", "--scope", "all", check=False,
                    env={"nnUNet_raw": str(tmp_path / "raw")})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "nnUNetv2_plan_and_preprocess" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- registry
+def test_every_source_task_has_a_task_class_and_a_data_kind():
+    from nnunet_xfer.pretraining.datasets import NATURAL_DATA
+    from nnunet_xfer.pretraining.tasks import TASKS
+    from nnunet_xfer.sources import DATA_TARGET, REGISTRY
+    for s in REGISTRY.values():
+        if s.pretrained:
+            assert s.task in TASKS, s.name
+            assert s.data == DATA_TARGET or s.data in NATURAL_DATA, s.name
+    assert {s.task for s in REGISTRY.values() if s.pretrained} == set(TASKS)
+
+
+# ----------------------------------------------------------------------------- Models Genesis
+def _close(measured: float, p: float, n: int, what: str) -> None:
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(measured - p) < 5 * sd, f"{what}: measured {measured:.4f}, published {p}"
+
+
+def test_models_genesis_frequencies_as_published():
+    """Non-linear 0.9, local shuffle 0.5, painting 0.9 (out 0.72, in 0.18), flips 0.4 — measured on
+    the corruptions' effects over many images, and on the draws the pipeline records."""
+    g = torch.Generator().manual_seed(1)
+    n = 6000
+    u = torch.rand(n, 1, 32, 32, generator=g)  # distinct values: any change is visible
+    changed = lambda y: (y != u).flatten(1).any(1).float()  # noqa: E731
+    _close(float(changed(corruptions.local_pixel_shuffle(u, g)).mean()), 0.5, n, "local shuffle")
+    _close(float(changed(corruptions.nonlinear_intensity(u, g)).mean()), 0.9, n, "non-linear")
+    painted = corruptions.paint(u, g)
+    replaced = painted != u
+    kept = ~replaced[:, 0]
+    # in-painting keeps all but a few small boxes, so the kept pixels span the whole image;
+    # out-painting keeps at most two boxes of at most 0.7 × the side, which never do
+    spans = kept.any(2).all(1) & kept.any(1).all(1)
+    any_paint = replaced.flatten(1).any(1)
+    _close(float(any_paint.float().mean()), 0.9, n, "painting")
+    _close(float((any_paint & spans).float().mean()), 0.18, n, "in-painting")
+    _close(float((any_paint & ~spans).float().mean()), 0.72, n, "out-painting")
+
+    draws = corruptions.draw(200_000, g, "cpu")
+    m = 200_000
+    _close(float(draws.flipped.float().mean()), 0.4, m, "flipped at least once")
+    _close(float(((draws.flips >= 0).sum(1) == 2).float().mean()), 0.16, m, "flipped twice")
+    _close(float(draws.shuffle.float().mean()), 0.5, m, "shuffle draws")
+    _close(float(draws.nonlinear.float().mean()), 0.9, m, "non-linear draws")
+    _close(float((draws.paint & ~draws.inpaint).float().mean()), 0.72, m, "out-painting draws")
+    _close(float((draws.paint & draws.inpaint).float().mean()), 0.18, m, "in-painting draws")
+
+    # the pipeline applies what it drew: target = the flips of x; nothing drawn, nothing changed
+    x = torch.randn(400, 1, 16, 16, generator=g)
+    inp, target, d = corruptions.corrupt_pair(x, g)
+    assert torch.equal(target, corruptions.apply_flips(x, d.flips))
+    untouched = ~(d.shuffle | d.nonlinear | d.paint)
+    assert untouched.any() and torch.allclose(inp[untouched], target[untouched], atol=1e-5)
+    assert ((inp - target).abs().flatten(1).amax(1)[~untouched] > 1e-4).all()
+    single = torch.arange(16.0).view(1, 1, 4, 4)
+    flips = torch.tensor([[0, -1]])
+    assert torch.equal(corruptions.apply_flips(single, flips), torch.flip(single, (2,)))
+
+
+# ----------------------------------------------------------------------------- per fold
+def test_fold_entry_never_reads_a_validation_image_of_its_fold(preprocessed_dataset, results,
+                                                               monkeypatch):
+    """Every file the dataset class opens is recorded: fold 0's entry opened each of fold 0's
+    training cases and nothing else (no validation case, no label array)."""
+    import blosc2
+    opened: list[str] = []
+    real_open, real_load = blosc2.open, np.load
+
+    def spy_open(*args, **kw):
+        opened.append(Path(kw.get("urlpath", args[0] if args else "")).name)
+        return real_open(*args, **kw)
+
+    def spy_load(file, *args, **kw):
+        opened.append(Path(file).name)
+        return real_load(file, *args, **kw)
+
+    monkeypatch.setattr(blosc2, "open", spy_open)
+    monkeypatch.setattr(np, "load", spy_load)
+    pth = pretrain(dataset=DATASET_NAME, source="rec", fold=0, iterations=3, batch_size=4)
+    monkeypatch.undo()
+    split = splits()[0]
+    cases = {name.split(".")[0] for name in opened}
+    assert opened and cases == set(split["train"]), sorted(cases ^ set(split["train"]))
+    assert not cases & set(split["val"])
+    assert pth == results / DATASET_NAME / "nnunet_xfer_pretrained" / "nnUNetPlans__2d" / "fold_0" / "rec.pth"
+    meta = json.loads(pth.with_suffix(".json").read_text())
+    assert meta["scope"] == "fold" and meta["fold"] == 0 and meta["case_ids"] == sorted(split["train"])
+    assert meta["dataset"] == DATASET_NAME and meta["config"]["fold"] == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ((), "give --fold K"),
+    (("--scope", "fold"), "give --fold K"),
+    (("--fold", "0", "--scope", "all"), "exclude each other"),
+    (("--fold", "9"), "--fold 9 does not exist"),
+])
+def test_target_sources_need_a_fold_or_scope_all(preprocessed_dataset, results, options, message):
+    proc = run_cli("nnunet-xfer", "pretrain", "-d", str(DATASET_ID), "-s", "jigsaw", *options,
+                   "--device", "cpu", check=False, env={"nnUNet_results": str(results)})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    if not options:
+        assert "--fold K" in proc.stderr and "--scope all" in proc.stderr
+
+
+def test_sources_that_do_not_read_the_target_have_no_fold(results):
+    for kw in ({"fold": 0}, {"scope": "all"}):
+        with pytest.raises(UserError, match="shared by all folds; omit --fold/--scope"):
+            pretrain(dataset=DATASET_NAME, source="cls", data=Path("x"), **kw)
+
+
+# ----------------------------------------------------------------------------- not the target
+def test_seg_on_the_target_dataset_is_refused(preprocessed_dataset, raw_dataset, results, tmp_path):
+    copy = tmp_path / "my_voc_like_copy"
+    shutil.copytree(raw_dataset, copy)  # the same files under another name
+    resaved = tmp_path / "resaved"
+    (resaved / "imagesTr").mkdir(parents=True)
+    case = sorted((raw_dataset / "labelsTr").iterdir())[0]
+    sitk.WriteImage(sitk.ReadImage(str(case)), str(resaved / "imagesTr" / "x.mha"))  # same voxels
+    for data, why in ((raw_dataset, "raw folder"), (raw_dataset / "imagesTr", "raw folder"),
+                      (Path(DATASET_NAME), "its name"), (Path(str(DATASET_ID)), "its name"),
+                      (preprocessed_dataset, "preprocessed folder"),
+                      (copy, "same content"), (resaved, "same voxels")):
+        with pytest.raises(UserError, match="is the target dataset") as e:
+            pretrain(dataset=DATASET_NAME, source="seg", data=data, iterations=1)
+        assert why in str(e.value) and "\n" not in str(e.value), (data, str(e.value))
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_check_entry_refuses_a_changed_checkpoint_and_replanned_plans(preprocessed_dataset, results):
+    import copy
+    from nnunet_xfer.pretraining.store import (PROVENANCE_KEYS, check_entry, plans_digest,
+                                               read_record)
+    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", fold=1, iterations=1, batch_size=1,
+                   permutations=10)
+    plans = json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text())
+    meta = read_record(pth)
+    assert all(k in meta for k in PROVENANCE_KEYS)
+    assert meta["plans_digest"] == plans_digest(plans, "2d") and meta["plans"] == "nnUNetPlans"
+    assert meta["intensity_properties"] == plans["foreground_intensity_properties_per_channel"]
+    check_entry(pth, meta, DATASET_NAME, plans, "2d", fold=1)  # the genuine entry passes
+    command = f"nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --fold 1 --overwrite"
+
+    def refused(match, *args, **kw):
+        with pytest.raises(UserError, match=match) as e:
+            check_entry(*args, **kw)
+        assert command in str(e.value) and "\n" not in str(e.value)
+
+    replanned = copy.deepcopy(plans)
+    replanned["configurations"]["2d"]["batch_size"] += 1
+    refused("re-planned", pth, meta, DATASET_NAME, replanned, "2d", fold=1)
+    renormalised = copy.deepcopy(plans)
+    renormalised["foreground_intensity_properties_per_channel"]["0"]["mean"] += 1.0
+    refused("re-planned", pth, meta, DATASET_NAME, renormalised, "2d", fold=1)
+    refused("not fold 0", pth, meta, DATASET_NAME, plans, "2d", fold=0)
+    refused("older nnunet-xfer", pth, {k: v for k, v in meta.items() if k != "plans_digest"},
+            DATASET_NAME, plans, "2d")
+    state = torch.load(pth, weights_only=True)
+    key = next(iter(state["network"]))
+    state["network"][key] = state["network"][key] + 1
+    torch.save(state, pth)
+    refused("differs from the sha256", pth, read_record(pth), DATASET_NAME, plans, "2d", fold=1)
+
+
+def _trainer(name: str, fold: int):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args(str(DATASET_ID), "2d", fold, name, "nnUNetPlans",
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def test_trainer_loads_its_folds_entry_and_refuses_changed_or_stale_ones(preprocessed_dataset,
+                                                                         results, monkeypatch):
+    monkeypatch.delenv("nnUNet_xfer_pretrain_scope", raising=False)
+    trainer = _trainer("XferJigsawTrainer_n5", fold=1)
+
+    def refusal() -> str:
+        with pytest.raises(SystemExit) as e:
+            trainer._load_source()
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    command = f"nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --fold 1"
+    assert f"run: {command}" in refusal()  # no entry for fold 1 yet: the exact command
+    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", fold=1, iterations=1, batch_size=1,
+                   permutations=10)
+    trainer._load_source()
+    info = trainer.xfer_info["transfer"]
+    assert info["entry"] == str(pth) and info["scope"] == "fold" and info["fold"] == 1
+    assert info["reloaded"] and info["n_transferred"] > 0
+
+    # the dataset was re-planned since (here: its intensity properties changed)
+    props = trainer.plans_manager.plans["foreground_intensity_properties_per_channel"]["0"]
+    props["mean"] += 5.0
+    assert "re-planned" in refusal() and f"{command} --overwrite" in refusal()
+    props["mean"] -= 5.0
+    trainer._load_source()
+
+    # the splits changed since: the entry saw a validation case of this fold
+    record = pth.with_suffix(".json")
+    meta = json.loads(record.read_text())
+    val = splits()[1]["val"]
+    record.write_text(json.dumps({**meta, "case_ids": meta["case_ids"] + val[:1]}))
+    assert f"saw 1 validation case(s) of fold 1 ({val[0]})" in refusal()
+    record.write_text(json.dumps(meta))
+
+    # the checkpoint is not the one its record describes
+    state = torch.load(pth, weights_only=True)
+    torch.save({**state, "head": None}, pth)
+    message = refusal()
+    assert "differs from the sha256 in its record" in message and f"{command} --overwrite" in message
+
+    # scope all: the entry pretrained on every case, explicitly chosen
+    monkeypatch.setenv("nnUNet_xfer_pretrain_scope", "all")
+    assert f"run: nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --scope all" \
+        in refusal()
+    pretrain(dataset=DATASET_NAME, source="jigsaw", scope="all", iterations=1, batch_size=1,
+             permutations=10)
+    trainer._load_source()
+    assert trainer.xfer_info["transfer"]["scope"] == "all"
+
+    # cls with nnU-Net's own plans: the command names --data and what it must be
+    monkeypatch.delenv("nnUNet_xfer_pretrain_scope")
+    cls = _trainer("XferClsTrainer_n5", fold=1)
+    with pytest.raises(SystemExit) as e:
+        cls._load_source()
+    assert (f"run: nnunet-xfer pretrain -d {DATASET_ID} -s cls -p nnUNetPlans -c 2d --data FOLDER "
+            f"(FOLDER: an ImageFolder root") in str(e.value)

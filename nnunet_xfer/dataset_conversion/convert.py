@@ -2,28 +2,34 @@
 
 Everything is built in hidden staging folders inside ``$nnUNet_raw`` and renamed into place only
 when every case passed its checks, so bad input never leaves a dataset folder behind and never
-touches an existing one.
+touches an existing one. Each dataset folder carries a marker listing the files convert wrote;
+``--overwrite`` replaces only such folders, and removes the dataset's ``$nnUNet_preprocessed``
+folder, so no plans or arrays of the old data survive. A killed run leaves hidden
+``.nnunet_xfer_tmp.<pid>.*`` folders that the next run removes.
 """
 from __future__ import annotations
 
 import json
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
 
+from nnunet_xfer import settings
+from nnunet_xfer.atomic import atomic_write_json, remove_stale_temporaries
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec, match_folders, read_manifest
 from nnunet_xfer.dataset_conversion.prepare import parse_label_map, prepare_case
 from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, dataset_folder_name,
-                                                       folders_with_id, new_staging, share_cases,
-                                                       staging, write_case, write_metadata)
-from nnunet_xfer.splits import make_splits, make_subsets, write_json
+                                                       folders_with_id, new_staging, remove_folders,
+                                                       share_cases, staging, write_case,
+                                                       write_metadata)
 from nnunet_xfer.errors import UserError
-from nnunet_xfer import settings
 from nnunet_xfer.layout import SPLITS_FILE
+from nnunet_xfer.splits import make_splits, make_subsets
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -34,9 +40,23 @@ class Target(NamedTuple):
 
     name: str
     dataset_id: int
-    splits: list[dict]
-    subsets: dict
+    splits: list[dict] | None
+    subsets: dict | None
     size: int | None
+
+
+@dataclass
+class ConversionResult:
+    """What ``convert`` wrote and what it removed."""
+
+    #: the main dataset folder ``$nnUNet_raw/Dataset<ID>_<NAME>``
+    folder: Path
+    #: every raw dataset folder written (the main one first, then the per-size ones)
+    datasets: list[Path] = field(default_factory=list)
+    #: ``splits_final.json`` files written into ``$nnUNet_preprocessed``
+    preprocessed_splits: list[Path] = field(default_factory=list)
+    #: folders removed: raw datasets replaced under ``--overwrite`` and their preprocessed folders
+    removed: list[Path] = field(default_factory=list)
 
 
 def per_size_datasets_plan(dataset_id: int, name: str, sizes: list[int]) -> list[tuple[int, int, str]]:
@@ -45,7 +65,7 @@ def per_size_datasets_plan(dataset_id: int, name: str, sizes: list[int]) -> list
             for k, n in enumerate(sorted(set(sizes)), start=1)]
 
 
-def plan_targets(dataset_id: int, name: str, splits: list[dict], subsets: dict,
+def plan_targets(dataset_id: int, name: str, splits: list[dict] | None, subsets: dict | None,
                  per_size_datasets: bool) -> list[Target]:
     """The main dataset and, if asked, one dataset per subset size that every fold can hold.
 
@@ -54,6 +74,8 @@ def plan_targets(dataset_id: int, name: str, splits: list[dict], subsets: dict,
     targets = [Target(dataset_folder_name(dataset_id, name), dataset_id, splits, subsets, None)]
     if not per_size_datasets:
         return targets
+    if splits is None or subsets is None:
+        raise UserError("--per-size-datasets needs folds; drop --folds 0")
     folds = [str(f) for f in range(len(splits))]
     for n, sub_id, sub_name in per_size_datasets_plan(dataset_id, name, subsets["sizes"]):
         if sub_id > 999:
@@ -64,10 +86,10 @@ def plan_targets(dataset_id: int, name: str, splits: list[dict], subsets: dict,
                           f"of a fold", stacklevel=3)
             continue
         train = {f: subsets["folds"][f][str(n)] for f in folds}
-        targets.append(Target(
-            sub_name, sub_id, [{"train": train[f], "val": splits[int(f)]["val"]} for f in folds],
-            {"seed": subsets["seed"], "sizes": [n], "folds": {f: {str(n): train[f]} for f in folds}},
-            n))
+        sub_splits = [{"train": train[f], "val": splits[int(f)]["val"]} for f in folds]
+        sub_subsets = {**make_subsets(sub_splits, [n], subsets["seed"], warn=False),
+                       "folds": {f: {str(n): train[f]} for f in folds}}
+        targets.append(Target(sub_name, sub_id, sub_splits, sub_subsets, n))
     return targets
 
 
@@ -77,13 +99,16 @@ def _nnunet_dir(var: str) -> Path | None:
     return settings.nnunet_folder_or_none(var)
 
 
-def _check_args(dataset_id: int, name: str, sizes: list[int]) -> None:
+def _check_args(dataset_id: int, name: str, sizes: list[int], n_folds: int) -> None:
     if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
         raise UserError(f"dataset id {dataset_id} must be an integer in 1..999 (nnU-Net's DatasetXXX)")
     if not _SAFE_NAME.match(name):
         raise UserError(f"dataset name {name!r} must use letters, digits, '_' and '-' only")
     if not sizes or any(int(n) < 1 for n in sizes):
         raise UserError(f"--sizes {sizes} must be positive integers, e.g. 5,10,25")
+    if n_folds < 0:
+        raise UserError(f"--folds must be 0 (no folds: a dataset to predict on only) or at least 2, "
+                        f"got {n_folds}")
 
 
 def _specs(cases_csv: Path | None, images_dir: Path | None, masks_dir: Path | None) -> list[CaseSpec]:
@@ -96,24 +121,52 @@ def _specs(cases_csv: Path | None, images_dir: Path | None, masks_dir: Path | No
     return match_folders(Path(images_dir), Path(masks_dir))
 
 
-def _check_preprocessed(preprocessed: Path | None, dataset_id: int, folder_name: str,
-                        splits: list[dict], overwrite: bool) -> None:
-    """Refuse a stale ``splits_final.json`` or another dataset with our id in nnUNet_preprocessed."""
+def _plan_preprocessed(preprocessed: Path | None, target: Target,
+                       replaced: list[Path], overwrite: bool) -> list[Path]:
+    """Preprocessed folders of ``target``'s id to remove (``--overwrite``); refuses a stale
+    ``splits_final.json`` or another dataset with this id that we cannot regenerate."""
     if preprocessed is None:
-        return
-    others = [p.name for p in folders_with_id(preprocessed, dataset_id) if p.name != folder_name]
-    if others and not overwrite:
-        raise UserError(f"dataset id {dataset_id} is taken by {', '.join(others)} in {preprocessed}; "
-                        f"choose another -d or remove that folder")
-    existing = preprocessed / folder_name / SPLITS_FILE
-    if existing.is_file() and not overwrite:
-        try:
-            same = json.loads(existing.read_text()) == splits
-        except ValueError:
-            same = False
-        if not same:
-            raise UserError(f"{existing} holds different splits; pass --overwrite to replace them "
-                            f"(and re-run nnUNetv2_plan_and_preprocess)")
+        return []
+    remove = []
+    replaced_names = {p.name for p in replaced}
+    for folder in folders_with_id(preprocessed, target.dataset_id):
+        if folder.name != target.name and not overwrite:
+            raise UserError(f"dataset id {target.dataset_id} is taken by {folder.name} in "
+                            f"{preprocessed}; choose another -d or pass --overwrite to replace it")
+        if folder.name != target.name and folder.name not in replaced_names:
+            raise UserError(f"dataset id {target.dataset_id} is taken by {folder} (preprocessed, "
+                            f"with no raw dataset to make it again); remove it yourself or choose "
+                            f"another -d")
+        if overwrite:
+            remove.append(folder)
+            continue
+        existing = folder / SPLITS_FILE
+        if existing.is_file():
+            try:
+                same = json.loads(existing.read_text()) == target.splits
+            except (ValueError, UnicodeDecodeError):
+                same = False
+            if not same:
+                raise UserError(f"{existing} holds different splits; pass --overwrite to replace "
+                                f"them (it removes {folder}; then re-run "
+                                f"nnUNetv2_plan_and_preprocess)")
+    return remove
+
+
+def _check_results(target: Target, replacing: bool) -> list[str]:
+    """Refuse a second dataset name for the id in ``$nnUNet_results``; return warnings about runs
+    trained on a dataset that ``target`` replaces."""
+    results = settings.nnunet_folder_or_none("nnUNet_results")
+    notes = []
+    for folder in folders_with_id(results, target.dataset_id) if results is not None else []:
+        if folder.name != target.name:
+            raise UserError(f"dataset id {target.dataset_id} is used by {folder} (trained runs); "
+                            f"convert under its name ({folder.name.split('_', 1)[1]}), choose "
+                            f"another -d, or move that folder away")
+        if replacing and any(folder.iterdir()):
+            notes.append(f"{folder} keeps what was trained on the replaced dataset; those runs do "
+                         f"not match the new data")
+    return notes
 
 
 def _convert_case(folder: Path, spec: CaseSpec, labels: list[int] | None, allow_non_hu: bool,
@@ -139,46 +192,60 @@ def _describe_source(cases_csv: Path | None, images_dir: Path | None,
 
 
 def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
-    """One warning per subset size that some folds are too small for."""
+    """One warning for the subset sizes that some folds are too small for."""
+    short = {}
     for n in subsets["sizes"]:
-        short = [f for f in range(len(splits)) if str(n) not in subsets["folds"][str(f)]]
-        if short:
-            smallest = min(len(splits[f]["train"]) for f in short)
-            warnings.warn(f"subset size n={n} exceeds the training cases of fold(s) "
-                          f"{','.join(map(str, short))} ({smallest} cases); left out of "
-                          f"subsets.json", stacklevel=3)
+        folds = [f for f in range(len(splits)) if str(n) not in subsets["folds"][str(f)]]
+        if folds:
+            short[n] = folds
+    if not short:
+        return
+    folds = sorted({f for fs in short.values() for f in fs})
+    smallest = min(len(splits[f]["train"]) for f in folds)
+    sizes = ",".join(map(str, short))
+    what = (f"subset size n={sizes} exceeds" if len(short) == 1
+            else f"subset sizes n={sizes} exceed")
+    warnings.warn(f"{what} the training cases of fold(s) {','.join(map(str, folds))} "
+                  f"({smallest} cases); left out of subsets.json", stacklevel=3)
 
 
 def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
             masks_dir: Path | None = None, dataset_id: int = 501, name: str = "L3",
             n_folds: int = DEFAULT_FOLDS, sizes: list[int] = SIZES, seed: int = DEFAULT_SEED,
             overwrite: bool = False, label_map: str | None = None, allow_non_hu: bool = False,
-            per_size_datasets: bool = False) -> Path:
-    """Convert cases to ``$nnUNet_raw/Dataset{id:03d}_{name}`` and return that folder.
+            per_size_datasets: bool = False) -> ConversionResult:
+    """Convert cases to ``$nnUNet_raw/Dataset{id:03d}_{name}``; returns what was written and removed.
 
     Writes one 2D slice per case (HU values and geometry unchanged), 0/1 muscle labels,
     ``dataset.json``, ``splits_final.json`` (``n_folds`` seeded folds), ``subsets.json`` (nested
-    per-fold subsets of ``sizes``) and ``cases.csv``; copies ``splits_final.json`` to
-    ``$nnUNet_preprocessed/<Dataset>/`` when that variable is set, so ``nnUNetv2_train`` uses these
-    folds. With ``per_size_datasets`` also writes ``Dataset<ID+k>_<name>_n<N>`` per size.
+    per-fold subsets of ``sizes``, bound to the folds by their digest), ``cases.csv`` and a marker
+    listing these files; copies ``splits_final.json`` to ``$nnUNet_preprocessed/<Dataset>/`` when
+    that variable is set, so ``nnUNetv2_train`` uses these folds. ``n_folds=0`` writes a dataset
+    without folds or subsets (1–3 cases to predict on). With ``per_size_datasets`` also writes
+    ``Dataset<ID+k>_<name>_n<N>`` per size. ``overwrite`` replaces only datasets convert wrote (no
+    foreign files) and removes their ``$nnUNet_preprocessed`` folders.
     """
     sizes = sorted({int(n) for n in sizes})
-    _check_args(dataset_id, name, sizes)
+    _check_args(dataset_id, name, sizes, n_folds)
     labels = parse_label_map(label_map)
     raw = _nnunet_dir("nnUNet_raw")
     preprocessed = _nnunet_dir("nnUNet_preprocessed")
+    for root in (raw, preprocessed):
+        if root is not None:
+            remove_stale_temporaries(root)  # what a killed run left
     specs = _specs(cases_csv, images_dir, masks_dir)
 
     ids = [s.case_id for s in specs]
-    splits = make_splits(ids, n_folds=n_folds, seed=seed)
-    subsets = make_subsets(splits, sizes, seed=seed, warn=False)
-    _warn_left_out(subsets, splits)
+    splits = make_splits(ids, n_folds=n_folds, seed=seed) if n_folds else None
+    subsets = make_subsets(splits, sizes, seed=seed, warn=False) if splits is not None else None
     targets = plan_targets(dataset_id, name, splits, subsets, per_size_datasets)
     main_name = targets[0].name
     # every refusal happens before anything is written
     replaced = {t.name: check_free(raw, t.dataset_id, t.name, overwrite) for t in targets}
+    stale, notes = [], []
     for t in targets:
-        _check_preprocessed(preprocessed, t.dataset_id, t.name, t.splits, overwrite)
+        stale += _plan_preprocessed(preprocessed, t, replaced[t.name], overwrite)
+        notes += _check_results(t, bool(replaced[t.name]))
 
     rows, empty = [], []
     with staging(raw) as staged:
@@ -190,6 +257,8 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
         if empty:
             warnings.warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}",
                           stacklevel=2)
+        if subsets is not None:
+            _warn_left_out(subsets, splits)
         cases = pd.DataFrame(rows)
         common = {"seed": seed, "n_folds": n_folds, "label_map": labels,
                   "source": _describe_source(cases_csv, images_dir, masks_dir),
@@ -197,7 +266,7 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
         folders = {}
         for t in targets:
             folder = main
-            extra = {**common, "sizes": t.subsets["sizes"]}
+            extra = {**common, "sizes": t.subsets["sizes"] if t.subsets is not None else []}
             if t.size is not None:
                 folder = new_staging(raw)
                 staged.append(folder)
@@ -205,10 +274,17 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
                 extra.update({"subset_size": t.size, "parent_dataset": main_name})
             write_metadata(folder, t.name, cases, t.splits, t.subsets, extra)
             folders[t.name] = folder
+        # the old preprocessed data goes first: a kill in between leaves no stale plans behind
+        remove_folders(stale)
         for t in targets:
             commit(folders[t.name], raw / t.name, replaced[t.name])
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    result = ConversionResult(folder=raw / main_name, datasets=[raw / t.name for t in targets])
+    result.removed = [p for t in targets for p in replaced[t.name]] + stale
     if preprocessed is not None:
         for t in targets:
-            (preprocessed / t.name).mkdir(parents=True, exist_ok=True)
-            write_json(preprocessed / t.name / SPLITS_FILE, t.splits)
-    return raw / main_name
+            if t.splits is not None:
+                result.preprocessed_splits.append(
+                    atomic_write_json(preprocessed / t.name / SPLITS_FILE, t.splits))
+    return result

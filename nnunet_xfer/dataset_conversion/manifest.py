@@ -6,6 +6,7 @@ relative to the CSV's folder.
 """
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass
@@ -68,16 +69,57 @@ def _as_float(value, column: str, case: str) -> float | None:
     return f
 
 
+#: nnU-Net's channel suffix: ``<case>_0000`` is the file name of case ``<case>``'s first channel.
+_CHANNEL_SUFFIX = re.compile(r"^(.+)_\d{4}$")
+
+
 def check_case_ids(case_ids: list[str], where: str) -> None:
-    """Refuse unsafe or duplicate case ids (they become file names)."""
+    """Refuse unsafe, duplicate or clashing case ids (they become file names)."""
     seen: set[str] = set()
+    folded: dict[str, str] = {}
     for cid in case_ids:
         if not SAFE_CASE_ID.match(cid):
             raise UserError(f"case_id {cid!r} in {where} is not a safe file name; use letters, digits, "
                             f"'.', '_' and '-' only (no path separators, no leading dot)")
         if cid in seen:
             raise UserError(f"case_id {cid!r} occurs more than once in {where}; case ids must be unique")
+        if cid.lower() in folded:
+            raise UserError(f"case ids {folded[cid.lower()]!r} and {cid!r} in {where} differ only in "
+                            f"upper/lower case, so they name one file on Windows and macOS; "
+                            f"rename one")
         seen.add(cid)
+        folded[cid.lower()] = cid
+    for cid in sorted(seen):
+        match = _CHANNEL_SUFFIX.match(cid)
+        if match and match.group(1) in seen:
+            raise UserError(f"case ids {match.group(1)!r} and {cid!r} in {where} clash: {cid!r} "
+                            f"reads as case {match.group(1)!r}'s channel file name "
+                            f"(nnU-Net's <case>_0000); rename one")
+
+
+def _manifest_text(csv_path: Path) -> str:
+    """The manifest as text: UTF-8 (a byte-order mark is allowed), not empty."""
+    if csv_path.is_dir():
+        raise UserError(f"case manifest {csv_path} is a folder; give --cases a CSV file (or use "
+                        f"--images DIR --masks DIR)")
+    if not csv_path.is_file():
+        raise UserError(f"case manifest {csv_path} does not exist; give --cases a CSV file")
+    try:
+        data = csv_path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read case manifest {csv_path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"case manifest {csv_path} is not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                        f"position {e.start}); save it as CSV UTF-8") from None
+    if not text.strip():
+        raise UserError(f"case manifest {csv_path} is empty; it needs a header line "
+                        f"case_id,image,mask and one line per case")
+    if "\x00" in text:
+        raise UserError(f"case manifest {csv_path} holds NUL bytes, so it is not a CSV text file; "
+                        f"save it as CSV UTF-8")
+    return text
 
 
 def read_manifest(csv_path: Path, mask_required: bool = True) -> list[CaseSpec]:
@@ -87,12 +129,12 @@ def read_manifest(csv_path: Path, mask_required: bool = True) -> list[CaseSpec]:
     """
     required = REQUIRED_COLUMNS if mask_required else tuple(c for c in REQUIRED_COLUMNS if c != "mask")
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise UserError(f"case manifest {csv_path} does not exist; give --cases a CSV file")
+    text = _manifest_text(csv_path)
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as e:
-        raise UserError(f"cannot read case manifest {csv_path} ({type(e).__name__}); "
+        raise UserError(f"cannot read case manifest {csv_path} ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''}); "
                         f"it must be a CSV with columns case_id,image,mask") from None
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_xfer.dataset_conversion.labels import format_label_values, parse_label_values
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec
 from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite, read_image, read_mask
 from nnunet_xfer.dataset_conversion.slice_selection import (check_index, extract_slice, is_volume,
@@ -28,17 +29,22 @@ class PreparedCase:
 
 
 def parse_label_map(label_map: str | None) -> list[int] | None:
-    """``"1,2"`` → ``[1, 2]``: the mask values that count as muscle (None: mask must be 0/1)."""
+    """``"1,86-89"`` → ``[1, 86, 87, 88, 89]``: the mask values that count as muscle.
+
+    None or blank: no label map (the mask must be 0/1). The syntax is
+    :func:`~nnunet_xfer.dataset_conversion.labels.parse_label_values`.
+    """
     if label_map is None or str(label_map).strip() == "":
         return None
-    try:
-        labels = sorted({int(t) for t in str(label_map).split(",") if t.strip()})
-    except ValueError:
-        raise UserError(f"--label-map {label_map!r} must be comma-separated integers, e.g. '1' "
-                        f"or '1,2,3,4'") from None
-    if not labels:
-        raise UserError(f"--label-map {label_map!r} names no label")
-    return labels
+    return parse_label_values(str(label_map), option="--label-map")
+
+
+def _shown_values(values: np.ndarray, limit: int = 12) -> str:
+    """Mask values for an error message: all of them, as label ranges where they are integers."""
+    if np.array_equal(values, np.round(values)):
+        return format_label_values(values.astype(np.int64), limit=limit)
+    text = ", ".join(f"{v:g}" for v in values[:limit])
+    return text + (f" … (+{values.size - limit} more)" if values.size > limit else "")
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image) -> str | None:
@@ -86,8 +92,9 @@ def _muscle(values: np.ndarray, labels: list[int] | None, path: Path, case: str)
         bad = uniq[~np.isin(uniq, (0, 1))]
         if bad.size:
             raise UserError(f"case {case}: mask {path} has values other than 0/1 "
-                            f"({', '.join(str(v) for v in bad[:8])}); pass --label-map with the "
-                            f"muscle label(s), e.g. --label-map 1")
+                            f"(it holds {_shown_values(uniq)}); pass "
+                            f"--label-map with the muscle label(s), e.g. --label-map 1 or "
+                            f"--label-map 1,86-89")
         return values.astype(np.uint8)
     if not np.array_equal(uniq, np.round(uniq)):
         raise UserError(f"case {case}: mask {path} has non-integer values; a label map needs "

@@ -8,7 +8,10 @@ formats, or a 2D PNG/NPY array of the slice's shape. Every failure becomes a one
 from __future__ import annotations
 
 import gzip
+import re
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +59,34 @@ def _check_exists(path: Path, what: str, case: str) -> None:
         raise UserError(f"case {case}: {what} file {path} does not exist; fix the path in the manifest")
 
 
+@contextmanager
+def quiet_itk() -> Iterator[None]:
+    """ITK's own warnings off (e.g. "No Series were found"): our one-line errors say what failed."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
 def _nifti_pixdim(path: Path) -> tuple[float, ...] | None:
-    """``pixdim[1:4]`` as written in a NIfTI-1 header (ITK silently replaces zeros by 1)."""
+    """The spatial ``pixdim`` entries of a NIfTI-1 header (ITK silently replaces zeros and NaN
+    by 1 and turns a negative one into a flipped axis)."""
     opener = gzip.open if file_ending(path) == ".nii.gz" else open
     try:
         with opener(path, "rb") as f:
             header = f.read(348)
-    except OSError:
+    except (OSError, EOFError):
         return None
     if len(header) < 348:
         return None
     for endian in ("<", ">"):
         if struct.unpack(endian + "i", header[:4])[0] == 348:
-            return struct.unpack(endian + "3f", header[80:92])
+            ndim = struct.unpack(endian + "h", header[40:42])[0]
+            if not 1 <= ndim <= 7:
+                return None
+            return struct.unpack(endian + "7f", header[80:108])[: min(ndim, 3)]
     return None  # NIfTI-2 or unknown: trust SimpleITK
 
 
@@ -77,21 +95,72 @@ def _text_header(path: Path, limit: int = 8192) -> str:
         return f.read(limit).split(b"\n\n", 1)[0].decode("latin-1", errors="replace")
 
 
-def _spacing_declared(path: Path, image: sitk.Image, dicom_meta: dict | None) -> bool:
-    """Whether the file states a pixel spacing (SimpleITK silently assumes 1 mm when it does not)."""
+def _header_field(header: str, names: tuple[str, ...], separator: str) -> str | None:
+    for line in header.splitlines():
+        key, sep, value = line.partition(separator)
+        if sep and key.strip().lower() in names:
+            return value.strip()
+    return None
+
+
+def _numbers(text: str) -> list[float]:
+    values = []
+    for token in re.split(r"[\s,\\()]+", text):
+        if token and token.lower() != "none":
+            try:
+                values.append(float(token))
+            except ValueError:
+                values.append(float("nan"))
+    return values
+
+
+def _nrrd_spacing(header: str) -> list[float] | None:
+    spacings = _header_field(header, ("spacings",), ":")
+    if spacings is not None:
+        return _numbers(spacings)
+    directions = _header_field(header, ("space directions",), ":")
+    if directions is None:
+        return None
+    vectors = re.findall(r"\(([^)]*)\)", directions)
+    return [float(np.linalg.norm(v)) if v and np.all(np.isfinite(v)) else float("nan")
+            for v in (_numbers(vec) for vec in vectors)]
+
+
+def declared_spacing(path: Path, dicom_meta: dict | None = None) -> list[float] | None:
+    """The pixel spacing a file states in its header, as written (None: it states none).
+
+    SimpleITK silently reads a missing, zero or NaN spacing as 1 mm and a negative one as a
+    flipped axis, so the header is read here. Formats without a readable header: ``[]`` (trusted).
+    """
     ending = file_ending(path)
     if dicom_meta is not None:
-        return any(dicom_meta.get(tag, "").strip() for tag in ("0028|0030", "0018|1164"))
+        for tag in ("0028|0030", "0018|1164"):  # PixelSpacing, ImagerPixelSpacing
+            if dicom_meta.get(tag, "").strip():
+                return _numbers(dicom_meta[tag])
+        return None
     if ending in (".nii", ".nii.gz"):
         pixdim = _nifti_pixdim(path)
-        return pixdim is None or all(p > 0 for p in pixdim[: image.GetDimension()])
+        return [] if pixdim is None else list(pixdim)
     if ending in (".nrrd", ".nhdr"):
-        header = _text_header(path)
-        return "space directions" in header or "spacings" in header
+        return _nrrd_spacing(_text_header(path))
     if ending in (".mha", ".mhd"):
-        header = _text_header(path)
-        return "ElementSpacing" in header or "ElementSize" in header
-    return True
+        field = _header_field(_text_header(path), ("elementspacing", "elementsize"), "=")
+        return None if field is None else _numbers(field)
+    return []
+
+
+def check_declared_spacing(path: Path, case: str, what: str = "image",
+                           dicom_meta: dict | None = None) -> None:
+    """Refuse a file whose header states no spacing, or a zero, negative or non-finite one."""
+    spacing = declared_spacing(path, dicom_meta)
+    if spacing is None:
+        raise UserError(f"case {case}: {what} {path} does not state its pixel spacing; "
+                        f"write the true spacing (mm) into the file")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        shown = ", ".join(f"{s:g}" for s in spacing)
+        raise UserError(f"case {case}: {what} {path} has invalid pixel spacing ({shown}) in its "
+                        f"header (zero, negative or not a number); write the true spacing (mm) "
+                        f"into the file")
 
 
 def check_spacing(image: sitk.Image, path: Path, case: str) -> None:
@@ -130,34 +199,36 @@ def read_image(path: Path, case: str = "?", what: str = "image") -> sitk.Image:
     if path.is_file() and file_ending(path) in _PICTURE_ENDINGS:
         raise UserError(f"case {case}: {what} {path} is a picture without pixel spacing; "
                         f"use DICOM, NIfTI, NRRD or MHA with the true spacing")
+    if path.is_file() and file_ending(path) in (".nii", ".nii.gz", ".mha", ".mhd"):
+        check_declared_spacing(path, case, what)  # before ITK, which warns or fails unclearly
     dicom_meta = None
     try:
-        if path.is_dir():
-            image, dicom_meta = _read_dicom_series(path, case)
-        elif is_dicom_file(path):
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.SetImageIO("GDCMImageIO")
-            image = reader.Execute()
-            dicom_meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
-        else:
-            image = sitk.ReadImage(str(path))
+        with quiet_itk():
+            if path.is_dir():
+                image, dicom_meta = _read_dicom_series(path, case)
+            elif is_dicom_file(path):
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.SetImageIO("GDCMImageIO")
+                image = reader.Execute()
+                dicom_meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+            else:
+                image = sitk.ReadImage(str(path))
     except UserError:
         raise
     except Exception as e:  # SimpleITK raises RuntimeError with a multi-line ITK message
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise UserError(f"case {case}: cannot read {what} {path} ({first[:160]}); "
                         f"check that it is a DICOM, NIfTI, NRRD or MHA file") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"case {case}: {what} {path} has {image.GetNumberOfComponentsPerPixel()} "
-                        f"channels per pixel; give a single-channel CT image")
     if image.GetDimension() not in (2, 3):
         raise UserError(f"case {case}: {what} {path} is {image.GetDimension()}D; give a 2D slice "
                         f"or a 3D volume")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"case {case}: {what} {path} has {image.GetNumberOfComponentsPerPixel()} "
+                        f"channels per pixel (colour or vector image); give a single-channel CT "
+                        f"image")
     check_spacing(image, path, case)
-    if not _spacing_declared(path, image, dicom_meta):
-        raise UserError(f"case {case}: {what} {path} does not state its pixel spacing; "
-                        f"write the true spacing (mm) into the file")
+    check_declared_spacing(path, case, what, dicom_meta)
     return image
 
 

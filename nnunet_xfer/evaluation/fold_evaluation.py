@@ -30,6 +30,7 @@ from nnunet_xfer.evaluation.observer_study import (
     write_json,
 )
 from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
+from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import parse_trainer_name
 
 PLAIN_TRAINER = "nnUNetTrainer"
@@ -160,7 +161,7 @@ def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str 
         raise UserError(f"no Xfer<Source>Trainer_n<N> or {PLAIN_TRAINER} runs with "
                         f"{'plans ' + plans + ' and ' if plans else ''}configuration "
                         f"{configuration} in {results}; train one with nnUNetv2_train first")
-    splits = read_splits(name)
+    splits = verify_dataset(name)  # the folds trained on are the folds the subsets came from
     heights = read_heights(raw)
     obs_files = observer_files(observers) if observers is not None else None
 

@@ -6,6 +6,7 @@ Layout (paths in ``cases.csv`` are relative to OUT)::
     OUT/masks/L3-0000.nii.gz           uint8 0/1, same geometry
     OUT/observers/obs01/L3-0000.nii.gz observer masks of the first M cases
     OUT/cases.csv                      case_id,image,mask,height_m,sex
+    OUT/.nnunet_xfer_output.json       the marker listing every file above (see atomic.owned_output)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import atomic_folder
+from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
@@ -44,9 +45,10 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
     """Write ``n_cases`` phantom subjects and ``n_observers`` observers' masks of the first
     ``n_observer_cases`` cases to ``out``; returns ``out``.
 
-    Built in a temporary folder beside ``out`` and renamed into place. An existing ``out`` is
-    refused unless ``overwrite``. ``n_observer_cases`` larger than ``n_cases`` is clamped to
-    ``n_cases`` with a warning.
+    Built in a hidden temporary folder beside ``out`` and renamed into place, with a marker listing
+    every file written. An existing ``out`` is refused unless ``overwrite``, and even then when it
+    holds anything a phantom run did not write. ``n_observer_cases`` larger than ``n_cases`` is
+    clamped to ``n_cases`` with a warning.
     """
     out = Path(out)
     if n_cases < 1:
@@ -55,7 +57,7 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
         raise UserError(f"--size must be at least {MIN_SIZE} pixels (got {size})")
     if n_observers < 0 or n_observer_cases < 0:
         raise UserError("--observers and --observer-cases must not be negative")
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise UserError(f"{out} already exists; choose another folder or pass --overwrite")
     if n_observer_cases > n_cases:
         warnings.warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
@@ -64,7 +66,7 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
     if n_observers == 0:
         n_observer_cases = 0
 
-    with atomic_folder(out) as tmp:
+    with owned_output(out, "phantom", overwrite=overwrite) as tmp:
         _fill(tmp, n_cases, size, n_observers, n_observer_cases, seed)
     return out
 

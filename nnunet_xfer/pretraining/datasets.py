@@ -19,6 +19,8 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.layout import DATASET_JSON, image_file
+from nnunet_xfer.sources import DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -64,9 +66,14 @@ def _check_size(shape: tuple[int, ...], min_side: int, what: str) -> None:
 
 
 class PreprocessedSlices(Source):
-    """2D slices of nnU-Net's preprocessed cases of the target dataset (image arrays only)."""
+    """2D slices of nnU-Net's preprocessed cases of the target dataset (image arrays only).
 
-    def __init__(self, folder: Path, patch: tuple[int, int], min_side: int, dataset_name: str):
+    ``case_ids`` restricts it to those cases (one fold's training cases): no other case's file
+    is ever opened.
+    """
+
+    def __init__(self, folder: Path, patch: tuple[int, int], min_side: int, dataset_name: str,
+                 case_ids: list[str] | None = None):
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         did = dataset_name[len("Dataset"):].split("_", 1)[0]
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -79,7 +86,18 @@ class PreprocessedSlices(Source):
                             f"re-run `nnUNetv2_plan_and_preprocess -d {did}`") from None
         self.folder = folder
         self.patch = patch
-        self.ids = sorted(self.dataset_class.get_identifiers(str(folder)))
+        present = sorted(self.dataset_class.get_identifiers(str(folder)))
+        if case_ids is None:
+            self.ids = present
+        else:
+            missing = sorted(set(map(str, case_ids)) - set(present))
+            if missing:
+                raise UserError(f"{folder} has no preprocessed array of case(s) "
+                                f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; re-run "
+                                f"`nnUNetv2_plan_and_preprocess -d {did} -c 2d`")
+            self.ids = sorted(map(str, case_ids))
+        if not self.ids:
+            raise UserError(f"no cases to pretrain on in {folder}")
         self.description = f"nnUNet_preprocessed/{dataset_name}/{folder.name}"
         self._open: dict = {}
         for case in self.ids:
@@ -220,7 +238,7 @@ class NaturalSegmentation(Source):
             raise UserError(f"--data {root} is not a folder (expected a VOC folder with "
                             f"JPEGImages/ and SegmentationClass/, or an nnU-Net raw dataset)")
         self.patch, self.channels, self.description = patch, channels, str(root)
-        if (root / "dataset.json").is_file():
+        if (root / DATASET_JSON).is_file():
             self._init_nnunet_raw(root)
         else:
             self._init_voc(root)
@@ -263,7 +281,14 @@ class NaturalSegmentation(Source):
     def _init_nnunet_raw(self, root: Path) -> None:
         import json
         from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-        ds = json.loads((root / "dataset.json").read_text())
+        try:
+            ds = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"--data {root}: dataset.json is not valid JSON ({type(e).__name__}); "
+                            f"fix it or use a Pascal-VOC folder") from None
+        if not isinstance(ds, dict) or not isinstance(ds.get("labels", {}), dict):
+            raise UserError(f"--data {root}: dataset.json is not an nnU-Net dataset.json "
+                            f"(an object with labels)")
         ending = ds.get("file_ending", ".png")
         n_ch = len(ds.get("channel_names", ds.get("modality", {"0": ""})))
         labels = {k: v for k, v in ds.get("labels", {}).items()}
@@ -273,7 +298,7 @@ class NaturalSegmentation(Source):
         self.pairs, self.ids = [], []
         for lab in sorted((root / "labelsTr").glob(f"*{ending}")):
             case = lab.name[:-len(ending)]
-            imgs = [root / "imagesTr" / f"{case}_{c:04d}{ending}" for c in range(n_ch)]
+            imgs = [root / "imagesTr" / image_file(case, c, ending) for c in range(n_ch)]
             if not all(i.is_file() for i in imgs):
                 raise UserError(f"--data {root}: images of case {case} missing in imagesTr/")
             self.pairs.append((imgs, lab))
@@ -341,3 +366,110 @@ class ImageClasses(Source):
         tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=CROP_SCALE, antialias=True),
                          v2.RandomHorizontalFlip()])
         return {"image": _zscore(tf(x)), "label": label}
+
+
+#: The data class of each natural-image kind of ``SourceSpec.data`` (``--data`` folders).
+NATURAL_DATA = {DATA_NATURAL_SEGMENTATION: NaturalSegmentation, DATA_NATURAL_CLASSES: ImageClasses}
+
+
+# ----------------------------------------------------------------------------- not the target
+def _pixel_digest(path: Path) -> str | None:
+    """sha256 of a medical image's voxel array (dtype and shape included), None if unreadable."""
+    import hashlib
+
+    import SimpleITK as sitk
+    try:
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError:
+        return None
+    arr = np.ascontiguousarray(np.squeeze(arr))
+    return hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes()).hexdigest()
+
+
+def _image_size(path: Path) -> tuple[int, ...] | None:
+    """A medical image's size from its header alone (axes of length 1 dropped)."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return tuple(n for n in reader.GetSize() if n != 1)
+
+
+def _target_files(layout) -> list[Path]:
+    files = []
+    for folder in (layout.images_dir, layout.labels_dir):
+        if folder.is_dir():
+            files += sorted(p for p in folder.iterdir() if p.is_file())
+    return files
+
+
+def refuse_target_data(data: Path, dataset_name: str) -> None:
+    """Refuse ``--data`` that is the target dataset itself, in one line.
+
+    The target is recognised by its folders (raw, preprocessed, results, or inside one of them),
+    by its name or id given as ``--data``, by a folder named like it, and by content: a file under
+    ``--data`` whose bytes, or whose voxel array (medical formats), equal one of the target's
+    raw images or labels.
+    """
+    import os
+
+    from nnunet_xfer.layout import DatasetLayout
+    from nnunet_xfer.pretraining.store import file_sha256
+    from nnunet_xfer import settings
+
+    layout = DatasetLayout(dataset_name)
+    text = str(data)
+    what = None
+    if not Path(data).exists() and text.strip() in (dataset_name, str(layout.id),
+                                                     dataset_name.split("_", 1)[-1]):
+        what = "its name"
+    real = Path(os.path.realpath(data)) if Path(data).exists() else None
+    if what is None and real is not None:
+        for var in settings.NNUNET_FOLDERS:
+            root = settings.nnunet_folder_or_none(var)
+            if root is None:
+                continue
+            folder = Path(os.path.realpath(root / dataset_name))
+            if real == folder or folder in real.parents or real in folder.parents:
+                what = f"its {var.removeprefix('nnUNet_')} folder {folder}"
+                break
+        if what is None and real.name == dataset_name:
+            what = f"a folder named {dataset_name}"
+    if what is None and real is not None:
+        targets = _target_files(layout)
+        by_size: dict[int, list[Path]] = {}
+        for t in targets:
+            by_size.setdefault(t.stat().st_size, []).append(t)
+        candidates = [real] if real.is_file() else sorted(
+            p for p in real.rglob("*") if p.is_file() and not p.name.startswith("."))
+        target_bytes: dict[str, Path] = {}
+        target_pixels: dict[str, Path] | None = None
+        target_sizes: set = set()
+        for f in candidates:
+            size = f.stat().st_size
+            if size in by_size:
+                if not target_bytes:
+                    target_bytes = {file_sha256(t): t for t in targets}
+                match = target_bytes.get(file_sha256(f))
+                if match is not None:
+                    what = f"{f} has the same content as the target's {match.name}"
+                    break
+            if f.name.lower().endswith(CT_SUFFIXES):
+                if target_pixels is None:
+                    medical = [t for t in targets if t.name.lower().endswith(CT_SUFFIXES)]
+                    target_sizes = {_image_size(t) for t in medical} - {None}
+                    target_pixels = {d: t for t in medical for d in [_pixel_digest(t)] if d}
+                if _image_size(f) not in target_sizes:
+                    continue  # the voxels cannot be equal: spare reading them
+                digest = _pixel_digest(f)
+                if digest in target_pixels:
+                    what = (f"{f} has the same voxels as the target's "
+                            f"{target_pixels[digest].name}")
+                    break
+    if what is not None:
+        raise UserError(f"--data {data} is the target dataset {dataset_name} ({what}); a source "
+                        f"task must not learn from the target's own images or labels: choose "
+                        f"another dataset")

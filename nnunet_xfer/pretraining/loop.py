@@ -2,7 +2,8 @@
 
 AdamW with nnU-Net's polynomial learning-rate decay, mixed precision on CUDA (as nnU-Net: float16
 autocast + gradient scaling), gradient-norm clipping at 12 (nnU-Net's value), a training-state
-checkpoint every ``checkpoint_every`` iterations and on Ctrl-C, and a tqdm bar with the loss and
+checkpoint every ``checkpoint_every`` iterations and when stopped (``stop()`` turns true, e.g.
+after SIGINT/SIGTERM, or Ctrl-C without a handler), and a tqdm bar with the loss and
 images/s. The training state holds only tensors and primitive types so it loads with
 ``torch.load(weights_only=True)``.
 """
@@ -24,6 +25,18 @@ WEIGHT_DECAY = 1e-4
 FINAL_WINDOW = 50
 
 
+class TrainingStopped(Exception):
+    """Training stopped on request; the state of ``iteration`` has been saved."""
+
+    def __init__(self, iteration: int):
+        super().__init__(f"stopped at iteration {iteration}")
+        self.iteration = iteration
+
+
+class StateMismatch(Exception):
+    """A training state that does not fit the network, head or optimiser (one-line message)."""
+
+
 def poly_lr(initial: float, iteration: int, total: int, exponent: float = 0.9) -> float:
     """nnU-Net's PolyLRScheduler value at ``iteration`` of ``total``."""
     return initial * (1 - min(iteration, total - 1) / total) ** exponent
@@ -31,12 +44,14 @@ def poly_lr(initial: float, iteration: int, total: int, exponent: float = 0.9) -
 
 def train(network: nn.Module, task: Task, batches: Iterator[dict], *, iterations: int, lr: float,
           device: torch.device, state: dict | None = None, checkpoint_every: int = 500,
-          save_state: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
+          save_state: Callable[[dict], None] | None = None, progress: bool = True,
+          stop: Callable[[], bool] | None = None) -> dict:
     """Train ``network`` + ``task.head`` up to ``iterations``; returns the final training state.
 
     ``state`` (from an earlier run) restores network, head, optimiser, scaler, iteration and the
     loss/metric history. ``save_state(state)`` is called every ``checkpoint_every`` iterations,
-    at the end and when interrupted.
+    at the end and when interrupted. ``stop()`` is asked before every iteration: when it is
+    true, the state is saved and :class:`TrainingStopped` raised.
     """
     device = torch.device(device)
     network.to(device).train()
@@ -48,14 +63,20 @@ def train(network: nn.Module, task: Task, batches: Iterator[dict], *, iterations
     history = {"loss": [], "metric": []}
     start = 0
     if state is not None:
-        network.load_state_dict(state["network"])
-        task.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
-        history = {"loss": [float(v) for v in state["loss"]],
-                   "metric": [float(v) for v in state["metric"]]}
+        try:
+            network.load_state_dict(state["network"])
+            task.head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start = int(state["iteration"])
+            history = {"loss": [float(v) for v in state["loss"]],
+                       "metric": [float(v) for v in state["metric"]]}
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise StateMismatch(f"{type(e).__name__}: {first}") from None
+        if not 0 <= start <= iterations or len(history["loss"]) != start:
+            raise StateMismatch(f"iteration {start} with {len(history['loss'])} loss values")
 
     def snapshot(iteration: int) -> dict:
         return {"network": network.state_dict(), "head": task.head.state_dict(),
@@ -69,6 +90,10 @@ def train(network: nn.Module, task: Task, batches: Iterator[dict], *, iterations
     it = start
     try:
         for it in bar:
+            if stop is not None and stop():
+                if save_state is not None:
+                    save_state(snapshot(it))
+                raise TrainingStopped(it)
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(lr, it, iterations)

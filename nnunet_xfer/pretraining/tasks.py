@@ -3,6 +3,8 @@
 A task supplies the batch transform (:meth:`Task.prepare`), its head (outside the network, saved
 separately), the forward pass through the network parts it trains, the loss and the task metric.
 ``parts`` says which network parts the task really trains (recorded as ``trained_prefixes``).
+:data:`TASKS` maps a source spec's ``task`` (``nnunet_xfer.sources``) to its class and
+:func:`make_task` builds it.
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ class Task(nn.Module):
     def metric(self, out: torch.Tensor, target: torch.Tensor) -> float:
         raise NotImplementedError
 
+    @classmethod
+    def build(cls, network: nn.Module, channels: int, patch: tuple[int, int], device, *,
+              seed: int, permutations: int, num_classes: int | None) -> "Task":
+        """The task for a pretraining run (each class takes the options it needs)."""
+        return cls(network, channels, patch, device, seed=seed)
+
 
 class EncoderClassificationTask(Task):
     """A class label from the encoder's deepest features (jigsaw permutation, natural-image class)."""
@@ -83,6 +91,20 @@ class JigsawTask(EncoderClassificationTask):
                                   nn.Linear(c * jigsaw.N_TILES, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, permutations))
 
+    @classmethod
+    def build(cls, network, channels, patch, device, *, seed, permutations, num_classes):
+        return cls(network, channels, patch, device, permutations=permutations, seed=seed)
+
+    @property
+    def permutations(self) -> int:
+        """K, the number of permutation classes."""
+        return int(self.perms.shape[0])
+
+    @property
+    def min_hamming_distance(self) -> int:
+        """Smallest Hamming distance between two of the K permutations."""
+        return jigsaw.min_hamming_distance(self.perms.cpu().numpy())
+
     def prepare(self, batch):
         x = batch["image"].to(self.device, non_blocking=True)
         return jigsaw.make_puzzles(x, self.perms, self.tile, self.generator)
@@ -106,7 +128,7 @@ class _DecoderTask(Task):
 
 
 class RecTask(_DecoderTask):
-    """Restore the slice from its Models Genesis corruption (L2 loss)."""
+    """Restore the (possibly flipped) slice from its Models Genesis corruption (L2 loss)."""
 
     name, metric_name = "rec", "reconstruction_mse"
 
@@ -116,7 +138,8 @@ class RecTask(_DecoderTask):
 
     def prepare(self, batch):
         x = batch["image"].to(self.device, non_blocking=True)
-        return corruptions.corrupt(x, self.generator), x
+        inp, target, _ = corruptions.corrupt_pair(x, self.generator)
+        return inp, target
 
     def loss(self, out, target):
         return F.mse_loss(out.float(), target)
@@ -139,6 +162,10 @@ class SegTask(_DecoderTask):
         self.criterion = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                                         weight_ce=1, weight_dice=1, ignore_label=IGNORE,
                                         dice_class=MemoryEfficientSoftDiceLoss)
+
+    @classmethod
+    def build(cls, network, channels, patch, device, *, seed, permutations, num_classes):
+        return cls(network, channels, patch, device, num_classes=num_classes, seed=seed)
 
     def prepare(self, batch):
         return (batch["image"].to(self.device, non_blocking=True),
@@ -168,9 +195,29 @@ class ClsTask(EncoderClassificationTask):
 
     def __init__(self, network, channels, patch, device, num_classes: int, seed=0):
         super().__init__(device, seed)
+        self.num_classes = num_classes
         c = _probe(deepest_features, network, channels, patch, self.device).shape[1]
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+    @classmethod
+    def build(cls, network, channels, patch, device, *, seed, permutations, num_classes):
+        return cls(network, channels, patch, device, num_classes=num_classes, seed=seed)
 
     def prepare(self, batch):
         return (batch["image"].to(self.device, non_blocking=True),
                 batch["label"].to(self.device, non_blocking=True))
+
+
+#: Task class of each ``SourceSpec.task``.
+TASKS: dict[str, type[Task]] = {"jigsaw": JigsawTask, "rec": RecTask, "seg": SegTask, "cls": ClsTask}
+
+
+def make_task(task: str, network: nn.Module, channels: int, patch: tuple[int, int], device, *,
+              seed: int = 0, permutations: int = 100, num_classes: int | None = None) -> Task:
+    """The task ``task`` (a spec's ``task`` name) for ``network``."""
+    try:
+        cls = TASKS[task]
+    except KeyError:
+        raise KeyError(f"no task class for {task!r}; add it to pretraining.tasks.TASKS") from None
+    return cls.build(network, channels, patch, device, seed=seed, permutations=permutations,
+                     num_classes=num_classes)

@@ -32,29 +32,40 @@ from nnunet_xfer.architectures.parts import (
     network_parts,
     part_of,
 )
-from nnunet_xfer.layout import resolve_dataset_name
+from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.pretraining.network import build_network, load_planned
-from nnunet_xfer.pretraining.store import entry_path, file_sha256, save_entry
+from nnunet_xfer.layout import resolve_dataset_name
+from nnunet_xfer.pretraining.network import Planned, build_network, load_planned
+from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, check_replaceable, entry_lock,
+                                           entry_path, file_sha256, provenance, restricted_load,
+                                           save_entry)
+from nnunet_xfer.sources import DATA_NATURAL_CLASSES, SourceSpec, spec
 
-#: Which published weights each source imports (the members of torchvision's Weights enums).
-WEIGHTS_TAG = {"cls": "IMAGENET1K_V1", "seg": "COCO_WITH_VOC_LABELS_V1"}
 OFFLINE_ENV = "nnUNet_xfer_offline"
-#: Network parts each source's published weights cover.
-IMPORTED_PARTS = {"cls": ("encoder",), "seg": ("encoder", "decoder")}
+
+
+def _published_spec(source: str) -> SourceSpec:
+    s = spec(source)
+    if s.weights_tag is None:
+        raise UserError(f"torchvision publishes no weights for source {source!r}")
+    return s
+
+
+def _whole_network(s: SourceSpec) -> bool:
+    """True for segmentation weights (the whole network); False for a classification backbone."""
+    return s.data != DATA_NATURAL_CLASSES
 
 
 def published_weights(network: torch.nn.Module, source: str):
     """The torchvision ``Weights`` enum member that ``source`` imports into ``network``."""
     from torchvision.models import get_model_weights
-    if source not in WEIGHTS_TAG:
-        raise UserError(f"torchvision weights exist for sources cls and seg, not {source!r}")
-    model = network.backbone_name if source == "cls" else getattr(network, "model_name", None)
+    s = _published_spec(source)
+    model = getattr(network, "model_name", None) if _whole_network(s) else network.backbone_name
     if model is None:
         raise UserError(f"torchvision publishes no segmentation weights for {type(network).__name__}"
                         f" ({network.backbone_name} U-Net); use an fcn_*/deeplabv3_* plans variant"
                         f" for -s seg, or pretrain seg with --data")
-    return get_model_weights(model)[WEIGHTS_TAG[source]]
+    return get_model_weights(model)[s.weights_tag]
 
 
 def canonical_file_name(weights) -> str:
@@ -80,7 +91,7 @@ def verify_hash_prefix(path: Path, file_name: str) -> None:
 
 
 def _online(url: str, timeout: float = 5.0) -> bool:
-    if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
+    if settings.flag(OFFLINE_ENV):
         return False
     if os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY"):
         return True  # a direct probe says nothing behind a proxy; let urllib try
@@ -116,7 +127,7 @@ def resolve_weights_file(weights, file: Path | None = None, allow_download: bool
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weights file as a plain state dict, loaded safely; one-line error when unreadable."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = restricted_load(path)
     except Exception as e:  # truncated, corrupt, or not a tensor-only pickle
         raise UserError(f"cannot read weights file {path} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); it is truncated or "
@@ -139,14 +150,16 @@ def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source
                 origin: str = "weights file") -> dict[str, torch.Tensor]:
     """Published weights under the network's own keys, first conv adapted; names any misfit.
 
-    ``cls``: a ResNet state dict onto the backbone (its ``fc`` is dropped). ``seg``: a torchvision
-    segmentation state dict onto the whole network minus the head's last class layer (and minus
-    the auxiliary branch when the network has none).
+    ``cls`` (classification weights): a ResNet state dict onto the backbone (its ``fc`` is
+    dropped). ``seg`` (segmentation weights): a torchvision segmentation state dict onto the whole
+    network minus the head's last class layer (and minus the auxiliary branch when the network
+    has none).
     """
     target = network.state_dict()
     parts = network_parts(network)
     prefix = network.backbone_prefix
-    if source == "cls":
+    whole = _whole_network(_published_spec(source))
+    if not whole:
         wanted = {k[len(prefix):]: k for k in target if k.startswith(prefix)}
         ignorable = {k for k in state if k.startswith("fc.")}
         hint = "; it looks like a segmentation file: use -s seg" \
@@ -174,7 +187,7 @@ def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source
         raise UserError(f"{origin} does not fit the {network.backbone_name} network of these plans:"
                         f" {'; '.join(what)}{hint}")
     mapped = {wanted[k]: state[k].clone() for k in wanted}
-    file_conv1 = state["conv1.weight" if source == "cls" else conv1]
+    file_conv1 = state[conv1 if whole else "conv1.weight"]
     mapped[conv1] = adapt_input_channels(file_conv1, target[conv1].shape[1])
     if mapped[conv1].shape != target[conv1].shape:
         raise UserError(f"{origin}: first convolution {tuple(file_conv1.shape)} cannot be adapted "
@@ -182,9 +195,10 @@ def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source
     return mapped
 
 
-def build_planned_network(dataset_name: str, plans: str, configuration: str) -> torch.nn.Module:
+def build_planned_network(dataset_name: str, plans: str, configuration: str,
+                          planned: Planned | None = None) -> torch.nn.Module:
     """The torchvision network of these plans, built exactly as the trainer builds it."""
-    planned = load_planned(dataset_name, plans, configuration)
+    planned = planned or load_planned(dataset_name, plans, configuration)
     if not is_torchvision_network(planned.class_name):
         raise UserError(f"plans {plans} of {dataset_name} use {planned.class_name.rsplit('.', 1)[-1]}, "
                         f"which cannot take torchvision weights; write torchvision plans with "
@@ -198,10 +212,11 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
                                allow_download: bool = True) -> Path:
     """Import torchvision's published ``cls``/``seg`` weights into the pretrained store."""
     dataset_name = resolve_dataset_name(dataset_name)
+    s = _published_spec(source)
     pth = entry_path(dataset_name, source, plans, configuration)
-    if pth.exists() and not overwrite:
-        raise UserError(f"{pth} exists; pass --overwrite to replace it")
-    network = build_planned_network(dataset_name, plans, configuration)
+    check_replaceable(pth, overwrite)
+    planned = load_planned(dataset_name, plans, configuration)
+    network = build_planned_network(dataset_name, plans, configuration, planned)
     enum = published_weights(network, source)
     path = resolve_weights_file(enum, weights, allow_download)
     checked = verify_hash and path.name == canonical_file_name(enum)
@@ -214,7 +229,7 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
     # Same convention as the other sources: the prefixes of the parts the weights cover (the
     # head is never among them: part_of() gives the head precedence over the decoder).
     parts = network_parts(network)
-    trained = [p for part in IMPORTED_PARTS[source] for p in parts[part]]
+    trained = [p for part in s.default_parts for p in parts[part]]
     metadata = {
         "source": source,
         "data": f"{path} ({enum})",
@@ -223,17 +238,17 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
         "weights_url": enum.url,
         "weights_sha256": file_sha256(path),
         "hash_prefix_verified": checked,
-        "case_ids": [],
         "iterations": 0,
         "final_loss": None,
         "task_metric": enum.meta.get("_metrics"),
-        "plans": plans,
-        "configuration": configuration,
         "network_class_name": f"{type(network).__module__}.{type(network).__name__}",
         "trained_prefixes": trained,
         "n_imported_tensors": len(mapped),
         "input_channel_adaptation": "sum over RGB (divided by C and repeated for C>1 channels)",
+        **provenance(dataset_name, planned.plans_manager.plans, configuration,
+                     scope=SCOPE_EXTERNAL, fold=None, case_ids=[]),
     }
-    out = save_entry(pth, network.state_dict(), None, metadata, overwrite=overwrite)
+    with entry_lock(pth):
+        out = save_entry(pth, network.state_dict(), None, metadata, overwrite=overwrite)
     print(f"imported {len(mapped)} tensors of {enum} from {path} into {out}")
     return out

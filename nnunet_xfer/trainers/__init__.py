@@ -5,6 +5,7 @@ its modules import the package absolutely. This ``__init__`` stays light (no tor
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
@@ -36,12 +37,19 @@ def trainer_folder() -> Path:
     return Path(__file__).resolve().parent
 
 
+def trainer_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default: this process's) whose ``nnUNet_extTrainer`` starts with
+    the trainer folder, keeping the user's own entries: the environment of nnU-Net subprocesses."""
+    import os
+    env = dict(os.environ if environ is None else environ)
+    folder = str(trainer_folder())
+    current = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    env["nnUNet_extTrainer"] = os.pathsep.join([folder] + [p for p in current if p != folder])
+    return env
+
+
 def environment_exports() -> str:
     """Shell line(s) for ``eval "$(nnunet-xfer env)"``."""
-    import os
     import shlex
     check_nnunet_version()
-    folder = str(trainer_folder())
-    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    paths = [folder] + [p for p in current if p != folder]
-    return f"export nnUNet_extTrainer={shlex.quote(os.pathsep.join(paths))}"
+    return f"export nnUNet_extTrainer={shlex.quote(trainer_environment()['nnUNet_extTrainer'])}"

@@ -18,7 +18,10 @@ from nnunet_xfer import settings
 from nnunet_xfer.architectures.parts import network_parts
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEBUG_JSON, INITIAL_CHECKPOINT, DatasetLayout
-from nnunet_xfer.pretraining.store import architecture_fingerprint, file_sha256, load_entry
+from nnunet_xfer.architectures import is_torchvision_network
+from nnunet_xfer.pretraining.store import (architecture_fingerprint, check_entry, file_sha256,
+                                           load_entry, pretrain_command, read_record, recreate_command,
+                                           trainer_entry)
 from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, is_frozen,
                                                 mark_transferred, part_param_groups)
 from nnunet_xfer.trainers.xfer_trainer_base import XferTrainerBase, refuse, shorten_keys
@@ -87,24 +90,51 @@ class XferTransferTrainer(XferTrainerBase):
                                f"the {self.source} checkpoint is not reloaded")
 
     def _load_source(self) -> None:
-        pth = DatasetLayout(self.plans_manager.dataset_name).store_entry(
-            self.source, self.plans_manager.plans_name, self.configuration_name)
-        if not pth.is_file():
-            raise refuse(f"no pretrained '{self.source}' checkpoint at {pth}; "
-                             f"run: {self._pretrain_command()}")
-        net = self._bare_network()
+        """Load this fold's store entry into the network, after checking its provenance.
+
+        Sources that read the target's images load the entry of their own fold (or, with
+        ``nnUNet_xfer_pretrain_scope=all``, the entry pretrained on every case); others the
+        shared entry. A missing, tampered or stale entry is refused with the pretrain command.
+        """
+        dataset_name = self.plans_manager.dataset_name
+        plans_name, configuration = self.plans_manager.plans_name, self.configuration_name
         try:
+            entry = trainer_entry(dataset_name, self.source, plans_name, configuration, self.fold,
+                                  torchvision=is_torchvision_network(
+                                      self.configuration_manager.network_arch_class_name))
+        except UserError as e:
+            raise refuse(e) from None
+        pth, fold, scope = entry.path, entry.fold, entry.scope
+        if not pth.is_file():
+            raise refuse(f"no pretrained '{self.source}' checkpoint at {pth}; run: {entry.command}")
+        net = self._bare_network()
+        meta: dict = {}
+        try:
+            meta = read_record(pth)
+            # before unpickling anything: the file is the one recorded, for these very plans
+            check_entry(pth, meta, dataset_name, self.plans_manager.plans, configuration, fold=fold)
+            if fold is not None:
+                _, val = self.do_split()
+                seen = sorted(set(map(str, meta.get("case_ids") or [])) & set(map(str, val)))
+                if seen:
+                    raise UserError(
+                        f"pretrained checkpoint {pth} saw {len(seen)} validation case(s) of fold "
+                        f"{fold} ({', '.join(seen[:3])}{' …' if len(seen) > 3 else ''}): the folds "
+                        f"changed since it was pretrained; recreate it with: "
+                        f"{pretrain_command(dataset_name, self.source, plans_name, configuration, fold=fold, overwrite=True)}")
             state, _head, meta = load_entry(pth)  # torch.load(weights_only=True); the head is never used
             parts = network_parts(net)
             transfer_parts = parts_from_prefixes(meta.get("trained_prefixes"), parts, self.source)
             report = transfer_weights(net, state, parts, transfer_parts)
         except UserError as e:
-            raise refuse(f"{pth}: {e}; recreate it with: {self._pretrain_command()}") from None
+            raise refuse(f"{e}" if str(pth) in str(e) else f"{pth}: {e}; recreate it with: "
+                         f"{recreate_command(pth, meta, dataset_name, self.plans_manager.plans, configuration)}") from None
         sha256 = file_sha256(pth)
         fingerprint = architecture_fingerprint(net)
         mark_transferred(self.optimizer, transfer_parts, self.xfer_schedule, self.num_epochs)
         self.xfer_info["transfer"] = {
-            "reloaded": True, "checkpoint": str(pth), "sha256": sha256,
+            "reloaded": True, "checkpoint": str(pth), "entry": str(pth), "scope": scope,
+            "fold": fold, "n_pretraining_cases": len(meta.get("case_ids") or []), "sha256": sha256,
             "sha256_recorded": meta.get("sha256"), "source_task": meta.get("source", self.source),
             "trained_prefixes": meta.get("trained_prefixes"),
             "fingerprint_checkpoint": meta.get("architecture_fingerprint"),
@@ -115,8 +145,6 @@ class XferTransferTrainer(XferTrainerBase):
             f"{len(report.not_transferred)} not transferred: {shorten_keys(report.not_transferred)}")
         if report.adapted:
             self.print_to_log_file(f"nnunet_xfer: adapted input channels: {report.adapted}")
-        if meta.get("sha256") and meta["sha256"] != sha256:
-            self.print_to_log_file(f"nnunet_xfer WARNING: {pth} differs from the sha256 in its .json record")
         if settings.flag("nnUNet_xfer_save_initial"):
             torch.save({"network_weights": net.state_dict(), "trainer_name": type(self).__name__,
                         "transfer": self.xfer_info["transfer"]}, join(self.output_folder, INITIAL_CHECKPOINT))

@@ -1,0 +1,150 @@
+"""Shared helpers for the benchmarks: what machine ran them, and timings whose ratios can be believed.
+
+A ratio between two timings is only worth printing when both were taken under the same conditions.
+:func:`interleaved` therefore runs every candidate once per round, rotating the order each round
+(so that neither always runs first, after the other, or in the warm cache it left), repeats the
+rounds, and records process CPU time and wall time of every call. Report the minimum (the least
+disturbed call; the most trustworthy figure on a shared machine) and the median.
+
+Usage::
+
+    from _bench import interleaved, machine_report, pin_threads
+    pin_threads(1)                       # before numpy/torch start their thread pools
+    print(machine_report())
+    res = interleaved({"main": old_fn, "ours": new_fn}, repeats=7)
+    print(res.table(baseline="main", per=n_items, unit="ms per pair"))
+
+CPU time is ``time.process_time``: all threads of this process, so a multi-threaded library is
+charged for every core it keeps busy (call :func:`pin_threads` to time single-threaded work).
+Wall time is ``time.perf_counter``. Benchmarks run from the repository root as
+``python benchmarks/NAME.py``; this folder is then on ``sys.path`` and ``import _bench`` works.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def pin_threads(n: int = 1) -> None:
+    """Ask numeric libraries for ``n`` threads. Environment variables only bind before numpy or
+    torch are first imported, so call this at the top of a benchmark; torch, if already imported,
+    is set directly."""
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def _version(module: str) -> str:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return "not installed"
+    return getattr(mod, "__version__", "?")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """The machine and software a benchmark ran on, taken now (call it at the start)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        cpu=_cpu_model(), cores=os.cpu_count(), cores_usable=usable,
+        load_avg_1_5_15=tuple(round(x, 2) for x in load),
+        threads={v: os.environ[v] for v in _THREAD_VARS if v in os.environ},
+        python=platform.python_version(), numpy=_version("numpy"), scipy=_version("scipy"),
+        torch=_version("torch"), platform=platform.platform(),
+    )
+
+
+def machine_report(info: dict | None = None) -> str:
+    """:func:`machine` as two printable lines."""
+    m = info or machine()
+    threads = ", ".join(f"{k}={v}" for k, v in m["threads"].items()) or "library defaults"
+    load = " ".join(f"{x:.2f}" for x in m["load_avg_1_5_15"])
+    return (f"machine: {m['cpu']}; {m['cores']} cores ({m['cores_usable']} usable); "
+            f"load average at start {load} (1/5/15 min); threads: {threads}\n"
+            f"software: Python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}, "
+            f"torch {m['torch']}; {m['platform']}; {m['date']}")
+
+
+@dataclass
+class Timings:
+    """Per-call CPU and wall seconds of each candidate, in the order the candidates were given."""
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    rounds: int = 0
+
+    def summary(self, name: str, per: float = 1) -> dict[str, float]:
+        """Min and median of one candidate's CPU and wall time, in seconds divided by ``per``."""
+        c, w = self.cpu[name], self.wall[name]
+        return dict(cpu_min=min(c) / per, cpu_median=statistics.median(c) / per,
+                    wall_min=min(w) / per, wall_median=statistics.median(w) / per)
+
+    def table(self, baseline: str, per: float = 1, unit: str = "ms per call",
+              scale: float = 1000.0) -> str:
+        """Markdown table: min and median CPU and wall time of each candidate (seconds × ``scale``
+        / ``per``), and how many times the baseline's time each one takes (CPU min, CPU median,
+        wall median: > 1 means slower than the baseline)."""
+        base = self.summary(baseline, per)
+        lines = [f"{self.rounds} interleaved rounds, order rotated each round; {unit}; "
+                 f"× {baseline} = candidate time / time of {baseline} (> 1: slower)",
+                 "",
+                 "| candidate | CPU min | CPU median | wall min | wall median "
+                 f"| × {baseline} CPU min | × CPU median | × wall median |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name in self.cpu:
+            s = self.summary(name, per)
+            cells = [f"{s[k] * scale:.3f}" for k in ("cpu_min", "cpu_median", "wall_min",
+                                                     "wall_median")]
+            ratios = [f"{s[k] / base[k]:.2f}" if base[k] > 0 else "–"
+                      for k in ("cpu_min", "cpu_median", "wall_median")]
+            lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+        return "\n".join(lines)
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
+                warmup: int = 1) -> Timings:
+    """Call every candidate once per round for ``repeats`` rounds (≥ 5), rotating the order by one
+    each round, after ``warmup`` untimed rounds; record each call's process CPU and wall time."""
+    if repeats < 5:
+        raise ValueError(f"repeats must be >= 5 for a believable comparison, got {repeats}")
+    names = list(candidates)
+    out = Timings(cpu={n: [] for n in names}, wall={n: [] for n in names}, rounds=repeats)
+    for r in range(-warmup, repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = candidates[name]
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            w1, c1 = time.perf_counter(), time.process_time()
+            if r >= 0:
+                out.cpu[name].append(c1 - c0)
+                out.wall[name].append(w1 - w0)
+    return out
