@@ -249,25 +249,77 @@ def _add_observers(sub) -> None:
 
 
 def _cmd_measure(a: argparse.Namespace) -> None:
+    label_map = a.label_map if a.label is None else str(a.label)
+    if a.cases is not None:
+        if a.images is not None or a.masks is not None:
+            raise UserError("give --cases CSV (CT studies) or --images DIR --masks DIR, not both")
+        if a.dataset is None or a.trainer is None:
+            raise UserError("--cases needs the model: -d DATASET -tr TRAINER [-p PLANS] [-f FOLDS]")
+        if label_map is not None:
+            raise UserError("--label-map applies to --masks; with --cases the model's own muscle "
+                            "label is used")
+        _measure_studies(a)
+        return
+    if a.images is None or a.masks is None:
+        raise UserError("give --cases CSV (CT studies and a model), or --images DIR --masks DIR")
+    if a.dataset is not None or a.trainer is not None or a.l3 is not None:
+        raise UserError("-d/-tr/--l3 go with --cases; --images/--masks measures existing masks")
+    from nnunet_xfer.dataset_conversion.prepare import parse_label_map
     from nnunet_xfer.evaluation.measures import measure_folder
-    # No --label: masks must be binary 0/1; --label K: pick K, ignore other labels.
     measure_folder(images=a.images, masks=a.masks, out_csv=a.output, heights=a.heights,
-                   label=1 if a.label is None else a.label, overwrite=a.overwrite,
-                   other_labels=a.label is not None)
+                   label_map=parse_label_map(label_map), overwrite=a.overwrite,
+                   allow_non_hu=a.allow_non_hu)
+
+
+def _measure_studies(a: argparse.Namespace) -> None:
+    from tqdm import tqdm
+    from nnunet_xfer.clinical.api import measure_studies
+    result = measure_studies(
+        cases=a.cases, out=a.output, dataset=a.dataset, trainer=a.trainer, plans=a.plans,
+        configuration=a.configuration, folds=a.folds, device=a.device, l3=a.l3 or "manifest",
+        low_smi_cutoffs=a.low_smi_cutoffs, heights=a.heights, allow_non_hu=a.allow_non_hu,
+        overwrite=a.overwrite, checkpoint=a.checkpoint,
+        on_error=lambda msg: tqdm.write(f"nnunet-xfer measure: error: {msg}", file=sys.stderr))
+    print(f"measured {result.n_cases - result.n_failed} of {result.n_cases} case(s): {result.out}")
+    if result.failed:
+        print(f"nnunet-xfer measure: {result.n_failed} of {result.n_cases} cases failed "
+              f"(see {result.out}/measures.csv)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _add_measure(sub) -> None:
-    p = sub.add_parser("measure", help="muscle area, density, IMAT and SMI per case")
-    p.add_argument("--images", type=Path, required=True,
+    p = sub.add_parser("measure", help="muscle area, density, IMAT and SMI per case "
+                                       "(from CT studies with a trained model, or from masks)")
+    p.add_argument("--cases", type=Path, default=None,
+                   help="CT studies: convert's manifest without a mask column (case_id,image "
+                        "[,slice_index | vertebra_mask,vertebra_label] [,height_m,sex,weight_kg])")
+    p.add_argument("--images", type=Path, default=None,
                    help="CT slices in HU: <case>_0000.nii.gz (nnU-Net style) or <case>.nii.gz")
-    p.add_argument("--masks", type=Path, required=True,
+    p.add_argument("--masks", type=Path, default=None,
                    help="muscle masks <case>.nii.gz, e.g. nnUNetv2_predict output")
-    p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder (with --cases) or CSV (with --images/--masks)")
+    p.add_argument("-d", "--dataset", default=None, help="model: nnU-Net dataset id or name")
+    p.add_argument("-tr", "--trainer", default=None, help="model: trainer, e.g. XferSegTrainer_n125")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="model: plans (default nnUNetPlans)")
+    p.add_argument("-c", "--configuration", default="2d", help="model: configuration (default 2d)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="model: folds to ensemble (default: every finished fold)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help=argparse.SUPPRESS)
+    p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda if available)")
+    p.add_argument("--l3", choices=["auto"], default=None,
+                   help="auto: find L3 with TotalSegmentator (pip install 'nnunet_xfer[totalseg]') "
+                        "for cases without slice_index / vertebra_mask")
+    p.add_argument("--low-smi-cutoffs", choices=["prado2008", "martin2013"], default=None,
+                   help="add low-SMI verdicts by these published cut-offs (docs/measure.md)")
     p.add_argument("--heights", type=Path, default=None, help="CSV with case_id,height_m")
-    p.add_argument("--label", type=int, default=None,
-                   help="muscle label value in multi-label masks; other labels are ignored "
-                        "(default: masks must be binary 0/1)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--label-map", default=None,
+                   help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: masks must "
+                        "be binary 0/1); the same option as convert's")
+    p.add_argument("--label", type=int, default=None, help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--allow-non-hu", action="store_true", help="accept 8-bit / non-HU images")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier measure output (only what measure wrote)")
     p.set_defaults(func=_cmd_measure)
 
 

@@ -64,6 +64,14 @@ OUTPUT_MARKER = ".nnunet_xfer_output.json"
 #: Hidden temporary names start with this, so a later run can find and remove leftovers.
 TEMP_PREFIX = ".nnunet_xfer_tmp"
 
+# ---------------------------------------------------------------- `measure --cases` output folder
+MEASURES_CSV = "measures.csv"
+GALLERY_HTML = "gallery.html"
+QC_FOLDER = "qc"
+MASKS_FOLDER = "masks"
+SEG_FOLDER = "seg"
+SEG_ENDING = ".dcm"
+
 
 def image_file(case_id: str, channel: int = 0, ending: str = ".nii.gz") -> str:
     """nnU-Net's image file name of a case (``<case>_0000.nii.gz``)."""

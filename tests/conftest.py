@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 BIN = Path(sys.executable).parent
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
+#: Real CT test material: ``shared/real_ct`` beside the checkout (or beside a folder of worktrees).
+REAL_CT = next((p / "shared" / "real_ct" for p in Path(__file__).resolve().parents[2:4]
+                if (p / "shared" / "real_ct").is_dir()),
+               Path(__file__).resolve().parents[2] / "shared" / "real_ct")
 DATASET_ID = 501
 DATASET_NAME = "Dataset501_L3"
 PHANTOM_CASES = 24
