@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 from nnunet_xfer.evaluation.metrics import dice
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DATASET_JSON, DEFAULT_CONFIGURATION,
                                 DEFAULT_PLANS, DatasetLayout, fold_folder_name)
@@ -37,32 +38,12 @@ class SlicePrediction:
     fold_dice: dict[str, float] = field(default_factory=dict)
 
 
-def _numpy_safe_globals() -> list:
-    """numpy's scalar constructor and dtypes: what nnU-Net's checkpoints hold besides tensors."""
-    try:
-        scalar = np._core.multiarray.scalar  # numpy >= 2
-    except AttributeError:  # pragma: no cover - numpy 1.x
-        scalar = np.core.multiarray.scalar
-    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-             np.uint64, np.float16, np.float32, np.float64)
-    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
-
-
 def load_checkpoint(path: Path) -> dict:
     """An nnU-Net checkpoint opened with ``torch.load(weights_only=True)``; one-line refusal."""
-    import torch
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure: not a plain nnU-Net checkpoint
-        key = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line),
-                   None) or " ".join(str(e).split())[:160] or type(e).__name__
-        raise UserError(f"{path} will not be loaded: it is not a plain nnU-Net checkpoint "
-                        f"({type(e).__name__}: {key[:200]})") from None
-    if not isinstance(obj, dict) or not {"network_weights", "init_args", "trainer_name"} <= set(obj):
+    obj = open_nnunet_checkpoint(Path(path))
+    if not {"init_args", "trainer_name"} <= set(obj):
         raise UserError(f"{path} will not be loaded: it holds no nnU-Net checkpoint "
-                        f"(no network_weights / init_args)")
+                        f"(no init_args / trainer_name)")
     return obj
 
 
