@@ -13,6 +13,7 @@ import torch
 
 from nnunet_xfer.architectures.parts import adapt_input_channels, part_of
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.sources import spec
 
 #: Parts a checkpoint may contribute; the head is the target task's own and never transferred.
 TRANSFERABLE_PARTS = ("encoder", "decoder")
@@ -50,11 +51,11 @@ def parts_from_prefixes(trained_prefixes: Iterable[str] | None, parts: Mapping[s
     Only the first prefix counts because later ones may be aliases (nnU-Net's ``decoder.encoder.``
     is the encoder seen from the decoder, not decoder weights).
 
-    Without ``trained_prefixes`` (a checkpoint from elsewhere): the encoder, plus the decoder for
-    ``seg`` (the only source task whose decoder solves a segmentation problem).
+    Without ``trained_prefixes`` (a checkpoint from elsewhere): the source's ``default_parts`` in
+    the registry (the decoder only for ``seg``, the one task whose decoder segments).
     """
     if trained_prefixes is None:
-        return ["encoder", "decoder"] if source == "seg" else ["encoder"]
+        return [p for p in spec(source).default_parts if p in TRANSFERABLE_PARTS]
     trained = tuple(trained_prefixes)
     return [p for p in TRANSFERABLE_PARTS
             if parts.get(p) and parts[p][0].startswith(trained)]
