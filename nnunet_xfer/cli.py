@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
-from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
+from nnunet_xfer.layout import CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS
+from nnunet_xfer.sources import PRETRAINED_SOURCES
+from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 
 def _sizes(text: str) -> list[int]:
@@ -62,7 +63,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--masks", type=Path, help="folder of masks matched to --images by file name")
     p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("-n", "--name", default="L3", help="dataset name (default L3)")
-    p.add_argument("--folds", type=int, default=4,
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                    help="cross-validation folds (default 4); 0: no folds or subsets, a dataset of "
                         "1-3 cases to predict on only")
     p.add_argument("--sizes", type=_sizes, default=list(SIZES),
@@ -112,8 +113,8 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
     p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS)
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
     p.add_argument("--fold", type=int, default=None,
                    help=f"{target}: pretrain on this fold's training cases only (the entry "
                         "trainers of this fold load)")
@@ -150,7 +151,7 @@ def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="write a torchvision-backbone plans variant")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("--arch", required=True, help="e.g. fcn_resnet50, unet_resnet34")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans to derive from")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans to derive from")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_plan)
 
@@ -206,7 +207,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate every Xfer run's folds of a dataset")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("-p", "--plans", default=None, help="only runs with these plans (default all)")
-    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
     p.add_argument("--observers", type=Path, default=None,
@@ -301,11 +302,11 @@ def _add_measure(sub) -> None:
                    help="output folder (with --cases) or CSV (with --images/--masks)")
     p.add_argument("-d", "--dataset", default=None, help="model: nnU-Net dataset id or name")
     p.add_argument("-tr", "--trainer", default=None, help="model: trainer, e.g. XferSegTrainer_n125")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="model: plans (default nnUNetPlans)")
-    p.add_argument("-c", "--configuration", default="2d", help="model: configuration (default 2d)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="model: plans (default nnUNetPlans)")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="model: configuration (default 2d)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="model: folds to ensemble (default: every finished fold)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", default=CHECKPOINT_FINAL, help=argparse.SUPPRESS)
     p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda if available)")
     p.add_argument("--l3", choices=["auto"], default=None,
                    help="auto: find L3 with TotalSegmentator (pip install 'nnunet_xfer[totalseg]') "
