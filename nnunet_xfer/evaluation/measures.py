@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from nnunet_xfer.atomic import atomic_write_csv
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import check_same_geometry, list_cases, read_mask, read_slice
+from nnunet_xfer.evaluation.mask_files import (check_same_geometry, images_for_cases, list_cases,
+                                               read_mask, read_slice)
 
 IMAT_HU = (-190.0, -30.0)
 #: Muscle HU range of the published sarcopenia convention (Mitsiopoulos 1998; Prado 2008).
@@ -169,38 +170,6 @@ def read_heights(path: Path) -> dict[str, float]:
     return dict(zip(table["case_id"], heights.astype(float)))
 
 
-def pair_images(folder: Path, case_ids: list[str]) -> dict[str, Path]:
-    """The image of each case by exact case id: ``<case>.<ending>``, or nnU-Net's
-    ``<case>_0000.<ending>``; one image is never given to two cases.
-
-    In a folder where every image ends in ``_0000`` (nnU-Net's imagesTs) the suffix is the
-    channel; elsewhere ``<case>.<ending>`` wins, so cases ``x`` and ``x_0000`` each get their own.
-    """
-    folder = Path(folder)
-    by_stem = list_cases(folder, "images", channel_suffix=False)
-    nnunet_style = all(stem.endswith("_0000") for stem in by_stem)
-    found: dict[str, Path] = {}
-    lacking = []
-    for case in case_ids:
-        path = (by_stem.get(case + "_0000") if nnunet_style
-                else by_stem.get(case, by_stem.get(case + "_0000")))
-        if path is None:
-            lacking.append(case)
-        else:
-            found[case] = path
-    if lacking:
-        more = f"; {len(lacking) - 1} more cases lack one" if len(lacking) > 1 else ""
-        raise UserError(f"case {lacking[0]}: no image in {folder} (expected {lacking[0]}_0000.nii.gz "
-                        f"or {lacking[0]}.nii.gz){more}")
-    owner: dict[Path, str] = {}
-    for case, path in found.items():
-        if path in owner:
-            raise UserError(f"cases {owner[path]} and {case} would both be measured on {path.name}; "
-                            f"name images <case>.nii.gz (exact case id) or all <case>_0000.nii.gz")
-        owner[path] = case
-    return found
-
-
 def _check_image(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -> None:
     """The HU checks ``convert`` applies to its slices, plus: pictures carry no pixel spacing."""
     from nnunet_xfer.dataset_conversion.prepare import _check_hu  # convert's own check
@@ -230,7 +199,7 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     """Muscle measures of every mask in ``masks`` (e.g. ``nnUNetv2_predict`` output) → ``out_csv``.
 
     Images are ``<case>_0000.nii.gz`` (nnU-Net style) or ``<case>.nii.gz`` (also .nii/.mha/.nrrd),
-    in HU, paired with the masks by exact case id (:func:`pair_images`); masks are
+    in HU, paired with the masks by exact case id (:func:`~nnunet_xfer.evaluation.mask_files.images_for_cases`); masks are
     ``<case>.<ending>`` with the same shape and spacing. ``label_map``: the mask values that are
     muscle (None: masks must be binary 0/1). ``heights`` is an optional CSV ``case_id,height_m``
     for SMI. Images failing convert's HU checks are refused unless ``allow_non_hu``; NaN/inf in
@@ -241,7 +210,7 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     if out_csv.exists() and not overwrite:
         raise UserError(f"{out_csv}: exists; pass --overwrite to replace it")
     mask_files = list_cases(Path(masks), "masks", channel_suffix=False)
-    image_files = pair_images(Path(images), list(mask_files))
+    image_files = images_for_cases(Path(images), list(mask_files))
     height_of = read_heights(Path(heights)) if heights is not None else {}
     from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite
 

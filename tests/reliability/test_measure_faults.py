@@ -316,7 +316,7 @@ def test_one_image_for_two_cases_is_refused(tmp_path, capsys):
         _slice(tmp_path / "msk" / f"{case}.nii.gz", _muscle())
     code, _o, err = run_measure(capsys, "--images", str(tmp_path / "img"), "--masks",
                                 str(tmp_path / "msk"), "-o", str(tmp_path / "m.csv"))
-    assert code == 2 and "both be measured on x_0000.nii.gz" in err
+    assert code == 2 and "would both use x_0000.nii.gz" in err
     assert not (tmp_path / "m.csv").exists()
 
 
