@@ -69,6 +69,36 @@ def nnunet_env(tmp_path_factory) -> dict:
             os.environ[k] = v
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (fast and repeatable on 2 shared cores)."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    """A private, empty ``$nnUNet_results`` so the store entries of a test meet no other test's."""
+    out = tmp_path / "results"
+    out.mkdir()
+    monkeypatch.setenv("nnUNet_results", str(out))
+    return out
+
+
+@pytest.fixture
+def nn_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Private, empty ``$nnUNet_raw`` / ``$nnUNet_preprocessed`` for one test."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    raw.mkdir()
+    pre.mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    return raw, pre
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A 24-case 64² phantom cohort with 3 observers on 6 cases."""

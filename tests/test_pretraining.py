@@ -29,20 +29,8 @@ TOY = (32, 32)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def results(tmp_path, monkeypatch) -> Path:
-    """A private ``nnUNet_results`` so the store entries here meet no other test's."""
-    out = tmp_path / "results"
-    out.mkdir()
-    monkeypatch.setenv("nnUNet_results", str(out))
-    return out
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread."""
 
 
 def pretrain(resume: bool = False, overwrite: bool = False, progress: bool = False, **kw) -> Path:
