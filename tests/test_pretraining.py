@@ -590,6 +590,12 @@ def _trainer(name: str, fold: int):
 def test_trainer_loads_its_folds_entry_and_refuses_changed_or_stale_ones(preprocessed_dataset,
                                                                          results, monkeypatch):
     monkeypatch.delenv("nnUNet_xfer_pretrain_scope", raising=False)
+    command = f"nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --fold 1"
+    with pytest.raises(SystemExit) as e:  # no entry for fold 1 yet: refused in the constructor
+        _trainer("XferJigsawTrainer_n5", fold=1)
+    assert f"run: {command}" in str(e.value) and "\n" not in str(e.value)
+    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", fold=1, iterations=1, batch_size=1,
+                   permutations=10)
     trainer = _trainer("XferJigsawTrainer_n5", fold=1)
 
     def refusal() -> str:
@@ -598,10 +604,6 @@ def test_trainer_loads_its_folds_entry_and_refuses_changed_or_stale_ones(preproc
         assert "\n" not in str(e.value)
         return str(e.value)
 
-    command = f"nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --fold 1"
-    assert f"run: {command}" in refusal()  # no entry for fold 1 yet: the exact command
-    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", fold=1, iterations=1, batch_size=1,
-                   permutations=10)
     trainer._load_source()
     info = trainer.xfer_info["transfer"]
     assert info["entry"] == str(pth) and info["scope"] == "fold" and info["fold"] == 1

@@ -63,8 +63,16 @@ class XferTransferTrainer(XferTrainerBase):
     def _check_source(self) -> None:
         """Refuse a missing store entry now, unless nnU-Net resumes this fold from its own checkpoint."""
         entry = self._entry()
-        if entry is not None and not entry.path.is_file() and not self._checkpoint_to_resume():
+        if entry is None or self._checkpoint_to_resume():
+            return
+        if not entry.path.is_file():
             raise refuse(f"no pretrained '{self.source}' checkpoint at {entry.path}; run: {entry.command}")
+        run = self._xfer_run
+        try:  # tampered or stale entries too are refused before nnU-Net creates the fold folder
+            check_entry(entry.path, read_record(entry.path), run.dataset, self._xfer_plans,
+                        run.configuration, fold=entry.fold)
+        except UserError as e:
+            raise refuse(e) from None
 
     def _torchvision_plans(self) -> bool:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
