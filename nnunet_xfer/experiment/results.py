@@ -15,10 +15,8 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import EVAL_SUMMARY_JSON
 from nnunet_xfer.sources import label
 
-#: The rule behind the verdict column of an evaluation that does not state its own (written
-#: before ``summary.json`` carried ``verdict_rule``; docs/evaluation.md#the-human-level-verdict).
-VERDICT_RULE = ("human level: the 95% CI of the Williams index (model vs observers) includes 1 "
-                "or lies above it, for Dice and for 1/RMS DTA")
+#: Shown for an evaluation whose summary does not state its verdict rule (an older ``evaluate``).
+VERDICT_RULE = "verdict rule: see docs/evaluation.md (this summary.json does not state it)"
 
 
 @dataclass(frozen=True)
