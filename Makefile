@@ -1,4 +1,4 @@
-# The two commands a new user needs: `make demo` and `make test`.
+# The two commands a new user needs: `make demo` and `make test` (`make bench`: the benchmarks).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,6 +23,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# `make bench`: every benchmark once in its quick mode (few rounds, small inputs; minutes, not a
+# measurement to quote). Without --quick each script takes the real measurement
+# (docs/benchmarks.md). Not part of `make test`. Run from the repository root.
+BENCH_PY := $(BIN)/python
+bench: $(STAMP)
+	$(BENCH_PY) benchmarks/metrics_speed.py --repeats 5
+	$(BENCH_PY) benchmarks/convert_throughput.py --quick
+	$(BENCH_PY) benchmarks/pretrain_throughput.py --quick
+	$(BENCH_PY) benchmarks/architecture_overhead.py --quick
+	$(BENCH_PY) benchmarks/trainer_overhead.py --rounds 5 --iterations 2
+	if [ -f benchmarks/evaluate_scale.py ]; then $(BENCH_PY) benchmarks/evaluate_scale.py --quick; fi
+	if [ -f benchmarks/schedule_control.py ]; then $(BENCH_PY) benchmarks/schedule_control.py --quick; fi
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -1,13 +1,20 @@
 """Cost of the torchvision-backbone networks relative to nnU-Net's default 2D network.
 
-Seconds per training iteration (forward + backward + SGD step, cross-entropy on random labels) and
-peak memory of each network at the same patch and batch size, reported as ratios to nnU-Net's
-PlainConvUNet measured in the same run. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA;
-on CPU the growth of the process's peak RSS after the imports (parameters, optimizer state,
-activations), each network in its own process.
+Time per training iteration (forward + backward + SGD step, cross-entropy on random labels, the
+same batch for every network) and peak memory of each network at the same patch and batch size,
+reported as ratios to nnU-Net's PlainConvUNet measured in the same run.
 
-    .venv/bin/python benchmarks/architecture_overhead.py --patch 128 --batch 2 --iterations 3
-    .venv/bin/python benchmarks/architecture_overhead.py --plans $nnUNet_preprocessed/D/nnUNetPlans.json
+Time: all networks are built in this process and alternate in every round with the order rotated,
+``--repeats`` rounds after one untimed warm-up round (see benchmarks/_bench.py); one timed call is
+``--iterations`` training steps; CPU time is the whole process (all torch threads: ``--threads``,
+default 1), wall time includes a CUDA synchronisation. Peak memory is measured once per network,
+each in its own fresh process: ``torch.cuda.max_memory_allocated`` on CUDA, on CPU the growth of the
+process's peak RSS after the imports (parameters, gradients, optimizer state, activations; the
+kernel's peak is reset after the imports through ``/proc/self/clear_refs`` where Linux allows it).
+
+    python benchmarks/architecture_overhead.py                  # 128², batch 2, 3 it., 7 rounds
+    python benchmarks/architecture_overhead.py --quick          # 64², batch 1, 1 it., 5 rounds
+    python benchmarks/architecture_overhead.py --plans $nnUNet_preprocessed/D/nnUNetPlans.json
 
 Without ``--plans`` the baseline is the PlainConvUNet nnU-Net plans for a 2D patch of that size:
 32·2^s features capped at 512, poolings until the feature map is 4 px, two conv–InstanceNorm–
@@ -19,7 +26,9 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import time
+import sys
+
+from _bench import interleaved, machine, machine_report, pin_threads
 
 BASELINE = "nnunet_plainconvunet"
 
@@ -42,56 +51,112 @@ def nnunet_default_architecture(patch: int) -> tuple[str, dict, list[str]]:
             ["conv_op", "norm_op", "dropout_op", "nonlin"])
 
 
-def _measure(name: str, spec: tuple, patch: int, batch: int, iterations: int, device: str,
-             queue) -> None:
+def training_step(spec: tuple, patch: int, batch: int, device: str):
+    """(network, one training step on a fixed random batch) for a plans-style network spec."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     torch.manual_seed(0)
-    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     cls, kwargs, req = spec
     net = get_network_from_plans(cls, kwargs, req, 1, 2, deep_supervision=False).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    x = torch.randn(batch, 1, patch, patch, device=device)
-    y = torch.randint(0, 2, (batch, patch, patch), device=device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 1, patch, patch, generator=g).to(device)
+    y = torch.randint(0, 2, (batch, patch, patch), generator=g).to(device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
+    return net, step
 
-    step()  # warm-up (allocations, cuDNN autotune)
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak RSS to the current RSS (Linux ``clear_refs`` 5); returns the
+    baseline in KiB to subtract: the current RSS, or the peak so far where a reset is impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        rss = _proc_status_kib("VmRSS")
+        if rss is not None:
+            return rss
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_memory(spec: tuple, patch: int, batch: int, iterations: int, device: str,
+                 threads: int, queue) -> None:
+    """Peak memory of a few training steps of one network, in a fresh process (MiB)."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: F401
+    torch.set_num_threads(threads)
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(iterations):
+    rss_before = _reset_peak_rss()
+    _, step = training_step(spec, patch, batch, device)
+    for _ in range(1 + iterations):
         step()
     if device == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t) / iterations
-    if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:  # parameters, optimizer state, activations: peak RSS growth since the imports
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_imports) / 1024
-    queue.put({"network": name, "s_per_iter": seconds, "peak_mib": peak,
-               "params_m": sum(p.numel() for p in net.parameters()) / 1e6})
+    else:  # parameters, gradients, optimizer state, activations: peak RSS growth after imports
+        hwm = _proc_status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = (hwm - rss_before) / 1024
+    queue.put(peak)
+
+
+def peak_memory(spec: tuple, patch: int, batch: int, iterations: int, device: str,
+                threads: int) -> float:
+    """:func:`_peak_memory` in a spawned process (so that peak RSS belongs to one network)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_memory, args=(spec, patch, batch, iterations, device, threads, q))
+    p.start()
+    peak = q.get()
+    p.join()
+    return peak
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 64² patch, batch 1, 1 iteration per call, 5 rounds")
+    ap.add_argument("--patch", type=int, default=None, help="square patch (default 128)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default 2)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="training steps per timed call (default 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds, >= 5 (default 7)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats; fastest kept")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--plans", default=None, help="take the baseline network from this plans file")
     ap.add_argument("--archs", default="fcn_resnet50,unet_resnet34")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
+    quick = dict(patch=64, batch=1, iterations=1, repeats=5)
+    full = dict(patch=128, batch=2, iterations=3, repeats=7)
+    for k, v in (quick if a.quick else full).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
 
+    pin_threads(a.threads)
+    info = machine()
+    import torch
+    torch.set_num_threads(a.threads)
     from nnunet_xfer.architectures.registry import ARCHITECTURES
     if a.plans:
-        arch = json.load(open(a.plans))["configurations"]["2d"]["architecture"]
+        with open(a.plans) as f:
+            arch = json.load(f)["configurations"]["2d"]["architecture"]
         baseline = (arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"])
     else:
         baseline = nnunet_default_architecture(a.patch)
@@ -99,35 +164,43 @@ def main() -> None:
     for name in a.archs.split(","):
         specs[name] = (ARCHITECTURES[name].class_name, ARCHITECTURES[name].kwargs, [])
 
-    ctx = mp.get_context("spawn")  # one fresh process per network: peak RSS is per process
-    best: dict[str, dict] = {}
-    for _ in range(a.rounds):  # interleaved rounds, fastest kept: robust to a shared, busy CPU
-        for name, spec in specs.items():
-            q = ctx.Queue()
-            p = ctx.Process(target=_measure, args=(name, spec, a.patch, a.batch, a.iterations,
-                                                    a.device, q))
-            p.start()
-            r = q.get()
-            p.join()
-            if name not in best or r["s_per_iter"] < best[name]["s_per_iter"]:
-                best[name] = r
-    rows = list(best.values())
-    base = rows[0]
-    mem = "peak CUDA MiB" if a.device == "cuda" else "peak RSS MiB"
-    print(f"patch {a.patch}², batch {a.batch}, {a.iterations} iterations × best of {a.rounds} "
-          f"rounds, device {a.device}")
-    print(f"{'network':24s} {'params M':>9s} {'s/iter':>8s} {'× time':>7s} {mem:>13s} {'× mem':>6s}")
-    for r in rows:
-        r["time_ratio"] = r["s_per_iter"] / base["s_per_iter"]
-        r["memory_ratio"] = r["peak_mib"] / base["peak_mib"]
-        print(f"{r['network']:24s} {r['params_m']:9.1f} {r['s_per_iter']:8.3f} "
-              f"{r['time_ratio']:7.2f} {r['peak_mib']:13.0f} {r['memory_ratio']:6.2f}")
+    print(machine_report(info))
+    print(f"patch {a.patch}², batch {a.batch}, {a.iterations} training steps per call, "
+          f"device {a.device}, {torch.get_num_threads()} torch thread(s)")
+    params, candidates = {}, {}
+    for name, spec in specs.items():
+        net, step = training_step(spec, a.patch, a.batch, a.device)
+        params[name] = sum(p.numel() for p in net.parameters()) / 1e6
+
+        def call(step=step) -> None:
+            for _ in range(a.iterations):
+                step()
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+        candidates[name] = call
+    res = interleaved(candidates, repeats=a.repeats)
+    print()
+    print(res.table(baseline=BASELINE, per=a.iterations, unit="ms per training step"))
+
+    mem = "peak CUDA MiB" if a.device == "cuda" else "peak RSS growth MiB"
+    peaks = {name: peak_memory(spec, a.patch, a.batch, a.iterations, a.device, a.threads)
+             for name, spec in specs.items()}
+    print(f"\nparameters and {mem} (one fresh process per network, {1 + a.iterations} steps):\n")
+    print(f"| network | params M | {mem} | × {BASELINE} |\n| --- | ---: | ---: | ---: |")
+    rows = {}
+    for name in specs:
+        rows[name] = {"params_m": params[name], "peak_mib": peaks[name],
+                      "memory_ratio": peaks[name] / peaks[BASELINE] if peaks[BASELINE] > 0
+                      else float("nan"),
+                      **{f"s_per_step_{k}": v for k, v in res.summary(name, a.iterations).items()}}
+        print(f"| {name} | {params[name]:.1f} | {peaks[name]:.0f} | "
+              f"{rows[name]['memory_ratio']:.2f} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"patch": a.patch, "batch": a.batch, "device": a.device,
-                       "rounds": a.rounds, "rows": rows}, f,
+            json.dump({"machine": info, "patch": a.patch, "batch": a.batch, "device": a.device,
+                       "iterations": a.iterations, "repeats": a.repeats, "rows": rows}, f,
                       indent=2)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

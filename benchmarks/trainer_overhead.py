@@ -15,7 +15,9 @@ wall time are reported as ratios to ``nnUNetTrainer`` (goal ≤ 1.02).
 With ``-d`` the dataset must be preprocessed for every ``--plans`` (torchvision plans variants
 reuse nnU-Net's preprocessed data). ``XferRecTrainer_nall`` needs a ``rec`` store entry; when there
 is none, one is written from the network's own initial weights into a temporary results folder
-(transfer and schedule are what is measured, not what the weights are).
+(transfer and schedule are what is measured, not what the weights are). By default every trainer
+has nnU-Net's own optimiser and schedule; ``--explicit-schedule`` times the per-part parameter
+groups that the explicit options (``nnUNet_xfer_lr_factor`` …) switch on.
 """
 from __future__ import annotations
 
@@ -101,14 +103,19 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=24, help="phantom cases (without -d)")
     ap.add_argument("--iterations", type=int, default=5, help="iterations per trainer and round")
     ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--explicit-schedule", action="store_true",
+                    help="run XferRecTrainer_nall with explicit schedule options (per-part LR groups)")
     a = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="trainer_overhead_")
     root = Path(tmp.name)
     os.environ.setdefault("nnUNet_compile", "false")
     os.environ["nnUNet_n_proc_DA"] = "0"  # data augmentation in this process: same work for every trainer
-    for var in ("nnUNet_xfer_epochs", "nnUNet_xfer_iterations"):
+    for var in ("nnUNet_xfer_epochs", "nnUNet_xfer_iterations", "nnUNet_xfer_lr_factor",
+                "nnUNet_xfer_warmup_fraction", "nnUNet_xfer_freeze_epochs"):
         os.environ.pop(var, None)
+    if a.explicit_schedule:  # the per-part optimiser groups instead of nnU-Net's own (the default)
+        os.environ.update({"nnUNet_xfer_lr_factor": "0.1", "nnUNet_xfer_warmup_fraction": "0.05"})
     from nnunet_xfer.trainers import trainer_folder
     os.environ["nnUNet_extTrainer"] = str(trainer_folder())
     if a.dataset is None:

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
-from nnunet_xfer.study_grid import DEFAULT_SEED, SIZES
+from nnunet_xfer.layout import CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS
+from nnunet_xfer.sources import PRETRAINED_SOURCES
+from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 
 def _sizes(text: str) -> list[int]:
@@ -62,7 +63,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--masks", type=Path, help="folder of masks matched to --images by file name")
     p.add_argument("-d", "--dataset", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("-n", "--name", default="L3", help="dataset name (default L3)")
-    p.add_argument("--folds", type=int, default=4,
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                    help="cross-validation folds (default 4); 0: no folds or subsets, a dataset of "
                         "1-3 cases to predict on only")
     p.add_argument("--sizes", type=_sizes, default=list(SIZES),
@@ -112,8 +113,8 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
     p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS)
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
     p.add_argument("--fold", type=int, default=None,
                    help=f"{target}: pretrain on this fold's training cases only (the entry "
                         "trainers of this fold load)")
@@ -150,7 +151,7 @@ def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="write a torchvision-backbone plans variant")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("--arch", required=True, help="e.g. fcn_resnet50, unet_resnet34")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans to derive from")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans to derive from")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_plan)
 
@@ -206,7 +207,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate every Xfer run's folds of a dataset")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("-p", "--plans", default=None, help="only runs with these plans (default all)")
-    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
     p.add_argument("--observers", type=Path, default=None,
@@ -249,25 +250,77 @@ def _add_observers(sub) -> None:
 
 
 def _cmd_measure(a: argparse.Namespace) -> None:
+    label_map = a.label_map if a.label is None else str(a.label)
+    if a.cases is not None:
+        if a.images is not None or a.masks is not None:
+            raise UserError("give --cases CSV (CT studies) or --images DIR --masks DIR, not both")
+        if a.dataset is None or a.trainer is None:
+            raise UserError("--cases needs the model: -d DATASET -tr TRAINER [-p PLANS] [-f FOLDS]")
+        if label_map is not None:
+            raise UserError("--label-map applies to --masks; with --cases the model's own muscle "
+                            "label is used")
+        _measure_studies(a)
+        return
+    if a.images is None or a.masks is None:
+        raise UserError("give --cases CSV (CT studies and a model), or --images DIR --masks DIR")
+    if a.dataset is not None or a.trainer is not None or a.l3 is not None:
+        raise UserError("-d/-tr/--l3 go with --cases; --images/--masks measures existing masks")
+    from nnunet_xfer.dataset_conversion.prepare import parse_label_map
     from nnunet_xfer.evaluation.measures import measure_folder
-    # No --label: masks must be binary 0/1; --label K: pick K, ignore other labels.
     measure_folder(images=a.images, masks=a.masks, out_csv=a.output, heights=a.heights,
-                   label=1 if a.label is None else a.label, overwrite=a.overwrite,
-                   other_labels=a.label is not None)
+                   label_map=parse_label_map(label_map), overwrite=a.overwrite,
+                   allow_non_hu=a.allow_non_hu)
+
+
+def _measure_studies(a: argparse.Namespace) -> None:
+    from tqdm import tqdm
+    from nnunet_xfer.clinical.api import measure_studies
+    result = measure_studies(
+        cases=a.cases, out=a.output, dataset=a.dataset, trainer=a.trainer, plans=a.plans,
+        configuration=a.configuration, folds=a.folds, device=a.device, l3=a.l3 or "manifest",
+        low_smi_cutoffs=a.low_smi_cutoffs, heights=a.heights, allow_non_hu=a.allow_non_hu,
+        overwrite=a.overwrite, checkpoint=a.checkpoint,
+        on_error=lambda msg: tqdm.write(f"nnunet-xfer measure: error: {msg}", file=sys.stderr))
+    print(f"measured {result.n_cases - result.n_failed} of {result.n_cases} case(s): {result.out}")
+    if result.failed:
+        print(f"nnunet-xfer measure: {result.n_failed} of {result.n_cases} cases failed "
+              f"(see {result.out}/measures.csv)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _add_measure(sub) -> None:
-    p = sub.add_parser("measure", help="muscle area, density, IMAT and SMI per case")
-    p.add_argument("--images", type=Path, required=True,
+    p = sub.add_parser("measure", help="muscle area, density, IMAT and SMI per case "
+                                       "(from CT studies with a trained model, or from masks)")
+    p.add_argument("--cases", type=Path, default=None,
+                   help="CT studies: convert's manifest without a mask column (case_id,image "
+                        "[,slice_index | vertebra_mask,vertebra_label] [,height_m,sex,weight_kg])")
+    p.add_argument("--images", type=Path, default=None,
                    help="CT slices in HU: <case>_0000.nii.gz (nnU-Net style) or <case>.nii.gz")
-    p.add_argument("--masks", type=Path, required=True,
+    p.add_argument("--masks", type=Path, default=None,
                    help="muscle masks <case>.nii.gz, e.g. nnUNetv2_predict output")
-    p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder (with --cases) or CSV (with --images/--masks)")
+    p.add_argument("-d", "--dataset", default=None, help="model: nnU-Net dataset id or name")
+    p.add_argument("-tr", "--trainer", default=None, help="model: trainer, e.g. XferSegTrainer_n125")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="model: plans (default nnUNetPlans)")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="model: configuration (default 2d)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="model: folds to ensemble (default: every finished fold)")
+    p.add_argument("--checkpoint", default=CHECKPOINT_FINAL, help=argparse.SUPPRESS)
+    p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda if available)")
+    p.add_argument("--l3", choices=["auto"], default=None,
+                   help="auto: find L3 with TotalSegmentator (pip install 'nnunet_xfer[totalseg]') "
+                        "for cases without slice_index / vertebra_mask")
+    p.add_argument("--low-smi-cutoffs", choices=["prado2008", "martin2013"], default=None,
+                   help="add low-SMI verdicts by these published cut-offs (docs/measure.md)")
     p.add_argument("--heights", type=Path, default=None, help="CSV with case_id,height_m")
-    p.add_argument("--label", type=int, default=None,
-                   help="muscle label value in multi-label masks; other labels are ignored "
-                        "(default: masks must be binary 0/1)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--label-map", default=None,
+                   help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: masks must "
+                        "be binary 0/1); the same option as convert's")
+    p.add_argument("--label", type=int, default=None, help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--allow-non-hu", action="store_true", help="accept 8-bit / non-HU images")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier measure output (only what measure wrote)")
     p.set_defaults(func=_cmd_measure)
 
 

@@ -79,11 +79,7 @@ def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = N
     env.update({"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
                 "MPLBACKEND": "Agg",
                 "nnUNet_xfer_epochs": str(settings.epochs),
-                "nnUNet_xfer_iterations": str(settings.iterations),
-                # The 0.1× fine-tuning LR of transferred layers is meant for nnU-Net's 1000 epochs;
-                # in 60 iterations it leaves a whole transferred U-Net (rec) near chance (measured:
-                # rec Dice 0.34/0.24 at n=5/10 with 0.1, 0.76/0.77 with 1; see the README).
-                "nnUNet_xfer_lr_factor": "1"})
+                "nnUNet_xfer_iterations": str(settings.iterations)})
     return env
 
 

@@ -59,10 +59,20 @@ REPORT_HTML = "report.html"
 #: ``demo -o DIR``: the marker that lets ``--overwrite`` delete DIR, and the log of every stage.
 DEMO_MARKER = ".nnunet_xfer_demo"
 DEMO_LOG = "demo.log"
+#: The manifest ``phantom`` writes (and ``convert --cases`` reads) in its output folder.
+PHANTOM_MANIFEST = "cases.csv"
 #: Marker listing what a command wrote into a folder (see ``atomic.owned_output``).
 OUTPUT_MARKER = ".nnunet_xfer_output.json"
 #: Hidden temporary names start with this, so a later run can find and remove leftovers.
 TEMP_PREFIX = ".nnunet_xfer_tmp"
+
+# ---------------------------------------------------------------- `measure --cases` output folder
+MEASURES_CSV = "measures.csv"
+GALLERY_HTML = "gallery.html"
+QC_FOLDER = "qc"
+MASKS_FOLDER = "masks"
+SEG_FOLDER = "seg"
+SEG_ENDING = ".dcm"
 
 
 def image_file(case_id: str, channel: int = 0, ending: str = ".nii.gz") -> str:

@@ -22,6 +22,7 @@ XFER_VARIABLES: dict[str, str] = {
     "nnUNet_xfer_warmup_fraction": "trainers: warm-up fraction of transferred parts (explicit option)",
     "nnUNet_xfer_freeze_epochs": "trainers: epochs the transferred encoder stays frozen (explicit option)",
     "nnUNet_xfer_save_initial": "trainers: save the weights after transfer (flag)",
+    "nnUNet_xfer_seed": "trainers: seed torch, numpy and random at trainer start (reproducible runs)",
     "nnUNet_xfer_offline": "pretraining: never download torchvision weights (flag)",
     "nnUNet_xfer_pretrain_scope": "trainers: which store entry to load, 'fold' (default) or 'all'",
 }

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 BIN = Path(sys.executable).parent
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
+#: Real CT test material: ``shared/real_ct`` beside the checkout (or beside a folder of worktrees).
+REAL_CT = next((p / "shared" / "real_ct" for p in Path(__file__).resolve().parents[2:4]
+                if (p / "shared" / "real_ct").is_dir()),
+               Path(__file__).resolve().parents[2] / "shared" / "real_ct")
 DATASET_ID = 501
 DATASET_NAME = "Dataset501_L3"
 PHANTOM_CASES = 24
@@ -64,6 +67,36 @@ def nnunet_env(tmp_path_factory) -> dict:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (fast and repeatable on 2 shared cores)."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    """A private, empty ``$nnUNet_results`` so the store entries of a test meet no other test's."""
+    out = tmp_path / "results"
+    out.mkdir()
+    monkeypatch.setenv("nnUNet_results", str(out))
+    return out
+
+
+@pytest.fixture
+def nn_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Private, empty ``$nnUNet_raw`` / ``$nnUNet_preprocessed`` for one test."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    raw.mkdir()
+    pre.mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    return raw, pre
 
 
 @pytest.fixture(scope="session")

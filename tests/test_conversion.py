@@ -86,17 +86,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture()
-def nn_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
-    """Private nnUNet_raw / nnUNet_preprocessed for one test."""
-    raw, pre = tmp_path / "raw", tmp_path / "pre"
-    raw.mkdir()
-    pre.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    return raw, pre
-
-
 @pytest.fixture(scope="module")
 def good_rows(tmp_path_factory) -> list[dict]:
     folder = tmp_path_factory.mktemp("good")

@@ -13,7 +13,8 @@ from conftest import REAL_CT, run_cli
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.mask_files import (case_id_from_filename, check_same_geometry,
                                                list_cases, read_mask, read_slice)
-from nnunet_xfer.evaluation.measures import MEASURE_COLUMNS, muscle_measures
+from nnunet_xfer.evaluation.measures import (MEASURE_COLUMNS, MEASURE_KEYS, PLAUSIBLE_SMA_CM2,
+                                             hu_looks_calibrated, muscle_measures, quality_flags)
 
 # 10 muscle pixels at the IMAT / refined-muscle range ends; spacing 0.5 × 2.0 mm → 0.01 cm² a pixel
 HU_INSIDE = [-191, -190, -30, -29, 150, 151, 40, 40, 40, 40]
@@ -28,21 +29,57 @@ def hand_slice() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_muscle_measures_hand_computed():
+    """Default SMA/SMD/SMI count mask pixels within −29…+150 HU; *_mask_* the whole mask."""
     image, mask = hand_slice()
     m = muscle_measures(image, mask, (0.5, 2.0), height_m=1.6)
-    assert m["sma_cm2"] == pytest.approx(0.10)
-    assert m["smd_hu"] == pytest.approx(np.mean(HU_INSIDE))
+    in_range = [-29, 150, 40, 40, 40, 40]                   # inclusive ends
+    assert m["sma_cm2"] == pytest.approx(0.06)
+    assert m["smd_hu"] == pytest.approx(np.mean(in_range))
+    assert m["smi_cm2_m2"] == pytest.approx(0.06 / 1.6 ** 2)
     assert m["imat_cm2"] == pytest.approx(0.02)             # −190 and −30 (inclusive ends)
-    assert m["sma_hu_refined_cm2"] == pytest.approx(0.06)   # −29, 150 and four × 40
-    assert m["smi_cm2_m2"] == pytest.approx(0.10 / 1.6 ** 2)
+    assert m["sma_mask_cm2"] == pytest.approx(0.10)
+    assert m["smd_mask_hu"] == pytest.approx(np.mean(HU_INSIDE))
+    assert m["smi_mask_cm2_m2"] == pytest.approx(0.10 / 1.6 ** 2)
+    assert m["sma_hu_refined_cm2"] == m["sma_cm2"]          # old name, kept for older callers
+    wide = muscle_measures(image, mask, (0.5, 2.0), muscle_hu=(-1000, 1000))
+    assert wide["sma_cm2"] == pytest.approx(0.10) and wide["smd_hu"] == pytest.approx(m["smd_mask_hu"])
 
 
 def test_muscle_measures_empty_mask_and_no_height():
     image, mask = hand_slice()
     m = muscle_measures(image, np.zeros_like(mask), (1.0, 1.0))
-    assert m["sma_cm2"] == 0 and m["imat_cm2"] == 0 and m["sma_hu_refined_cm2"] == 0
-    assert math.isnan(m["smd_hu"]) and math.isnan(m["smi_cm2_m2"])
+    assert m["sma_cm2"] == 0 and m["imat_cm2"] == 0 and m["sma_mask_cm2"] == 0
+    assert math.isnan(m["smd_hu"]) and math.isnan(m["smi_cm2_m2"]) and math.isnan(m["smd_mask_hu"])
     assert math.isnan(muscle_measures(image, mask, (1.0, 1.0), height_m=float("nan"))["smi_cm2_m2"])
+
+
+def test_quality_flags_on_hand_made_slices():
+    rng = np.random.default_rng(3)
+    image = np.full((60, 60), -1000.0)                       # air around a body
+    yy, xx = np.mgrid[:60, :60]
+    body = (yy - 30) ** 2 + (xx - 30) ** 2 < 24 ** 2
+    image[body] = rng.normal(-80, 20, body.sum())            # fat
+    ring = body & ((yy - 30) ** 2 + (xx - 30) ** 2 > 16 ** 2)
+    image[ring] = rng.normal(40, 10, ring.sum())             # muscle
+    m = muscle_measures(image, ring, (5.0, 5.0))             # 25 mm² pixels: a plausible SMA
+    assert PLAUSIBLE_SMA_CM2[0] < m["sma_cm2"] < PLAUSIBLE_SMA_CM2[1]
+    assert quality_flags(image, ring, m) == []
+    assert quality_flags(image, ring, m, slice_thickness_mm=6.0) == ["thick_slice"]
+    assert quality_flags(image, ring, m, fold_dice=[0.95, 0.7]) == ["fold_disagreement"]
+    edge = ring.copy()
+    edge[0, 30] = True
+    assert "fov_edge" in quality_flags(image, edge, muscle_measures(image, edge, (5.0, 5.0)))
+    empty = np.zeros_like(ring)
+    assert quality_flags(image, empty, muscle_measures(image, empty, (5.0, 5.0)))[0] == "empty_mask"
+    small = muscle_measures(image, ring, (1.0, 1.0))         # 1 mm pixels: SMA far too small
+    assert quality_flags(image, ring, small) == ["sma_implausible"]
+    shifted = image + 1024                                   # stored values without the intercept
+    flags = quality_flags(shifted, ring, muscle_measures(shifted, ring, (5.0, 5.0)))
+    assert "hu_not_calibrated" in flags and "smd_implausible" in flags
+    assert hu_looks_calibrated(image) and not hu_looks_calibrated(shifted)
+    padded = np.where(body, image, -3024.0)                  # scanner padding is not air
+    padded[:5] = -1000
+    assert hu_looks_calibrated(padded)
 
 
 def test_case_id_from_filename():
@@ -122,6 +159,7 @@ def measure_inputs(tmp_path) -> dict:
     expected = {}
     for i, case in enumerate(["pt_a", "pt_b", "pt_c"]):
         image = rng.integers(-200, 200, size=(16, 12)).astype(np.int16)
+        image[0, 0] = -1000  # some air: not an 8-bit picture
         mask = rng.random((16, 12)) < 0.4
         name = f"{case}.nii.gz" if case == "pt_c" else f"{case}_0000.nii.gz"
         write_slice(images / name, image)
@@ -139,12 +177,13 @@ def test_measure_cli_writes_one_row_per_case(measure_inputs):
     m = measure_inputs
     run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
             "-o", str(m["out"]), "--heights", str(m["heights"]))
-    table = pd.read_csv(m["out"], dtype={"case_id": str})
+    table = pd.read_csv(m["out"], dtype={"case_id": str}, keep_default_na=False, na_values=[""])
     assert list(table.columns) == list(MEASURE_COLUMNS)
     assert list(table["case_id"]) == ["pt_a", "pt_b", "pt_c"]
     for _, row in table.iterrows():
         want = m["expected"][row["case_id"]]
-        for key, value in want.items():
+        for key in MEASURE_KEYS:
+            value = want[key]
             if math.isnan(value):
                 assert math.isnan(row[key]), (row["case_id"], key)
             else:
@@ -158,6 +197,8 @@ def test_measure_cli_writes_one_row_per_case(measure_inputs):
             "-o", str(m["out"]), "--overwrite")
     assert pd.read_csv(m["out"])["smi_cm2_m2"].isna().all()  # replaced, now without heights
     assert [p.name for p in m["out"].parent.iterdir()] == ["measures.csv"]  # no temp left
+    assert pd.read_csv(m["out"])["muscle_pixels"].tolist() == [
+        int(round(m["expected"][c]["sma_mask_cm2"] / (0.8 * 0.7 / 100))) for c in ("pt_a", "pt_b", "pt_c")]
 
 
 def _cli_error(m: dict, *extra: str) -> str:
@@ -177,7 +218,8 @@ def test_measure_cli_bad_geometry_names_the_case(measure_inputs):
     assert "case pt_b" in err and "spacing" in err
 
 
-def test_measure_cli_multilabel_needs_label(measure_inputs):
+@pytest.mark.parametrize("option", [["--label-map", "2"], ["--label", "2"], ["--label-map", "1,2"]])
+def test_measure_cli_multilabel_needs_label(measure_inputs, option):
     m = measure_inputs
     labels = np.zeros((16, 12), np.uint8)
     labels[2:6, 2:6], labels[8:10, 3:9] = 1, 2
@@ -185,9 +227,10 @@ def test_measure_cli_multilabel_needs_label(measure_inputs):
     err = _cli_error(m)
     assert "--label" in err and "pt_a.nii.gz" in err
     run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
-            "-o", str(m["out"]), "--label", "2")
+            "-o", str(m["out"]), *option)
     table = pd.read_csv(m["out"]).set_index("case_id")
-    assert table.loc["pt_a", "sma_cm2"] == pytest.approx(12 * 0.8 * 0.7 / 100)
+    pixels = 12 + (16 if option[1] == "1,2" else 0)
+    assert table.loc["pt_a", "sma_mask_cm2"] == pytest.approx(pixels * 0.8 * 0.7 / 100)
 
 
 def test_measure_cli_missing_image_and_empty_folder(measure_inputs, tmp_path):
@@ -218,11 +261,12 @@ def test_real_totalseg_l3_measures_are_plausible():
     assert spacing == (3.0, 3.0)
     muscle = np.isin(labels, [1, 2, 3, 4])   # autochthon and iliopsoas, left/right; 5 = vertebra
     m = muscle_measures(image, muscle, spacing, height_m=1.75)
-    assert m["sma_cm2"] == pytest.approx((291 + 261 + 72 + 78) * 0.09)   # counts from meta.json
-    # measured 16.5 HU: low-normal muscle density at 3 mm (partial volume with fat); not fat, not bone
-    assert 0 <= m["smd_hu"] <= 80
-    assert m["imat_cm2"] < 0.2 * m["sma_cm2"]
-    assert 0.7 * m["sma_cm2"] < m["sma_hu_refined_cm2"] <= m["sma_cm2"]
+    assert m["sma_mask_cm2"] == pytest.approx((291 + 261 + 72 + 78) * 0.09)   # counts from meta.json
+    # whole mask 16.5 HU: low-normal muscle density at 3 mm (partial volume with fat)
+    assert 0 <= m["smd_mask_hu"] <= 80
+    assert m["imat_cm2"] < 0.2 * m["sma_mask_cm2"]
+    assert 0.7 * m["sma_mask_cm2"] < m["sma_cm2"] < m["sma_mask_cm2"]
+    assert m["smd_hu"] > m["smd_mask_hu"]     # the fat-blurred edge pixels no longer pull it down
     vertebra = muscle_measures(image, labels == 5, spacing)
     assert vertebra["smd_hu"] > m["smd_hu"]        # cancellous bone is denser than muscle
 
@@ -238,11 +282,21 @@ def test_measure_cli_on_the_phantom_cohort(phantom_dir, tmp_path):
     np.testing.assert_allclose(table["smi_cm2_m2"], table["sma_cm2"] / cases.loc[table.index,
                                "height_m"] ** 2, rtol=1e-9)
     assert (table["sma_cm2"] > 0).all()
-    assert table["smd_hu"].between(-30, 150).all()   # muscle density of the simulated muscle
-    assert (table["imat_cm2"] < table["sma_cm2"]).all()
-    assert (table["sma_hu_refined_cm2"] <= table["sma_cm2"]).all()
-    case = table.index[0]
+    assert table["smd_hu"].between(-29, 150).all()   # HU-gated by definition
+    assert (table["imat_cm2"] < table["sma_mask_cm2"]).all()
+    assert (table["sma_cm2"] <= table["sma_mask_cm2"]).all()
+    # partial-volume edges put some mask pixels outside −29…+150 HU: the two conventions differ
+    differ = table.index[table["sma_cm2"] < table["sma_mask_cm2"]]
+    assert len(differ) > 0
+    case = differ[0]
     image, spacing = read_slice(phantom_dir / "images" / f"{case}.nii.gz")
     mask, _ = read_mask(phantom_dir / "masks" / f"{case}.nii.gz")
+    outside = int(np.count_nonzero(mask & ((image < -29) | (image > 150))))
+    assert outside > 0
+    assert table.loc[case, "sma_mask_cm2"] - table.loc[case, "sma_cm2"] == pytest.approx(
+        outside * spacing[0] * spacing[1] / 100)
+    assert table.loc[case, "smd_hu"] == pytest.approx(image[mask & (image >= -29) & (image <= 150)].mean())
+    assert table.loc[case, "smd_mask_hu"] == pytest.approx(image[mask].mean())
     want = muscle_measures(image, mask, spacing, float(cases.loc[case, "height_m"]))
-    assert table.loc[case].to_dict() == pytest.approx(want)
+    assert {k: table.loc[case, k] for k in MEASURE_KEYS} == pytest.approx(
+        {k: want[k] for k in MEASURE_KEYS})

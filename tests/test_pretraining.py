@@ -29,20 +29,8 @@ TOY = (32, 32)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def results(tmp_path, monkeypatch) -> Path:
-    """A private ``nnUNet_results`` so the store entries here meet no other test's."""
-    out = tmp_path / "results"
-    out.mkdir()
-    monkeypatch.setenv("nnUNet_results", str(out))
-    return out
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread."""
 
 
 def pretrain(resume: bool = False, overwrite: bool = False, progress: bool = False, **kw) -> Path:
@@ -602,6 +590,12 @@ def _trainer(name: str, fold: int):
 def test_trainer_loads_its_folds_entry_and_refuses_changed_or_stale_ones(preprocessed_dataset,
                                                                          results, monkeypatch):
     monkeypatch.delenv("nnUNet_xfer_pretrain_scope", raising=False)
+    command = f"nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --fold 1"
+    with pytest.raises(SystemExit) as e:  # no entry for fold 1 yet: refused in the constructor
+        _trainer("XferJigsawTrainer_n5", fold=1)
+    assert f"run: {command}" in str(e.value) and "\n" not in str(e.value)
+    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", fold=1, iterations=1, batch_size=1,
+                   permutations=10)
     trainer = _trainer("XferJigsawTrainer_n5", fold=1)
 
     def refusal() -> str:
@@ -610,10 +604,6 @@ def test_trainer_loads_its_folds_entry_and_refuses_changed_or_stale_ones(preproc
         assert "\n" not in str(e.value)
         return str(e.value)
 
-    command = f"nnunet-xfer pretrain -d {DATASET_ID} -s jigsaw -p nnUNetPlans -c 2d --fold 1"
-    assert f"run: {command}" in refusal()  # no entry for fold 1 yet: the exact command
-    pth = pretrain(dataset=DATASET_NAME, source="jigsaw", fold=1, iterations=1, batch_size=1,
-                   permutations=10)
     trainer._load_source()
     info = trainer.xfer_info["transfer"]
     assert info["entry"] == str(pth) and info["scope"] == "fold" and info["fold"] == 1

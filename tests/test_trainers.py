@@ -8,7 +8,11 @@ never meet those of the pretraining tests.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -141,7 +145,8 @@ def test_schedule_survives_optimizer_state_round_trip():
     """What ``--c`` does: a fresh optimizer loads the saved state and the scheduler gives the same LRs."""
     net = ToyNet()
     opt = torch.optim.SGD(part_param_groups(net, ToyNet.xfer_parts), 0.01, momentum=0.99, nesterov=True)
-    mark_transferred(opt, ["encoder"], FineTuneSchedule(freeze_epochs=1), num_epochs=40)
+    mark_transferred(opt, ["encoder"], FineTuneSchedule(lr_factor=0.1, warmup_fraction=0.05, freeze_epochs=1),
+                     num_epochs=40)
     sched = PartPolyLRScheduler(opt, 0.01, 40)
     sched.step(3)
     expected = [g["lr"] for g in opt.param_groups]
@@ -153,11 +158,19 @@ def test_schedule_survives_optimizer_state_round_trip():
     assert expected[0] < expected[1]  # transferred encoder below the fresh decoder
 
 
-def test_schedule_env_overrides(monkeypatch):
+def test_schedule_default_is_nnunets_and_env_options_are_explicit(monkeypatch):
+    default = FineTuneSchedule.from_env(FineTuneSchedule())
+    assert not default.explicit and default.warmup_epochs(1000) == 0
+    assert default.record() == {"explicit": False, "lr_factor": 1.0, "warmup_fraction": 0.0, "freeze_epochs": 0}
+    net = ToyNet()
+    opt = torch.optim.SGD(part_param_groups(net, ToyNet.xfer_parts), 0.01)
+    mark_transferred(opt, ["encoder", "decoder"], default, num_epochs=10)
+    assert all(group_lr(0.004, g, e) == 0.004 for g in opt.param_groups for e in (0, 5))  # nnU-Net's poly LR
     monkeypatch.setenv("nnUNet_xfer_lr_factor", "0.5")
     monkeypatch.setenv("nnUNet_xfer_freeze_epochs", "3")
     s = FineTuneSchedule.from_env(FineTuneSchedule())
-    assert (s.lr_factor, s.freeze_epochs, s.warmup_fraction) == (0.5, 3, 0.05)
+    assert (s.lr_factor, s.freeze_epochs, s.warmup_fraction) == (0.5, 3, 0.0) and s.explicit
+    assert s.record()["explicit"] is True
 
 
 # ----------------------------------------------------------------------------- family, env, version
@@ -229,7 +242,9 @@ def test_scratch_run_outputs_subset_and_predict(scratch_run, raw_dataset, tmp_pa
     assert logged_subset(text) == subsets["folds"]["0"]["5"]
     assert "1 epochs × 2 iterations" in text
     info = json.loads((scratch_run / "debug.json").read_text())["xfer_info"]
-    assert info["subset"]["train"] == subsets["folds"]["0"]["5"] and info["schedule"] == "nnU-Net default"
+    assert info["subset"]["train"] == subsets["folds"]["0"]["5"]
+    assert {k: info["schedule"][k] for k in ("explicit", "lr_factor", "warmup_fraction", "freeze_epochs")} == \
+        {"explicit": False, "lr_factor": 1.0, "warmup_fraction": 0.0, "freeze_epochs": 0}
     assert info["short_run"]["num_epochs"] == 1 and info["short_run"]["num_iterations_per_epoch"] == 2
 
     images = tmp_path / "images"
@@ -251,23 +266,31 @@ def network_from_plans(preprocessed: Path, in_channels: int) -> torch.nn.Module:
     return nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("2d"), in_channels, 2, True)
 
 
-def fake_store_entry(results: Path, source: str, network: torch.nn.Module, **meta) -> tuple[Path, dict]:
-    from nnunet_xfer.pretraining.store import save_entry
+def fake_store_entry(results: Path, source: str, network: torch.nn.Module, fold: int | None = None,
+                     **meta) -> tuple[Path, dict]:
+    """A store entry with the provenance record the trainers check (per fold for rec/jigsaw)."""
+    from nnunet_xfer.pretraining.store import entry_provenance, save_entry
     state = filled(network, seed=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("nnUNet_results", str(results))
-        pth = DatasetLayout(DATASET_NAME).store_entry(source)
-    save_entry(pth, state, None, {"source": source, **meta})
+        pth = DatasetLayout(DATASET_NAME).store_entry(source, fold=fold)
+    prov = entry_provenance(DATASET_NAME, scope="external" if fold is None else "fold", fold=fold)
+    save_entry(pth, state, None, {"source": source, **prov, **meta})
     return pth, state
 
 
 @pytest.fixture(scope="module")
 def rec_run(preprocessed_dataset, tmp_path_factory):
-    """``XferRecTrainer_n5`` from a fake 3-channel ``rec`` entry, in a results folder of its own."""
+    """``XferRecTrainer_n5`` from a fake 3-channel ``rec`` entry, in a results folder of its own.
+
+    With explicit schedule options (LR factor 0.1, 5 % warm-up), so that the per-part schedule and
+    its restoration by ``--c`` are tested through the real CLI.
+    """
     results = tmp_path_factory.mktemp("xfer_results")
     pth, state = fake_store_entry(results, "rec", network_from_plans(preprocessed_dataset, 3),
-                                  trained_prefixes=["encoder.", "decoder."])
-    env = {"nnUNet_results": str(results), "nnUNet_xfer_save_initial": "1"}
+                                  fold=0, trained_prefixes=["encoder.", "decoder."])
+    env = {"nnUNet_results": str(results), "nnUNet_xfer_save_initial": "1",
+           "nnUNet_xfer_lr_factor": "0.1", "nnUNet_xfer_warmup_fraction": "0.05"}
     run_cli("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "XferRecTrainer_n5", "-device", "cpu", env=env)
     fold = results / DATASET_NAME / "XferRecTrainer_n5__nnUNetPlans__2d" / "fold_0"
     return {"results": results, "pth": pth, "state": state, "fold": fold, "env": env}
@@ -297,6 +320,8 @@ def test_rec_trainer_starts_from_checkpoint(rec_run):
     assert info["n_transferred"] == counts["encoder"] + counts["decoder"]
     assert sorted(info["not_transferred"]) == sorted(k for k in initial if part_of(k, NNUNET_PARTS) == "head")
     assert "nnunet_xfer: loaded source 'rec'" in log_text(fold)
+    schedule = json.loads((fold / "debug.json").read_text())["xfer_info"]["schedule"]
+    assert (schedule["explicit"], schedule["lr_factor"], schedule["warmup_fraction"]) == (True, 0.1, 0.05)
 
 
 def test_rec_continue_does_not_reload_and_predicts_without_store(rec_run):
@@ -335,12 +360,11 @@ def make_trainer(name: str, fold: int = 1):
 
 def test_missing_and_mismatched_checkpoints_are_refused(preprocessed_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    trainer = make_trainer("XferJigsawTrainer_n5")
-    trainer.initialize()
-    with pytest.raises(SystemExit) as e:
-        trainer.on_train_start()
+    with pytest.raises(SystemExit) as e:  # in the constructor, before nnU-Net creates anything
+        make_trainer("XferJigsawTrainer_n5")
     assert "run: nnunet-xfer pretrain -d 501 -s jigsaw -p nnUNetPlans -c 2d" in str(e.value)
     assert "\n" not in str(e.value)
+    assert not (tmp_path / DATASET_NAME / "XferJigsawTrainer_n5__nnUNetPlans__2d").exists()
 
     wrong = network_from_plans(preprocessed_dataset, 1)
     with torch.no_grad():  # one extra output channel in the second encoder conv
@@ -355,3 +379,87 @@ def test_missing_and_mismatched_checkpoints_are_refused(preprocessed_dataset, tm
     assert "encoder.stages.0.0.convs.1.conv.weight (checkpoint (33, 32, 3, 3) vs network (32, 32, 3, 3))" \
         in str(e.value)
     assert all(torch.equal(v, before[k]) for k, v in trainer.network.state_dict().items())
+
+
+def test_default_transfer_trains_exactly_like_scratch(preprocessed_dataset, tmp_path, monkeypatch):
+    """Without explicit options a transfer trainer has nnU-Net's own optimiser and schedule, as scratch."""
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_xfer_seed", "7")
+    fake_store_entry(tmp_path, "rec", network_from_plans(preprocessed_dataset, 1), fold=0,
+                     trained_prefixes=["encoder.", "decoder."])
+    trainers = {}
+    for name in ("XferRecTrainer_n5", "XferScratchTrainer_n5"):
+        trainers[name] = make_trainer(name)  # seeds torch in the constructor ...
+        trainers[name].initialize()  # ... so both networks start from the same weights
+    rec, scratch = trainers.values()
+    assert type(rec.optimizer) is type(scratch.optimizer) is torch.optim.SGD
+    assert type(rec.lr_scheduler) is type(scratch.lr_scheduler) is PolyLRScheduler
+
+    def settings_of(optimizer):
+        return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    assert len(rec.optimizer.param_groups) == 1 and settings_of(rec.optimizer) == settings_of(scratch.optimizer)
+    assert rec.xfer_info["schedule"] == scratch.xfer_info["schedule"] and not rec.xfer_info["schedule"]["explicit"]
+    assert rec.xfer_info["seed"] == 7
+    state = scratch.network.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in rec.network.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- first contact
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> Path:
+    """The package built as a wheel and installed (no dependencies) into a folder of its own."""
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("wheel")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(out / "dist"), str(repo)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((out / "dist").glob("nnunet_xfer-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(out / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    return out / "site"
+
+
+def python_with_site(site_dir: Path, code: str, ext_trainer: str | None) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter whose site folder is ``site_dir``, processed as at start-up.
+
+    ``-S`` keeps this environment's own site folder (and its editable install of the package)
+    out; its packages (nnunetv2, torch) are appended to ``sys.path`` after ``site_dir``.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "nnUNet_extTrainer")}
+    if ext_trainer is not None:
+        env["nnUNet_extTrainer"] = ext_trainer
+    prelude = (f"import site, sys; site.addsitedir({str(site_dir)!r}); "
+               f"sys.path.append({sysconfig.get_paths()['purelib']!r}); ")
+    return subprocess.run([sys.executable, "-S", "-c", prelude + code], capture_output=True, text=True,
+                          env=env, cwd=str(site_dir.parent), timeout=300)
+
+
+def test_wheel_start_up_hook_registers_the_trainers(installed_wheel, tmp_path):
+    assert (installed_wheel / "nnunet_xfer_trainers.pth").is_file()
+    folder = installed_wheel / "nnunet_xfer" / "trainers"
+    show = "import os; print(os.environ.get('nnUNet_extTrainer'))"
+    own = str(tmp_path / "my_trainers")
+    proc = python_with_site(installed_wheel, show, ext_trainer=own)
+    assert proc.stdout.strip() == os.pathsep.join([own, str(folder)]) and proc.stderr == ""  # user's entry first
+    proc = python_with_site(installed_wheel, show, ext_trainer=None)
+    assert proc.stdout.strip() == str(folder)
+    proc = python_with_site(installed_wheel, show, ext_trainer=str(folder))
+    assert proc.stdout.strip() == str(folder)  # not added twice
+
+    # nnU-Net finds our trainers by name with nothing exported (what nnUNetv2_train/_predict do)
+    find = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; "
+            "c = f('XferSegTrainer_n10'); print(c.__module__, c.source, c.subset_size)")
+    proc = python_with_site(installed_wheel, find, ext_trainer=None)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "nnunet_xfer.trainers.xfer_trainer_family seg 10"
+
+    # a broken or half-removed package never disturbs Python's start-up
+    broken = tmp_path / "broken"
+    shutil.copytree(installed_wheel, broken)
+    (broken / "nnunet_xfer" / "_startup.py").unlink()
+    proc = python_with_site(broken, "print('ok')", ext_trainer=own)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, "ok", "")
+    shutil.rmtree(broken / "nnunet_xfer")
+    proc = python_with_site(broken, show, ext_trainer=own)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, own, "")

@@ -19,7 +19,8 @@ from nnunet_xfer.dataset_conversion.readers import (ARRAY_ENDINGS, VOLUME_ENDING
 from nnunet_xfer.errors import UserError
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
-OPTIONAL_COLUMNS = ("slice_index", "vertebra_mask", "vertebra_label", "height_m", "sex", "observer")
+OPTIONAL_COLUMNS = ("slice_index", "vertebra_mask", "vertebra_label", "height_m", "sex", "observer",
+                    "weight_kg")
 #: A case id becomes a file name: letters, digits, ``._-``; no leading dot/dash, no path parts.
 SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -30,13 +31,14 @@ class CaseSpec:
 
     case_id: str
     image: Path
-    mask: Path
+    mask: Path | None
     slice_index: int | None = None
     vertebra_mask: Path | None = None
     vertebra_label: int | None = None
     height_m: float | None = None
     sex: str | None = None
     observer: str | None = None
+    weight_kg: float | None = None
 
 
 def _blank(value) -> bool:
@@ -120,8 +122,12 @@ def _manifest_text(csv_path: Path) -> str:
     return text
 
 
-def read_manifest(csv_path: Path) -> list[CaseSpec]:
-    """Parse a case manifest CSV into :class:`CaseSpec` rows (paths resolved against its folder)."""
+def read_manifest(csv_path: Path, mask_required: bool = True) -> list[CaseSpec]:
+    """Parse a case manifest CSV into :class:`CaseSpec` rows (paths resolved against its folder).
+
+    ``mask_required=False`` (``measure --cases``): the mask column may be absent or empty.
+    """
+    required = REQUIRED_COLUMNS if mask_required else tuple(c for c in REQUIRED_COLUMNS if c != "mask")
     csv_path = Path(csv_path)
     text = _manifest_text(csv_path)
     try:
@@ -131,10 +137,10 @@ def read_manifest(csv_path: Path) -> list[CaseSpec]:
                         f"{str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''}); "
                         f"it must be a CSV with columns case_id,image,mask") from None
     df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise UserError(f"case manifest {csv_path} lacks column(s) {', '.join(missing)}; "
-                        f"required: case_id,image,mask")
+                        f"required: {','.join(required)}")
     if df.empty:
         raise UserError(f"case manifest {csv_path} lists no cases")
     check_case_ids([str(c).strip() for c in df["case_id"]], str(csv_path))
@@ -146,7 +152,7 @@ def read_manifest(csv_path: Path) -> list[CaseSpec]:
     specs = []
     for row in df.to_dict("records"):
         cid = str(row["case_id"]).strip()
-        for col in ("image", "mask"):
+        for col in required[1:]:
             if _blank(row[col]):
                 raise UserError(f"case {cid}: the {col} column is empty in {csv_path}")
         vertebra_mask = path_of(row.get("vertebra_mask"))
@@ -154,12 +160,13 @@ def read_manifest(csv_path: Path) -> list[CaseSpec]:
         if (vertebra_mask is None) != (vertebra_label is None):
             raise UserError(f"case {cid}: give both vertebra_mask and vertebra_label, or neither")
         specs.append(CaseSpec(
-            case_id=cid, image=path_of(row["image"]), mask=path_of(row["mask"]),
+            case_id=cid, image=path_of(row["image"]), mask=path_of(row.get("mask")),
             slice_index=_as_int(row.get("slice_index"), "slice_index", cid),
             vertebra_mask=vertebra_mask, vertebra_label=vertebra_label,
             height_m=_as_float(row.get("height_m"), "height_m", cid),
             sex=None if _blank(row.get("sex")) else str(row["sex"]).strip(),
-            observer=None if _blank(row.get("observer")) else str(row["observer"]).strip()))
+            observer=None if _blank(row.get("observer")) else str(row["observer"]).strip(),
+            weight_kg=_as_float(row.get("weight_kg"), "weight_kg", cid)))
     return specs
 
 

@@ -87,6 +87,11 @@ def _muscle(values: np.ndarray, labels: list[int] | None, path: Path, case: str)
     """0/1 uint8 muscle mask from the mask's values."""
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise UserError(f"case {case}: mask {path} contains NaN or inf values; fix the mask")
+    if values.dtype.kind in "biu":  # integer masks: no np.unique on the fast paths (convert's CPU)
+        if labels is not None:
+            return np.isin(values, labels).astype(np.uint8)
+        if values.size and values.min() >= 0 and values.max() <= 1:
+            return values.astype(np.uint8, copy=False)
     uniq = np.unique(values)
     if labels is None:
         bad = uniq[~np.isin(uniq, (0, 1))]
@@ -124,7 +129,7 @@ def prepare_case(spec: CaseSpec, labels: list[int] | None = None,
     elif spec.slice_index not in (None, 0):
         check_index(image, spec.slice_index, spec.image, cid)
     slice_img = extract_slice(image, index if index is not None else 0)
-    values = sitk.GetArrayFromImage(slice_img)
+    values = sitk.GetArrayViewFromImage(slice_img)
     _check_hu(values, spec.image, index, cid, allow_non_hu)
 
     mask = read_mask(spec.mask, cid)
@@ -143,9 +148,9 @@ def prepare_case(spec: CaseSpec, labels: list[int] | None = None,
         else:
             mask_slice = extract_slice(mask, 0)
             _require_same(slice_img, mask_slice, "mask", spec.mask, spec.image, cid)
-        mask_values = sitk.GetArrayFromImage(mask_slice)
+        mask_values = sitk.GetArrayViewFromImage(mask_slice)
     muscle = _muscle(mask_values, labels, spec.mask, cid)
     out = sitk.GetImageFromArray(muscle)
     out.CopyInformation(slice_img)
     return PreparedCase(image=slice_img, mask=out, slice_index=index,
-                        muscle_pixels=int(muscle.sum()))
+                        muscle_pixels=int(np.count_nonzero(muscle)))

@@ -161,7 +161,7 @@ def boxes(cases: pd.DataFrame, path: Path) -> Path:
     for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
         data, colors, labels = [], [], []
         for k in keys.itertuples(index=False):
-            rows = cases[(cases.source == k.source) & (cases.size_tag == k.size_tag)
+            rows = cases[cases["source"].eq(k.source) & (cases.size_tag == k.size_tag)
                          & (cases.plans == k.plans)]
             sel = with_worst(rows[metric], rows.failed, rows.worst_distance_mm, metric) \
                 if "worst_distance_mm" in rows else rows[metric].to_numpy(float)

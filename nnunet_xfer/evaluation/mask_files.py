@@ -98,14 +98,21 @@ def list_cases(folder: Path, what: str = "files",
 
 
 def images_for_cases(folder: Path, case_ids: list[str], what: str = "images") -> dict[str, Path]:
-    """The image of each case in ``folder``: ``<case>_0000.<ending>`` (nnU-Net style) if present,
-    else ``<case>.<ending>``; naming may differ between files. UserError naming the first case
-    without an image."""
+    """The image of each case by exact case id: ``<case>.<ending>``, or nnU-Net's
+    ``<case>_0000.<ending>``; one image is never given to two cases.
+
+    In a folder where every image ends in ``_0000`` (nnU-Net's imagesTr/imagesTs) the suffix is
+    the channel; elsewhere ``<case>.<ending>`` wins, so cases ``x`` and ``x_0000`` each get their
+    own. UserError naming the first case without an image, or two cases sharing one.
+    """
+    folder = Path(folder)
     by_stem = list_cases(folder, what, channel_suffix=False)
+    nnunet_style = all(stem.endswith(CHANNEL_SUFFIX) for stem in by_stem)
     found: dict[str, Path] = {}
     lacking = []
     for case in case_ids:
-        path = by_stem.get(case + CHANNEL_SUFFIX, by_stem.get(case))
+        path = (by_stem.get(case + CHANNEL_SUFFIX) if nnunet_style
+                else by_stem.get(case, by_stem.get(case + CHANNEL_SUFFIX)))
         if path is None:
             lacking.append(case)
         else:
@@ -114,6 +121,12 @@ def images_for_cases(folder: Path, case_ids: list[str], what: str = "images") ->
         more = f"; {len(lacking) - 1} more cases lack one" if len(lacking) > 1 else ""
         raise UserError(f"case {lacking[0]}: no image in {folder} (expected {lacking[0]}"
                         f"{CHANNEL_SUFFIX}.nii.gz or {lacking[0]}.nii.gz){more}")
+    owner: dict[Path, str] = {}
+    for case, path in found.items():
+        if path in owner:
+            raise UserError(f"cases {owner[path]} and {case} would both use {path.name}; name images "
+                            f"<case>.nii.gz (exact case id) or all <case>{CHANNEL_SUFFIX}.nii.gz")
+        owner[path] = case
     return found
 
 

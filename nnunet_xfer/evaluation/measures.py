@@ -1,38 +1,80 @@
-"""Muscle-health measures of an L3 slice: SMA, SMD, IMAT, HU-refined SMA and SMI.
+"""Muscle-health measures of an L3 slice: SMA, SMD, IMAT and SMI, and plausibility flags.
 
-Definitions (docs/definitions.md): SMA (cm²) = mask pixels × pixel area; SMD = mean HU inside the mask;
-IMAT (cm²) = mask pixels within −190..−30 HU; HU-refined SMA (cm²) = mask pixels within −29..150 HU;
-SMI (cm²/m²) = SMA / height². HU ranges are inclusive at both ends.
+Definitions (docs/measure.md, docs/definitions.md). By default the measures follow the
+convention behind published sarcopenia cut-offs: only mask pixels within −29…+150 HU count as
+muscle.
+
+* SMA (cm²) = mask pixels within −29…+150 HU × pixel area;
+* SMD (HU) = mean HU of those pixels;
+* SMI (cm²/m²) = SMA / height²;
+* IMAT (cm²) = mask pixels within −190…−30 HU × pixel area;
+* ``sma_mask_cm2``, ``smd_mask_hu``, ``smi_mask_cm2_m2``: the same over the whole mask (no HU range).
+
+HU ranges are inclusive at both ends.
 """
 from __future__ import annotations
 
 import math
-import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from nnunet_xfer.atomic import atomic_write_csv
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import (check_same_geometry, images_for_cases,
-                                               list_cases, read_mask, read_slice)
+from nnunet_xfer.evaluation.mask_files import (check_same_geometry, images_for_cases, list_cases,
+                                               read_mask, read_slice)
 
 IMAT_HU = (-190.0, -30.0)
+#: Muscle HU range of the published sarcopenia convention (Mitsiopoulos 1998; Prado 2008).
 MUSCLE_HU = (-29.0, 150.0)
-MEASURE_COLUMNS = ("case_id", "sma_cm2", "smd_hu", "imat_cm2", "sma_hu_refined_cm2", "smi_cm2_m2")
+#: Columns of ``measure --images/--masks``'s CSV.
+MEASURE_COLUMNS = ("case_id", "sma_cm2", "smd_hu", "imat_cm2", "smi_cm2_m2", "sma_mask_cm2",
+                   "smd_mask_hu", "smi_mask_cm2_m2", "muscle_pixels", "flags")
+#: The measures of :func:`muscle_measures` in the order they are reported.
+MEASURE_KEYS = ("sma_cm2", "smd_hu", "imat_cm2", "smi_cm2_m2", "sma_mask_cm2", "smd_mask_hu",
+                "smi_mask_cm2_m2")
+
+# ---------------------------------------------------------------- quality-control thresholds
+#: Plausible adult L3 SMA (cm²) and SMD (HU); outside them a case is flagged for a look.
+PLAUSIBLE_SMA_CM2 = (40.0, 350.0)
+PLAUSIBLE_SMD_HU = (10.0, 80.0)
+#: Slices thicker than this (mm) blur muscle and fat (partial volume): flagged.
+MAX_SLICE_THICKNESS_MM = 5.0
+#: A fold model whose Dice against the ensemble is below this is flagged as disagreeing.
+MIN_FOLD_DICE = 0.8
+#: Air in a calibrated CT reads about −1000 HU; its median must fall in this range.
+AIR_HU = (-1100.0, -850.0)
+#: Values at or below this are scanner padding outside the reconstruction circle, not air.
+PADDING_HU = -1500.0
+
+#: Flag names (the ``flags`` column lists them separated by ``;``), with what they mean.
+FLAGS = {
+    "empty_mask": "the mask holds no muscle pixel",
+    "fov_edge": "the mask touches the edge of the field of view (muscle may be cut off)",
+    "thick_slice": f"slice thicker than {MAX_SLICE_THICKNESS_MM:g} mm",
+    "sma_implausible": f"SMA outside {PLAUSIBLE_SMA_CM2[0]:g}–{PLAUSIBLE_SMA_CM2[1]:g} cm²",
+    "smd_implausible": f"SMD outside {PLAUSIBLE_SMD_HU[0]:g}–{PLAUSIBLE_SMD_HU[1]:g} HU",
+    "fold_disagreement": f"a fold model's Dice against the ensemble is below {MIN_FOLD_DICE:g}",
+    "hu_not_calibrated": "the slice does not look like CT in HU (air not near −1000 HU)",
+}
 
 
-def _count_within(hu: np.ndarray, bounds: tuple[float, float]) -> int:
-    return int(np.count_nonzero((hu >= bounds[0]) & (hu <= bounds[1])))
+def _within(hu: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    return (hu >= bounds[0]) & (hu <= bounds[1])
 
 
 def muscle_measures(image_hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float],
-                    height_m: float | None = None) -> dict:
-    """SMA, SMD, IMAT, HU-refined SMA and SMI of one slice (HU image, boolean muscle mask).
+                    height_m: float | None = None,
+                    muscle_hu: tuple[float, float] = MUSCLE_HU) -> dict:
+    """SMA, SMD, IMAT and SMI of one slice (HU image, boolean muscle mask), see the module doc.
 
-    ``spacing`` is the (row, col) pixel size in mm. An empty mask gives areas 0 and SMD NaN;
-    SMI is NaN when the height is unknown (None or NaN).
+    ``spacing`` is the (row, col) pixel size in mm. SMA/SMD/SMI count the mask pixels within
+    ``muscle_hu``; ``*_mask_*`` count the whole mask. An empty mask (or no pixel in range) gives
+    areas 0 and SMD NaN; SMI is NaN when the height is unknown (None or NaN).
+    ``sma_hu_refined_cm2`` is kept as an alias of ``sma_cm2`` for older callers.
     """
     image_hu = np.asarray(image_hu, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
@@ -40,15 +82,73 @@ def muscle_measures(image_hu: np.ndarray, mask: np.ndarray, spacing: tuple[float
         raise ValueError(f"image {image_hu.shape} and mask {mask.shape} differ in shape")
     pixel_cm2 = float(spacing[0]) * float(spacing[1]) / 100.0
     hu = image_hu[mask]
-    sma = hu.size * pixel_cm2
+    muscle = hu[_within(hu, muscle_hu)]
+    sma, sma_mask = muscle.size * pixel_cm2, hu.size * pixel_cm2
     known_height = height_m is not None and not math.isnan(height_m)
+    h2 = float(height_m) ** 2 if known_height else math.nan
     return dict(
         sma_cm2=sma,
-        smd_hu=float(hu.mean()) if hu.size else math.nan,
-        imat_cm2=_count_within(hu, IMAT_HU) * pixel_cm2,
-        sma_hu_refined_cm2=_count_within(hu, MUSCLE_HU) * pixel_cm2,
-        smi_cm2_m2=sma / float(height_m) ** 2 if known_height else math.nan,
+        smd_hu=float(muscle.mean()) if muscle.size else math.nan,
+        imat_cm2=int(np.count_nonzero(_within(hu, IMAT_HU))) * pixel_cm2,
+        smi_cm2_m2=sma / h2 if known_height else math.nan,
+        sma_mask_cm2=sma_mask,
+        smd_mask_hu=float(hu.mean()) if hu.size else math.nan,
+        smi_mask_cm2_m2=sma_mask / h2 if known_height else math.nan,
+        sma_hu_refined_cm2=sma,
     )
+
+
+def check_finite_in_mask(image_hu: np.ndarray, mask: np.ndarray, case: str, path: Path) -> None:
+    """Refuse NaN/inf image values inside the muscle (they would make SMD meaningless)."""
+    values = np.asarray(image_hu)[np.asarray(mask, dtype=bool)]
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise UserError(f"case {case}: image {path} has {bad} NaN/inf value(s) inside the muscle "
+                        f"mask; fix the image")
+
+
+def hu_looks_calibrated(image_hu: np.ndarray) -> bool:
+    """Whether a CT slice looks like HU: the air around the body reads about −1000 HU.
+
+    Scanner padding (≤ −1500 HU) is left out; a slice without any air (< −500 HU) is not
+    judged calibrated either, because nothing in it can be checked.
+    """
+    values = np.asarray(image_hu, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > PADDING_HU)]
+    air = values[values < -500]
+    if air.size < 0.005 * max(values.size, 1):
+        return False
+    return AIR_HU[0] <= float(np.median(air)) <= AIR_HU[1]
+
+
+def touches_edge(mask: np.ndarray) -> bool:
+    """Whether the mask has a pixel in the first or last row or column."""
+    mask = np.asarray(mask, dtype=bool)
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def quality_flags(image_hu: np.ndarray, mask: np.ndarray, measures: dict,
+                  slice_thickness_mm: float | None = None,
+                  fold_dice: list[float] | None = None) -> list[str]:
+    """Names of the :data:`FLAGS` that apply to one measured slice (empty when nothing is odd)."""
+    flags = []
+    if not np.asarray(mask, dtype=bool).any():
+        flags.append("empty_mask")
+    elif touches_edge(mask):
+        flags.append("fov_edge")
+    if slice_thickness_mm is not None and slice_thickness_mm > MAX_SLICE_THICKNESS_MM:
+        flags.append("thick_slice")
+    if flags[:1] != ["empty_mask"]:
+        sma, smd = measures["sma_cm2"], measures["smd_hu"]
+        if not PLAUSIBLE_SMA_CM2[0] <= sma <= PLAUSIBLE_SMA_CM2[1]:
+            flags.append("sma_implausible")
+        if not (math.isfinite(smd) and PLAUSIBLE_SMD_HU[0] <= smd <= PLAUSIBLE_SMD_HU[1]):
+            flags.append("smd_implausible")
+    if fold_dice and min(fold_dice) < MIN_FOLD_DICE:
+        flags.append("fold_disagreement")
+    if not hu_looks_calibrated(image_hu):
+        flags.append("hu_not_calibrated")
+    return flags
 
 
 def read_heights(path: Path) -> dict[str, float]:
@@ -70,16 +170,41 @@ def read_heights(path: Path) -> dict[str, float]:
     return dict(zip(table["case_id"], heights.astype(float)))
 
 
+def _check_image(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -> None:
+    """The HU checks ``convert`` applies to its slices, plus: pictures carry no pixel spacing."""
+    from nnunet_xfer.dataset_conversion.prepare import _check_hu  # convert's own check
+    if Path(path).name.lower().endswith(".png"):
+        if not allow_non_hu:
+            raise UserError(f"case {case}: image {path} is a picture (no HU, no pixel spacing); give "
+                            f"CT in Hounsfield units (NIfTI, NRRD, MHA), or pass --allow-non-hu if "
+                            f"you really mean it (areas then assume 1 mm pixels)")
+        warnings.warn(f"case {case}: {Path(path).name} has no pixel spacing; areas assume 1 mm pixels",
+                      stacklevel=3)
+    _check_hu(image, Path(path), None, case, allow_non_hu)
+
+
+def _read_labels(path: Path, labels: list[int] | None) -> tuple[np.ndarray, tuple[float, float]]:
+    if labels is None:
+        return read_mask(path)
+    arr, spacing = read_slice(path)
+    values = np.unique(arr)
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        raise UserError(f"{path}: mask has non-integer values; give a label image")
+    return np.isin(arr, labels), spacing
+
+
 def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | None = None,
-                   label: int = 1, overwrite: bool = False,
-                   other_labels: bool | None = None) -> pd.DataFrame:
+                   label_map: list[int] | None = None, overwrite: bool = False,
+                   allow_non_hu: bool = False) -> pd.DataFrame:
     """Muscle measures of every mask in ``masks`` (e.g. ``nnUNetv2_predict`` output) → ``out_csv``.
 
     Images are ``<case>_0000.nii.gz`` (nnU-Net style) or ``<case>.nii.gz`` (also .nii/.mha/.nrrd),
-    in HU; masks are ``<case>.<ending>`` with the same shape and spacing. ``label`` is the muscle
-    value in the masks; ``other_labels`` as in :func:`~nnunet_xfer.evaluation.mask_files.read_mask`.
-    ``heights`` is an optional CSV ``case_id,height_m`` for SMI. Writes one row per mask, columns
-    :data:`MEASURE_COLUMNS`, atomically, and returns the table.
+    in HU, paired with the masks by exact case id (:func:`~nnunet_xfer.evaluation.mask_files.images_for_cases`); masks are
+    ``<case>.<ending>`` with the same shape and spacing. ``label_map``: the mask values that are
+    muscle (None: masks must be binary 0/1). ``heights`` is an optional CSV ``case_id,height_m``
+    for SMI. Images failing convert's HU checks are refused unless ``allow_non_hu``; NaN/inf in
+    the muscle is refused; an empty mask is warned about and flagged. Writes one row per mask,
+    columns :data:`MEASURE_COLUMNS`, atomically, and returns the table.
     """
     out_csv = Path(out_csv)
     if out_csv.exists() and not overwrite:
@@ -87,19 +212,28 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     mask_files = list_cases(Path(masks), "masks", channel_suffix=False)
     image_files = images_for_cases(Path(images), list(mask_files))
     height_of = read_heights(Path(heights)) if heights is not None else {}
+    from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite
 
     rows = []
     # disable=None: a bar on a terminal, none in logs and pipes (keeps errors one line there)
     for case, mask_path in tqdm(mask_files.items(), desc="measure", unit="case", disable=None):
-        image, image_spacing = read_slice(image_files[case])
-        mask, mask_spacing = read_mask(mask_path, label=label, other_labels=other_labels)
+        image_path = image_files[case]
+        image, image_spacing = read_slice(image_path)
+        mask, mask_spacing = _read_labels(mask_path, label_map)
         check_same_geometry(image_spacing, image.shape, mask_spacing, mask.shape, case)
-        rows.append({"case_id": case,
-                     **muscle_measures(image, mask, image_spacing, height_of.get(case))})
+        if mask.any() and nifti_has_nonfinite(image_path, None):  # ITK reads NaN as 0
+            import nibabel as nib
+            raw = np.asarray(nib.load(str(image_path)).dataobj).T.reshape(image.shape)
+            check_finite_in_mask(raw, mask, case, image_path)
+        check_finite_in_mask(image, mask, case, image_path)
+        _check_image(image, image_path, case, allow_non_hu)
+        m = muscle_measures(image, mask, image_spacing, height_of.get(case))
+        flags = quality_flags(image, mask, m)
+        if "empty_mask" in flags:
+            warnings.warn(f"case {case}: mask {mask_path.name} is empty (no muscle); flagged "
+                          f"empty_mask in the CSV", stacklevel=2)
+        rows.append({"case_id": case, **{k: m[k] for k in MEASURE_KEYS},
+                     "muscle_pixels": int(mask.sum()), "flags": ";".join(flags)})
     table = pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
-
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out_csv)
+    atomic_write_csv(out_csv, table)
     return table

@@ -119,7 +119,7 @@ def best_group(groups: list[dict]) -> dict | None:
 
 
 def _group_rows(cases: pd.DataFrame, g: dict) -> pd.DataFrame:
-    return cases[(cases.source == g["source"]) & (cases.size_tag.astype(str) == str(g["size_tag"]))
+    return cases[cases["source"].eq(g["source"]) & (cases.size_tag.astype(str) == str(g["size_tag"]))
                  & (cases.plans == g["plans"])]
 
 
@@ -295,8 +295,8 @@ def _legend_notes(groups: list[dict]) -> list[str]:
 
 def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
     parts = ["<h2>Observer study</h2>"]
-    summary = json.loads((folder / "summary.json").read_text()) if (
-        folder / "summary.json").is_file() else {}
+    summary = json.loads((folder / EVAL_SUMMARY_JSON).read_text()) if (
+        folder / EVAL_SUMMARY_JSON).is_file() else {}
     if summary:
         parts.append(f"<p>{len(summary.get('cases', []))} case(s), observers: "
                      f"{html.escape(', '.join(summary.get('observers', [])))}"

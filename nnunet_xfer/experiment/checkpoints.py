@@ -1,14 +1,8 @@
-"""Open an nnU-Net checkpoint with torch's restricted unpickler before nnU-Net loads it blindly.
+"""``python -m nnunet_xfer.experiment.checkpoints FILE``: the runner's checkpoint check for shell scripts.
 
-``nnUNetv2_train --c`` / ``--val`` load ``checkpoint_latest.pth`` / ``checkpoint_final.pth`` with
-``torch.load(weights_only=False)``: a planted file would run any code its pickle names. The
-runner (and each SLURM job) first opens the file with ``weights_only=True``, admitting only the
-plain types nnU-Net's ``save_checkpoint`` writes besides tensors and dicts: numpy scalars (the
-logged losses and Dice values are ``np.float32``) and their dtypes. ``torch.device`` (in
-``init_args``) and ``OrderedDict`` are admitted by torch itself. A file that fails is refused.
-
-``python -m nnunet_xfer.experiment.checkpoints FILE`` does the same check for shell scripts
-(exit 0: safe; exit 2 and one line on stderr: refused).
+Before ``nnUNetv2_train --c`` / ``--val`` (which unpickle blindly), the runner and each SLURM job
+open the file with :func:`nnunet_xfer.nnunet_checkpoint.open_nnunet_checkpoint` (exit 0: safe;
+exit 2 and one line on stderr: refused).
 """
 from __future__ import annotations
 
@@ -16,55 +10,16 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 
-
-def _numpy_globals() -> list:
-    """numpy's scalar constructor, ``np.dtype`` and the dtype classes of plain numbers."""
-    import numpy as np
-    try:
-        scalar = np._core.multiarray.scalar  # numpy >= 2
-    except AttributeError:  # pragma: no cover - numpy 1.x
-        scalar = np.core.multiarray.scalar
-    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-             np.uint64, np.float16, np.float32, np.float64, np.longdouble, np.complex64,
-             np.complex128)
-    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds} - {np.dtype}]
-
-
-def _reason(error: Exception) -> str:
-    """The line of torch's multi-line refusal that names what was refused."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    key = next((line for line in lines if "GLOBAL" in line or "global" in line
-                or "Unsupported" in line), None)
-    if key is None:
-        key = lines[0] if lines else type(error).__name__
-        if isinstance(error, (OSError, EOFError, RuntimeError)) or "zip" in key.lower():
-            key = f"truncated or not a torch file: {key}"
-    return key.removeprefix("WeightsUnpickler error: ")[:200]
+#: What the runner adds to a refusal: the file is not needed, training starts again without it.
+ADVICE = "; if you did not put it there, delete it (the fold then trains from the start)"
 
 
 def check_checkpoint(path: Path) -> dict:
-    """Load ``path`` with ``weights_only=True`` (numpy scalars admitted); return the checkpoint.
-
-    :class:`UserError` in one line when the file is not a checkpoint this unpickler can open
-    (planted code, a truncated write, another format): it will not be handed to nnU-Net.
-    """
-    import warnings
-
-    import torch
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols on the way
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means: not a plain nnU-Net checkpoint
-        raise UserError(f"{path} will not be loaded: it is not a plain nnU-Net checkpoint "
-                        f"({_reason(e)}); if you did not put it there, delete it (the fold then "
-                        f"trains from the start)") from None
-    if not isinstance(obj, dict) or "network_weights" not in obj:
-        raise UserError(f"{path} will not be loaded: it holds no nnU-Net checkpoint "
-                        f"(no network_weights); delete it (the fold then trains from the start)")
-    return obj
+    """The checkpoint at ``path`` opened safely (see :mod:`nnunet_xfer.nnunet_checkpoint`); one-line
+    :class:`UserError` when it will not be handed to nnU-Net."""
+    return open_nnunet_checkpoint(path, ADVICE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.layout import PHANTOM_MANIFEST
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
 
@@ -92,7 +93,7 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
                 _write(m, subj.spacing, root / "observers" / name / f"{cid}.nii.gz")
         rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "mask": f"masks/{cid}.nii.gz",
                      "height_m": f"{subj.height_m:.3f}", "sex": subj.sex})
-    with open(root / "cases.csv", "w", newline="") as fh:
+    with open(root / PHANTOM_MANIFEST, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["case_id", "image", "mask", "height_m", "sex"])
         w.writeheader()
         w.writerows(rows)

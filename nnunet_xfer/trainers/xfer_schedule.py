@@ -1,4 +1,9 @@
-"""Fine-tuning schedule: per-part parameter groups, discriminative LR, warm-up, frozen-encoder epochs.
+"""Fine-tuning schedule: nnU-Net's own by default; per-part LR, warm-up and freezing as explicit options.
+
+By default every source, scratch included, fine-tunes with nnU-Net's optimiser, learning rate and
+poly schedule: only the initial weights differ (docs/trainers.md). The options below shape the
+transferred parts only when set explicitly (``nnUNet_xfer_lr_factor`` / ``_warmup_fraction`` /
+``_freeze_epochs``, or a trainer variant's ``fine_tune``).
 
 Everything a group needs to know about its own schedule lives in the optimizer's param-group dict
 (``xfer_*`` keys). nnU-Net saves the optimizer state in its checkpoints and ``--c`` restores it,
@@ -7,49 +12,68 @@ an epoch is a pure function of that epoch and the group.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
+from nnunet_xfer import settings
 from nnunet_xfer.architectures.parts import part_of
+from nnunet_xfer.errors import UserError
 
 #: Order of the parameter groups (group 0 is the LR nnU-Net prints and plots).
 GROUP_ORDER = ("encoder", "decoder", "head", "other")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FineTuneSchedule:
-    """How transferred parameters are trained; see docs/trainers.md for the why.
+    """How transferred parameters are trained; the defaults are nnU-Net's own schedule (docs/trainers.md).
 
-    ``lr_factor``: transferred parameters run at this fraction of nnU-Net's LR (nnssl's
-    PretrainedTrainer fine-tunes at 1e-3, a tenth of nnU-Net's 1e-2). ``warmup_fraction``: linear
-    warm-up of the transferred parameters over this fraction of the epochs (nnU-Net's
-    ``nnUNetTrainer_warmup`` and nnssl: 50 of 1000 epochs), at least one epoch. ``freeze_epochs``:
-    encoder frozen for this many epochs before its warm-up starts (0: off, as in both references).
+    ``lr_factor``: transferred parameters run at this fraction of nnU-Net's LR (1: nnU-Net's LR;
+    nnssl's PretrainedTrainer fine-tunes at 0.1). ``warmup_fraction``: linear warm-up of the
+    transferred parameters over this fraction of the epochs, at least one epoch when above 0
+    (0: none; nnU-Net's ``nnUNetTrainer_warmup`` and nnssl use 0.05). ``freeze_epochs``: encoder
+    frozen for this many epochs before its warm-up starts (0: off).
     """
 
-    lr_factor: float = 0.1
-    warmup_fraction: float = 0.05
+    lr_factor: float = 1.0
+    warmup_fraction: float = 0.0
     freeze_epochs: int = 0
 
+    @property
+    def explicit(self) -> bool:
+        """True when the schedule differs from nnU-Net's own (an explicit option is in force)."""
+        return self != FineTuneSchedule()
+
     def warmup_epochs(self, num_epochs: int) -> int:
-        """Warm-up length in epochs for a run of ``num_epochs``."""
-        return max(1, round(self.warmup_fraction * num_epochs))
+        """Warm-up length in epochs for a run of ``num_epochs`` (0 without warm-up)."""
+        return max(1, round(self.warmup_fraction * num_epochs)) if self.warmup_fraction > 0 else 0
+
+    def record(self) -> dict:
+        """What ``debug.json`` records as ``xfer_info["schedule"]``."""
+        return {"explicit": self.explicit, **asdict(self)}
 
     @classmethod
-    def from_env(cls, base: "FineTuneSchedule") -> "FineTuneSchedule":
-        """``base`` overridden by ``nnUNet_xfer_lr_factor`` / ``_warmup_fraction`` / ``_freeze_epochs``."""
-        values = asdict(base)
-        for name, cast in (("lr_factor", float), ("warmup_fraction", float), ("freeze_epochs", int)):
-            text = os.environ.get(f"nnUNet_xfer_{name}")
-            if text:
-                try:
-                    values[name] = cast(text)
-                except ValueError:
-                    raise SystemExit(f"nnunet_xfer: nnUNet_xfer_{name}={text!r} is not a number") from None
-        return cls(**values)
+    def from_env(cls, base: "FineTuneSchedule", environ: Mapping[str, str] | None = None) -> "FineTuneSchedule":
+        """``base`` overridden by ``nnUNet_xfer_lr_factor`` / ``_warmup_fraction`` / ``_freeze_epochs``.
+
+        :class:`UserError` (one line) for a value that is not a number or out of range.
+        """
+        lr_factor = settings.number("nnUNet_xfer_lr_factor", environ)
+        warmup = settings.number("nnUNet_xfer_warmup_fraction", environ)
+        freeze = settings.positive_int("nnUNet_xfer_freeze_epochs", environ, minimum=0)
+        if lr_factor is not None and not lr_factor > 0:
+            raise UserError(f"nnUNet_xfer_lr_factor must be above 0 (1: nnU-Net's LR), got {lr_factor}")
+        if warmup is not None and not 0 <= warmup <= 1:
+            raise UserError(f"nnUNet_xfer_warmup_fraction must lie in 0…1, got {warmup}")
+        changes = {k: v for k, v in (("lr_factor", lr_factor), ("warmup_fraction", warmup),
+                                     ("freeze_epochs", freeze)) if v is not None}
+        return replace(base, **changes)
+
+
+#: nnU-Net's own schedule: what every trainer uses unless an option is set.
+NNUNET_SCHEDULE = FineTuneSchedule()
 
 
 def part_param_groups(network: torch.nn.Module, parts: dict[str, tuple[str, ...]]) -> list[dict]:

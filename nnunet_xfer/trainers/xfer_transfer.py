@@ -1,8 +1,14 @@
-"""``XferTransferTrainer``: the base trainer plus a source checkpoint and a fine-tuning schedule.
+"""``XferTransferTrainer``: the base trainer plus a source checkpoint (and optional fine-tuning options).
 
 Only trainers of pretrained sources derive from it; scratch trainers carry none of this.
 
-* :meth:`configure_optimizers` makes one param group per network part (see ``xfer_schedule``).
+* By default the optimiser, learning rate and poly schedule are nnU-Net's own, exactly as for
+  scratch (:meth:`configure_optimizers` is nnU-Net's): only the initial weights differ.
+  With an explicit option (``nnUNet_xfer_lr_factor`` / ``_warmup_fraction`` /
+  ``_freeze_epochs``, or a variant's ``fine_tune``) it makes one param group per network part
+  (see ``xfer_schedule``); ``debug.json`` records which in ``xfer_info["schedule"]``.
+* The constructor refuses a missing store entry (:meth:`_check_source`) before nnU-Net starts,
+  unless the run continues from its own checkpoint.
 * :meth:`on_train_start` loads the source checkpoint into the network only for a fresh run
   (no checkpoint loaded, epoch 0), so continuing never reloads the source, ``--val`` never needs
   the store, and inference (which only calls ``build_network_architecture``) never touches it.
@@ -17,13 +23,13 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunet_xfer import settings
 from nnunet_xfer.architectures.parts import network_parts
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import DEBUG_JSON, INITIAL_CHECKPOINT, DatasetLayout
+from nnunet_xfer.layout import DEBUG_JSON, INITIAL_CHECKPOINT
 from nnunet_xfer.architectures import is_torchvision_network
 from nnunet_xfer.pretraining.store import (architecture_fingerprint, check_entry, file_sha256,
                                            load_entry, pretrain_command, read_record, recreate_command,
                                            trainer_entry)
-from nnunet_xfer.trainers.xfer_schedule import (FineTuneSchedule, PartPolyLRScheduler, is_frozen,
-                                                mark_transferred, part_param_groups)
+from nnunet_xfer.trainers.xfer_schedule import (NNUNET_SCHEDULE, FineTuneSchedule, PartPolyLRScheduler,
+                                                is_frozen, mark_transferred, part_param_groups)
 from nnunet_xfer.trainers.xfer_trainer_base import XferTrainerBase, refuse, shorten_keys
 from nnunet_xfer.trainers.xfer_weight_transfer import parts_from_prefixes, transfer_weights
 
@@ -31,31 +37,65 @@ from nnunet_xfer.trainers.xfer_weight_transfer import parts_from_prefixes, trans
 class XferTransferTrainer(XferTrainerBase):
     """Base of ``Xfer<Source>Trainer_n<N>`` for sources with a store entry (all but scratch)."""
 
-    #: fine-tuning schedule (env vars may override, see FineTuneSchedule)
-    fine_tune = FineTuneSchedule()
+    #: fine-tuning schedule of this class: nnU-Net's own; a variant may set explicit options
+    #: (``fine_tune = FineTuneSchedule(lr_factor=0.1, warmup_fraction=0.05)``); env vars override it
+    fine_tune: FineTuneSchedule = NNUNET_SCHEDULE
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.xfer_schedule = FineTuneSchedule.from_env(self.fine_tune)
-        self.xfer_info["schedule"] = {**vars(self.xfer_schedule),
-                                      "warmup_epochs": self.xfer_schedule.warmup_epochs(self.num_epochs),
-                                      "initial_lr": self.initial_lr}
+    def _schedule_from_env(self) -> FineTuneSchedule:
+        return FineTuneSchedule.from_env(self.fine_tune)
 
-    def _pretrain_command(self) -> str:
-        layout = DatasetLayout(self.plans_manager.dataset_name)
-        return (f"nnunet-xfer pretrain -d {layout.id} -s {self.source} "
-                f"-p {self.plans_manager.plans_name} -c {self.configuration_name}")
+    # ---------------------------------------------------------------- checks before nnU-Net starts
+    def _entry(self):
+        """The store entry this run loads (``store.trainer_entry``: the one rule, also used by
+        :meth:`_load_source`); None when ``$nnUNet_results`` is unset.
+
+        Usable before nnU-Net's constructor has run (it reads only ``self._xfer_run``).
+        """
+        if settings.nnunet_folder_or_none("nnUNet_results") is None:
+            return None
+        run = self._xfer_run
+        try:
+            return trainer_entry(run.dataset, self.source, run.plans, run.configuration, run.fold,
+                                 torchvision=self._torchvision_plans())
+        except UserError as e:
+            raise refuse(e) from None
+
+    def _check_source(self) -> None:
+        """Refuse a missing store entry now, unless nnU-Net resumes this fold from its own checkpoint."""
+        entry = self._entry()
+        if entry is None or self._checkpoint_to_resume():
+            return
+        if not entry.path.is_file():
+            raise refuse(f"no pretrained '{self.source}' checkpoint at {entry.path}; run: {entry.command}")
+        run = self._xfer_run
+        try:  # tampered or stale entries too are refused before nnU-Net creates the fold folder
+            check_entry(entry.path, read_record(entry.path), run.dataset, self._xfer_plans,
+                        run.configuration, fold=entry.fold)
+        except UserError as e:
+            raise refuse(e) from None
+
+    def _torchvision_plans(self) -> bool:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        try:
+            arch = PlansManager(self._xfer_plans).get_configuration(
+                self._xfer_run.configuration).network_arch_class_name
+        except Exception:  # an unknown configuration: nnU-Net reports it itself
+            return False
+        return bool(is_torchvision_network(arch))
 
     # ---------------------------------------------------------------- optimiser and schedule
     def configure_optimizers(self):
-        """SGD as nnU-Net's, one param group per network part."""
+        """nnU-Net's own optimiser and poly schedule, unless an explicit option asks for per-part groups."""
+        if not self.xfer_schedule.explicit:
+            return super().configure_optimizers()
         net = self._bare_network()
         optimizer = torch.optim.SGD(part_param_groups(net, network_parts(net)), self.initial_lr,
                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         return optimizer, PartPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def on_train_epoch_start(self):
+        if not self.xfer_schedule.explicit:
+            return super().on_train_epoch_start()
         # frozen parameters get no gradient at all, so no momentum builds up while frozen
         # (under DDP the LR of 0 alone keeps them fixed: DDP needs a fixed set of trainable tensors)
         for group in self.optimizer.param_groups:

@@ -51,9 +51,8 @@ def parts_from_prefixes(trained_prefixes: Iterable[str] | None, parts: Mapping[s
     Only the first prefix counts because later ones may be aliases (nnU-Net's ``decoder.encoder.``
     is the encoder seen from the decoder, not decoder weights).
 
-    Without ``trained_prefixes`` (a checkpoint from elsewhere): the source's default parts
-    (``spec(source).default_parts``: the decoder too only for ``seg``, the one source task whose
-    decoder solves a segmentation problem).
+    Without ``trained_prefixes`` (a checkpoint from elsewhere): the source's ``default_parts`` in
+    the registry (the decoder only for ``seg``, the one task whose decoder segments).
     """
     if trained_prefixes is None:
         return [p for p in spec(source).default_parts if p in TRANSFERABLE_PARTS]

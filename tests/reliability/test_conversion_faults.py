@@ -71,17 +71,6 @@ def visible_and_hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-@pytest.fixture()
-def nn(tmp_path, monkeypatch) -> tuple[Path, Path]:
-    """Private, empty nnUNet_raw / nnUNet_preprocessed."""
-    raw, pre = tmp_path / "raw", tmp_path / "pre"
-    raw.mkdir()
-    pre.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    return raw, pre
-
-
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> list[dict]:
     folder = tmp_path_factory.mktemp("cases")
@@ -273,8 +262,8 @@ def _folder_pair(t: Path, rows: list[dict], extra: str | None = None,
 
 
 @pytest.mark.parametrize("fault", sorted(REFUSED))
-def test_convert_refuses_in_one_line_and_writes_nothing(fault, tmp_path, nn, rows, capfd):
-    raw, pre = nn
+def test_convert_refuses_in_one_line_and_writes_nothing(fault, tmp_path, nn_dirs, rows, capfd):
+    raw, pre = nn_dirs
     spoiled, kwargs, pattern = REFUSED[fault](tmp_path, [dict(r) for r in rows])
     if not {"cases_csv", "images_dir"} & set(kwargs):
         kwargs["cases_csv"] = manifest(tmp_path, spoiled)
@@ -291,14 +280,14 @@ def test_convert_refuses_in_one_line_and_writes_nothing(fault, tmp_path, nn, row
 
 
 # ----------------------------------------------------------------------------- inputs that are fine
-def test_manifest_with_utf8_bom_is_read(tmp_path, nn, rows):
+def test_manifest_with_utf8_bom_is_read(tmp_path, nn_dirs, rows):
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + manifest(tmp_path, rows).read_bytes())
     out = folder_of(convert(cases_csv=path, dataset_id=601, name="T601", sizes=[2]))
     assert len(list((out / "labelsTr").iterdir())) == len(rows)
 
 
-def test_label_ranges_select_muscle(tmp_path, nn, rows):
+def test_label_ranges_select_muscle(tmp_path, nn_dirs, rows):
     r = [dict(x) for x in rows]
     r[0]["mask"] = str(_many_labels(tmp_path / "ts.nii.gz"))
     out = folder_of(convert(cases_csv=manifest(tmp_path, r), dataset_id=601, name="T601",
@@ -309,7 +298,7 @@ def test_label_ranges_select_muscle(tmp_path, nn, rows):
     assert json.loads((out / "dataset.json").read_text())["nnunet_xfer"]["label_map"] == [1, 86, 87, 88, 89]
 
 
-def test_symlink_loop_in_images_folder_is_not_a_case(tmp_path, nn, rows):
+def test_symlink_loop_in_images_folder_is_not_a_case(tmp_path, nn_dirs, rows):
     kwargs = _folder_pair(tmp_path, rows)
     _loop(kwargs["images_dir"] / "loop")
     out = folder_of(convert(**kwargs, dataset_id=601, name="T601", sizes=[2]))
@@ -317,8 +306,8 @@ def test_symlink_loop_in_images_folder_is_not_a_case(tmp_path, nn, rows):
 
 
 @pytest.mark.parametrize("n_cases", [1, 3])
-def test_few_cases_convert_for_inference_without_folds(tmp_path, nn, rows, n_cases):
-    raw, pre = nn
+def test_few_cases_convert_for_inference_without_folds(tmp_path, nn_dirs, rows, n_cases):
+    raw, pre = nn_dirs
     out = folder_of(convert(cases_csv=manifest(tmp_path, rows[:n_cases]), dataset_id=601,
                             name="T601", n_folds=0))
     assert len(list((out / "imagesTr").iterdir())) == n_cases
@@ -424,7 +413,7 @@ def test_phantom_kill9_leaves_only_what_the_rerun_removes(tmp_path):
 
 
 # ----------------------------------------------------------------------------- outputs: convert
-def test_convert_raw_folder_carries_marker_and_follows_umask(tmp_path, nn, rows):
+def test_convert_raw_folder_carries_marker_and_follows_umask(tmp_path, nn_dirs, rows):
     from nnunet_xfer.layout import OUTPUT_MARKER
     old = os.umask(0o022)
     try:
@@ -437,8 +426,8 @@ def test_convert_raw_folder_carries_marker_and_follows_umask(tmp_path, nn, rows)
     assert all(p.stat().st_mode & 0o777 == 0o755 for p in [out, *out.rglob("*")] if p.is_dir())
 
 
-def test_convert_overwrite_refuses_foreign_files(tmp_path, nn, rows):
-    raw, _ = nn
+def test_convert_overwrite_refuses_foreign_files(tmp_path, nn_dirs, rows):
+    raw, _ = nn_dirs
     csv = manifest(tmp_path, rows)
     out = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
     write(hu(1), out / "imagesTs" / "new_0000.nii.gz")
@@ -448,8 +437,8 @@ def test_convert_overwrite_refuses_foreign_files(tmp_path, nn, rows):
     assert (out / "imagesTs" / "new_0000.nii.gz").is_file() and visible_and_hidden(raw) == [out.name]
 
 
-def test_convert_overwrite_removes_the_preprocessed_folder(tmp_path, nn, rows):
-    raw, pre = nn
+def test_convert_overwrite_removes_the_preprocessed_folder(tmp_path, nn_dirs, rows):
+    raw, pre = nn_dirs
     csv = manifest(tmp_path, rows)
     out = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
     (pre / out.name / "nnUNetPlans.json").write_text("{}")  # stale plans of the old data
@@ -459,8 +448,8 @@ def test_convert_overwrite_removes_the_preprocessed_folder(tmp_path, nn, rows):
     assert visible_and_hidden(pre / out.name) == ["splits_final.json"]
 
 
-def test_convert_overwrite_under_another_name_replaces_its_own_dataset(tmp_path, nn, rows):
-    raw, pre = nn
+def test_convert_overwrite_under_another_name_replaces_its_own_dataset(tmp_path, nn_dirs, rows):
+    raw, pre = nn_dirs
     csv = manifest(tmp_path, rows)
     old = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
     (pre / old.name / "nnUNetPlans.json").write_text("{}")
@@ -470,8 +459,8 @@ def test_convert_overwrite_under_another_name_replaces_its_own_dataset(tmp_path,
     assert old in result.removed and pre / old.name in result.removed
 
 
-def test_convert_overwrite_under_another_name_refuses_a_foreign_dataset(tmp_path, nn, rows):
-    raw, _ = nn
+def test_convert_overwrite_under_another_name_refuses_a_foreign_dataset(tmp_path, nn_dirs, rows):
+    raw, _ = nn_dirs
     theirs = raw / DATASET
     write(hu(1), theirs / "imagesTr" / "a_0000.nii.gz")
     (theirs / "dataset.json").write_text(json.dumps({"name": "theirs"}))
@@ -481,9 +470,9 @@ def test_convert_overwrite_under_another_name_refuses_a_foreign_dataset(tmp_path
     assert visible_and_hidden(raw) == [DATASET] and (theirs / "imagesTr" / "a_0000.nii.gz").is_file()
 
 
-def test_convert_overwrite_recognises_a_dataset_converted_before_markers(tmp_path, nn, rows):
+def test_convert_overwrite_recognises_a_dataset_converted_before_markers(tmp_path, nn_dirs, rows):
     from nnunet_xfer.layout import OUTPUT_MARKER
-    raw, _ = nn
+    raw, _ = nn_dirs
     csv = manifest(tmp_path, rows)
     out = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
     (out / OUTPUT_MARKER).unlink()  # as an older nnunet-xfer left it: dataset.json lists the cases
@@ -496,8 +485,8 @@ def test_convert_overwrite_recognises_a_dataset_converted_before_markers(tmp_pat
 
 
 @pytest.mark.parametrize("where", ["preprocessed", "results"])
-def test_convert_never_gives_one_id_two_names(tmp_path, nn, rows, monkeypatch, where):
-    raw, pre = nn
+def test_convert_never_gives_one_id_two_names(tmp_path, nn_dirs, rows, monkeypatch, where):
+    raw, pre = nn_dirs
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     root = {"preprocessed": pre, "results": tmp_path / "results"}[where]
     (root / DATASET / "nnUNetTrainer__nnUNetPlans__2d").mkdir(parents=True)  # no raw dataset
@@ -507,8 +496,8 @@ def test_convert_never_gives_one_id_two_names(tmp_path, nn, rows, monkeypatch, w
     assert visible_and_hidden(raw) == [] and (root / DATASET).is_dir()
 
 
-def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn, rows):
-    raw, pre = nn
+def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn_dirs, rows):
+    raw, pre = nn_dirs
     env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}
     args = ("nnunet-xfer", "convert", "--cases", str(manifest(tmp_path, rows)), "-d", "601",
             "-n", "T601", "--sizes", "2")
@@ -520,8 +509,8 @@ def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn, rows):
     assert not (pre / DATASET / "nnUNetPlans.json").exists()
 
 
-def test_convert_kill9_then_rerun_is_complete_and_clean(tmp_path, nn, many):
-    raw, pre = nn
+def test_convert_kill9_then_rerun_is_complete_and_clean(tmp_path, nn_dirs, many):
+    raw, pre = nn_dirs
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}
     args = _cli("convert", "--cases", str(many), "-d", "601", "-n", "T601", "--sizes", "5")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -532,8 +521,8 @@ def test_convert_kill9_then_rerun_is_complete_and_clean(tmp_path, nn, many):
     assert len(list((raw / DATASET / "labelsTr").iterdir())) == 40
 
 
-def test_convert_removes_temporaries_of_dead_writers_only(tmp_path, nn, rows):
-    raw, _ = nn
+def test_convert_removes_temporaries_of_dead_writers_only(tmp_path, nn_dirs, rows):
+    raw, _ = nn_dirs
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = raw / f".nnunet_xfer_tmp.{dead.pid}.staging.abc"
@@ -546,9 +535,9 @@ def test_convert_removes_temporaries_of_dead_writers_only(tmp_path, nn, rows):
 
 # ----------------------------------------------------------------------------- folds and subsets
 @pytest.fixture()
-def bound(tmp_path, nn, many):
+def bound(tmp_path, nn_dirs, many):
     """A 40-case dataset converted with sizes 5, 10, 25 (4 folds of 30 training cases)."""
-    raw, pre = nn
+    raw, pre = nn_dirs
     out = folder_of(convert(cases_csv=many, dataset_id=601, name="T601", sizes=[5, 10, 25]))
     return out, pre / out.name
 

@@ -34,19 +34,8 @@ from nnunet_xfer.pretraining.store import check_entry, file_sha256, load_entry, 
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def results(tmp_path, monkeypatch) -> Path:
-    out = tmp_path / "results"
-    out.mkdir()
-    monkeypatch.setenv("nnUNet_results", str(out))
-    return out
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread."""
 
 
 def pretrain(resume: bool = False, overwrite: bool = False, **kw) -> Path:

@@ -117,6 +117,9 @@ def faults_env(tmp_path, monkeypatch) -> dict:
     subsets = {"seed": 1, "sizes": [5], "folds": {str(f): {"5": [f"c{i}" for i in range(5)]}
                                                   for f in range(2)}}
     (roots["nnUNet_raw"] / DS_NAME / "subsets.json").write_text(json.dumps(subsets))
+    train = [f"c{i}" for i in range(5)]  # two folds whose validation cases are v0 / v1
+    splits = [{"train": sorted(train + [f"v{1 - f}"]), "val": [f"v{f}"]} for f in range(2)]
+    (roots["nnUNet_raw"] / DS_NAME / "splits_final.json").write_text(json.dumps(splits))
     fakes = tmp_path / "fakes"
     fakes.mkdir()
     for name, text in (("nnUNetv2_train", FAKE_TRAIN), ("nnunet-xfer", "#!/bin/bash\nexit 0\n")):

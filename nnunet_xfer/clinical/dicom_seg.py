@@ -1,0 +1,76 @@
+"""Files a viewer opens: a DICOM-SEG for DICOM inputs (highdicom), a NIfTI mask for the others.
+
+The DICOM-SEG is a binary segmentation with one segment (SNOMED CT "Skeletal muscle") and one
+frame, referencing the source CT instance of the measured slice and its series and study, so it
+opens over the CT in 3D Slicer, OHIF or a PACS. The NIfTI mask lies on the input volume's grid
+(only the measured slice is non-zero), so it overlays the volume in any viewer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_xfer.errors import UserError
+
+SEG_SERIES_NUMBER = 9301
+SEG_SERIES_DESCRIPTION = "nnunet-xfer skeletal muscle at L3"
+
+
+def _version() -> str:
+    from nnunet_xfer import __version__
+    return __version__
+
+
+def write_dicom_seg(path: Path, source_file: Path, mask: np.ndarray, model: str,
+                    case: str) -> Path:
+    """Write the DICOM-SEG of ``mask`` (rows × cols, bool) on the CT instance ``source_file``."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+    source = pydicom.dcmread(source_file)  # pixel data stays encoded: only the header is used
+    for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID"):
+        if not str(source.get(keyword, "")).strip():
+            raise UserError(f"case {case}: {source_file} has no {keyword}; a DICOM-SEG cannot "
+                            f"reference it")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (int(source.Rows), int(source.Columns)):
+        raise UserError(f"case {case}: mask {mask.shape} does not match {source_file} "
+                        f"({source.Rows} x {source.Columns})")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="nnunet_xfer", version=_version(), family=codes.cid7162.ArtificialIntelligence,
+        parameters={"model": model[:64]})
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="skeletal muscle",
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.SkeletalMuscle,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=mask[None],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+        series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="nnunet_xfer",
+        manufacturer_model_name="nnunet_xfer measure", software_versions=_version(),
+        device_serial_number="none", series_description=SEG_SERIES_DESCRIPTION,
+        omit_empty_frames=False)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(str(path))
+    return Path(path)
+
+
+def write_nifti_mask(path: Path, volume: sitk.Image, slice_index: int | None,
+                     mask: np.ndarray) -> Path:
+    """The mask on the input's grid: a 2D image for a 2D input, else the volume with one slice set."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    if slice_index is None or volume.GetDimension() == 2:
+        arr = mask.reshape(sitk.GetArrayViewFromImage(volume).shape)
+    else:
+        arr = np.zeros(sitk.GetArrayViewFromImage(volume).shape, np.uint8)
+        arr[slice_index] = mask
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(volume)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(out, str(path), useCompression=True)
+    return Path(path)

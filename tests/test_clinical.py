@@ -1,0 +1,342 @@
+"""`measure --cases`: CT studies → the real nnU-Net predictor → measures, QC gallery, DICOM-SEG.
+
+The model is the session's real one-fold training (conftest `scratch_run`, 64² phantom) plus a
+fold of perturbed weights, so the fold ensemble and its disagreement flag are exercised.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from clinical_data import (RUN, TRAINER, phantom_volume, studies_csv, two_fold_results,
+                           write_ct_series, write_volume)
+from conftest import REAL_CT, run_cli
+from nnunet_xfer.clinical import l3_auto
+from nnunet_xfer.clinical.api import CUTOFFS, low_muscle, measure_studies
+from nnunet_xfer.clinical.dicom_seg import write_dicom_seg
+from nnunet_xfer.clinical.predict import SlicePredictor
+from nnunet_xfer.evaluation.measures import MEASURE_KEYS, muscle_measures
+from nnunet_xfer.evaluation.metrics import dice
+
+TS = REAL_CT / "totalseg_example"
+needs_real = pytest.mark.skipif(not (TS / "example_ct.nii.gz").is_file() or
+                                not (TS / "example_ct_dicom").is_dir(),
+                                reason="shared/real_ct/totalseg_example not present")
+
+
+@pytest.fixture(scope="module")
+def model_env(scratch_run, nnunet_env, tmp_path_factory) -> dict:
+    """nnU-Net variables whose results folder holds the two-fold model; set for the module."""
+    root = two_fold_results(scratch_run, tmp_path_factory.mktemp("clinical") / "results")
+    env = {**nnunet_env, "nnUNet_results": str(root)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield env
+
+
+@pytest.fixture(scope="module")
+def predictor(model_env) -> SlicePredictor:
+    return SlicePredictor(501, TRAINER, device="cpu")
+
+
+def _measure(csv: Path, out: Path, *extra: str, env: dict, check: bool = True):
+    return run_cli("nnunet-xfer", "measure", "--cases", str(csv), "-o", str(out), "-d", "501",
+                   "-tr", TRAINER, "--device", "cpu", *extra, env=env, check=check)
+
+
+def _table(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "measures.csv", dtype={"case_id": str}).set_index("case_id")
+
+
+# ---------------------------------------------------------------- the predictor
+def test_ensemble_is_nnunets_own_prediction(predictor, model_env, phantom_dir):
+    """Same input arrays as nnU-Net's reader, same masks as nnU-Net's predictor, fold by fold."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    path = phantom_dir / "images" / "L3-0003.nii.gz"
+    image = sitk.ReadImage(str(path))
+    arr, props = SlicePredictor.nnunet_input(image)
+    ref_arr, ref_props = SimpleITKIO().read_images([str(path)])
+    np.testing.assert_array_equal(arr, ref_arr)
+    np.testing.assert_allclose(props["spacing"], ref_props["spacing"])
+    ours = predictor.predict(image)
+    assert predictor.folds == ["0", "1"]
+    run = Path(model_env["nnUNet_results"]) / "Dataset501_L3" / RUN
+    for folds, want in (((0, 1), ours.mask), ((0,), ours.fold_masks["0"]), ((1,), ours.fold_masks["1"])):
+        ref = nnUNetPredictor(device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+        ref.initialize_from_trained_model_folder(str(run), use_folds=folds)
+        seg = ref.predict_single_npy_array(ref_arr, {"spacing": ref_props["spacing"]})
+        np.testing.assert_array_equal(want, seg.reshape(want.shape) == 1)
+    for f in ("0", "1"):
+        assert ours.fold_dice[f] == pytest.approx(dice(ours.fold_masks[f], ours.mask))
+    assert ours.mask.any() and ours.fold_dice["1"] < 1.0   # the perturbed fold differs
+
+
+# ---------------------------------------------------------------- Done when: real CT
+@needs_real
+def test_measure_real_volume_and_dicom_series(model_env, predictor, tmp_path):
+    """One command on the real TotalSegmentator volume and its DICOM series: CSV, gallery, SEG."""
+    import highdicom as hd
+    import pydicom
+    csv = studies_csv(tmp_path / "studies.csv", [
+        {"case_id": "ts_volume", "image": str(TS / "example_ct.nii.gz"),
+         "vertebra_mask": str(TS / "example_seg_fast_force_split.nii.gz"), "vertebra_label": 29,
+         "height_m": 1.75, "sex": "female"},
+        {"case_id": "ts_dicom", "image": str(TS / "example_ct_dicom"), "slice_index": 10}])
+    out = tmp_path / "out"
+    proc = _measure(csv, out, "--low-smi-cutoffs", "prado2008", env=model_env)
+    assert "measured 2 of 2" in proc.stdout
+    table = _table(out)
+    assert (table["status"] == "ok").all()
+
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(TS / "example_seg_fast_force_split.nii.gz")))
+    l3 = np.flatnonzero((labels == 29).any(axis=(1, 2)))
+    volume_row = table.loc["ts_volume"]
+    assert volume_row["slice_index"] == (l3[0] + l3[-1]) // 2 == 72    # meta.json's z_index
+    assert volume_row["slice_source"] == "vertebra_mask"
+    assert volume_row["sex"] == "F" and volume_row["height_source"] == "manifest"
+    assert volume_row["smi_cutoff_cm2_m2"] == 38.5
+    assert volume_row["low_smi"] == (volume_row["smi_cm2_m2"] <= 38.5)
+    assert table.loc["ts_dicom", "weight_kg"] == 79               # DICOM PatientWeight
+    assert table.loc["ts_dicom", "slice_thickness_mm"] == 3       # DICOM SliceThickness
+
+    # the NIfTI mask lies on the volume's grid, only the L3 slice set, as the model predicts it
+    volume = sitk.ReadImage(str(TS / "example_ct.nii.gz"))
+    mask_img = sitk.ReadImage(str(out / volume_row["mask_file"]))
+    assert mask_img.GetSize() == volume.GetSize()
+    np.testing.assert_allclose(mask_img.GetOrigin(), volume.GetOrigin())
+    mask = sitk.GetArrayFromImage(mask_img)
+    assert set(np.flatnonzero(mask.any(axis=(1, 2)))) <= {72}
+    ct = sitk.GetArrayFromImage(volume)[72]
+    slice_image = sitk.Extract(volume, [*volume.GetSize()[:2], 0], [0, 0, 72])
+    want = predictor.predict(slice_image).mask
+    np.testing.assert_array_equal(mask[72].astype(bool), want)
+    measured = muscle_measures(ct, want, (3.0, 3.0), 1.75)
+    assert {k: volume_row[k] for k in MEASURE_KEYS} == pytest.approx({k: measured[k] for k in MEASURE_KEYS})
+
+    # the DICOM-SEG references the source instance of slice 10 and round-trips pixel for pixel
+    seg_path = out / table.loc["ts_dicom", "mask_file"]
+    assert seg_path.suffix == ".dcm"
+    seg = hd.seg.segread(seg_path)
+    raw = pydicom.dcmread(seg_path)
+    assert raw.Modality == "SEG"
+    ref_uid = raw.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    frame_uid = (raw.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+                 .SourceImageSequence[0].ReferencedSOPInstanceUID)
+    assert ref_uid == frame_uid
+    sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f
+               for f in (TS / "example_ct_dicom").iterdir()}
+    source = sources[ref_uid]
+    src = pydicom.dcmread(source, stop_before_pixels=True)
+    assert raw.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert raw.StudyInstanceUID == src.StudyInstanceUID
+    series = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(TS / "example_ct_dicom")))
+    series_slice = sitk.GetArrayFromImage(series)[10]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(source)))[0], series_slice)
+    seg_pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[ref_uid],
+                                                   segment_numbers=[1])[0, ..., 0]
+    dicom_slice = sitk.Extract(series, [*series.GetSize()[:2], 0], [0, 0, 10])
+    np.testing.assert_array_equal(seg_pixels.astype(bool), predictor.predict(dicom_slice).mask)
+    assert int(seg_pixels.sum()) == table.loc["ts_dicom", "muscle_pixels"]
+
+    gallery = (out / "gallery.html").read_text(encoding="utf-8")
+    assert gallery.count("data:image/png;base64,") == 2
+    assert "http://" not in gallery and "https://" not in gallery
+    assert sorted(p.name for p in (out / "qc").iterdir()) == ["ts_dicom.png", "ts_volume.png"]
+
+
+@needs_real
+def test_l3_auto_uses_totalsegmentators_labels(model_env, monkeypatch, tmp_path):
+    """--l3 auto: the (replaced) TotalSegmentator call gives the same slice as the label map."""
+    seg_file = TS / "example_seg_fast_force_split.nii.gz"
+    calls = []
+
+    def fake_totalsegmentator(volume: sitk.Image, device=None):
+        calls.append(volume.GetSize())
+        return sitk.ReadImage(str(seg_file)), 29
+
+    monkeypatch.setattr(l3_auto, "totalseg_available", lambda: True)
+    monkeypatch.setattr(l3_auto, "run_totalsegmentator", fake_totalsegmentator)
+    image = str(TS / "example_ct.nii.gz")
+    csv = studies_csv(tmp_path / "studies.csv", [
+        {"case_id": "auto", "image": image},
+        {"case_id": "by_map", "image": image, "vertebra_mask": str(seg_file), "vertebra_label": 29},
+        {"case_id": "by_index", "image": image, "slice_index": 40}])
+    result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu",
+                             l3="auto")
+    assert result.failed == {}
+    assert calls == [sitk.ReadImage(image).GetSize()]     # only the row that gives no slice
+    t = result.table.set_index("case_id")
+    assert t.loc["auto", "slice_source"] == "l3_auto" and t.loc["auto", "slice_index"] == 72
+    assert t.loc["by_index", "slice_index"] == 40
+    for k in MEASURE_KEYS:
+        a, b = t.loc["auto", k], t.loc["by_map", k]
+        assert (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.mark.skipif(l3_auto.totalseg_available(), reason="TotalSegmentator is installed here")
+def test_l3_auto_without_totalsegmentator_says_what_to_install(model_env, phantom_dir, tmp_path):
+    volume, spacing = phantom_volume(phantom_dir, 3)
+    csv = studies_csv(tmp_path / "s.csv", [
+        {"case_id": "v", "image": str(write_volume(tmp_path / "v.nii.gz", volume, spacing))}])
+    proc = _measure(csv, tmp_path / "out", "--l3", "auto", env=model_env, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert "pip install 'nnunet_xfer[totalseg]'" in err[0] and "slice_index" in err[0]
+    assert "licence" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- DICOM in, DICOM-SEG out
+def test_dicom_seg_round_trip_on_a_written_series(tmp_path, phantom_dir):
+    import highdicom as hd
+    import pydicom
+    volume, spacing = phantom_volume(phantom_dir, 4)
+    files = write_ct_series(tmp_path / "series", volume, spacing)
+    yy, xx = np.mgrid[:volume.shape[1], :volume.shape[2]]
+    ring = np.hypot(yy - 30, xx - 28)
+    mask = (ring > 10) & (ring < 20)
+    mask[0, :5] = True          # an asymmetric detail: flips would show
+    path = write_dicom_seg(tmp_path / "seg.dcm", files[2], mask, "test model", "c1")
+    seg = hd.seg.segread(path)
+    uid = str(pydicom.dcmread(files[2]).SOPInstanceUID)
+    assert [u[2] for u in seg.get_source_image_uids()] == [uid]
+    back = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1])
+    np.testing.assert_array_equal(back[0, ..., 0].astype(bool), mask)
+    raw = pydicom.dcmread(path)
+    assert raw.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Skeletal muscle"
+
+
+def test_measure_dicom_series_with_patient_data(model_env, predictor, phantom_dir, tmp_path):
+    """Height, sex and weight from the DICOM header; Martin 2013 cut-offs by sex and BMI."""
+    import highdicom as hd
+    import pydicom
+    volume, spacing = phantom_volume(phantom_dir, 4)
+    files = write_ct_series(tmp_path / "series", volume, spacing, z_mm=2.5,
+                            patient={"PatientSize": "1.80", "PatientSex": "M", "PatientWeight": "90"})
+    csv = studies_csv(tmp_path / "s.csv", [{"case_id": "p1", "image": str(tmp_path / "series"),
+                                            "slice_index": 2}])
+    result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu",
+                             low_smi_cutoffs="martin2013")
+    row = result.table.set_index("case_id").loc["p1"]
+    assert row["status"] == "ok"
+    assert row["height_m"] == 1.8 and row["height_source"] == "dicom" and row["sex"] == "M"
+    assert row["bmi_kg_m2"] == pytest.approx(90 / 1.8 ** 2)
+    assert row["smi_cutoff_cm2_m2"] == 53 and row["smd_cutoff_hu"] == 33
+    assert row["low_smi"] == (row["smi_cm2_m2"] < 53)
+    assert row["cutoff_source"] == CUTOFFS["martin2013"]["source"]
+    assert row["slice_thickness_mm"] == 2.5
+    seg = hd.seg.segread(tmp_path / "out" / row["mask_file"])
+    uid = str(pydicom.dcmread(files[2]).SOPInstanceUID)
+    assert [u[2] for u in seg.get_source_image_uids()] == [uid]
+    # the slice measured is the third stacked phantom slice, and the SEG holds its prediction
+    slice_image = sitk.ReadImage(str(phantom_dir / "images" / "L3-0002.nii.gz"))
+    want = predictor.predict(slice_image).mask
+    got = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1])
+    np.testing.assert_array_equal(got[0, ..., 0].astype(bool), want)
+
+
+def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path):
+    volume, spacing = phantom_volume(phantom_dir, 3)
+
+    def no_study_uid(k, ds):
+        ds.StudyInstanceUID = ""
+    write_ct_series(tmp_path / "series", volume, spacing, per_slice=no_study_uid)
+    csv = studies_csv(tmp_path / "s.csv", [{"case_id": "anon", "image": str(tmp_path / "series"),
+                                            "slice_index": 1}])
+    with pytest.warns(UserWarning, match="case anon: IM0001.dcm has no StudyInstanceUID"):
+        result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu")
+    row = result.table.set_index("case_id").loc["anon"]
+    assert row["status"] == "ok" and row["mask_file"] == "masks/anon.nii.gz"
+    mask = sitk.ReadImage(str(tmp_path / "out" / row["mask_file"]))
+    assert mask.GetSize() == (volume.shape[2], volume.shape[1], volume.shape[0])
+    assert not (tmp_path / "out" / "seg").exists()
+
+
+def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
+    volume, spacing = phantom_volume(phantom_dir, 3)
+    rows = [{"case_id": f"v{k}", "image": str(write_volume(tmp_path / f"v{k}.nrrd", volume, spacing)),
+             "slice_index": k, "height_m": 1.6 + 0.1 * k, "sex": "MF"[k % 2]} for k in range(3)]
+    csv = studies_csv(tmp_path / "s.csv", rows)
+    _measure(csv, tmp_path / "cli", "--low-smi-cutoffs", "prado2008", "-f", "0", "1", env=model_env)
+    import nnunet_xfer
+    result = nnunet_xfer.measure_studies(csv, tmp_path / "api", dataset="501", trainer=TRAINER,
+                                         folds=[0, 1], device="cpu", low_smi_cutoffs="prado2008")
+    cli = pd.read_csv(tmp_path / "cli" / "measures.csv", dtype={"case_id": str})
+    api = pd.read_csv(tmp_path / "api" / "measures.csv", dtype={"case_id": str})
+    pd.testing.assert_frame_equal(cli, api)
+    pd.testing.assert_frame_equal(result.table.reset_index(drop=True)[["case_id", "sma_cm2"]],
+                                  api[["case_id", "sma_cm2"]])
+    assert result.n_cases == 3 and result.n_failed == 0 and result.out == tmp_path / "api"
+    assert list(api["slice_index"]) == [0, 1, 2] and list(api["sex"]) == ["M", "F", "M"]
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == [
+        ".nnunet_xfer_output.json", "gallery.html", "masks", "measures.csv", "qc"]
+
+
+def test_failing_cases_are_reported_and_the_rest_go_on(model_env, phantom_dir, tmp_path):
+    volume, spacing = phantom_volume(phantom_dir, 3)
+    good = write_volume(tmp_path / "good.nii.gz", volume, spacing)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[1] = 5                                       # some vertebra, not L3 (29)
+    vert = write_volume(tmp_path / "vert.nii.gz", labels, spacing)
+    csv = studies_csv(tmp_path / "s.csv", [
+        {"case_id": "ok1", "image": str(good), "slice_index": 1},
+        {"case_id": "no_l3", "image": str(good), "vertebra_mask": str(vert), "vertebra_label": 29},
+        {"case_id": "missing", "image": str(tmp_path / "nope.nii.gz"), "slice_index": 0},
+        {"case_id": "too_far", "image": str(good), "slice_index": 9},
+        {"case_id": "ok2", "image": str(good), "slice_index": 2}])
+    proc = _measure(csv, tmp_path / "out", env=model_env, check=False)
+    assert proc.returncode == 1
+    assert "3 of 5 cases failed" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error: case" in line]
+    assert [e.split("error: case ")[1].split(":")[0] for e in errors] == ["no_l3", "missing", "too_far"]
+    assert "no L3 in the volume" in errors[0] and "does not exist" in errors[1]
+    assert "Traceback" not in proc.stderr
+    t = _table(tmp_path / "out")
+    assert list(t.index) == ["ok1", "no_l3", "missing", "too_far", "ok2"]
+    assert list(t["status"]) == ["ok", "failed", "failed", "failed", "ok"]
+    assert t.loc["ok2", "sma_cm2"] > 0 and math.isnan(t.loc["no_l3", "sma_cm2"])
+    assert sorted(p.name for p in (tmp_path / "out" / "qc").iterdir()) == ["ok1.png", "ok2.png"]
+    gallery = (tmp_path / "out" / "gallery.html").read_text(encoding="utf-8")
+    assert gallery.count('<tr class') + gallery.count("<tr data-case") == 2
+    assert "case no_l3: no L3 in the volume" in gallery
+
+
+def test_low_muscle_cutoffs_as_published():
+    def verdict(*args):
+        return low_muscle(*args)["low_smi"]
+    assert verdict("prado2008", "M", 52.4, 40, None) is True       # ≤ 52.4 cm²/m²
+    assert verdict("prado2008", "M", 52.5, 40, None) is False
+    assert verdict("prado2008", "F", 38.5, 40, None) is True       # ≤ 38.5 cm²/m²
+    assert verdict("prado2008", "F", 38.6, 40, None) is False
+    assert verdict("prado2008", None, 10.0, 40, None) is None      # sex unknown: no verdict
+    assert verdict("prado2008", "M", math.nan, 40, None) is None   # height unknown
+    assert verdict("martin2013", "M", 42.9, 40, 24.9) is True      # < 43 when BMI < 25
+    assert verdict("martin2013", "M", 43.0, 40, 24.9) is False
+    assert verdict("martin2013", "M", 52.9, 40, 25.0) is True      # < 53 when BMI ≥ 25
+    assert verdict("martin2013", "M", 50.0, 40, None) is None      # men need the BMI
+    assert verdict("martin2013", "F", 40.9, 40, None) is True      # < 41 whatever the BMI
+    assert verdict("martin2013", "F", 41.0, 40, 30) is False
+    smd = low_muscle("martin2013", "F", 45, 40.9, 24)
+    assert smd["low_smd"] is True and smd["smd_cutoff_hu"] == 41   # < 41 HU when BMI < 25
+    smd = low_muscle("martin2013", "M", 45, 33.0, 26)
+    assert smd["low_smd"] is False and smd["smd_cutoff_hu"] == 33   # < 33 HU when BMI ≥ 25
+
+
+def test_import_stays_light_and_exports_measure_studies():
+    code = ("import sys, nnunet_xfer; assert 'torch' not in sys.modules; "
+            "f = nnunet_xfer.measure_studies; print(f.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "nnunet_xfer.clinical.api"
+    from nnunet_xfer import measure_studies as f
+    assert f is measure_studies
