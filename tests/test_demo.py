@@ -54,7 +54,7 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     assert "Williams index" in last and "24 case(s)" in last and "3 observer(s)" in last
     html = report.read_text()
     assert html.count("<img") >= 2 and "data:image/png;base64," in html
-    assert (report.parent / "report_headline.png").stat().st_size > 1000
+    assert (report.parent / "report_files" / "headline.png").stat().st_size > 1000  # own folder
     cases = pd.read_csv(evaluation / "cases.csv")
     assert set(cases["source"]) == {"scratch", "rec"}
     assert (cases["dice"].between(0, 1)).all()

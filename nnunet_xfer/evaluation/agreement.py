@@ -127,7 +127,7 @@ def verdict_rule(n_cases: int, n_observers: int, margin: float = HUMAN_LEVEL_MAR
     """The verdict rule in words, with the numbers of cases and observers it rests on."""
     rule = (f"human level if the lower end of the {ci:.0%} CI of the Williams index (bootstrap "
             f"over {n_cases} case(s) and {n_observers} observer(s)) is >= {1 - margin:g}, for "
-            f"Dice and 1/RMS DTA")
+            f"Dice and for 1/RMS DTA")
     if n_observers < MIN_OBSERVERS_FOR_VERDICT:
         rule += f"; no verdict with fewer than {MIN_OBSERVERS_FOR_VERDICT} observers"
     return rule
