@@ -141,3 +141,18 @@ def test_no_citation_of_files_a_clone_lacks(needle):
                  for path in _text_files(ROOT / "nnunet_xfer", README, DOCS)
                  if needle in path.read_text(encoding="utf-8")]
     assert not offenders, f"{needle} mentioned in: {offenders}"
+
+
+def test_cli_reference_shows_every_command_as_its_parser_does():
+    """docs/cli.md's usage line of each command is the parser's own (regenerate it when a
+    command's options change)."""
+    import argparse
+
+    from nnunet_xfer.cli import build_parser
+    text = (ROOT / "docs" / "cli.md").read_text()
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subs.choices.items():
+        usage = " ".join(parser.format_usage().removeprefix("usage: ").split())
+        documented = re.search(rf"### {re.escape(name)}\n\n```\n(nnunet-xfer {re.escape(name)}\b[^\n]*)\n```", text)
+        assert documented, f"docs/cli.md has no usage section for {name}"
+        assert " ".join(documented.group(1).split()) == usage, f"docs/cli.md: {name} usage is stale"
