@@ -55,6 +55,12 @@ def nnunet_folder_or_none(var: str, environ: Mapping[str, str] | None = None) ->
     return Path(value) if value else None
 
 
+def other(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A variable that is not ours (nnU-Net's ``nnUNet_n_proc_DA``, a proxy, …); None when unset."""
+    value = _environ(environ).get(name)
+    return value if value else None
+
+
 def text(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The raw value of one of our variables (None when unset or empty)."""
     _known(name)

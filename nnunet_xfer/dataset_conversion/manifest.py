@@ -19,8 +19,6 @@ from nnunet_xfer.dataset_conversion.readers import (ARRAY_ENDINGS, VOLUME_ENDING
 from nnunet_xfer.errors import UserError
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
-OPTIONAL_COLUMNS = ("slice_index", "vertebra_mask", "vertebra_label", "height_m", "sex", "observer",
-                    "weight_kg")
 #: A case id becomes a file name: letters, digits, ``._-``; no leading dot/dash, no path parts.
 SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnunet_xfer import settings
 from nnunet_xfer.architectures.parts import network_parts
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEFAULT_PLANS, DatasetLayout
@@ -142,5 +143,10 @@ def trained_prefixes(network: nn.Module, parts: tuple[str, ...]) -> list[str]:
 
 def default_num_workers() -> int:
     """Data-loading processes: nnU-Net's ``nnUNet_n_proc_DA`` when set, else up to 4."""
-    value = os.environ.get("nnUNet_n_proc_DA")
-    return int(value) if value else min(4, os.cpu_count() or 1)
+    value = settings.other("nnUNet_n_proc_DA")
+    if value is None:
+        return min(4, os.cpu_count() or 1)
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise UserError(f"nnUNet_n_proc_DA={value!r} is not an integer") from None

@@ -93,7 +93,7 @@ def verify_hash_prefix(path: Path, file_name: str) -> None:
 def _online(url: str, timeout: float = 5.0) -> bool:
     if settings.flag(OFFLINE_ENV):
         return False
-    if os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY"):
+    if settings.other("https_proxy") or settings.other("HTTPS_PROXY"):
         return True  # a direct probe says nothing behind a proxy; let urllib try
     try:
         socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
