@@ -20,6 +20,7 @@ import torchvision
 from conftest import DATASET_NAME, run_cli
 from nnunet_xfer.architectures import ARCHITECTURES, is_torchvision_network
 from nnunet_xfer.architectures.parts import network_parts, part_of, supports_deep_supervision
+from nnunet_xfer.splits import make_subsets
 from nnunet_xfer.planning import activation_elements, adjusted_batch_size, write_plans_variant
 from nnunet_xfer.architectures.registry import build
 from nnunet_xfer.errors import UserError
@@ -172,7 +173,10 @@ def tv_dataset(preprocessed_dataset, nnunet_env):
     (pre / "nnUNetPlans.json").write_text(json.dumps(plans))
     splits = json.loads((pre / "splits_final.json").read_text())
     splits[0]["val"] = splits[0]["val"][:1]
-    (pre / "splits_final.json").write_text(json.dumps(splits))
+    for folder in (pre, raw / TV_NAME):  # raw and preprocessed folds agree, subsets drawn from them
+        (folder / "splits_final.json").write_text(json.dumps(splits))
+    subsets = make_subsets(splits, [5, 10], seed=12345, warn=False)
+    (raw / TV_NAME / "subsets.json").write_text(json.dumps(subsets))
     write_plans_variant(str(TV_ID), "fcn_resnet50")
     return pre
 

@@ -386,8 +386,8 @@ def test_default_transfer_trains_exactly_like_scratch(preprocessed_dataset, tmp_
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     monkeypatch.setenv("nnUNet_xfer_seed", "7")
-    fake_store_entry(tmp_path, "rec", network_from_plans(preprocessed_dataset, 1), fold=0,
-                     trained_prefixes=["encoder.", "decoder."])
+    fake_store_entry(tmp_path, "rec", network_from_plans(preprocessed_dataset, 1), fold=1,
+                     trained_prefixes=["encoder.", "decoder."])  # make_trainer builds fold 1
     trainers = {}
     for name in ("XferRecTrainer_n5", "XferScratchTrainer_n5"):
         trainers[name] = make_trainer(name)  # seeds torch in the constructor ...

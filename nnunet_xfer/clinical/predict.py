@@ -117,7 +117,6 @@ class SlicePredictor:
     def __init__(self, dataset: str | int, trainer: str, plans: str = DEFAULT_PLANS,
                  configuration: str = DEFAULT_CONFIGURATION, folds: list[str | int] | None = None,
                  device: str | None = None, checkpoint: str = CHECKPOINT_FINAL):
-        import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -209,7 +208,6 @@ class SlicePredictor:
         self.plans, self.configuration, self.trainer = plans, configuration, trainer
         self.dataset = layout.name
         self.target_spacing = tuple(float(s) for s in cm.spacing)
-        torch.set_grad_enabled(False)
 
     @staticmethod
     def _muscle_label(dataset_json: dict, run: Path) -> int:
@@ -233,6 +231,7 @@ class SlicePredictor:
 
     def predict(self, slice_image: sitk.Image) -> SlicePrediction:
         """Muscle mask (bool, rows × cols) of one 2D slice from the ensemble, with each fold's."""
+        import torch
         from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
         from nnunetv2.inference.export_prediction import \
             convert_predicted_logits_to_segmentation_with_correct_shape as to_segmentation
@@ -244,7 +243,8 @@ class SlicePredictor:
         item = next(adapter)
         data, properties = item["data"], item["data_properties"]
         logits = []
-        with contextlib.redirect_stdout(io.StringIO()):
+        # inference only: no autograd here, and no global switch left behind for the caller
+        with contextlib.redirect_stdout(io.StringIO()), torch.inference_mode():
             for params in self.parameters:
                 p.list_of_parameters = [params]
                 logits.append(p.predict_logits_from_preprocessed_data(data).cpu())

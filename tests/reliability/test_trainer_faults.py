@@ -99,7 +99,7 @@ def test_missing_store_entry_refused_in_constructor_leaving_nothing(results, sou
     ("XferScratchTrainer_n25", 1, "subset size n=25 exceeds the 18 training cases of fold 1"),
     ("XferScratchTrainer_n125", 0, "subset size n=125 exceeds the 18 training cases of fold 0"),
     ("XferRecTrainer_n50", 2, "subset size n=50 exceeds the 18 training cases of fold 2"),
-    ("XferScratchTrainer_n5", 7, "fold 7 does not exist: splits_final.json has 4 folds"),
+    ("XferScratchTrainer_n5", 7, "splits_final.json has 4 folds (0..3); choose another fold"),
     ("XferJigsawTrainer_n5", "all", "fold 'all' has no nested subsets; train XferJigsawTrainer_nall"),
 ])
 def test_impossible_subset_refused_in_constructor_leaving_nothing(results, name, fold, expected):
