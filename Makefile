@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Unit tests and the fast reliability cases only (no nnU-Net runs, no browser): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 # `make bench`: every benchmark once in its quick mode (few rounds, small inputs; minutes, not a
 # measurement to quote). Without --quick each script takes the real measurement
 # (docs/benchmarks.md). Not part of `make test`. Run from the repository root.
@@ -34,8 +38,8 @@ bench: $(STAMP)
 	$(BENCH_PY) benchmarks/pretrain_throughput.py --quick
 	$(BENCH_PY) benchmarks/architecture_overhead.py --quick
 	$(BENCH_PY) benchmarks/trainer_overhead.py --rounds 5 --iterations 2
-	if [ -f benchmarks/evaluate_scale.py ]; then $(BENCH_PY) benchmarks/evaluate_scale.py --quick; fi
-	if [ -f benchmarks/schedule_control.py ]; then $(BENCH_PY) benchmarks/schedule_control.py --quick; fi
+	$(BENCH_PY) benchmarks/evaluate_scale.py --cases 12 --size 128 --repeats 5
+	$(BENCH_PY) benchmarks/schedule_control.py --sizes 5 --seeds 2 --epochs 1 --iterations 5
 
 clean:
 	rm -rf $(VENV) demo_output

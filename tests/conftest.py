@@ -25,6 +25,19 @@ PHANTOM_CASES = 24
 PHANTOM_SIZE = 64
 
 
+#: Session fixtures that run nnU-Net itself (planning, preprocessing, training): a test that uses
+#: one, directly or through another fixture, is marked ``nnunet`` and ``slow``.
+NNUNET_FIXTURES = frozenset({"preprocessed_dataset", "scratch_run"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests that run nnU-Net (``nnunet``, ``slow``); ``make test-fast`` leaves them out."""
+    for item in items:
+        if NNUNET_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.nnunet)
+            item.add_marker(pytest.mark.slow)
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = True,
             timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a console script of this environment (nnunet-xfer, nnUNetv2_*) and capture its output."""
