@@ -112,6 +112,19 @@ def nn_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
     return raw, pre
 
 
+@pytest.fixture(scope="module")
+def model_env(scratch_run, nnunet_env, tmp_path_factory) -> dict:
+    """nnU-Net variables whose results folder holds a two-fold model (``clinical_data``), set for
+    the module: what ``measure --cases`` predicts with."""
+    from clinical_data import two_fold_results
+    root = two_fold_results(scratch_run, tmp_path_factory.mktemp("model") / "results")
+    env = {**nnunet_env, "nnUNet_results": str(root)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield env
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A 24-case 64² phantom cohort with 3 observers on 6 cases."""

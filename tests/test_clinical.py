@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from clinical_data import (RUN, TRAINER, phantom_volume, studies_csv, two_fold_results,
-                           write_ct_series, write_volume)
+from clinical_data import RUN, TRAINER, phantom_volume, studies_csv, write_ct_series, write_volume
 from conftest import REAL_CT, run_cli
 from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.api import CUTOFFS, low_muscle, measure_studies
@@ -30,16 +29,6 @@ needs_real = pytest.mark.skipif(not (TS / "example_ct.nii.gz").is_file() or
                                 not (TS / "example_ct_dicom").is_dir(),
                                 reason="shared/real_ct/totalseg_example not present")
 
-
-@pytest.fixture(scope="module")
-def model_env(scratch_run, nnunet_env, tmp_path_factory) -> dict:
-    """nnU-Net variables whose results folder holds the two-fold model; set for the module."""
-    root = two_fold_results(scratch_run, tmp_path_factory.mktemp("clinical") / "results")
-    env = {**nnunet_env, "nnUNet_results": str(root)}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield env
 
 
 @pytest.fixture(scope="module")

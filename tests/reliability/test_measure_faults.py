@@ -20,19 +20,10 @@ import pytest
 import SimpleITK as sitk
 
 from clinical_data import (DATASET, RUN, TRAINER, phantom_volume, plant_other_plans, studies_csv,
-                           two_fold_results, write_ct_series, write_volume)
+                           write_ct_series, write_volume)
 from nnunet_xfer import cli
 from nnunet_xfer.clinical import api as clinical_api
 
-
-@pytest.fixture(scope="module")
-def model_env(scratch_run, nnunet_env, tmp_path_factory) -> dict:
-    root = two_fold_results(scratch_run, tmp_path_factory.mktemp("faults") / "results")
-    env = {**nnunet_env, "nnUNet_results": str(root)}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield env
 
 
 def run_measure(capsys, *args: str) -> tuple[int, str, str]:
