@@ -641,8 +641,7 @@ def test_trainer_loads_its_folds_entry_and_refuses_changed_or_stale_ones(preproc
 
     # cls with nnU-Net's own plans: the command names --data and what it must be
     monkeypatch.delenv("nnUNet_xfer_pretrain_scope")
-    cls = _trainer("XferClsTrainer_n5", fold=1)
-    with pytest.raises(SystemExit) as e:
-        cls._load_source()
+    with pytest.raises(SystemExit) as e:  # refused in the constructor, before nnU-Net starts
+        _trainer("XferClsTrainer_n5", fold=1)
     assert (f"run: nnunet-xfer pretrain -d {DATASET_ID} -s cls -p nnUNetPlans -c 2d --data FOLDER "
             f"(FOLDER: an ImageFolder root") in str(e.value)
