@@ -1,6 +1,6 @@
 """Test material for `measure --cases`: synthetic CT series/volumes and a two-fold model tree.
 
-Shared by tests/test_clinical.py and tests/reliability/test_measure_faults.py.
+Shared by tests/integration/test_clinical.py and tests/reliability/test_measure_faults.py.
 """
 from __future__ import annotations
 

@@ -401,6 +401,7 @@ def _cli(*args: str) -> list[str]:
     return [str(exe), *args]
 
 
+@pytest.mark.slow
 def test_phantom_kill9_leaves_only_what_the_rerun_removes(tmp_path):
     cmd = _cli("phantom", str(tmp_path / "c"), "--cases", "40", "--size", "64", "--observers", "0")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -509,6 +510,7 @@ def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn_dirs, rows):
     assert not (pre / DATASET / "nnUNetPlans.json").exists()
 
 
+@pytest.mark.slow
 def test_convert_kill9_then_rerun_is_complete_and_clean(tmp_path, nn_dirs, many):
     raw, pre = nn_dirs
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}

@@ -336,6 +336,7 @@ def test_first_error_in_order_whatever_the_workers(env, tmp_path):
     assert messages[0] == messages[1] and "case_005" in messages[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.5, 2.0])
 def test_kill_mid_evaluate_leaves_no_partial_output(env, tmp_path, delay):
     """kill -9 at any moment: the output is absent or complete, and the rerun leaves nothing

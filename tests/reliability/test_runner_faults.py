@@ -209,6 +209,7 @@ def test_hostile_or_broken_checkpoint_is_refused_not_unpickled(faults_env, name,
     assert path.exists()                             # refused, not deleted
 
 
+@pytest.mark.slow
 def test_planted_checkpoint_does_not_run_under_experiment_run(faults_env):
     """The reproduction: a planted checkpoint_latest.pth in a fold folder, the real CLI and the
     real nnUNetv2_train: the command inside the pickle never runs; one line says why."""
@@ -312,6 +313,7 @@ def test_stale_lock_is_taken_over_and_released(faults_env, content):
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_two_runners_at_once_one_is_refused_in_one_line(faults_env, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "sleep")
     first = start_cli(faults_env)
@@ -340,6 +342,7 @@ def test_lock_in_process_is_exclusive(tmp_path):
 
 # ---------------------------------------------------------------- interruptions
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_to_runner_ends_the_child_group(faults_env, monkeypatch, sig, code):
     monkeypatch.setenv("FAKE_MODE", "sleep")
@@ -356,6 +359,7 @@ def test_signal_to_runner_ends_the_child_group(faults_env, monkeypatch, sig, cod
     assert not DatasetLayout(DS_NAME).experiment_lock.exists()
 
 
+@pytest.mark.slow
 def test_child_ignoring_sigterm_is_killed_after_the_grace_period(faults_env, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "stubborn")
     proc = start_cli(faults_env, grace=1.0)
@@ -367,6 +371,7 @@ def test_child_ignoring_sigterm_is_killed_after_the_grace_period(faults_env, mon
     assert pid_gone(child) and pid_gone(grandchild)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_runner_leaves_no_running_child(faults_env, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "exec")
     proc = start_cli(faults_env)
@@ -410,6 +415,7 @@ def run_task(env: dict, job: Path, task: int) -> subprocess.CompletedProcess:
                           env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state, called", [
     ("summary", None),
     ("final", "--val"),
@@ -432,6 +438,7 @@ def test_slurm_task_follows_the_finished_and_resume_rules(faults_env, state, cal
     assert calls(faults_env) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["checkpoint_latest.pth", "checkpoint_final.pth"])
 @pytest.mark.parametrize("kind", ["planted", "truncated"])
 def test_slurm_task_refuses_hostile_checkpoint(faults_env, name, kind):

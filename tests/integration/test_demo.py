@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from nnunet_xfer.demo import DEMO_NAME, MARKER, NNUNET_VARS, QUICK, demo_steps
 
@@ -32,6 +33,7 @@ def test_demo_stages_cover_the_pipeline(tmp_path):
     assert "--observers" in steps["evaluate + report"][0].argv
 
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     out = tmp_path / "demo"
     proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "-o", str(out)], env=_clean_env(),

@@ -41,6 +41,7 @@ def _embedded_pngs(parsed: _Images) -> list[bytes]:
     return [base64.b64decode(s[len(prefix):]) for s in parsed.srcs]
 
 
+@pytest.mark.slow
 def test_full_report(fake_tree, tmp_path):
     base, env = fake_tree
     evaluation = evaluate_dataset("990", out=tmp_path / "eval", observers=base / "observers")

@@ -26,7 +26,8 @@ from nnunet_xfer.clinical.qc import gallery_html, overlay_lines, overlay_png
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed"),
+              pytest.mark.slow]
 
 #: Added by the probe: nothing may be fetched except the page's inline data and local files.
 PROBE_CSP = ("default-src 'none'; img-src data: file:; style-src 'unsafe-inline'; "

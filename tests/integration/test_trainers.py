@@ -409,7 +409,7 @@ def test_default_transfer_trains_exactly_like_scratch(preprocessed_dataset, tmp_
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory) -> Path:
     """The package built as a wheel and installed (no dependencies) into a folder of its own."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(out / "dist"), str(repo)],
@@ -435,6 +435,7 @@ def python_with_site(site_dir: Path, code: str, ext_trainer: str | None) -> subp
                           env=env, cwd=str(site_dir.parent), timeout=300)
 
 
+@pytest.mark.slow
 def test_wheel_start_up_hook_registers_the_trainers(installed_wheel, tmp_path):
     assert (installed_wheel / "nnunet_xfer_trainers.pth").is_file()
     folder = installed_wheel / "nnunet_xfer" / "trainers"

@@ -100,6 +100,7 @@ def _fake_bin(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_slurm_script_chains_pretrain_array_and_evaluation(grid_dataset, tmp_path, nnunet_env):
     script = tmp_path / "submit.sh"
     written = write_slurm(Grid(str(GRID_ID), sources=["scratch", "rec"], sizes=[5, 10],
