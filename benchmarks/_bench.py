@@ -148,3 +148,30 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
                 out.cpu[name].append(c1 - c0)
                 out.wall[name].append(w1 - w0)
     return out
+
+
+def training_arguments(description: str, quick: dict, full: dict, device: str | None,
+                       extra: Callable[[object], None] | None = None):
+    """Parsed arguments of a benchmark that times training steps: ``--quick`` / ``--patch`` /
+    ``--batch`` / ``--iterations`` / ``--repeats`` / ``--device`` / ``--threads`` / ``--json``
+    (``extra`` adds more); unset sizes come from ``quick`` or ``full``."""
+    import argparse
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: " + ", ".join(f"{k} {v}" for k, v in quick.items()))
+    ap.add_argument("--patch", type=int, default=None, help=f"square patch (default {full['patch']})")
+    ap.add_argument("--batch", type=int, default=None, help=f"batch size (default {full['batch']})")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help=f"training steps per timed call (default {full['iterations']})")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"interleaved rounds, >= 5 (default {full['repeats']})")
+    ap.add_argument("--device", default=device, help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    if extra is not None:
+        extra(ap)
+    a = ap.parse_args()
+    for k, v in (quick if a.quick else full).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    return a

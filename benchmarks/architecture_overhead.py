@@ -22,13 +22,12 @@ LeakyReLU per stage.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import resource
 import sys
 
-from _bench import interleaved, machine, machine_report, pin_threads
+from _bench import interleaved, machine, machine_report, pin_threads, training_arguments
 
 BASELINE = "nnunet_plainconvunet"
 
@@ -129,25 +128,12 @@ def peak_memory(spec: tuple, patch: int, batch: int, iterations: int, device: st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 64² patch, batch 1, 1 iteration per call, 5 rounds")
-    ap.add_argument("--patch", type=int, default=None, help="square patch (default 128)")
-    ap.add_argument("--batch", type=int, default=None, help="batch size (default 2)")
-    ap.add_argument("--iterations", type=int, default=None,
-                    help="training steps per timed call (default 3)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds, >= 5 (default 7)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--plans", default=None, help="take the baseline network from this plans file")
-    ap.add_argument("--archs", default="fcn_resnet50,unet_resnet34")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    a = ap.parse_args()
-    quick = dict(patch=64, batch=1, iterations=1, repeats=5)
-    full = dict(patch=128, batch=2, iterations=3, repeats=7)
-    for k, v in (quick if a.quick else full).items():
-        if getattr(a, k) is None:
-            setattr(a, k, v)
+    def extra(ap) -> None:
+        ap.add_argument("--plans", default=None, help="take the baseline network from this plans file")
+        ap.add_argument("--archs", default="fcn_resnet50,unet_resnet34")
+    a = training_arguments(__doc__.splitlines()[0], quick=dict(patch=64, batch=1, iterations=1, repeats=5),
+                           full=dict(patch=128, batch=2, iterations=3, repeats=7), device="cpu",
+                           extra=extra)
 
     pin_threads(a.threads)
     info = machine()

@@ -120,7 +120,7 @@ def main() -> None:
         print()
         print(total.table(baseline=BASELINE, per=n, unit="ms per case; CPU = process + ended "
                                                            "child processes"))
-        print(f"\nchild-process CPU per call (included above), max: "
+        print("\nchild-process CPU per call (included above), max: "
               + ", ".join(f"{k} {max(v) * 1000:.1f} ms" for k, v in kids.items()))
         b, c = total.summary(BASELINE, n), total.summary(CANDIDATE, n)
         print(f"cases per CPU-second (best call): baseline {1 / b['cpu_min']:.1f}, convert "

@@ -30,7 +30,6 @@ SimpleITK distance maps over the whole image for every call of `write_metrics`.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path

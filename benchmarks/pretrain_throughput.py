@@ -20,13 +20,12 @@ threads: ``--threads``, default 1), wall time includes a CUDA synchronisation.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
 import sys
 
-from _bench import interleaved, machine, machine_report, pin_threads
+from _bench import interleaved, machine, machine_report, pin_threads, training_arguments
 
 SOURCES = ("jigsaw", "rec", "seg", "cls")
 BASELINE = "nnunet_train_step"
@@ -123,23 +122,8 @@ def task_step(source: str, example: dict, patch: int, iterations: int, device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 32² patch, batch 2, 2 iterations, 5 rounds")
-    ap.add_argument("--patch", type=int, default=None, help="square patch (default 64)")
-    ap.add_argument("--batch", type=int, default=None, help="batch size (default 4)")
-    ap.add_argument("--iterations", type=int, default=None,
-                    help="training iterations per timed call (default 10)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds, >= 5 (default 7)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    a = ap.parse_args()
-    quick = dict(patch=32, batch=2, iterations=2, repeats=5)
-    full = dict(patch=64, batch=4, iterations=10, repeats=7)
-    for k, v in (quick if a.quick else full).items():
-        if getattr(a, k) is None:
-            setattr(a, k, v)
+    a = training_arguments(__doc__.splitlines()[0], quick=dict(patch=32, batch=2, iterations=2, repeats=5),
+                           full=dict(patch=64, batch=4, iterations=10, repeats=7), device=None)
 
     pin_threads(a.threads)
     info = machine()
