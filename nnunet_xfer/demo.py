@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_xfer import settings as env_settings
+from nnunet_xfer import atomic
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment import (
     Grid,
@@ -124,6 +125,11 @@ def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]
     ]
 
 
+def demo_entries() -> frozenset[str]:
+    """What the demo writes at the top of its output folder (all else there is the user's)."""
+    return frozenset({MARKER, DEMO_LOG, "phantom", "observer_study", *NNUNET_VARS})
+
+
 def _prepare(out: Path, env: dict, overwrite: bool, own_folders: bool) -> None:
     """Refuse a used output folder (or the demo dataset in the user's folders) unless overwrite."""
     if out.exists() and any(out.iterdir()):
@@ -133,6 +139,10 @@ def _prepare(out: Path, env: dict, overwrite: bool, own_folders: bool) -> None:
         if not (out / MARKER).exists():
             raise UserError(f"{out} was not written by the demo (no {MARKER}); refusing to "
                             f"delete it, choose another -o")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in demo_entries())
+        if foreign:
+            raise UserError(f"--overwrite refused: {out} holds files nnunet-xfer demo did not write "
+                            f"({atomic.shown(foreign)}); move them or choose another -o")
         shutil.rmtree(out)
     if not own_folders:
         for v in NNUNET_VARS:

@@ -79,3 +79,15 @@ def test_demo_refuses_to_delete_a_folder_it_did_not_write(tmp_path):
                           env=_clean_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and MARKER in proc.stderr
     assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_demo_overwrite_keeps_a_users_file_in_its_own_folder(tmp_path):
+    """A demo folder (marker present) with a file the user added: --overwrite refuses, names it."""
+    out = tmp_path / "demo"
+    (out / "phantom").mkdir(parents=True)
+    (out / MARKER).write_text("written by `nnunet-xfer demo`\n")
+    (out / "thesis.txt").write_text("keep")
+    proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "--overwrite", "-o", str(out)],
+                          env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "thesis.txt" in proc.stderr and "\n" not in proc.stderr.strip()
+    assert (out / "thesis.txt").read_text() == "keep" and (out / "phantom").is_dir()
