@@ -50,6 +50,15 @@ ENTRY_LOCK_SUFFIX = ".lock"
 #: Evaluation outputs.
 EVAL_CASES_CSV = "cases.csv"
 EVAL_SUMMARY_JSON = "summary.json"
+#: Observer-study outputs (``observers`` and ``evaluate --observers``).
+OBS_PAIRWISE_CSV = "pairwise.csv"
+OBS_WILLIAMS_CSV = "williams.csv"
+OBS_STAPLE_CSV = "staple.csv"
+OBS_MEASURES_CSV = "measures.csv"
+OBS_MEASURES_AGREEMENT_CSV = "measures_agreement.csv"
+EVAL_OBSERVERS_WILLIAMS_CSV = "observers_williams.csv"
+#: nnU-Net's copy of the plans inside a run folder.
+RUN_PLANS_JSON = "plans.json"
 #: Lock taken by one experiment runner per dataset.
 EXPERIMENT_LOCK = ".nnunet_xfer_experiment.lock"
 #: Output of every step ``experiment --run`` executes, appended.

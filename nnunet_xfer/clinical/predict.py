@@ -23,10 +23,10 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 from nnunet_xfer.evaluation.metrics import dice
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DATASET_JSON, DEFAULT_CONFIGURATION,
-                                DEFAULT_PLANS, DatasetLayout, fold_folder_name)
+                                DEFAULT_PLANS, RUN_PLANS_JSON,
+                                DatasetLayout, fold_folder_name)
 
 #: The run folder's copy of the plans (nnU-Net writes it beside the folds).
-PLANS_JSON = "plans.json"
 
 
 @dataclass
@@ -136,13 +136,13 @@ class SlicePredictor:
             if not (run / fold_folder_name(f) / checkpoint).is_file():
                 raise UserError(f"fold {f} of {run.name} has no {checkpoint}; train it or leave it "
                                 f"out of -f (finished folds: {', '.join(available_folds(run, checkpoint)) or 'none'})")
-        for name in (PLANS_JSON, DATASET_JSON):
+        for name in (RUN_PLANS_JSON, DATASET_JSON):
             if not (run / name).is_file():
                 raise UserError(f"{run / name} is missing; the run folder is incomplete")
-        plans_dict = load_json(str(run / PLANS_JSON))
+        plans_dict = load_json(str(run / RUN_PLANS_JSON))
         dataset_json = load_json(str(run / DATASET_JSON))
         if plans_dict.get("plans_name") != plans:
-            raise UserError(f"{run / PLANS_JSON} holds plans {plans_dict.get('plans_name')!r}, not "
+            raise UserError(f"{run / RUN_PLANS_JSON} holds plans {plans_dict.get('plans_name')!r}, not "
                             f"{plans!r}; the run folder was copied or renamed")
         parameters, mirror_axes = [], None
         for i, f in enumerate(folds):
@@ -160,7 +160,7 @@ class SlicePredictor:
                     or ck_plans.get("configurations", {}).get(configuration)
                     != plans_dict.get("configurations", {}).get(configuration)):
                 raise UserError(f"{path} was trained on other plans ({ck_plans.get('plans_name')!r}, "
-                                f"configuration {configuration!r} differs from {run / PLANS_JSON}); "
+                                f"configuration {configuration!r} differs from {run / RUN_PLANS_JSON}); "
                                 f"retrain it with these plans or use the run of its own plans")
             if i == 0:
                 mirror_axes = ckpt.get("inference_allowed_mirroring_axes")

@@ -27,8 +27,11 @@ from nnunet_xfer.evaluation.parallel import available_workers, ordered_map
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, observer_files, observer_verdicts,
                                            with_worst)
 from nnunet_xfer.evaluation.scoring import CaseJob, measure_keys, score_job
-from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_SUMMARY_JSON, DatasetLayout,
-                                fold_folder_name, read_cases, record_path, validation_folder)
+from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV,
+                                EVAL_SUMMARY_JSON,
+                                DatasetLayout, fold_folder_name,
+                                read_cases, record_path,
+                                validation_folder)
 from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
 from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import parse_trainer_name
@@ -37,7 +40,7 @@ COMMAND = "evaluate"
 PLAIN_TRAINER = "nnUNetTrainer"
 PLAIN_SOURCE = "nnunet"
 GROUP = ["source", "size_tag", "plans", "configuration"]
-WILLIAMS_CSV = "observers_williams.csv"
+WILLIAMS_CSV = EVAL_OBSERVERS_WILLIAMS_CSV
 FAILURE_RULE = ("every case counts: a failed case (exactly one of prediction and reference "
                 "empty) keeps Dice 0 and enters RMS DTA, ASSD, HD95 and HD at the image diagonal "
                 "in mm (worst_distance_mm) and NSD at 0; n_failed counts them")

@@ -28,7 +28,9 @@ from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SE
                                            pairwise_table, prediction_files, williams_rows,
                                            with_worst)
 from nnunet_xfer.evaluation.scoring import mask_measures
-from nnunet_xfer.layout import EVAL_SUMMARY_JSON
+from nnunet_xfer.layout import (EVAL_SUMMARY_JSON, OBS_MEASURES_AGREEMENT_CSV, OBS_MEASURES_CSV,
+                                OBS_PAIRWISE_CSV,
+                                OBS_STAPLE_CSV, OBS_WILLIAMS_CSV)
 
 COMMAND = "observers"
 MEASURE_COLUMNS = ("sma_cm2", "smd_hu", "imat_cm2", "sma_hu_refined_cm2")
@@ -156,9 +158,9 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
                 staple_rows.append({"case_id": c, "rater": r, **{k: mt[k] for k in METRIC_COLUMNS},
                                     "failed": bool(mt["failed"])})
         staple = pd.DataFrame(staple_rows)
-        pairwise.to_csv(tmp / "pairwise.csv", index=False)
-        pd.DataFrame(williams).to_csv(tmp / "williams.csv", index=False)
-        staple.to_csv(tmp / "staple.csv", index=False)
+        pairwise.to_csv(tmp / OBS_PAIRWISE_CSV, index=False)
+        pd.DataFrame(williams).to_csv(tmp / OBS_WILLIAMS_CSV, index=False)
+        staple.to_csv(tmp / OBS_STAPLE_CSV, index=False)
         summary = {
             "raters": raters, "observers": observer_names,
             "model": name if predictions is not None else None,
@@ -172,8 +174,8 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
         }
         if image_files is not None:
             table, stats = measures_tables(masks, image_files, case_ids)
-            table.to_csv(tmp / "measures.csv", index=False)
-            stats.to_csv(tmp / "measures_agreement.csv", index=False)
+            table.to_csv(tmp / OBS_MEASURES_CSV, index=False)
+            stats.to_csv(tmp / OBS_MEASURES_AGREEMENT_CSV, index=False)
             summary["measures_agreement"] = stats.to_dict("records")
         write_json(tmp / EVAL_SUMMARY_JSON, summary)
     return ObserverStudy(out=out, cases=case_ids, williams=williams)

@@ -21,7 +21,9 @@ from nnunet_xfer.atomic import atomic_write_json, atomic_write_text, owned_outpu
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
 from nnunet_xfer.evaluation.outputs import check_output_folder
-from nnunet_xfer.layout import EVAL_CASES_CSV, EVAL_SUMMARY_JSON, OUTPUT_MARKER
+from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
+                                OBS_MEASURES_AGREEMENT_CSV,
+                                OBS_WILLIAMS_CSV, OUTPUT_MARKER)
 from nnunet_xfer.sources import label as source_label
 
 COMMAND = "report"
@@ -201,8 +203,8 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
             parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}. '
                          "The interval resamples cases and observers (two levels), so fewer "
                          "cases or observers widen it and make the verdict harder.</p>")
-        wrows = pd.read_csv(folder / "observers_williams.csv") if (
-            folder / "observers_williams.csv").is_file() else pd.DataFrame()
+        wrows = pd.read_csv(folder / EVAL_OBSERVERS_WILLIAMS_CSV) if (
+            folder / EVAL_OBSERVERS_WILLIAMS_CSV).is_file() else pd.DataFrame()
         obs_rows = pd.DataFrame(observers.get("williams", []))
         forest = []
         if len(wrows):
@@ -306,7 +308,7 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
             parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}'
                          "; column within_observer_variability is the published reading (CI "
                          "upper end ≥ 1).</p>")
-    w = pd.read_csv(folder / "williams.csv")
+    w = pd.read_csv(folder / OBS_WILLIAMS_CSV)
     if len(w):
         figs["williams"] = figures.williams(w, fig_dir / "williams.png")
         parts.append(_img(figs["williams"], "Williams index"))
@@ -319,9 +321,9 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
     if summary.get("vs_staple"):
         parts.append("<h3>Mean agreement with the STAPLE consensus of the observers</h3>")
         parts.append(_table(pd.DataFrame(summary["vs_staple"]).T.reset_index(names="rater")))
-    if (folder / "measures_agreement.csv").is_file():
+    if (folder / OBS_MEASURES_AGREEMENT_CSV).is_file():
         parts.append("<h3>Muscle measures against the reference</h3>")
-        parts.append(_table(pd.read_csv(folder / "measures_agreement.csv")))
+        parts.append(_table(pd.read_csv(folder / OBS_MEASURES_AGREEMENT_CSV)))
     else:
         parts.append(_note("No muscle measures (run observers with --images for SMA/SMD)."))
     return parts
@@ -381,7 +383,7 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
     if not folder.is_dir():
         raise UserError(f"evaluation folder {folder} does not exist; run `nnunet-xfer evaluate`")
     is_eval = (folder / EVAL_CASES_CSV).is_file() and (folder / EVAL_SUMMARY_JSON).is_file()
-    is_obs = (folder / "williams.csv").is_file()
+    is_obs = (folder / OBS_WILLIAMS_CSV).is_file()
     if not (is_eval or is_obs):
         raise UserError(f"{folder} has neither cases.csv + summary.json (from `nnunet-xfer "
                         f"evaluate`) nor williams.csv (from `nnunet-xfer observers`)")
