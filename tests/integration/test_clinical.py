@@ -110,7 +110,9 @@ def test_measure_real_volume_and_dicom_series(model_env, predictor, tmp_path):
     want = predictor.predict(slice_image).mask
     np.testing.assert_array_equal(mask[72].astype(bool), want)
     measured = muscle_measures(ct, want, (3.0, 3.0), 1.75)
-    assert {k: volume_row[k] for k in MEASURE_KEYS} == pytest.approx({k: measured[k] for k in MEASURE_KEYS})
+    # the tiny test model may predict no muscle at all: SMD is then NaN on both sides
+    assert {k: volume_row[k] for k in MEASURE_KEYS} == pytest.approx(
+        {k: measured[k] for k in MEASURE_KEYS}, nan_ok=True)
 
     # the DICOM-SEG references the source instance of slice 10 and round-trips pixel for pixel
     seg_path = out / table.loc["ts_dicom", "mask_file"]
@@ -294,7 +296,8 @@ def test_failing_cases_are_reported_and_the_rest_go_on(model_env, phantom_dir, t
     t = _table(tmp_path / "out")
     assert list(t.index) == ["ok1", "no_l3", "missing", "too_far", "ok2"]
     assert list(t["status"]) == ["ok", "failed", "failed", "failed", "ok"]
-    assert t.loc["ok2", "sma_cm2"] > 0 and math.isnan(t.loc["no_l3", "sma_cm2"])
+    # measured (a number; the 2-iteration test model may find no muscle) vs not measured (NaN)
+    assert math.isfinite(t.loc["ok2", "sma_cm2"]) and math.isnan(t.loc["no_l3", "sma_cm2"])
     assert sorted(p.name for p in (tmp_path / "out" / "qc").iterdir()) == ["ok1.png", "ok2.png"]
     gallery = (tmp_path / "out" / "gallery.html").read_text(encoding="utf-8")
     assert gallery.count('<tr class') + gallery.count("<tr data-case") == 2
