@@ -199,6 +199,21 @@ def write_marker(folder: Path, command: str) -> None:
         "written": _dt.datetime.now().isoformat(timespec="seconds")})
 
 
+def add_to_marker(folder: Path, files: list[str]) -> bool:
+    """List ``files`` (relative paths) in the marker of an output folder written by another
+    command, so that its ``--overwrite`` may replace them with the rest; False without a marker."""
+    marker = Path(folder) / OUTPUT_MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except (ValueError, UnicodeDecodeError, OSError):
+        return False
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        return False
+    record["files"] = sorted(set(record["files"]) | set(files))
+    atomic_write_json(marker, record)
+    return True
+
+
 def shown(names: list[str], limit: int = 5) -> str:
     """The first ``limit`` names, then how many more."""
     return ", ".join(names[:limit]) + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")

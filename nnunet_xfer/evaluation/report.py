@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnunet_xfer.atomic import atomic_write_json, atomic_write_text, owned_output
+from nnunet_xfer.atomic import add_to_marker, atomic_write_text, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
 from nnunet_xfer.evaluation.outputs import check_output_folder
 from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
                                 OBS_MEASURES_AGREEMENT_CSV,
-                                OBS_WILLIAMS_CSV, OUTPUT_MARKER)
+                                OBS_WILLIAMS_CSV)
 from nnunet_xfer.sources import label as source_label
 
 COMMAND = "report"
@@ -355,20 +355,10 @@ def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
     """When the report lies in another command's output folder (e.g. the evaluation folder the
     experiment writes it into), list its files in that folder's marker, so that command's
     ``--overwrite`` may replace them with the rest of its output."""
-    marker = output_html.parent / OUTPUT_MARKER
-    if not marker.is_file():
-        return
-    try:
-        record = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError, OSError):
-        return
-    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
-        return
     ours = [output_html.name] + sorted(
         f"{fig_dir.name}/{p.relative_to(fig_dir).as_posix()}" for p in fig_dir.rglob("*")
         if p.is_file() or p.is_symlink())
-    record["files"] = sorted(set(record["files"]) | set(ours))
-    atomic_write_json(marker, record)
+    add_to_marker(output_html.parent, ours)
 
 
 def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) -> Path:
