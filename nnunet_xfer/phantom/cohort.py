@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import PHANTOM_MANIFEST
+from nnunet_xfer.layout import PHANTOM_MANIFEST, label_file
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
 
@@ -85,13 +85,13 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
     for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0):
         cid = case_id(i, n_cases)
         subj: Subject = make_subject(i, size=size, seed=seed)
-        _write(subj.image, subj.spacing, root / "images" / f"{cid}.nii.gz")
-        _write(subj.mask, subj.spacing, root / "masks" / f"{cid}.nii.gz")
+        _write(subj.image, subj.spacing, root / "images" / label_file(cid))
+        _write(subj.mask, subj.spacing, root / "masks" / label_file(cid))
         if i < n_observer_cases:
             for k, (name, style) in enumerate(zip(names, styles, strict=True)):
                 m = observer_mask(subj, style, observer_rng(seed, k, i))
-                _write(m, subj.spacing, root / "observers" / name / f"{cid}.nii.gz")
-        rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "mask": f"masks/{cid}.nii.gz",
+                _write(m, subj.spacing, root / "observers" / name / label_file(cid))
+        rows.append({"case_id": cid, "image": f"images/{label_file(cid)}", "mask": f"masks/{label_file(cid)}",
                      "height_m": f"{subj.height_m:.3f}", "sex": subj.sex})
     with open(root / PHANTOM_MANIFEST, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["case_id", "image", "mask", "height_m", "sex"])

@@ -25,6 +25,8 @@ from nnunet_xfer.layout import (DEFAULT_CONFIGURATION, DEFAULT_PLANS, DatasetLay
 from nnunet_xfer.pretraining import jigsaw
 from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, PreprocessedSlices, Source,
                                               refuse_target_data)
+from nnunet_xfer.pretraining.identity import (FINGERPRINTS_KEY, data_fingerprints,
+                                              refuse_target_content)
 from nnunet_xfer.pretraining.loop import StateMismatch, TrainingStopped, train, window_mean
 from nnunet_xfer.pretraining.network import (Planned, build_network, default_num_workers,
                                              load_planned, trained_prefixes)
@@ -278,6 +280,10 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
     dev = _device(config.device)
     case_ids = (fold_training_cases(config.dataset, config.fold) if config.scope == SCOPE_FOLD
                 else None)
+    seen = {}
+    if config.data is not None:  # by content: a copy of the target in another type or format
+        seen = data_fingerprints(config.data)
+        refuse_target_content(seen, config.data, config.dataset)
     data_source = _data_source(s, planned, config.data, case_ids)
     defining = config.defining()
 
@@ -348,6 +354,8 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
             **provenance(config.dataset, planned.plans_manager.plans, config.configuration,
                          scope=config.scope, fold=config.fold, case_ids=list(data_source.ids)),
         }
+        if config.data is not None:  # what it saw, for the trainers' identity check
+            meta[FINGERPRINTS_KEY] = sorted(seen)
         for key in s.extra_metadata:
             holder = task if hasattr(task, key) else data_source
             meta[key] = getattr(holder, key)
