@@ -211,8 +211,8 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
                    allow_non_hu: bool = False) -> pd.DataFrame:
     """Muscle measures of every mask in ``masks`` (e.g. ``nnUNetv2_predict`` output) → ``out_csv``.
 
-    Images are ``<case>_0000.nii.gz`` (nnU-Net style) or ``<case>.nii.gz`` (also .nii/.mha/.nrrd),
-    in HU, paired with the masks by exact case id (:func:`~nnunet_xfer.imaging.images_for_cases`);
+    Images, in HU, are named by case as nnU-Net names them or by the bare case id (any ending the
+    reader knows), paired with the masks by exact case id (:func:`~nnunet_xfer.imaging.images_for_cases`);
     masks are ``<case>.<ending>`` on the image's grid (shape, spacing, origin, direction).
     ``label_map``: the mask values that are muscle (None: masks must be binary 0/1). ``heights``
     is an optional CSV ``case_id,height_m`` for SMI. Files are read by

@@ -21,7 +21,7 @@ from nnunet_xfer.imaging.names import file_ending
 
 #: Tags that state the pixel spacing (PixelSpacing, ImagerPixelSpacing), in the order trusted.
 SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing")
-#: A gap between neighbouring instances this many times the usual one means slices are missing.
+#: A gap between neighbouring instances this many times the smallest one means a missing slice.
 MISSING_SLICE_FACTOR = 1.5
 
 
@@ -161,8 +161,8 @@ def _check_positions(series: DicomSeries, path: Path, case: str | None) -> None:
     if np.any(gaps < 1e-3):
         raise UserError(f"{_case(case)}series {path} holds two instances at one position; export "
                         f"the series again (one file per slice)")
-    usual = float(np.median(gaps))
-    if len(gaps) >= 2 and gaps.max() > MISSING_SLICE_FACTOR * usual:
+    usual = float(gaps.min())
+    if gaps.max() > MISSING_SLICE_FACTOR * usual:
         raise UserError(f"{_case(case)}series {path} has a gap of {gaps.max():.3g} mm between "
                         f"slices {usual:.3g} mm apart: a slice is missing or unreadable; copy "
                         f"the whole series")

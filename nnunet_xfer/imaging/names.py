@@ -28,8 +28,9 @@ SLICE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".
 #: Pictures: no pixel spacing, usually no HU (natural images for pretraining).
 PICTURE_ENDINGS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif",
                                     ".webp")
-#: A Pascal-VOC image, in the order they are looked for.
+#: A Pascal-VOC image, in the order they are looked for, and its mask (a palette PNG).
 VOC_IMAGE_ENDINGS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+VOC_MASK_ENDING = ".png"
 
 #: nnU-Net's suffix of the first (here: only) channel: ``<case>_0000.nii.gz``.
 CHANNEL_SUFFIX = "_0000"

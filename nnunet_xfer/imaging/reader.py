@@ -162,7 +162,10 @@ def _shape_error(path: Path, case: str | None, what: str, dimension: int,
 
 
 def _read_nifti(path: Path, case: str | None, what: str) -> Image:
-    header, raw = nifti.read_payload(path)
+    try:
+        header, raw = nifti.read_payload(path)
+    except UserError as e:
+        raise UserError(f"{_case(case)}{e}") from None
     ndim = len(header.dims)
     error = _shape_error(path, case, what, ndim if any(n > 1 for n in header.dims[3:]) else 3,
                          header.components)
@@ -171,7 +174,10 @@ def _read_nifti(path: Path, case: str | None, what: str) -> Image:
     spatial = header.spatial_pixdim
     _check_spacing([s for k, s in enumerate(spatial) if k < 2 or header.dims[k] > 1],
                    path, case, what)  # before ITK, which would silently read 1 mm
-    read = nifti.decode(path, header, raw)
+    try:
+        read = nifti.decode(path, header, raw)
+    except UserError as e:
+        raise UserError(f"{_case(case)}{e}") from None
     info = read.info
     error = _shape_error(path, case, what, len(info.size), info.components)
     if error is not None:

@@ -30,7 +30,8 @@ MIN_SIZE = 32
 def case_id(index: int, n_cases: int = 40) -> str:
     """``L3-0000``, ``L3-0001``, … (wider numbers for cohorts of 10 000 or more).
 
-    A hyphen, not an underscore: ``L3-0000`` would end like nnU-Net's channel suffix ``_0000``.
+    A hyphen, not an underscore: ``L3`` + underscore + four digits would end like nnU-Net's
+    channel suffix (``imaging.names.CHANNEL_SUFFIX``).
     """
     return f"L3-{index:0{max(4, len(str(n_cases - 1)))}d}"
 

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.imaging.names import CT_ENDINGS, VOC_IMAGE_ENDINGS, has_ending, strip_ending
+from nnunet_xfer.imaging.names import (CT_ENDINGS, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING, has_ending,
+                                       strip_ending)
 from nnunet_xfer.layout import DATASET_JSON, image_file, label_file
 from nnunet_xfer.sources import DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION
 
@@ -253,22 +254,23 @@ class NaturalSegmentation(Source):
         images, masks = root / "JPEGImages", root / "SegmentationClass"
         if not images.is_dir():
             raise UserError(f"--data {root}: no JPEGImages/ folder (expected Pascal-VOC layout)")
-        if not masks.is_dir() or not any(masks.glob("*.png")):
+        if not masks.is_dir() or not any(masks.glob(f"*{VOC_MASK_ENDING}")):
             raise UserError(f"--data {root}: no masks in SegmentationClass/ (palette PNGs); "
                             f"a VOC folder without masks cannot be used for seg pretraining")
         split = root / "ImageSets" / "Segmentation" / "train.txt"
         if split.is_file():
             names = [n.strip() for n in split.read_text().split() if n.strip()]
         else:
-            names = sorted(p.stem for p in masks.glob("*.png"))
+            names = sorted(p.stem for p in masks.glob(f"*{VOC_MASK_ENDING}"))
         self.pairs, self.ids, labels = [], [], set()
         for n in names:
             img = next((images / (n + s) for s in VOC_IMAGE_ENDINGS
                         if (images / (n + s)).is_file()), None)
-            mask = masks / f"{n}.png"
+            mask = masks / f"{n}{VOC_MASK_ENDING}"
             if img is None or not mask.is_file():
                 raise UserError(f"--data {root}: image or mask of {n!r} missing "
-                                f"(JPEGImages/{n}.jpg, SegmentationClass/{n}.png)")
+                                f"(JPEGImages/{n}{VOC_IMAGE_ENDINGS[0]}, "
+                                f"SegmentationClass/{n}{VOC_MASK_ENDING})")
             labels.update(np.unique(np.asarray(_pil_image(mask))).tolist())
             self.pairs.append((img, mask))
             self.ids.append(n)

@@ -56,8 +56,9 @@ def data_fingerprints(data: Path) -> dict[str, str]:
     """``fingerprint → file`` of every image under ``--data`` (a file or a folder, hidden files
     left out); UserError naming a file that cannot be read."""
     data = Path(data)
-    files = [data] if data.is_file() else sorted(
-        p for p in data.rglob("*") if p.is_file() and has_ending(p, CONTENT_ENDINGS)
+    files = [data] if data.is_file() and has_ending(data, CONTENT_ENDINGS) else sorted(
+        p for p in (data.rglob("*") if data.is_dir() else ()) if p.is_file()
+        and has_ending(p, CONTENT_ENDINGS)
         and not any(part.startswith(".") for part in p.relative_to(data).parts))
     found: dict[str, str] = {}
     for f in files:
