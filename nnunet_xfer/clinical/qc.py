@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from nnunet_xfer import imaging
 from nnunet_xfer.evaluation.measures import FLAGS
-from nnunet_xfer.imaging import Image
 
 #: Soft-tissue window (HU).
 WINDOW_LEVEL, WINDOW_WIDTH = 40.0, 400.0
@@ -42,7 +42,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def overlay_png(slice_image: Image, mask: np.ndarray, lines: list[str]) -> bytes:
+def overlay_png(slice_image: imaging.Image, mask: np.ndarray, lines: list[str]) -> bytes:
     """PNG bytes: the slice (soft-tissue window), the mask outline in red, ``lines`` in the corner.
 
     Drawn as the arrays are ordered: give the canonical slice (``Image.canonical``), which is the

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import SimpleITK as sitk
 
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec, read_manifest

@@ -28,7 +28,7 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging import nifti
 from nnunet_xfer.imaging.dicom import is_dicom_file, read_dicom
 from nnunet_xfer.imaging.image import Image, Slice
-from nnunet_xfer.imaging.names import NIFTI_ENDINGS, PICTURE_ENDINGS, file_ending
+from nnunet_xfer.imaging.names import ARRAY_ENDINGS, NIFTI_ENDINGS, PICTURE_ENDINGS, file_ending
 
 #: ITK reader of each ending handled by ITK (naming it skips ITK's probing of every reader).
 _ITK_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO",
@@ -210,6 +210,32 @@ def _read_array_file(path: Path, case: str | None, what: str) -> Image:
                  "npy" if file_ending(path) == ".npy" else "png", geometry_known=False)
 
 
+def _read_dicom_image(path: Path, case: str | None, what: str) -> Image:
+    with quiet_itk():
+        try:
+            img, series = read_dicom(path, case)
+        except RuntimeError as e:
+            raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); it is "
+                            f"truncated or damaged, or not DICOM") from None
+    return _from_sitk(img, path, "dicom", dicom=series)
+
+
+def _read_itk(path: Path, case: str | None, what: str) -> Image:
+    """NRRD or MetaImage: the spacing its header states is checked before ITK reads it."""
+    ending = file_ending(path)
+    _check_spacing(declared_spacing(path), path, case, what)
+    with quiet_itk():
+        try:
+            img = sitk.ReadImage(str(path), imageIO=_ITK_IO[ending])
+        except RuntimeError as e:
+            raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); it is "
+                            f"truncated or damaged, or not a {_FORMAT[ending]} file") from None
+    error = _shape_error(path, case, what, img.GetDimension(), img.GetNumberOfComponentsPerPixel())
+    if error is not None:
+        raise error
+    return _from_sitk(img, path, _FORMAT[ending])
+
+
 def _read(path: Path, case: str | None, what: str, arrays: bool) -> Image:
     """Read one file or DICOM folder by its kind; every structural check but values."""
     path = Path(path)
@@ -217,41 +243,18 @@ def _read(path: Path, case: str | None, what: str, arrays: bool) -> Image:
         raise UserError(f"{_case(case)}{what} file {path} does not exist; check the path")
     ending = file_ending(path)
     if path.is_dir():
-        with quiet_itk():
-            try:
-                img, series = read_dicom(path, case)
-            except RuntimeError as e:
-                raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); check "
-                                f"that it is a DICOM series") from None
-        image = _from_sitk(img, path, "dicom", dicom=series)
+        image = _read_dicom_image(path, case, what)
     elif not path.is_file():
         raise UserError(f"{_case(case)}{what} {path} is not a regular file (a pipe, socket or "
                         f"device); give the {what} file itself")
     elif ending in NIFTI_ENDINGS:
         image = _read_nifti(path, case, what)
-    elif arrays and ending in (".png", ".npy"):
+    elif arrays and ending in ARRAY_ENDINGS:
         image = _read_array_file(path, case, what)
     elif ending in _ITK_IO:
-        _check_spacing(declared_spacing(path), path, case, what)
-        with quiet_itk():
-            try:
-                img = sitk.ReadImage(str(path), imageIO=_ITK_IO[ending])
-            except RuntimeError as e:
-                raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); it is "
-                                f"truncated or damaged, or not a {_FORMAT[ending]} file") from None
-        image = _from_sitk(img, path, _FORMAT[ending]) if img.GetNumberOfComponentsPerPixel() == 1 \
-            else None
-        if image is None:
-            raise _shape_error(path, case, what, img.GetDimension(),
-                               img.GetNumberOfComponentsPerPixel())
+        image = _read_itk(path, case, what)
     elif is_dicom_file(path):
-        with quiet_itk():
-            try:
-                img, series = read_dicom(path, case)
-            except RuntimeError as e:
-                raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); it is "
-                                f"truncated or damaged, or not a DICOM file") from None
-        image = _from_sitk(img, path, "dicom", dicom=series)
+        image = _read_dicom_image(path, case, what)
     else:
         known = "NIfTI, NRRD, MHA, DICOM" + (", PNG or NPY" if arrays else "")
         raise UserError(f"{_case(case)}{what} {path}: {ending or 'a file without ending'} is not "

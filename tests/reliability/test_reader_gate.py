@@ -197,17 +197,18 @@ needs_real = pytest.mark.skipif(not (TS / "example_ct_as_dicom").is_dir(),
 
 
 def _physical_mask(path: Path, index: int) -> np.ndarray:
-    """Slice ``index`` of a mask file (NIfTI volume or a one-frame DICOM-SEG) in canonical order."""
-    from nnunet_xfer.imaging import read_mask
+    """Slice ``index`` of a mask file (NIfTI volume, or a one-frame DICOM-SEG on an LPS-stored
+    instance) with rows and columns in LPS order, by SimpleITK's own reorientation."""
     if path.suffix == ".dcm":
         import highdicom as hd
         seg = hd.seg.segread(path)
         frame = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[u[2] for u in seg.get_source_image_uids()],
             segment_numbers=[1])[0, ..., 0]
-        return frame.astype(bool)          # the DICOM source instance's rows: LPS, canonical
-    volume = read_mask(path)
-    return volume.slice(index).canonical()[0].array.astype(bool)
+        return frame.astype(bool)          # the source instance's rows and columns: LPS
+    volume = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+    assert volume.GetDirection()[8] == 1.0    # the slice axis kept its order
+    return sitk.GetArrayFromImage(volume)[index].astype(bool)
 
 
 @needs_real
