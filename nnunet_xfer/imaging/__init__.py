@@ -22,8 +22,7 @@ import importlib
 #: Public name → the submodule that defines it (imported on first use, so that
 #: ``nnunet_xfer.imaging.names``, which ``layout`` needs, stays light).
 _WHERE = {
-    "DicomSeries": "dicom", "is_dicom": "dicom", "is_dicom_file": "dicom",
-    "content_fingerprints": "identity", "folder_fingerprints": "identity",
+    "DicomSeries": "dicom", "is_dicom_file": "dicom", "content_fingerprints": "identity",
     "Geometry": "image", "Image": "image", "Reorientation": "image", "Slice": "image",
     "fingerprint": "image",
     "CHANNEL_SUFFIX": "names", "case_id_from_filename": "names", "file_ending": "names",

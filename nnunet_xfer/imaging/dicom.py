@@ -62,12 +62,6 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def is_dicom(path: Path) -> bool:
-    """A DICOM series folder or a DICOM file."""
-    path = Path(path)
-    return path.is_dir() or (path.is_file() and is_dicom_file(path))
-
-
 def dicom_files(folder: Path) -> list[Path]:
     """The DICOM files of a folder (hidden files and DICOMDIR left out)."""
     return sorted(p for p in Path(folder).iterdir()

@@ -50,12 +50,3 @@ def content_fingerprints(path: Path) -> list[str]:
     canonical = image.canonical()[0].array
     planes = [canonical] if canonical.ndim == 2 else list(canonical)
     return [fingerprint(p) for p in planes if _informative(p)]
-
-
-def folder_fingerprints(paths: list[Path]) -> dict[str, Path]:
-    """``fingerprint → file`` over the content of ``paths`` (see :func:`content_fingerprints`)."""
-    found: dict[str, Path] = {}
-    for p in paths:
-        for f in content_fingerprints(p):
-            found.setdefault(f, p)
-    return found

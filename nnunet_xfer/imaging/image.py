@@ -14,7 +14,7 @@ touched, so a slice index means the same slice before and after.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -313,13 +313,6 @@ class Image:
             self._fingerprint = fingerprint(self.canonical()[0].array)
         return self._fingerprint
 
-    def slice_fingerprints(self) -> list[str]:
-        """The fingerprint of every slice (canonical in-plane order); one for a 2D image."""
-        canonical = self.canonical()[0].array
-        if canonical.ndim == 2:
-            return [self.fingerprint()]
-        return [fingerprint(plane) for plane in canonical]
-
     # ------------------------------------------------------------ SimpleITK
     def to_sitk(self, values: np.ndarray | None = None) -> "sitk.Image":
         """A SimpleITK image of ``values`` (default: the voxels) with this image's geometry."""
@@ -330,13 +323,6 @@ class Image:
         img.SetOrigin([float(v) for v in self.origin])
         img.SetDirection([float(v) for v in self.direction])
         return img
-
-    def with_array(self, values: np.ndarray) -> "Image":
-        """This geometry with other voxels of the same shape (a mask on the image's grid)."""
-        values = np.asarray(values)
-        if values.shape != self.array.shape:
-            raise ValueError(f"shape {values.shape} differs from the image's {self.array.shape}")
-        return replace(self, array=values, _fingerprint=None)
 
 
 def _floats(values) -> tuple[float, ...]:
