@@ -396,15 +396,29 @@ def _add_measure(sub) -> None:
     p.set_defaults(func=_cmd_measure)
 
 
+def _labelled_folder(text: str) -> tuple[str | None, Path]:
+    """``-i DIR`` or ``-i LABEL=DIR`` (a LABEL holds no '/'; an existing DIR is taken whole)."""
+    label, sep, folder = text.partition("=")
+    if sep and label and "/" not in label and not Path(text).exists():
+        return label, Path(folder)
+    return None, Path(text)
+
+
 def _cmd_report(a: argparse.Namespace) -> None:
-    from nnunet_xfer.evaluation.report import write_report
-    path = write_report(a.input, a.output, overwrite=a.overwrite)
+    from nnunet_xfer.evaluation.report import write_comparison, write_report
+    inputs = [_labelled_folder(t) for t in a.input]
+    if len(inputs) == 1:
+        path = write_report(inputs[0][1], a.output, overwrite=a.overwrite)
+    else:
+        path = write_comparison(inputs, a.output, overwrite=a.overwrite)
     print(f"report: {path} (figures in {path.parent / (path.stem + '_files')})")
 
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML report with figures from an evaluation folder")
-    p.add_argument("-i", "--input", type=Path, required=True, help="evaluation folder")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="[LABEL=]DIR",
+                   help="evaluation folder; repeat it (-i random=A -i diverse=B) to overlay the "
+                        "curves of several, each labelled (default label: its dataset name)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="report .html (its PNGs go into <name>_files/ beside it)")
     p.add_argument("--overwrite", action="store_true",
