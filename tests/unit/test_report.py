@@ -187,8 +187,9 @@ def test_comparison_overlays_labelled_evaluations(fake_tree, tmp_path, monkeypat
     assert comparison_labels([(None, evaluation), (None, other)]) == [
         "Dataset990_Fake (1)", "Dataset990_Fake (2)"]
     # evaluations of other cases are overlaid with a warning, never silently
-    cases = (other / "cases.csv").read_text().splitlines()
-    (other / "cases.csv").write_text("\n".join(cases[:-3]) + "\n")
+    import pandas as pd
+    cases = pd.read_csv(other / "cases.csv", dtype={"case_id": str})
+    cases[cases.case_id != "case_011"].to_csv(other / "cases.csv", index=False)
     write_comparison([(None, evaluation), ("fewer", other)], tmp_path / "warn.html")
     assert "validate on different cases" in (tmp_path / "warn.html").read_text(encoding="utf-8")
     with pytest.raises(UserError, match="not an evaluation folder"):
