@@ -31,7 +31,7 @@ from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, datas
                                                        write_metadata)
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import SPLITS_FILE
-from nnunet_xfer.splits import SELECTION_KEY, make_splits, make_subsets
+from nnunet_xfer.splits import ORDERS_KEY, SELECTION_KEY, make_splits, make_subsets
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -203,12 +203,14 @@ def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
     if not short:
         return
     folds = sorted({f for fs in short.values() for f in fs})
-    smallest = min(len(splits[f]["train"]) for f in folds)
+    orders = subsets.get(ORDERS_KEY)
+    smallest = min(len(orders[str(f)]) if orders else len(splits[f]["train"]) for f in folds)
     sizes = ",".join(map(str, short))
     what = (f"subset size n={sizes} exceeds" if len(short) == 1
             else f"subset sizes n={sizes} exceed")
-    warnings.warn(f"{what} the training cases of fold(s) {','.join(map(str, folds))} "
-                  f"({smallest} cases); left out of subsets.json", stacklevel=3)
+    warnings.warn(f"{what} the {'selected' if orders else 'training'} cases of fold(s) "
+                  f"{','.join(map(str, folds))} ({smallest} cases); left out of subsets.json",
+                  stacklevel=3)
 
 
 def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
