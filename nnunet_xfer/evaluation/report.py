@@ -393,19 +393,30 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
         raise UserError(f"{folder} has neither cases.csv + summary.json (from `nnunet-xfer "
                         f"evaluate`) nor williams.csv (from `nnunet-xfer observers`)")
     cases, summary = _read_evaluation(folder) if is_eval else (None, None)
-    _check_html(output_html, overwrite)
-    fig_dir = check_output_folder(figures_folder(output_html), COMMAND, overwrite,
-                                  inputs=(folder,))
-    figs: dict[str, Path] = {}
-    with owned_output(fig_dir, COMMAND, overwrite) as tmp:
+
+    def sections(tmp: Path, figs: dict) -> list[str]:
         parts = [f"<h1>nnunet_xfer evaluation report</h1><p class='muted'>"
                  f"{html.escape(str(folder.resolve()))}</p>"]
         if is_eval:
             parts += _evaluation_sections(folder, cases, summary, tmp, figs)
         if is_obs:
             parts += _observer_sections(folder, tmp, figs)
+        return parts
+
+    return _publish(output_html, overwrite, (folder,), "nnunet_xfer report", sections)
+
+
+def _publish(output_html: Path, overwrite: bool, inputs: tuple[Path, ...], title: str,
+             sections) -> Path:
+    """Write the page ``sections(figures_folder, figs)`` builds, and its figures folder, by the
+    report's output rules (see :func:`write_report`)."""
+    _check_html(output_html, overwrite)
+    fig_dir = check_output_folder(figures_folder(output_html), COMMAND, overwrite, inputs=inputs)
+    figs: dict[str, Path] = {}
+    with owned_output(fig_dir, COMMAND, overwrite) as tmp:
+        parts = sections(tmp, figs)
         page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-                f'<meta name="generator" content="{GENERATOR}"><title>nnunet_xfer report'
+                f'<meta name="generator" content="{GENERATOR}"><title>{html.escape(title)}'
                 f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     atomic_write_text(output_html, page)
     _claim_in_owned_folder(output_html, fig_dir)
@@ -486,18 +497,12 @@ def write_comparison(inputs: list[tuple[str | None, Path]], output_html: Path,
             raise UserError(f"{folder} is not an evaluation folder (cases.csv + summary.json from "
                             f"`nnunet-xfer evaluate`); only evaluations can be overlaid")
         evaluations.append((label, folder, *_read_evaluation(folder)))
-    _check_html(output_html, overwrite)
-    fig_dir = check_output_folder(figures_folder(output_html), COMMAND, overwrite,
-                                  inputs=tuple(folder for _l, folder, _c, _s in evaluations))
-    figs: dict[str, Path] = {}
-    with owned_output(fig_dir, COMMAND, overwrite) as tmp:
-        parts = ["<h1>nnunet_xfer comparison report</h1><p class='muted'>"
+
+    def sections(tmp: Path, figs: dict) -> list[str]:
+        return (["<h1>nnunet_xfer comparison report</h1><p class='muted'>"
                  + html.escape(", ".join(f"{label}: {folder.resolve()}"
                                          for label, folder, _c, _s in evaluations)) + "</p>"]
-        parts += _comparison_sections(evaluations, tmp, figs)
-        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-                f'<meta name="generator" content="{GENERATOR}"><title>nnunet_xfer comparison'
-                f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    atomic_write_text(output_html, page)
-    _claim_in_owned_folder(output_html, fig_dir)
-    return output_html
+                + _comparison_sections(evaluations, tmp, figs))
+
+    return _publish(output_html, overwrite, tuple(f for _l, f, _c, _s in evaluations),
+                    "nnunet_xfer comparison", sections)
