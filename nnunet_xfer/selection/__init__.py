@@ -9,12 +9,21 @@
     nxt = select_next("pool/", k=10, strategy="uncertain", dataset=501, trainer="XferSegTrainer_n10")
     write_manifest("next.csv", nxt)
 
-The strategies, the file format and the workflow: docs/conversion.md.
+The strategies, the file format and the workflow: docs/conversion.md. The package stays light to
+import (the CLI builds its parser from :data:`STRATEGIES`); the API loads on first use.
 """
 from __future__ import annotations
 
-from nnunet_xfer.selection.api import (MANIFEST_COLUMNS, STRATEGIES, NextCases, Selection,
-                                       select_next, select_subsets, write_manifest)
+#: The strategies: ``random`` (seeded draw), ``diverse`` (greedy k-centre), ``uncertain``
+#: (disagreement of a trained fold ensemble; pools only).
+STRATEGIES: tuple[str, ...] = ("random", "diverse", "uncertain")
 
 __all__ = ["MANIFEST_COLUMNS", "STRATEGIES", "NextCases", "Selection", "select_next",
            "select_subsets", "write_manifest"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from nnunet_xfer.selection import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'nnunet_xfer.selection' has no attribute {name!r}")

@@ -30,14 +30,12 @@ from nnunet_xfer.dataset_conversion.selection import is_selection_file, selectio
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.mask_files import images_for_cases, list_cases
 from nnunet_xfer.layout import DEFAULT_CONFIGURATION, DEFAULT_PLANS, DatasetLayout
+from nnunet_xfer.selection import STRATEGIES
 from nnunet_xfer.selection.features import HISTOGRAM, encoder_features, histogram_features
 from nnunet_xfer.selection.kcenter import farthest_first
 from nnunet_xfer.splits import convert_command, dataset_block, subset_order, verify_folders
 from nnunet_xfer.study_grid import DEFAULT_SEED
 
-#: The strategies: ``random`` (seeded draw), ``diverse`` (greedy k-centre), ``uncertain``
-#: (disagreement of a trained fold ensemble; pools only).
-STRATEGIES: tuple[str, ...] = ("random", "diverse", "uncertain")
 #: Columns of the manifest of the next cases to annotate.
 MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", "image", "rank", "score", "strategy")
 

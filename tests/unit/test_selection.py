@@ -6,7 +6,6 @@ in tests/integration/test_selection.py).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
