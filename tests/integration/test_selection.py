@@ -18,7 +18,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATASET_ID, DATASET_NAME, run_cli
-from nnunet_xfer.selection.uncertainty import mask_disagreement
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.selection import select_subsets
+from nnunet_xfer.selection.uncertainty import mask_disagreement, predictor_masks
 
 
 def select(*args: str, check: bool = True, env: dict | None = None):
@@ -161,10 +163,9 @@ def test_next_cases_uncertain_where_the_folds_disagree(model_env, raw_dataset, t
     best = sorted(expected, key=lambda c: (-expected[c], c))[:3]
     assert table.case_id.tolist() == best
     assert table.score.tolist() == pytest.approx([expected[c] for c in best])
-    one = select("--pool", str(tmp_path / "pool"), "-d", str(DATASET_ID), "-tr",
-                 "XferScratchTrainer_n5", "--strategy", "uncertain", "-f", "0", "--device", "cpu",
-                 "-o", str(tmp_path / "one.csv"), check=False, env=model_env)
-    assert one.returncode == 2 and "fold ensemble" in one.stderr
+    with pytest.raises(UserError, match="uncertain needs a fold ensemble"):
+        predictor_masks(DATASET_NAME, "XferScratchTrainer_n5", "nnUNetPlans", "2d", folds=["0"],
+                        device="cpu")
 
 
 def test_diverse_on_a_store_entrys_encoder(preprocessed_dataset, tmp_path, monkeypatch):
@@ -179,15 +180,13 @@ def test_diverse_on_a_store_entrys_encoder(preprocessed_dataset, tmp_path, monke
     save_entry(DatasetLayout(DATASET_NAME).store_entry("cls"), network.state_dict(), None,
                {"source": "cls", "trained_prefixes": ["encoder."],
                 **entry_provenance(DATASET_NAME, scope="external")})
-    env = {"nnUNet_results": str(tmp_path / "results")}
-    for name in ("a.json", "b.json"):
-        select("-d", str(DATASET_ID), "--strategy", "diverse", "--features", "cls", "--device", "cpu",
-               "-o", str(tmp_path / name), env=env)
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    select("-d", str(DATASET_ID), "--strategy", "diverse", "--features", "cls", "--device", "cpu",
+           "-o", str(tmp_path / "a.json"), env={"nnUNet_results": str(tmp_path / "results")})
     chosen = json.loads((tmp_path / "a.json").read_text())
     splits = json.loads((preprocessed_dataset / "splits_final.json").read_text())
     assert chosen["features"] == "cls"
     assert all(sorted(chosen["order"][str(f)]) == sorted(s["train"]) for f, s in enumerate(splits))
-    missing = select("-d", str(DATASET_ID), "--strategy", "diverse", "--features", "rec",
-                     "-o", str(tmp_path / "c.json"), check=False, env=env)
-    assert missing.returncode == 2 and "nnunet-xfer pretrain" in missing.stderr
+    again = select_subsets(DATASET_ID, "diverse", features="cls", device="cpu")  # in-process
+    assert again.record() == chosen  # the same order again: deterministic, CLI = API
+    with pytest.raises(UserError, match="nnunet-xfer pretrain -d 501 -s rec .* --fold 0"):
+        select_subsets(DATASET_ID, "diverse", features="rec", device="cpu")
