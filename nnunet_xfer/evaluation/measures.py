@@ -223,13 +223,13 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     out_csv = Path(out_csv)
     if out_csv.exists() and not overwrite:
         raise UserError(f"{out_csv}: exists; pass --overwrite to replace it")
-    mask_files = list_cases(Path(masks), "masks", channel_suffix=False)
-    image_files = images_for_cases(Path(images), list(mask_files))
+    mask_paths = list_cases(Path(masks), "masks", channel_suffix=False)
+    image_files = images_for_cases(Path(images), list(mask_paths))
     height_of = read_heights(Path(heights)) if heights is not None else {}
 
     rows = []
     # disable=None: a bar on a terminal, none in logs and pipes (keeps errors one line there)
-    for case, mask_path in tqdm(mask_files.items(), desc="measure", unit="case", disable=None):
+    for case, mask_path in tqdm(mask_paths.items(), desc="measure", unit="case", disable=None):
         image_path = image_files[case]
         image, mask = read_case(image_path, mask_path, case, label_map, allow_non_hu)
         values, geometry = image.plane(case)

@@ -301,11 +301,13 @@ def read_mask(path: Path, case: str | None = None, what: str = "mask") -> Image:
 
 
 # ---------------------------------------------------------------- slices for the evaluation
-def load_slice(path: str | Path, case: str | None = None) -> Slice:
-    """A 2D image (or a 3D image with exactly one slice) as (rows, cols) values and its grid.
+def load_slice(path: str | Path, case: str | None = None, canonical: bool = False) -> Slice:
+    """A 2D image (or a 3D image with exactly one slice) as (rows, cols) values and its grid;
+    ``canonical``: in canonical orientation (what the network sees).
 
     No HU check: evaluation reads the images ``convert`` already checked."""
-    return read_image(Path(path), case, allow_non_hu=True).plane(case)
+    image = read_image(Path(path), case, allow_non_hu=True)
+    return (image.canonical()[0] if canonical else image).plane(case)
 
 
 def _label_error(path: Path, arr: np.ndarray, label: int, option: str) -> UserError:
