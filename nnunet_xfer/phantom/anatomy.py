@@ -112,7 +112,7 @@ def sample_params(rng: np.random.Generator) -> Params:
                                     + rng.normal(0, 2.5), 3, 75)),
         fat_profile=_FAT_BASE * np.exp(rng.normal(0, 0.12, size=_FAT_BASE.size)),
     )
-    mu = 54 - 42 * myo + rng.normal(0, 4)
+    mu = 58 - 42 * myo + rng.normal(0, 4)
     p.hu = {
         "subcut_fat": rng.uniform(-112, -92), "visceral_fat": rng.uniform(-100, -80),
         "muscle": mu, "skin": rng.uniform(10, 40), "fascia": rng.uniform(-10, 30),

@@ -28,8 +28,8 @@ def sample(rng: np.random.Generator, p: Params) -> list[dict]:
         n_bones = int(rng.integers(1, 3))  # distal humerus, or radius and ulna
         out.append({
             "side": sgn,
-            "a": rng.uniform(28, 38) * (1 + 0.5 * adip) * p.muscularity ** 0.5,  # lateral
-            "b": rng.uniform(32, 44) * (1 + 0.4 * adip) * p.muscularity ** 0.5,  # AP
+            "a": rng.uniform(32, 42) * (1 + 0.5 * adip) * p.muscularity ** 0.5,  # lateral
+            "b": rng.uniform(34, 46) * (1 + 0.4 * adip) * p.muscularity ** 0.5,  # AP
             "fat": (3 + 16 * adip) * rng.uniform(0.7, 1.3),
             "gap": rng.uniform(-14, -4) if rng.random() < TOUCHING else rng.uniform(3, 25),
             "dy": rng.uniform(-15, 30), "angle": rng.uniform(-0.4, 0.4),
