@@ -55,6 +55,6 @@ def majority(labels: np.ndarray, f: int, n_labels: int = len(STRUCTURES)) -> np.
         return labels.copy()
     n0, n1 = labels.shape[0] // f, labels.shape[1] // f
     blocks = labels.reshape(n0, f, n1, f).transpose(0, 2, 1, 3).reshape(n0 * n1, f * f)
-    counts = np.zeros((n0 * n1, n_labels), np.int32)
-    np.add.at(counts, (np.repeat(np.arange(n0 * n1), f * f), blocks.ravel()), 1)
+    index = np.arange(n0 * n1)[:, None] * n_labels + blocks
+    counts = np.bincount(index.ravel(), minlength=n0 * n1 * n_labels).reshape(n0 * n1, n_labels)
     return counts.argmax(axis=1).astype(labels.dtype).reshape(n0, n1)

@@ -361,3 +361,13 @@ def test_streaks_and_beam_hardening(cohort_params):
             assert field.max() > 20 and field.min() < -20  # bright and dark streaks
         else:  # only cupping: a few HU darker in the middle
             assert field.max() <= 0 and field.min() >= -s.params.scan["cupping_hu"] - 1e-9
+
+
+def test_label_map_downsampling_takes_the_majority():
+    from nnunet_xfer.phantom.structures import majority
+    labels = np.array([[1, 1, 2, 3], [1, 2, 3, 3], [0, 0, 5, 5], [0, 4, 4, 6]], np.uint8)
+    np.testing.assert_array_equal(majority(labels, 2), [[1, 3], [0, 5]])
+    np.testing.assert_array_equal(majority(labels[:2, :2], 2), [[1]])
+    np.testing.assert_array_equal(majority(np.array([[2, 1], [1, 2]], np.uint8), 2), [[1]])  # tie
+    s = make_subject(0, size=48)
+    assert s.tissue.shape == s.image.shape and s.tissue.dtype == np.uint8
