@@ -55,7 +55,7 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
     segmentation source task are written there too (:mod:`~nnunet_xfer.phantom.source_task`),
     none of them one of the cohort's images.
     """
-    from nnunet_xfer.atomic import check_replaceable
+    from nnunet_xfer.atomic import check_replaceable, refuse_protected
     from nnunet_xfer.phantom.source_task import COMMAND as SOURCE_COMMAND
     from nnunet_xfer.phantom.source_task import write_source_task
     out = Path(out)
@@ -76,6 +76,7 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
         if source_cases < 1:
             raise UserError(f"--source-cases must be at least 1 (got {source_cases})")
         check_replaceable(source_task, SOURCE_COMMAND, overwrite)
+        refuse_protected(source_task, "--source-task folder")
     if n_observer_cases > n_cases:
         warnings.warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
                       f"delineate all {n_cases} cases", stacklevel=2)
