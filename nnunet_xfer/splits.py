@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from nnunet_xfer import settings
 from nnunet_xfer.atomic import atomic_write_bytes, atomic_write_json
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.layout import DATASET_JSON, SPLITS_FILE, SUBSETS_FILE, DatasetLayout
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED
 
@@ -69,8 +68,8 @@ def make_subsets(splits: list[dict], sizes: list[int], seed: int = DEFAULT_SEED,
         for n in sorted(set(sizes)):
             if n > len(order):
                 if warn:
-                    warnings.warn(f"fold {fold}: subset size {n} exceeds its {len(order)} training "
-                                  f"cases; left out of subsets.json", stacklevel=2)
+                    warn(f"fold {fold}: subset size {n} exceeds its {len(order)} training "
+                                  f"cases; left out of subsets.json")
                 continue
             per_size[str(n)] = sorted(order[:n])
         result["folds"][str(fold)] = per_size

@@ -15,15 +15,14 @@ HU ranges are inclusive at both ends.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import atomic_write_csv
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.evaluation.mask_files import (check_same_geometry, images_for_cases, list_cases,
                                                read_mask, read_slice)
 
@@ -59,7 +58,14 @@ FLAGS = {
     "smd_implausible": f"SMD outside {PLAUSIBLE_SMD_HU[0]:g}–{PLAUSIBLE_SMD_HU[1]:g} HU",
     "fold_disagreement": f"a fold model's Dice against the ensemble is below {MIN_FOLD_DICE:g}",
     "hu_not_calibrated": "the slice does not look like CT in HU (air not near −1000 HU)",
+    "sex_unknown": "the sex given is neither male nor female (no sex-specific cut-off applied)",
 }
+
+
+def flag_line(case: str, flags: list[str]) -> str:
+    """The printed warning of a case's quality flags (the CSV's ``flags`` column holds them too)."""
+    return (f"case {case}: " + "; ".join(FLAGS.get(f, f) for f in flags)
+            + f" (flagged {';'.join(flags)})")
 
 
 def _within(hu: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -162,12 +168,18 @@ def read_heights(path: Path) -> dict[str, float]:
     if missing:
         raise UserError(f"{path}: heights CSV lacks column(s) {', '.join(sorted(missing))};"
                         " expected case_id,height_m")
+    ids = table["case_id"].astype(str).str.strip()
+    repeated = sorted(set(ids[ids.duplicated()]))
+    if repeated:
+        raise UserError(f"{path}: case {repeated[0]} has more than one height"
+                        f"{f' (and {len(repeated) - 1} more case(s))' if len(repeated) > 1 else ''};"
+                        f" give one line per case")
     heights = pd.to_numeric(table["height_m"], errors="coerce")
     bad = table["case_id"][heights.notna() & ((heights <= 0.3) | (heights > 3.0))]
     if len(bad):
         raise UserError(f"{path}: height of case {bad.iloc[0]} is not a height in metres "
                         "(give height_m in m, e.g. 1.72)")
-    return dict(zip(table["case_id"], heights.astype(float)))
+    return dict(zip(ids, heights.astype(float)))
 
 
 def _check_image(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -> None:
@@ -178,8 +190,7 @@ def _check_image(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -
             raise UserError(f"case {case}: image {path} is a picture (no HU, no pixel spacing); give "
                             f"CT in Hounsfield units (NIfTI, NRRD, MHA), or pass --allow-non-hu if "
                             f"you really mean it (areas then assume 1 mm pixels)")
-        warnings.warn(f"case {case}: {Path(path).name} has no pixel spacing; areas assume 1 mm pixels",
-                      stacklevel=3)
+        warn(f"case {case}: {Path(path).name} has no pixel spacing; areas assume 1 mm pixels")
     _check_hu(image, Path(path), None, case, allow_non_hu)
 
 
@@ -191,6 +202,16 @@ def _read_labels(path: Path, labels: list[int] | None) -> tuple[np.ndarray, tupl
     if not np.all(np.equal(np.mod(values, 1), 0)):
         raise UserError(f"{path}: mask has non-integer values; give a label image")
     return np.isin(arr, labels), spacing
+
+
+def is_measure_csv(path: Path) -> bool:
+    """Whether ``path`` is a CSV ``measure --images/--masks`` wrote (its header line is ours)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline().strip()
+    except OSError:
+        return False
+    return header == ",".join(MEASURE_COLUMNS)
 
 
 def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | None = None,
@@ -206,9 +227,8 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     the muscle is refused; an empty mask is warned about and flagged. Writes one row per mask,
     columns :data:`MEASURE_COLUMNS`, atomically, and returns the table.
     """
-    out_csv = Path(out_csv)
-    if out_csv.exists() and not overwrite:
-        raise UserError(f"{out_csv}: exists; pass --overwrite to replace it")
+    claim = check_replaceable(out_csv, "measure", overwrite, folder=False,
+                              written=is_measure_csv, inputs=(images, masks, heights))
     mask_files = list_cases(Path(masks), "masks", channel_suffix=False)
     image_files = images_for_cases(Path(images), list(mask_files))
     height_of = read_heights(Path(heights)) if heights is not None else {}
@@ -229,11 +249,10 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
         _check_image(image, image_path, case, allow_non_hu)
         m = muscle_measures(image, mask, image_spacing, height_of.get(case))
         flags = quality_flags(image, mask, m)
-        if "empty_mask" in flags:
-            warnings.warn(f"case {case}: mask {mask_path.name} is empty (no muscle); flagged "
-                          f"empty_mask in the CSV", stacklevel=2)
+        if flags:
+            warn(flag_line(case, flags))
         rows.append({"case_id": case, **{k: m[k] for k in MEASURE_KEYS},
                      "muscle_pixels": int(mask.sum()), "flags": ";".join(flags)})
     table = pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
-    atomic_write_csv(out_csv, table)
+    atomic_write_csv(claim, table)
     return table

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnunet_xfer.atomic import add_to_marker, atomic_write_text, owned_output
+from nnunet_xfer.atomic import add_to_marker, atomic_write_text, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
-from nnunet_xfer.evaluation.outputs import check_output_folder
 from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
                                 OBS_MEASURES_AGREEMENT_CSV,
                                 OBS_WILLIAMS_CSV)
@@ -41,6 +40,9 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .muted{color:#666;font-size:.9em}
 """
 
+#: The files of an evaluation or observer-study folder a report reads (its inputs).
+_INPUTS = frozenset({EVAL_CASES_CSV, EVAL_SUMMARY_JSON, EVAL_OBSERVERS_WILLIAMS_CSV,
+                     OBS_WILLIAMS_CSV, OBS_MEASURES_AGREEMENT_CSV})
 _WI_LABELS = {"dice": "Dice", "rms_dta_mm": "1/RMS DTA"}
 
 
@@ -338,17 +340,11 @@ def _written_by_us(path: Path) -> bool:
     return f'<meta name="generator" content="{GENERATOR}">' in head
 
 
-def _check_html(output_html: Path, overwrite: bool) -> None:
+def _check_html(output_html: Path) -> None:
     if output_html.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{output_html}: give the report a name ending in .html")
     if output_html.is_dir():
         raise UserError(f"{output_html} is a folder; give the report's .html file name")
-    if output_html.exists() or output_html.is_symlink():
-        if not overwrite:
-            raise UserError(f"{output_html} exists; pass --overwrite to replace it")
-        if output_html.is_symlink() or not _written_by_us(output_html):
-            raise UserError(f"--overwrite refused: {output_html} was not written by nnunet-xfer "
-                            f"report; move it or choose another name")
 
 
 def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
@@ -359,6 +355,14 @@ def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
         f"{fig_dir.name}/{p.relative_to(fig_dir).as_posix()}" for p in fig_dir.rglob("*")
         if p.is_file() or p.is_symlink())
     add_to_marker(output_html.parent, ours)
+
+
+def _gallery_inputs(cases: pd.DataFrame | None) -> list[Path]:
+    """The image and mask files an evaluation's gallery reads."""
+    if cases is None:
+        return []
+    columns = [c for c in ("image", "reference", "prediction") if c in cases.columns]
+    return [Path(p) for p in pd.unique(cases[columns].to_numpy().ravel()) if isinstance(p, str)]
 
 
 def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) -> Path:
@@ -389,11 +393,14 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
         if not len(cases) or not summary.get("groups"):
             raise UserError(f"{folder} is an empty evaluation (no evaluated case); nothing to "
                             f"report: train and validate a run, then re-run `nnunet-xfer evaluate`")
-    _check_html(output_html, overwrite)
-    fig_dir = check_output_folder(figures_folder(output_html), COMMAND, overwrite,
-                                  inputs=(folder,))
+    _check_html(output_html)
+    inputs = [p for p in folder.iterdir() if p.name in _INPUTS] + _gallery_inputs(cases)
+    html_claim = check_replaceable(output_html, COMMAND, overwrite, inputs=inputs, folder=False,
+                                   written=_written_by_us)
+    fig_claim = check_replaceable(figures_folder(output_html), COMMAND, overwrite, inputs=inputs)
+    fig_dir = fig_claim.path
     figs: dict[str, Path] = {}
-    with owned_output(fig_dir, COMMAND, overwrite) as tmp:
+    with owned_output(fig_claim) as tmp:
         parts = [f"<h1>nnunet_xfer evaluation report</h1><p class='muted'>"
                  f"{html.escape(str(folder.resolve()))}</p>"]
         if is_eval:
@@ -403,6 +410,6 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
         page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
                 f'<meta name="generator" content="{GENERATOR}"><title>nnunet_xfer report'
                 f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    atomic_write_text(output_html, page)
+    atomic_write_text(html_claim, page)
     _claim_in_owned_folder(output_html, fig_dir)
     return output_html

@@ -10,16 +10,15 @@ Layout (paths in ``cases.csv`` are relative to OUT)::
 """
 from __future__ import annotations
 
-import csv
-import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import owned_output
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable, owned_output
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.layout import PHANTOM_MANIFEST
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
@@ -58,16 +57,15 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
         raise UserError(f"--size must be at least {MIN_SIZE} pixels (got {size})")
     if n_observers < 0 or n_observer_cases < 0:
         raise UserError("--observers and --observer-cases must not be negative")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise UserError(f"{out} already exists; choose another folder or pass --overwrite")
+    claim = check_replaceable(out, "phantom", overwrite)
     if n_observer_cases > n_cases:
-        warnings.warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
-                      f"delineate all {n_cases} cases", stacklevel=2)
+        warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
+                      f"delineate all {n_cases} cases")
         n_observer_cases = n_cases
     if n_observers == 0:
         n_observer_cases = 0
 
-    with owned_output(out, "phantom", overwrite=overwrite) as tmp:
+    with owned_output(claim) as tmp:
         _fill(tmp, n_cases, size, n_observers, n_observer_cases, seed)
     return out
 
@@ -82,7 +80,8 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
     for name in names:
         (root / "observers" / name).mkdir()
     rows = []
-    for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0):
+    # disable=None: a bar on a terminal only
+    for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0, disable=None):
         cid = case_id(i, n_cases)
         subj: Subject = make_subject(i, size=size, seed=seed)
         _write(subj.image, subj.spacing, root / "images" / f"{cid}.nii.gz")
@@ -93,7 +92,5 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
                 _write(m, subj.spacing, root / "observers" / name / f"{cid}.nii.gz")
         rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "mask": f"masks/{cid}.nii.gz",
                      "height_m": f"{subj.height_m:.3f}", "sex": subj.sex})
-    with open(root / PHANTOM_MANIFEST, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case_id", "image", "mask", "height_m", "sex"])
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(root / PHANTOM_MANIFEST,
+                     pd.DataFrame(rows, columns=["case_id", "image", "mask", "height_m", "sex"]))
