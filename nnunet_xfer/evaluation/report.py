@@ -357,6 +357,38 @@ def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
     add_to_marker(output_html.parent, ours)
 
 
+#: The columns of an evaluation's cases.csv the report reads.
+CASE_COLUMNS = ("case_id", "fold", "source", "size_tag", "plans", "n", "dice", "rms_dta_mm",
+                "failed", "image", "reference", "prediction", "sma_cm2_pred", "sma_cm2_ref",
+                "smd_hu_pred", "smd_hu_ref")
+#: The keys of every group of an evaluation's summary.json the report reads.
+GROUP_KEYS = ("source", "size_tag", "plans", "n", "folds", "n_cases", "n_failed", "metrics")
+
+
+def _check_evaluation(folder: Path, cases: pd.DataFrame, summary: dict) -> None:
+    """One line for an evaluation whose files were edited by hand or cut short: missing columns
+    in cases.csv, malformed groups in summary.json, or groups cases.csv does not hold."""
+    redo = "re-run `nnunet-xfer evaluate` to write it again"
+    missing = [c for c in CASE_COLUMNS if c not in cases.columns]
+    if missing:
+        raise UserError(f"{folder / EVAL_CASES_CSV} lacks column(s) {', '.join(missing)}; {redo}")
+    groups = summary["groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise UserError(f"{folder / EVAL_SUMMARY_JSON}: 'groups' is not a list of groups; {redo}")
+    held = set(zip(cases["source"].astype(str), cases["size_tag"].astype(str),
+                   cases["plans"].astype(str)))
+    for g in groups:
+        lacking = [k for k in GROUP_KEYS if k not in g]
+        if lacking or not isinstance(g["metrics"], dict):
+            raise UserError(f"{folder / EVAL_SUMMARY_JSON}: a group lacks "
+                            f"{', '.join(lacking) or 'its metrics'}; {redo}")
+        key = (str(g["source"]), str(g["size_tag"]), str(g["plans"]))
+        if key not in held:
+            raise UserError(f"{folder / EVAL_SUMMARY_JSON} names source {key[0]!r} n={key[1]} "
+                            f"({key[2]}), which {EVAL_CASES_CSV} does not hold (edited apart?); "
+                            f"{redo}")
+
+
 def _gallery_inputs(cases: pd.DataFrame | None) -> list[Path]:
     """The image and mask files an evaluation's gallery reads."""
     if cases is None:
@@ -390,9 +422,13 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
                 pd.errors.EmptyDataError) as e:
             raise UserError(f"{folder}: cannot read the evaluation ({str(e).splitlines()[0]}); "
                             f"re-run `nnunet-xfer evaluate`") from None
+        if not isinstance(summary, dict):
+            raise UserError(f"{folder / EVAL_SUMMARY_JSON} is not an evaluation summary (a JSON "
+                            f"object expected); re-run `nnunet-xfer evaluate`")
         if not len(cases) or not summary.get("groups"):
             raise UserError(f"{folder} is an empty evaluation (no evaluated case); nothing to "
                             f"report: train and validate a run, then re-run `nnunet-xfer evaluate`")
+        _check_evaluation(folder, cases, summary)
     _check_html(output_html)
     inputs = [p for p in folder.iterdir() if p.name in _INPUTS] + _gallery_inputs(cases)
     html_claim = check_replaceable(output_html, COMMAND, overwrite, inputs=inputs, folder=False,
@@ -403,10 +439,16 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
     with owned_output(fig_claim) as tmp:
         parts = [f"<h1>nnunet_xfer evaluation report</h1><p class='muted'>"
                  f"{html.escape(str(folder.resolve()))}</p>"]
-        if is_eval:
-            parts += _evaluation_sections(folder, cases, summary, tmp, figs)
-        if is_obs:
-            parts += _observer_sections(folder, tmp, figs)
+        try:
+            if is_eval:
+                parts += _evaluation_sections(folder, cases, summary, tmp, figs)
+            if is_obs:
+                parts += _observer_sections(folder, tmp, figs)
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError,
+                pd.errors.ParserError) as e:  # files edited by hand beyond what the checks see
+            raise UserError(f"{folder}: its files do not fit together ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:120]}); re-run `nnunet-xfer evaluate` "
+                            f"(or `nnunet-xfer observers`) to write them again") from None
         page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
                 f'<meta name="generator" content="{GENERATOR}"><title>nnunet_xfer report'
                 f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
