@@ -234,7 +234,7 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     height_of = read_heights(Path(heights)) if heights is not None else {}
     from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite
 
-    rows = []
+    rows, flagged = [], []
     # disable=None: a bar on a terminal, none in logs and pipes (keeps errors one line there)
     for case, mask_path in tqdm(mask_files.items(), desc="measure", unit="case", disable=None):
         image_path = image_files[case]
@@ -250,9 +250,11 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
         m = muscle_measures(image, mask, image_spacing, height_of.get(case))
         flags = quality_flags(image, mask, m)
         if flags:
-            warn(flag_line(case, flags))
+            flagged.append(flag_line(case, flags))
         rows.append({"case_id": case, **{k: m[k] for k in MEASURE_KEYS},
                      "muscle_pixels": int(mask.sum()), "flags": ";".join(flags)})
     table = pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
     atomic_write_csv(claim, table)
+    for line in flagged:  # about what was written (a refused run writes nothing to warn about)
+        warn(line)
     return table
