@@ -322,8 +322,9 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
                 raise UserError(f"{state_file} has already run {int(state['iteration'])} iterations; "
                                 f"pass --iterations above that to continue")
         elif pth.exists() and not overwrite:
-            raise UserError(f"{pth} exists but has no training state {state_file.name} to resume; "
-                            f"pass --overwrite to start again")
+            raise UserError(f"{pth} exists but has no training state {state_file.name} to resume "
+                            f"(a finished run keeps it only with --keep-state); pass --overwrite "
+                            f"to start again")
         else:
             print(f"no training state {state_file} yet: starting from iteration 0", file=sys.stderr)
     start = int(state["iteration"]) if state is not None else 0

@@ -33,11 +33,13 @@ def _one_thread(one_torch_thread):
     """Every test here on one torch thread."""
 
 
-def pretrain(resume: bool = False, overwrite: bool = False, progress: bool = False, **kw) -> Path:
+def pretrain(resume: bool = False, overwrite: bool = False, progress: bool = False,
+             keep_state: bool = False, **kw) -> Path:
     """``pretrain(PretrainConfig(**kw))`` on the CPU, without a progress bar."""
     from nnunet_xfer.pretraining.run import PretrainConfig, pretrain as run
     kw.setdefault("device", "cpu")
-    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=progress)
+    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=progress,
+               keep_state=keep_state)
 
 
 # ----------------------------------------------------------------------------- jigsaw
@@ -304,15 +306,29 @@ def test_seg_on_a_2d_nnunet_raw_dataset(preprocessed_dataset, results, tmp_path)
     assert meta["scope"] == "external" and meta["fold"] is None
 
 
-def test_resume_continues_from_the_saved_iteration(preprocessed_dataset, results):
+def test_finished_run_removes_its_training_state_unless_kept(preprocessed_dataset, results):
+    """A finished pretraining left its *.resume.pth (435 MB in the demo's store)."""
     pth = pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0)
+    assert pth.is_file() and not pth.with_name("rec.resume.pth").exists()
+    with pytest.raises(UserError, match="no training state"):  # nothing to extend: said so
+        pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, fold=0,
+                 resume=True)
+    pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0,
+             overwrite=True, keep_state=True)
+    assert pth.with_name("rec.resume.pth").is_file()
+
+
+def test_resume_continues_from_the_saved_iteration(preprocessed_dataset, results):
+    pth = pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0,
+                   keep_state=True)
     first = torch.load(pth.with_name("rec.resume.pth"), weights_only=True)
     assert int(first["iteration"]) == 2
     with pytest.raises(UserError, match="exists"):
         pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0)
     with pytest.raises(UserError, match="other settings"):
         pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=3, fold=0, resume=True)
-    pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, fold=0, resume=True)
+    pretrain(dataset=DATASET_NAME, source="rec", iterations=4, batch_size=2, fold=0, resume=True,
+             keep_state=True)
     second = torch.load(pth.with_name("rec.resume.pth"), weights_only=True)
     meta = json.loads(pth.with_suffix(".json").read_text())
     assert meta["resumed_from"] == 2 and meta["iterations"] == 4
