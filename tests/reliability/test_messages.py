@@ -17,24 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BIN, fake_results_tree, write_slice
+from conftest import cli_in_process as run
+from conftest import one_line_error as one_line
 
 from nnunet_xfer import cli
 
 
-def run(capsys, *args: str) -> tuple[int, str]:
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def one_line(code: int, err: str, *words: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 # ---------------------------------------------------------------- report on hand-edited files

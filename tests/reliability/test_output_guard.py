@@ -10,7 +10,6 @@ portable fallback); two runs on one ``-o``: one wins, the other stops. Commands 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,29 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import fake_results_tree, write_slice
+from conftest import cli_in_process as run
+from conftest import one_line_error as one_line
 
-from nnunet_xfer import atomic, cli
+from nnunet_xfer import atomic
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import OUTPUT_MARKER, TEMP_PREFIX
 
 DATASET = "Dataset990_Fake"
 
 
-def run(capsys, *args: str) -> tuple[int, str]:
-    """``nnunet-xfer ARGS`` in-process: (exit status, stderr)."""
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def one_line(code: int, err: str, *words: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def files(folder: Path) -> dict[str, bytes]:
