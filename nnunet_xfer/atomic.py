@@ -284,6 +284,9 @@ def check_replaceable(out: Path, command: str, overwrite: bool, *,
                         f"{command}; remove it yourself or choose another {what}")
     if folder:
         foreign = _foreign_files(out, command, written)
+        if foreign and (written or (lambda f: marker_files(f, command)))(out) is None:
+            raise UserError(f"--overwrite refused: {out} was not written by nnunet-xfer {command} "
+                            f"(it holds {shown(foreign)}); move it or choose another folder")
         if foreign:
             raise UserError(f"--overwrite refused: {out} holds files nnunet-xfer {command} did "
                             f"not write ({shown(foreign)}); move them or choose another folder")
