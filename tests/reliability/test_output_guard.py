@@ -474,3 +474,12 @@ def test_full_disk_while_writing_plans_is_one_line(planned, capsys, monkeypatch)
     code, err = run(capsys, "plan", "-d", "Dataset976_P", "--arch", "unet_resnet34")
     one_line(code, err, "no space left")
     assert sorted(p.name for p in planned.iterdir()) == ["dataset.json", "nnUNetPlans.json"]
+
+
+def test_slurm_overwrite_keeps_a_script_of_yours(tmp_path, capsys):
+    """`experiment --slurm FILE --overwrite` replaced any file at FILE."""
+    script = tmp_path / "submit.sh"
+    script.write_text("#!/bin/bash\nsbatch my_own_job.sh\n")
+    code, err = run(capsys, "experiment", "-d", "501", "--slurm", str(script), "--overwrite")
+    one_line(code, err, "not written by nnunet-xfer experiment")
+    assert script.read_text() == "#!/bin/bash\nsbatch my_own_job.sh\n"
