@@ -229,16 +229,16 @@ def _marker_record(folder: Path) -> dict | None:
 def marker_files(folder: Path, command: str) -> set[str] | None:
     """What ``nnunet-xfer <command>`` wrote into ``folder`` by its marker (None: no marker of it).
 
-    A marker may also name whole sub-folders (``folders``) while a command that writes in place
-    (the demo) runs: every path below them counts as written.
+    A marker may also name paths the command owns whole (``owned``: files, or folders with
+    everything below them) while a command that writes in place (the demo) runs.
     """
     record = _marker_record(folder)
     if record is None or record.get("command") != f"nnunet-xfer {command}":
         return None
     files = {str(f) for f in record["files"]}
-    folders = [str(f).rstrip("/") for f in record.get("folders", []) if str(f).strip("/")]
-    if folders:
-        files |= {f for f in listing(folder) if any(f == d or f.startswith(d + "/") for d in folders)}
+    owned = [str(f).rstrip("/") for f in record.get("owned", []) if str(f).strip("/")]
+    if owned:
+        files |= {f for f in listing(folder) if any(f == d or f.startswith(d + "/") for d in owned)}
     return files
 
 
@@ -565,13 +565,13 @@ def listing(folder: Path) -> list[str]:
     return sorted(files)
 
 
-def write_marker(folder: Path, command: str, folders: Iterable[str] = ()) -> None:
+def write_marker(folder: Path, command: str, owned: Iterable[str] = ()) -> None:
     """Record every file now in ``folder`` as written by ``nnunet-xfer <command>`` (and, while it
-    writes in place, the sub-folders it owns whole: ``folders``)."""
+    writes in place, the paths it owns whole: ``owned``, files or folders)."""
     record = {"command": f"nnunet-xfer {command}", "files": listing(folder),
               "written": _dt.datetime.now().isoformat(timespec="seconds")}
-    if folders:
-        record["folders"] = sorted(folders)
+    if owned:
+        record["owned"] = sorted(owned)
     atomic_write_json(Path(folder) / OUTPUT_MARKER, record)
 
 
@@ -620,11 +620,11 @@ def owned_output(out: Path | Claim, command: str | None = None, overwrite: bool 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def take_folder(claim: Claim, folders: Iterable[str] = ()) -> Path:
+def take_folder(claim: Claim, owned: Iterable[str] = ()) -> Path:
     """Make the claimed folder for a command that writes in place (the demo): the old one (which
-    the claim found) is removed, the new one created exclusively, with a marker naming the
-    sub-folders the command will fill (``folders``). :class:`UserError` if something else took
-    the place meanwhile."""
+    the claim found) is removed, the new one created exclusively, with a marker naming the paths
+    the command will write there (``owned``). :class:`UserError` if something else took the place
+    meanwhile."""
     remove_owned(claim)
     make_folder(claim.path.parent)
     try:
@@ -634,5 +634,5 @@ def take_folder(claim: Claim, folders: Iterable[str] = ()) -> Path:
                         f"was kept; choose another folder") from None
     except OSError as e:
         raise _write_error(claim.path, e) from None
-    write_marker(claim.path, claim.command, folders)
+    write_marker(claim.path, claim.command, owned)
     return claim.path

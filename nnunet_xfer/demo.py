@@ -123,8 +123,8 @@ def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]
     ]
 
 
-#: What the demo fills in its output folder while it runs (besides its log).
-DEMO_FOLDERS = ("phantom", "observer_study", *NNUNET_VARS)
+#: What the demo writes into its output folder while it runs.
+DEMO_OWNED = (DEMO_LOG, "phantom", "observer_study", *NNUNET_VARS)
 
 
 def _claim_output(out: Path, overwrite: bool) -> atomic.Claim:
@@ -148,7 +148,7 @@ def _prepare(claim: atomic.Claim, env: dict, overwrite: bool, own_folders: bool)
                                 f"replace it")
             for p in found:
                 shutil.rmtree(p)
-    atomic.take_folder(claim, folders=DEMO_FOLDERS)
+    atomic.take_folder(claim, owned=DEMO_OWNED)
 
 
 @dataclass(frozen=True)

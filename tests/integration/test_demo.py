@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nnunet_xfer.demo import DEMO_FOLDERS, DEMO_NAME, NNUNET_VARS, QUICK, demo_steps
+from nnunet_xfer.demo import DEMO_OWNED, DEMO_NAME, NNUNET_VARS, QUICK, demo_steps
 from nnunet_xfer.layout import OUTPUT_MARKER
 
 NNUNET_XFER = str(Path(sys.executable).parent / "nnunet-xfer")
@@ -62,7 +62,7 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     assert not list(results.rglob("*.resume.pth")) and list(results.rglob("rec.pth"))
     marker = json.loads((out / OUTPUT_MARKER).read_text())  # the demo's, listing every file
     assert marker["command"] == "nnunet-xfer demo" and "demo.log" in marker["files"]
-    assert "folders" not in marker and "phantom/cases.csv" in marker["files"]
+    assert "owned" not in marker and "phantom/cases.csv" in marker["files"]
     assert (report.parent / "report_files" / "headline.png").stat().st_size > 1000  # own folder
     cases = pd.read_csv(evaluation / "cases.csv")
     assert set(cases["source"]) == {"scratch", "rec"}
@@ -93,7 +93,7 @@ def test_demo_overwrite_keeps_a_users_file_in_its_own_folder(tmp_path):
     out = tmp_path / "demo"
     (out / "phantom").mkdir(parents=True)
     (out / OUTPUT_MARKER).write_text(json.dumps({"command": "nnunet-xfer demo", "files": [],
-                                                 "folders": list(DEMO_FOLDERS)}))
+                                                 "owned": list(DEMO_OWNED)}))
     (out / "thesis.txt").write_text("keep")
     proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "--overwrite", "-o", str(out)],
                           env=_clean_env(), capture_output=True, text=True, timeout=60)

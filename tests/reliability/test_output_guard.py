@@ -120,7 +120,7 @@ def test_overwrite_needs_the_same_command(env, capsys, tmp_path):
     before = files(study)
     code, err = run(capsys, "evaluate", "-d", "990", "-o", str(study), "--overwrite",
                     "--workers", "1")
-    one_line(code, err, "did not write")
+    one_line(code, err, "not written by nnunet-xfer evaluate")
     assert files(study) == before
 
 
@@ -405,7 +405,7 @@ def test_marker_of_another_command_is_not_ours(tmp_path):
     out = tmp_path / "o"
     with atomic.owned_output(out, "phantom") as tmp:
         (tmp / "a.txt").write_text("x")
-    with pytest.raises(UserError, match="did not write"):
+    with pytest.raises(UserError, match="not written by nnunet-xfer evaluate"):
         atomic.check_replaceable(out, "evaluate", True)
     assert atomic.check_replaceable(out, "phantom", True).found is not None
     assert json.loads((out / OUTPUT_MARKER).read_text())["files"] == ["a.txt"]
