@@ -81,6 +81,15 @@ def test_report_on_hand_edited_evaluation_is_one_line(evaluation, tmp_path, caps
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "r_files").exists()
 
 
+def test_report_on_a_hand_edited_observer_study_is_one_line(tmp_path, capsys):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "williams.csv").write_text("rater,score\nobs_0,0.9\n")  # not the observers' columns
+    code, err = run(capsys, "report", "-i", str(study), "-o", str(tmp_path / "r.html"))
+    one_line(code, err, "do not fit together")
+    assert not (tmp_path / "r.html").exists()
+
+
 # ---------------------------------------------------------------- measure / observers inputs
 @pytest.fixture
 def slices(tmp_path) -> tuple[Path, Path]:
