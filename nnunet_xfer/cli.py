@@ -147,7 +147,7 @@ def _add_select(sub) -> None:
     p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
                    help=f"plans of the model or store entry (default {DEFAULT_PLANS})")
     p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
-                   help=f"(default {DEFAULT_CONFIGURATION})")
+                   help=f"configuration of the model or store entry (default {DEFAULT_CONFIGURATION})")
     p.add_argument("--seed", type=int, default=None,
                    help="random: the draw's seed (default: the dataset's convert seed; "
                         f"{DEFAULT_SEED} for a pool)")
