@@ -30,7 +30,8 @@ def _sizes(text: str) -> list[int]:
 def _cmd_phantom(a: argparse.Namespace) -> None:
     from nnunet_xfer.phantom.cohort import write_cohort
     write_cohort(Path(a.out), n_cases=a.cases, size=a.size, n_observers=a.observers,
-                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite)
+                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite,
+                 source_task=a.source_task, source_cases=a.source_cases)
 
 
 def _add_phantom(sub) -> None:
@@ -42,8 +43,14 @@ def _add_phantom(sub) -> None:
     p.add_argument("--observer-cases", type=int, default=20,
                    help="cases each observer delineates (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the cohort (default 0)")
+    p.add_argument("--source-task", type=Path, metavar="DIR",
+                   help="also write a segmentation source task (other subjects; organs, fat, bone; "
+                        "no muscle label) to DIR, for `pretrain -s seg --data DIR` (default: none)")
+    p.add_argument("--source-cases", type=int, default=100,
+                   help="slices of the source task (default 100)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an OUT that phantom wrote (refused if it holds other files)")
+                   help="replace an OUT (and DIR) that phantom wrote (refused if it holds other "
+                        "files)")
     p.set_defaults(func=_cmd_phantom)
 
 

@@ -13,6 +13,7 @@ network's input channels, randomly resized-cropped to the patch size and z-score
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DATASET_JSON, image_file
-from nnunet_xfer.sources import DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION
+from nnunet_xfer.sources import (DATA_KIND_KEY, DATA_KIND_MEDICAL, DATA_KIND_NATURAL, DATA_KINDS,
+                                  DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION)
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -146,6 +148,23 @@ def _normaliser(scheme: str, props: dict):
     return cls(use_mask_for_norm=False, intensityproperties=props)
 
 
+class CTPreparation(NamedTuple):
+    """How the target's network sees CT: the configuration's in-plane spacing (y, x) in mm, the
+    plans' normalisation scheme and the dataset's intensity properties (of channel 0)."""
+
+    spacing: tuple[float, float]
+    scheme: str
+    props: dict
+
+    def resample(self, arr: np.ndarray, spacing, order: int = 1) -> np.ndarray:
+        """(Z, Y, X) ``arr`` with in-plane ``spacing`` (y, x) resampled to :attr:`spacing`."""
+        from scipy.ndimage import zoom
+        factors = (1.0, spacing[0] / self.spacing[0], spacing[1] / self.spacing[1])
+        if np.allclose(factors, 1.0, atol=1e-3):
+            return arr
+        return zoom(arr, factors, order=order)
+
+
 class CTImages(Source):
     """Other unlabelled CT images (NIfTI/MHA/NRRD, 2D or 3D; axial slices), nnU-Net-normalised.
 
@@ -157,13 +176,13 @@ class CTImages(Source):
     def __init__(self, root: Path, patch: tuple[int, int], min_side: int,
                  spacing: tuple[float, float], scheme: str, props: dict):
         import SimpleITK as sitk
-        from scipy.ndimage import zoom
+        ct = CTPreparation(tuple(spacing), scheme, props)
         if not root.exists():
             raise UserError(f"--data {root} does not exist")
         files = _files(root, CT_SUFFIXES)
         if not files:
             raise UserError(f"--data {root} holds no CT images ({', '.join(CT_SUFFIXES)})")
-        norm = _normaliser(scheme, props)
+        norm = _normaliser(ct.scheme, ct.props)
         self.patch, self.volumes, self.ids = patch, [], []
         for f in files:
             try:
@@ -175,10 +194,7 @@ class CTImages(Source):
                 raise UserError(f"{f} is not a single-channel 2D/3D CT image")
             arr = sitk.GetArrayFromImage(img).astype(np.float32)
             sp = img.GetSpacing()[::-1][-2:]  # (y, x) spacing of the array's last two axes
-            arr = arr[None] if arr.ndim == 2 else arr
-            factors = (1.0, sp[0] / spacing[0], sp[1] / spacing[1])
-            if not np.allclose(factors, 1.0, atol=1e-3):
-                arr = zoom(arr, factors, order=1)
+            arr = ct.resample(arr[None] if arr.ndim == 2 else arr, sp)
             _check_size(arr.shape[-2:], min_side, f"CT image {f}")
             self.volumes.append(norm.run(arr))
             self.ids.append(str(f.relative_to(root)) if root.is_dir() else f.name)
@@ -231,13 +247,28 @@ def _check_pil_size(path: Path, min_side: int) -> None:
 
 
 class NaturalSegmentation(Source):
-    """Segmentation pairs: a Pascal-VOC folder or a 2D nnU-Net raw dataset folder."""
+    """Segmentation pairs: a Pascal-VOC folder or a 2D nnU-Net raw dataset folder.
 
-    def __init__(self, root: Path, patch: tuple[int, int], min_side: int, channels: int):
+    Natural images (VOC, or an nnU-Net raw dataset whose channel is not CT) are randomly
+    resized-cropped, flipped and z-scored per image. A CT nnU-Net raw dataset (channel 0 named
+    ``CT``, such as ``nnunet-xfer phantom --source-task``) given a :class:`CTPreparation` is
+    prepared like the target's own slices instead: resampled in-plane to the configuration's
+    spacing (labels nearest-neighbour), normalised with the plans' scheme and the target's
+    intensity properties, held in memory, and sampled as random patches of the planned size
+    (zero-padded where smaller, the padding ignored by the loss) mirrored along either axis.
+
+    ``data_kind`` (``sources.DATA_KINDS``) and ``data_label`` say what the images are, for the
+    store record: a dataset.json may declare its kind in ``nnunet_xfer.data_kind``.
+    """
+
+    def __init__(self, root: Path, patch: tuple[int, int], min_side: int, channels: int,
+                 ct: CTPreparation | None = None):
         if not root.is_dir():
             raise UserError(f"--data {root} is not a folder (expected a VOC folder with "
                             f"JPEGImages/ and SegmentationClass/, or an nnU-Net raw dataset)")
         self.patch, self.channels, self.description = patch, channels, str(root)
+        self.classes: list[str] | None = None
+        self.is_ct, self.data_kind, self._ct = False, DATA_KIND_NATURAL, None
         if (root / DATASET_JSON).is_file():
             self._init_nnunet_raw(root)
         else:
@@ -250,6 +281,9 @@ class NaturalSegmentation(Source):
         if self.num_classes < 2:
             raise UserError(f"--data {root}: masks hold a single class; segmentation pretraining "
                             f"needs at least background and one object class")
+        self.data_label = f"{DATA_KINDS[self.data_kind]}: {root}"
+        if self.is_ct and ct is not None:
+            self._ct = [self._prepare_ct(i, ct) for i in range(len(self.pairs))]
 
     def _init_voc(self, root: Path) -> None:
         images, masks = root / "JPEGImages", root / "SegmentationClass"
@@ -290,11 +324,19 @@ class NaturalSegmentation(Source):
             raise UserError(f"--data {root}: dataset.json is not an nnU-Net dataset.json "
                             f"(an object with labels)")
         ending = ds.get("file_ending", ".png")
-        n_ch = len(ds.get("channel_names", ds.get("modality", {"0": ""})))
+        channel_names = ds.get("channel_names", ds.get("modality", {"0": ""}))
+        n_ch = len(channel_names)
         labels = {k: v for k, v in ds.get("labels", {}).items()}
         self.ignore = labels.pop("ignore", None)
         values = [v for v in labels.values() if isinstance(v, int)]
         self.num_classes = max(values) + 1 if values else 0
+        self.classes = [k for k, v in sorted(labels.items(), key=lambda kv: str(kv[1]))
+                        if isinstance(v, int)]
+        self.is_ct = n_ch == 1 and str(next(iter(channel_names.values()), "")).lower() == "ct"
+        declared = ds.get("nnunet_xfer", {})
+        declared = declared.get(DATA_KIND_KEY) if isinstance(declared, dict) else None
+        self.data_kind = (declared if declared in DATA_KINDS
+                          else DATA_KIND_MEDICAL if self.is_ct else DATA_KIND_NATURAL)
         self.pairs, self.ids = [], []
         for lab in sorted((root / "labelsTr").glob(f"*{ending}")):
             case = lab.name[:-len(ending)]
@@ -305,6 +347,40 @@ class NaturalSegmentation(Source):
             self.ids.append(case)
         example = str(self.pairs[0][1]) if self.pairs else None
         self.reader = determine_reader_writer_from_dataset_json(ds, example, verbose=False)
+
+    def _prepare_ct(self, i: int, ct: CTPreparation) -> tuple[np.ndarray, np.ndarray]:
+        """Case ``i`` as the target's network sees CT: (1, H, W) float32 and (H, W) int64."""
+        img, mask = self.pairs[i]
+        rw = self.reader()
+        try:
+            data, props = rw.read_images([str(p) for p in img])
+            seg, _ = rw.read_seg(str(mask))
+        except (RuntimeError, OSError) as e:
+            raise UserError(f"cannot read case {self.ids[i]!r} of {self.description} "
+                            f"({str(e).strip().splitlines()[-1] if str(e).strip() else e}); "
+                            f"fix or remove it") from None
+        if seg.shape[1:] != data.shape[1:]:
+            raise UserError(f"mask of {self.ids[i]!r} is {seg.shape[-2:]}, image is "
+                            f"{data.shape[-2:]}; they must match")
+        spacing = props["spacing"][-2:]
+        image = _normaliser(ct.scheme, ct.props).run(ct.resample(data[0], spacing))
+        labels = ct.resample(seg[0], spacing, order=0).astype(np.int64)
+        if self.ignore is not None:
+            labels[labels == self.ignore] = IGNORE
+        z = len(image) // 2  # a 2D dataset has one slice; a 3D one gives its middle slice
+        return image[z][None].astype(np.float32), labels[z]
+
+    def _sample_ct(self, rng: np.random.Generator) -> dict:
+        image, labels = self._ct[int(rng.integers(len(self._ct)))]
+        # crop image and labels together; labels shifted by one so that padding reads -1
+        both = crop_or_pad(np.concatenate([image, labels[None] + 1.0]), self.patch, rng)
+        x, m = both[:1], both[1].astype(np.int64) - 1
+        m[m < 0] = IGNORE
+        for axis in (1, 2):  # nnU-Net mirrors along every spatial axis
+            if rng.random() < 0.5:
+                x, m = np.flip(x, axis), np.flip(m, axis - 1)
+        x = _to_channels(torch.from_numpy(np.ascontiguousarray(x)), self.channels)
+        return {"image": x, "mask": torch.from_numpy(np.ascontiguousarray(m))}
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = self.pairs[i]
@@ -328,6 +404,8 @@ class NaturalSegmentation(Source):
     def sample(self, rng: np.random.Generator) -> dict:
         from torchvision import tv_tensors
         from torchvision.transforms import v2
+        if self._ct is not None:
+            return self._sample_ct(rng)
         x, m = self._load(int(rng.integers(len(self.pairs))))
         tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=SEG_CROP_SCALE, antialias=True),
                          v2.RandomHorizontalFlip()])

@@ -23,7 +23,8 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import (DEFAULT_CONFIGURATION, DEFAULT_PLANS, DatasetLayout,
                                 resolve_dataset_name, resume_path)
 from nnunet_xfer.pretraining import jigsaw
-from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, PreprocessedSlices, Source,
+from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, CTPreparation,
+                                              NaturalSegmentation, PreprocessedSlices, Source,
                                               refuse_target_data)
 from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
                                               DEFAULT_PERMUTATIONS)
@@ -176,7 +177,13 @@ def _data_source(s: SourceSpec, planned: Planned, data: Path | None,
         cm = planned.configuration_manager
         return CTImages(Path(data), patch, min_side, tuple(cm.spacing[-2:]),
                         cm.normalization_schemes[0], planned.intensity_properties()[0])
-    return NATURAL_DATA[s.data](Path(data), patch, min_side, channels)
+    cls = NATURAL_DATA[s.data]
+    if cls is NaturalSegmentation:  # a CT segmentation dataset is prepared like the target
+        cm = planned.configuration_manager
+        ct = CTPreparation(tuple(cm.spacing[-2:]), cm.normalization_schemes[0],
+                           planned.intensity_properties()[0])
+        return cls(Path(data), patch, min_side, channels, ct=ct)
+    return cls(Path(data), patch, min_side, channels)
 
 
 # ---------------------------------------------------------------- training state

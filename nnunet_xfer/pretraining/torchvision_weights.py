@@ -41,7 +41,7 @@ from nnunet_xfer.pretraining.network import Planned, build_network, load_planned
 from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, claim_entry, entry_lock,
                                            entry_path, file_sha256, provenance, restricted_load,
                                            save_entry)
-from nnunet_xfer.sources import DATA_NATURAL_CLASSES, SourceSpec, spec
+from nnunet_xfer.sources import DATA_KIND_NATURAL, DATA_NATURAL_CLASSES, SourceSpec, spec
 
 OFFLINE_ENV = "nnUNet_xfer_offline"
 
@@ -235,6 +235,7 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
     metadata = {
         "source": source,
         "data": f"{path} ({enum})",
+        "data_kind": DATA_KIND_NATURAL,
         "weights_file": str(path),
         "weights_enum": str(enum),
         "weights_url": enum.url,

@@ -307,6 +307,51 @@ def test_seg_on_a_2d_nnunet_raw_dataset(preprocessed_dataset, results, tmp_path)
     assert meta["scope"] == "external" and meta["fold"] is None
 
 
+def test_seg_on_the_phantom_source_task_end_to_end(preprocessed_dataset, results, tmp_path):
+    """`phantom --source-task DIR` then `pretrain -s seg --data DIR` through the CLI; the record
+    names a synthetic medical source, and its CT slices are prepared like the target's."""
+    from nnunet_xfer.phantom import write_cohort
+    from nnunet_xfer.phantom.structures import SOURCE_CLASSES
+    from nnunet_xfer.pretraining.datasets import IGNORE, CTPreparation, NaturalSegmentation
+    from nnunet_xfer.pretraining.network import load_planned
+    from nnunet_xfer.sources import DATA_KIND_SYNTHETIC_MEDICAL
+    data = tmp_path / "organs"
+    write_cohort(tmp_path / "cohort", n_cases=1, size=64, n_observers=0, n_observer_cases=0,
+                 seed=7, source_task=data, source_cases=3)
+    proc = run_cli("nnunet-xfer", "pretrain", "-d", str(DATASET_ID), "-s", "seg", "--data",
+                   str(data), "--iterations", "2", "--batch-size", "2", "--device", "cpu",
+                   env={"nnUNet_results": str(results)})
+    assert "wrote" in proc.stdout
+    _, head, meta = load_entry(results / DATASET_NAME / "nnunet_xfer_pretrained"
+                               / "nnUNetPlans__2d" / "seg.pth")
+    assert meta["data_kind"] == DATA_KIND_SYNTHETIC_MEDICAL
+    assert "synthetic medical" in meta["data_label"] and "COCO" not in meta["data_label"]
+    assert meta["num_classes"] == len(SOURCE_CLASSES) and meta["classes"] == list(SOURCE_CLASSES)
+    assert meta["scope"] == "external" and len(meta["case_ids"]) == 3
+    assert any(v.shape[0] == len(SOURCE_CLASSES) for v in head.values())
+
+    planned = load_planned(DATASET_NAME)
+    cm = planned.configuration_manager
+    props = planned.intensity_properties()[0]
+    ct = CTPreparation(tuple(cm.spacing[-2:]), cm.normalization_schemes[0], props)
+    src = NaturalSegmentation(data, (64, 64), 8, 1, ct=ct)
+    assert src.is_ct and src.data_kind == DATA_KIND_SYNTHETIC_MEDICAL
+    lo = (props["percentile_00_5"] - props["mean"]) / props["std"]
+    hi = (props["percentile_99_5"] - props["mean"]) / props["std"]
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        ex = src.sample(rng)
+        x, m = ex["image"], ex["mask"]
+        assert tuple(x.shape) == (1, 64, 64) and tuple(m.shape) == (64, 64)
+        # the plans' CT normalisation (clipped to the target's percentiles), not a per-image z-score
+        assert lo - 1e-4 <= float(x.min()) and float(x.max()) <= hi + 1e-4
+        labels = set(torch.unique(m).tolist())
+        assert labels <= set(SOURCE_CLASSES.values()) | {IGNORE} and len(labels - {IGNORE}) > 2
+    # without the CT preparation the same folder is read as before (per-image z-score)
+    plain = NaturalSegmentation(data, (32, 32), 8, 1).sample(rng)["image"]
+    assert abs(float(plain.mean())) < 1e-3
+
+
 def test_finished_run_removes_its_training_state_unless_kept(preprocessed_dataset, results):
     """A finished pretraining left its *.resume.pth (435 MB in the demo's store)."""
     pth = pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0)
