@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS
+from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
+                                image_file, label_file)
 from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
                                               DEFAULT_PERMUTATIONS)
 from nnunet_xfer.sources import PRETRAINED_SOURCES
@@ -394,9 +395,10 @@ def _add_measure(sub) -> None:
                    help="CT studies: convert's manifest without a mask column (case_id,image "
                         "[,slice_index | vertebra_mask,vertebra_label] [,height_m,sex,weight_kg])")
     p.add_argument("--images", type=Path, default=None,
-                   help="CT slices in HU: <case>_0000.nii.gz (nnU-Net style) or <case>.nii.gz")
+                   help=f"CT slices in HU: {image_file('<case>')} (nnU-Net style) or "
+                        f"{label_file('<case>')}")
     p.add_argument("--masks", type=Path, default=None,
-                   help="muscle masks <case>.nii.gz, e.g. nnUNetv2_predict output")
+                   help=f"muscle masks {label_file('<case>')}, e.g. nnUNetv2_predict output")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output folder (with --cases) or CSV (with --images/--masks)")
     p.add_argument("-d", "--dataset", default=None, help="model: nnU-Net dataset id or name")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from nnunet_xfer.atomic import atomic_write_csv, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError, warn
-from nnunet_xfer.layout import PHANTOM_MANIFEST
+from nnunet_xfer.layout import PHANTOM_MANIFEST, label_file
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
 
@@ -29,7 +29,8 @@ MIN_SIZE = 32
 def case_id(index: int, n_cases: int = 40) -> str:
     """``L3-0000``, ``L3-0001``, … (wider numbers for cohorts of 10 000 or more).
 
-    A hyphen, not an underscore: ``L3-0000`` would end like nnU-Net's channel suffix ``_0000``.
+    A hyphen, not an underscore: ``L3`` + underscore + four digits would end like nnU-Net's
+    channel suffix (``imaging.names.CHANNEL_SUFFIX``).
     """
     return f"L3-{index:0{max(4, len(str(n_cases - 1)))}d}"
 
@@ -76,7 +77,7 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
         source_claim = check_replaceable(source_task, SOURCE_COMMAND, overwrite)
     if n_observer_cases > n_cases:
         warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
-                      f"delineate all {n_cases} cases")
+             f"delineate all {n_cases} cases")
         n_observer_cases = n_cases
     if n_observers == 0:
         n_observer_cases = 0
@@ -105,14 +106,14 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
     for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0, disable=None):
         cid = case_id(i, n_cases)
         subj: Subject = make_subject(i, size=size, seed=seed)
-        write_image(subj.image, subj.spacing, root / "images" / f"{cid}.nii.gz")
+        write_image(subj.image, subj.spacing, root / "images" / label_file(cid))
         digests.add(pixel_digest(subj.image))
-        write_image(subj.mask, subj.spacing, root / "masks" / f"{cid}.nii.gz")
+        write_image(subj.mask, subj.spacing, root / "masks" / label_file(cid))
         if i < n_observer_cases:
             for k, (name, style) in enumerate(zip(names, styles, strict=True)):
                 m = observer_mask(subj, style, observer_rng(seed, k, i))
-                write_image(m, subj.spacing, root / "observers" / name / f"{cid}.nii.gz")
-        rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "mask": f"masks/{cid}.nii.gz",
+                write_image(m, subj.spacing, root / "observers" / name / label_file(cid))
+        rows.append({"case_id": cid, "image": f"images/{label_file(cid)}", "mask": f"masks/{label_file(cid)}",
                      "height_m": f"{subj.height_m:.3f}", "sex": subj.sex})
     atomic_write_csv(root / PHANTOM_MANIFEST,
                      pd.DataFrame(rows, columns=["case_id", "image", "mask", "height_m", "sex"]))

@@ -16,7 +16,6 @@ Layout::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from tqdm import tqdm
 
 from nnunet_xfer.atomic import Claim, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import fingerprint
+from nnunet_xfer.imaging.names import NNUNET_ENDING
 from nnunet_xfer.layout import DATASET_JSON, image_file, label_file
 from nnunet_xfer.phantom.cohort import write_image
 from nnunet_xfer.phantom.structures import SOURCE_CLASSES, source_labels
@@ -35,7 +36,7 @@ from nnunet_xfer.sources import DATA_KIND_KEY, DATA_KIND_SYNTHETIC_MEDICAL
 SOURCE_STREAM = 9_000_011
 #: The command named in the output marker.
 COMMAND = "phantom --source-task"
-FILE_ENDING = ".nii.gz"
+FILE_ENDING = NNUNET_ENDING
 
 
 def source_case_id(index: int, n_cases: int = 100) -> str:
@@ -44,9 +45,9 @@ def source_case_id(index: int, n_cases: int = 100) -> str:
 
 
 def pixel_digest(array: np.ndarray) -> str:
-    """sha256 of an image array with its dtype and shape (equal digests: equal images)."""
-    a = np.ascontiguousarray(array)
-    return hashlib.sha256(f"{a.dtype}{a.shape}".encode() + a.tobytes()).hexdigest()
+    """The content fingerprint of an image array (:func:`nnunet_xfer.imaging.fingerprint`: shape
+    and voxel values, whatever the type), the identity every "is this the target?" check uses."""
+    return fingerprint(array)
 
 
 def write_source_task(out: Path | Claim, n_cases: int = 100, size: int = 512, seed: int = 0,

@@ -28,6 +28,8 @@ from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, CTPreparat
                                               refuse_target_data)
 from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
                                               DEFAULT_PERMUTATIONS)
+from nnunet_xfer.pretraining.identity import (FINGERPRINTS_KEY, data_fingerprints,
+                                              refuse_target_content)
 from nnunet_xfer.pretraining.loop import StateMismatch, TrainingStopped, train, window_mean
 from nnunet_xfer.pretraining.network import (Planned, build_network, default_num_workers,
                                              load_planned, trained_prefixes)
@@ -312,6 +314,10 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
     dev = _device(config.device)
     case_ids = (fold_training_cases(config.dataset, config.fold) if config.scope == SCOPE_FOLD
                 else None)
+    seen = {}
+    if config.data is not None:  # by content: a copy of the target in another type or format
+        seen = data_fingerprints(config.data)
+        refuse_target_content(seen, config.data, config.dataset)
     data_source = _data_source(s, planned, config.data, case_ids)
     defining = config.defining()
 
@@ -386,6 +392,8 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
             **provenance(config.dataset, planned.plans_manager.plans, config.configuration,
                          scope=config.scope, fold=config.fold, case_ids=list(data_source.ids)),
         }
+        if config.data is not None:  # what it saw, for the trainers' identity check
+            meta[FINGERPRINTS_KEY] = sorted(seen)
         for key in s.extra_metadata:
             holder = task if hasattr(task, key) else data_source
             meta[key] = getattr(holder, key)

@@ -28,7 +28,7 @@ import pandas as pd
 from nnunet_xfer.atomic import atomic_write_csv, atomic_write_json, check_replaceable
 from nnunet_xfer.dataset_conversion.selection import is_selection_file, selection_record
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import images_for_cases, list_cases
+from nnunet_xfer.imaging import images_for_cases, list_cases
 from nnunet_xfer.layout import DEFAULT_CONFIGURATION, DEFAULT_PLANS, DatasetLayout
 from nnunet_xfer.selection import STRATEGIES
 from nnunet_xfer.selection.features import HISTOGRAM, encoder_features, histogram_features

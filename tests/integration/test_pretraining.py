@@ -599,7 +599,7 @@ def test_seg_on_the_target_dataset_is_refused(preprocessed_dataset, raw_dataset,
     for data, why in ((raw_dataset, "raw folder"), (raw_dataset / "imagesTr", "raw folder"),
                       (Path(DATASET_NAME), "its name"), (Path(str(DATASET_ID)), "its name"),
                       (preprocessed_dataset, "preprocessed folder"),
-                      (copy, "same content"), (resaved, "same voxels")):
+                      (copy, "same voxels"), (resaved, "same voxels")):
         with pytest.raises(UserError, match="is the target dataset") as e:
             pretrain(dataset=DATASET_NAME, source="seg", data=data, iterations=1)
         assert why in str(e.value) and "\n" not in str(e.value), (data, str(e.value))
