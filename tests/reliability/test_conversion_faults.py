@@ -10,6 +10,7 @@ so the whole file runs in well under a minute; nothing here runs nnU-Net.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import struct
@@ -651,12 +652,13 @@ def test_convert_refuses_a_selection_that_does_not_fit_and_writes_nothing(bound,
     assert not [p for p in raw.iterdir() if "602" in p.name]
 
 
-def test_selected_dataset_never_falls_back_to_the_random_draw(bound, many, tmp_path):
+def test_selected_dataset_never_falls_back_to_the_random_draw(bound, many, tmp_path, capsys):
     out, pre = bound
     splits = json.loads((out / "splits_final.json").read_text())
-    with pytest.warns(UserWarning, match=r"n=10 exceeds the selected cases .* \(8 cases\)"):  # hand-written, 8 per fold
-        selected = folder_of(convert(cases_csv=many, dataset_id=602, name="Sel", sizes=[5, 10],
-                                     selection=_selection(tmp_path / "s.json", splits, cut=8)))
+    selected = folder_of(convert(cases_csv=many, dataset_id=602, name="Sel", sizes=[5, 10],
+                                 selection=_selection(tmp_path / "s.json", splits, cut=8)))
+    # hand-written, 8 per fold: the printed warning says n=10 was left out
+    assert re.search(r"warning: .*n=10 exceeds the selected cases .* \(8 cases\)", capsys.readouterr().err)
     order = sorted(splits[0]["train"], reverse=True)[:8]
     chosen = _fold_subset(selected, pre.parent / selected.name, 0, 7)  # a size convert did not write
     assert chosen.train == sorted(order[:7])
