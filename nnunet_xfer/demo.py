@@ -9,7 +9,6 @@ also the smoke test of the installation. nnU-Net's folders go under the output f
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,20 @@ from nnunet_xfer.experiment import (
     run_steps,
 )
 from nnunet_xfer.experiment.steps import ShellLayout
+from nnunet_xfer.dataset_conversion.raw_writer import claim_dataset
 from nnunet_xfer.layout import (
     CASES_CSV,
     DEMO_LOG,
     EVAL_CASES_CSV,
     EVAL_SUMMARY_JSON,
     EVALUATION_FOLDER,
+    EXPERIMENT_LOCK,
+    EXPERIMENT_LOG,
+    OUTPUT_MARKER,
     REPORT_HTML,
+    STORE_FOLDER,
+    TEMP_PREFIX,
+    parse_run_folder_name,
 )
 from nnunet_xfer.study_grid import trainer_name
 from nnunet_xfer.trainers import trainer_environment
@@ -133,21 +139,53 @@ def _claim_output(out: Path, overwrite: bool) -> atomic.Claim:
     return atomic.check_replaceable(out, "demo", overwrite)
 
 
+def demo_results_files(folder: Path) -> set[str]:
+    """What the demo's stages write into ``$nnUNet_results/<demo dataset>/``: the ``Xfer*`` run
+    folders nnU-Net trains, the pretrained store, the experiment's log and lock, the evaluation
+    (only the files its marker lists) and our hidden temporaries. Anything else is a user's."""
+    ours = set()
+    evaluation = atomic.marker_files(folder / EVALUATION_FOLDER, "evaluate") or set()
+    for f in atomic.listing(folder):
+        top, _, rest = f.partition("/")
+        run = parse_run_folder_name(top)
+        if ((rest and top == STORE_FOLDER) or (rest and run and run[0].startswith("Xfer"))
+                or (not rest and top in (EXPERIMENT_LOG, EXPERIMENT_LOCK))
+                or top.startswith(TEMP_PREFIX)  # what a killed stage left
+                or (top == EVALUATION_FOLDER and (rest in evaluation or rest == OUTPUT_MARKER))):
+            ours.add(f)
+    return ours
+
+
+def _earlier_datasets(env: dict, overwrite: bool) -> list[atomic.Claim]:
+    """The output guard's claims on an earlier demo's dataset in the user's nnU-Net folders:
+    refused unless ``overwrite``, and then unless each holds only what the demo's stages wrote
+    (the raw dataset ``convert``'s, the preprocessed one nnU-Net's, the results as above)."""
+    claims = []
+    for v in NNUNET_VARS:
+        root = Path(env[v])
+        found = sorted(root.glob(f"Dataset{DEMO_ID}_*")) if root.is_dir() else []
+        if any(p.name != DEMO_NAME for p in found):
+            raise UserError(f"{found[0]} uses the demo's dataset id {DEMO_ID}; unset "
+                            f"{', '.join(NNUNET_VARS)} so the demo uses its own folders")
+        if found and not overwrite:
+            raise UserError(f"{found[0]} exists from an earlier demo; pass --overwrite to "
+                            f"replace it")
+        for p in found:
+            if v == "nnUNet_results":
+                claims.append(atomic.check_replaceable(p, "demo", True, nnunet_dataset=True,
+                                                       written=demo_results_files))
+            else:
+                claims.append(claim_dataset(p, True, preprocessed=v == "nnUNet_preprocessed"))
+    return claims
+
+
 def _prepare(claim: atomic.Claim, env: dict, overwrite: bool, own_folders: bool) -> None:
-    """Refuse the demo dataset in the user's folders unless overwrite; then make the output
-    folder afresh, marked as the demo's while it runs (so an interrupted demo is replaced too)."""
-    if not own_folders:
-        for v in NNUNET_VARS:
-            root = Path(env[v])
-            found = sorted(root.glob(f"Dataset{DEMO_ID}_*")) if root.is_dir() else []
-            if any(p.name != DEMO_NAME for p in found):
-                raise UserError(f"{found[0]} uses the demo's dataset id {DEMO_ID}; unset "
-                                f"{', '.join(NNUNET_VARS)} so the demo uses its own folders")
-            if found and not overwrite:
-                raise UserError(f"{found[0]} exists from an earlier demo; pass --overwrite to "
-                                f"replace it")
-            for p in found:
-                shutil.rmtree(p)
+    """Refuse the demo dataset in the user's folders unless overwrite (and a user's file in it
+    always, named); then make the output folder afresh, marked as the demo's while it runs (so an
+    interrupted demo is replaced too)."""
+    earlier = [] if own_folders else _earlier_datasets(env, overwrite)
+    for old in earlier:  # every one checked before any is removed
+        atomic.remove_owned(old)
     atomic.take_folder(claim, owned=DEMO_OWNED)
 
 

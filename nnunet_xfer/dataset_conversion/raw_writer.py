@@ -1,6 +1,7 @@
 """Write nnU-Net v2 raw datasets: staged in a hidden temporary folder, then renamed into place.
 
-Layout (docs/layout.md): ``imagesTr/<case>_0000.<ending>``, ``labelsTr/<case>.<ending>``, ``dataset.json``,
+Layout (docs/layout.md): ``imagesTr/`` and ``labelsTr/`` (file names by ``layout.image_file`` and
+``layout.label_file``, i.e. :mod:`nnunet_xfer.imaging.names`), ``dataset.json``,
 ``splits_final.json``, ``subsets.json`` and ``cases.csv`` (per-case metadata for the evaluation).
 """
 from __future__ import annotations

@@ -429,7 +429,9 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
     """
     folder, output_html = Path(input_dir), Path(os.path.abspath(output_html))
     if not folder.is_dir():
-        raise UserError(f"evaluation folder {folder} does not exist; run `nnunet-xfer evaluate`")
+        raise UserError(f"evaluation folder {folder} "
+                        f"{'is a file, not a folder' if folder.exists() else 'does not exist'}; "
+                        f"give the folder `nnunet-xfer evaluate` or `observers` wrote")
     is_eval = (folder / EVAL_CASES_CSV).is_file() and (folder / EVAL_SUMMARY_JSON).is_file()
     is_obs = (folder / OBS_WILLIAMS_CSV).is_file()
     if not (is_eval or is_obs):

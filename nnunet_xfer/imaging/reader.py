@@ -16,7 +16,10 @@ and for masks also 2D PNG and NPY arrays (no geometry: the image's applies). Eac
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +52,24 @@ def quiet_itk() -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+@contextmanager
+def _c_stderr(said: list[str]) -> Iterator[None]:
+    """Keep what C++ code prints on the process's stderr (file descriptor 2) meanwhile, appended to
+    ``said``: MetaIO prints "data not read completely" there, past ITK's warning switch, before
+    it raises; the one-line error says it instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            said.append(caught.read(4096).decode("utf-8", errors="replace"))
 
 
 # ---------------------------------------------------------------- spacing stated in the header
@@ -224,12 +245,14 @@ def _read_itk(path: Path, case: str | None, what: str) -> Image:
     """NRRD or MetaImage: the spacing its header states is checked before ITK reads it."""
     ending = file_ending(path)
     _check_spacing(declared_spacing(path), path, case, what)
-    with quiet_itk():
-        try:
+    said: list[str] = []
+    try:
+        with quiet_itk(), _c_stderr(said):
             img = sitk.ReadImage(str(path), imageIO=_ITK_IO[ending])
-        except RuntimeError as e:
-            raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); it is "
-                            f"truncated or damaged, or not a {_FORMAT[ending]} file") from None
+    except RuntimeError as e:
+        why = " ".join(" ".join(said).split())[:160] or _itk_error(e)
+        raise UserError(f"{_case(case)}cannot read {what} {path} ({why}); it is truncated or "
+                        f"damaged, or not a {_FORMAT[ending]} file") from None
     error = _shape_error(path, case, what, img.GetDimension(), img.GetNumberOfComponentsPerPixel())
     if error is not None:
         raise error

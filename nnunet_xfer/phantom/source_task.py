@@ -9,10 +9,12 @@ liver and spleen, vessels — and never muscle of any kind.
 
 Layout::
 
-    DIR/dataset.json                   channel 0 "CT", the source classes, file ending .nii.gz,
-                                       and nnunet_xfer.data_kind = "synthetic-medical"
-    DIR/imagesTr/ORG-0000_0000.nii.gz  2D int16 HU, spacing set
-    DIR/labelsTr/ORG-0000.nii.gz       uint8 source-task classes, same geometry
+    DIR/dataset.json              channel 0 "CT", the source classes, FILE_ENDING,
+                                  and nnunet_xfer.data_kind = "synthetic-medical"
+    DIR/imagesTr/image_file(id)   2D int16 HU, spacing set (ids: source_case_id, ORG-0000, …)
+    DIR/labelsTr/label_file(id)   uint8 source-task classes, same geometry
+
+(file names by :mod:`nnunet_xfer.imaging.names`, as nnU-Net names them)
 """
 from __future__ import annotations
 

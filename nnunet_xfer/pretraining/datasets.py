@@ -348,22 +348,25 @@ class NaturalSegmentation(Source):
         self.reader = determine_reader_writer_from_dataset_json(ds, example, verbose=False)
 
     def _prepare_ct(self, i: int, ct: CTPreparation) -> tuple[np.ndarray, np.ndarray]:
-        """Case ``i`` as the target's network sees CT: (1, H, W) float32 and (H, W) int64."""
+        """Case ``i`` as the target's network sees CT: (1, H, W) float32 and (H, W) int64.
+
+        Read by the image reader (a truncated file, a bad spacing, NaN voxels and non-HU values
+        refused; the label map on the image's grid) in canonical orientation, like the target."""
+        from nnunet_xfer.imaging import check_pair, read_image, read_mask
         img, mask = self.pairs[i]
-        rw = self.reader()
-        try:
-            data, props = rw.read_images([str(p) for p in img])
-            seg, _ = rw.read_seg(str(mask))
-        except (RuntimeError, OSError) as e:
-            raise UserError(f"cannot read case {self.ids[i]!r} of {self.description} "
-                            f"({str(e).strip().splitlines()[-1] if str(e).strip() else e}); "
-                            f"fix or remove it") from None
-        if seg.shape[1:] != data.shape[1:]:
-            raise UserError(f"mask of {self.ids[i]!r} is {seg.shape[-2:]}, image is "
-                            f"{data.shape[-2:]}; they must match")
-        spacing = props["spacing"][-2:]
-        image = _normaliser(ct.scheme, ct.props).run(ct.resample(data[0], spacing))
-        labels = ct.resample(seg[0], spacing, order=0).astype(np.int64)
+        case = self.ids[i]
+        ct_image = read_image(img[0], case, what="CT image")
+        label_map = read_mask(mask, case, what="label map")
+        check_pair(ct_image, label_map, case, "label map")
+        ct_image, turn = ct_image.canonical()
+        data, seg = ct_image.array, turn.apply(label_map.array)
+        data, seg = (a[None] if a.ndim == 2 else a for a in (data, seg))  # (Z, Y, X)
+        if seg.shape != data.shape:
+            raise UserError(f"case {case}: label map {mask} is {seg.shape}, its CT image is "
+                            f"{data.shape} (slices, rows, columns); they must match")
+        spacing = ct_image.spacing[::-1][-2:]  # (row, col) of the array's last two axes
+        image = _normaliser(ct.scheme, ct.props).run(ct.resample(data.astype(np.float32), spacing))
+        labels = ct.resample(seg, spacing, order=0).astype(np.int64)
         if self.ignore is not None:
             labels[labels == self.ignore] = IGNORE
         z = len(image) // 2  # a 2D dataset has one slice; a 3D one gives its middle slice

@@ -90,6 +90,16 @@ def test_report_on_a_hand_edited_observer_study_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.parametrize("given, words", [("a_file", "is a file, not a folder"),
+                                          ("missing", "does not exist")])
+def test_report_input_that_is_no_folder_is_one_line(tmp_path, capsys, given, words):
+    """`report -i FILE` said the folder "does not exist"."""
+    (tmp_path / "a_file").write_text("case_id\n")
+    code, err = run(capsys, "report", "-i", str(tmp_path / given), "-o", str(tmp_path / "r.html"))
+    one_line(code, err, given, words)
+    assert not (tmp_path / "r.html").exists()
+
+
 # ---------------------------------------------------------------- measure / observers inputs
 @pytest.fixture
 def slices(tmp_path) -> tuple[Path, Path]:

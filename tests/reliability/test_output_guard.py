@@ -483,3 +483,62 @@ def test_slurm_overwrite_keeps_a_script_of_yours(tmp_path, capsys):
     code, err = run(capsys, "experiment", "-d", "501", "--slurm", str(script), "--overwrite")
     one_line(code, err, "not written by nnunet-xfer experiment")
     assert script.read_text() == "#!/bin/bash\nsbatch my_own_job.sh\n"
+
+
+# ---------------------------------------------------------------- the demo in your nnU-Net folders
+def _earlier_demo(root: Path, monkeypatch) -> dict[str, Path]:
+    """$nnUNet_* folders of the user's holding what an earlier demo left there."""
+    from nnunet_xfer.demo import DEMO_NAME
+    from nnunet_xfer.layout import EVALUATION_FOLDER, STORE_FOLDER
+    folders = {}
+    for k in ("raw", "preprocessed", "results"):
+        folders[k] = root / k / DEMO_NAME
+        monkeypatch.setenv(f"nnUNet_{k}", str(root / k))
+    with atomic.owned_output(folders["raw"], "convert") as tmp:
+        (tmp / "dataset.json").write_text("{}")
+        (tmp / "imagesTr").mkdir()
+        (tmp / "imagesTr" / "L3-0000_0000.nii.gz").write_bytes(b"ct")
+    folders["preprocessed"].mkdir(parents=True)
+    (folders["preprocessed"] / "dataset.json").write_text("{}")
+    (folders["preprocessed"] / "nnUNetPlans.json").write_text(json.dumps(minimal_plans(DEMO_NAME)))
+    (folders["preprocessed"] / "nnUNetPlans_2d").mkdir()
+    (folders["preprocessed"] / "nnUNetPlans_2d" / "L3-0000.b2nd").write_bytes(b"data")
+    fold = folders["results"] / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"weights")
+    store = folders["results"] / STORE_FOLDER / "nnUNetPlans__2d"
+    store.mkdir(parents=True)
+    (store / "rec.pth").write_bytes(b"weights")
+    with atomic.owned_output(folders["results"] / EVALUATION_FOLDER, "evaluate") as tmp:
+        (tmp / "cases.csv").write_text("case_id\n")
+    return folders
+
+
+@pytest.mark.parametrize("where", ["raw", "preprocessed", "results"])
+def test_demo_overwrite_keeps_a_users_file_in_its_nnunet_dataset(tmp_path, capsys, monkeypatch,
+                                                                where):
+    """With your $nnUNet_* set, `demo --overwrite` deleted Dataset990_XferDemo in each of them
+    whole (shutil.rmtree), a file of yours inside included, without naming it."""
+    from nnunet_xfer import demo
+
+    def no_stage(*_args, **_kwargs):
+        raise UserError("a demo stage ran: the earlier demo's datasets were not refused")
+    monkeypatch.setattr(demo, "run_steps", no_stage)  # refused before any work, or fail fast
+    folders = _earlier_demo(tmp_path / "nn", monkeypatch)
+    (folders[where] / "my_notes.txt").write_text("years of work")
+    before = {k: files(v) for k, v in folders.items()}
+    code, err = run(capsys, "demo", "--quick", "--overwrite", "-o", str(tmp_path / "demo"))
+    one_line(code, err, "my_notes.txt", str(folders[where]))
+    assert {k: files(v) for k, v in folders.items()} == before   # nothing removed, anywhere
+
+
+def test_demo_overwrite_removes_what_an_earlier_demo_left(tmp_path, monkeypatch):
+    """The control: without a file of yours, an earlier demo's datasets are removed (each checked
+    again at its removal); a file the demo never writes at the top of results is refused."""
+    from nnunet_xfer import demo
+    folders = _earlier_demo(tmp_path / "nn", monkeypatch)
+    env = {f"nnUNet_{k}": str(v.parent) for k, v in folders.items()}
+    claim = atomic.check_replaceable(tmp_path / "demo", "demo", True)
+    demo._prepare(claim, env, True, own_folders=False)
+    assert not any(f.exists() for f in folders.values())
+    assert (tmp_path / "demo" / OUTPUT_MARKER).is_file()

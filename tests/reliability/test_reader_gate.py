@@ -142,6 +142,37 @@ def test_measure_masks_refuses_bad_geometry_and_files(tmp_path, capsys, fault, p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["measure", "convert"])
+@pytest.mark.parametrize("which, compress", [("image", False), ("image", True), ("mask", False)])
+def test_truncated_metaimage_is_one_line(tmp_path, nn_dirs, capfd, command, which, compress):
+    """MetaIO prints "data not read completely" on the C stderr, past ITK's warning switch, then
+    ITK raises "Reason: Success": three lines and no reason. Now: one line that says it."""
+    image = write(hu(3), tmp_path / "img" / "c1.mha")
+    mask = write(muscle(), tmp_path / "msk" / "c1.mha")
+    if compress:
+        sitk.WriteImage(sitk.ReadImage(str(image)), str(image), useCompression=True)
+    cut({"image": image, "mask": mask}[which], 0.9)
+    if command == "measure":
+        args = ["measure", "--images", str(image.parent), "--masks", str(mask.parent), "-o",
+                str(tmp_path / "m.csv")]
+    else:
+        manifest = tmp_path / "cases.csv"
+        pd.DataFrame([{"case_id": f"c{k}", "image": str(image), "mask": str(mask)}
+                      for k in range(2)]).to_csv(manifest, index=False)
+        args = ["convert", "--cases", str(manifest), "-d", "612", "-n", "Mha", "--sizes", "1",
+                "--folds", "2"]
+    capfd.readouterr()
+    try:
+        code = cli.main(args)
+    except SystemExit as e:
+        code = e.code
+    err = capfd.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "data not read completely" in err and "truncated or damaged" in err, err
+    assert "Reason: Success" not in err and not (tmp_path / "m.csv").exists()
+    assert list(nn_dirs[0].iterdir()) == []
+
+
 def test_measure_masks_measures_the_true_spacing(tmp_path, capsys):
     """The control: the same pair with its spacing intact is measured at 0.75 mm pixels."""
     images, masks = _pair(tmp_path)

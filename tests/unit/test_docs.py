@@ -102,6 +102,25 @@ def test_cited_docs_files_exist():
     assert not missing, f"cited but missing: {missing}"
 
 
+#: A module or folder of the package named in the docs (``nnunet_xfer/imaging/names.py``).
+PACKAGE_PATH = re.compile(r"(?<![A-Za-z0-9_./-])nnunet_xfer/[A-Za-z0-9_/]*[A-Za-z0-9_](?:\.py|/)")
+
+
+def test_cited_package_files_exist():
+    """docs/trainers.md and docs/development.md named a ``nnunet_xfer/names.py`` that was gone."""
+    cited = {}
+    for page in _markdown_pages():
+        for match in PACKAGE_PATH.finditer(page.read_text(encoding="utf-8")):
+            cited.setdefault(match.group(0), []).append(page.name)
+    assert "nnunet_xfer/layout.py" in cited, "the scan is broken"
+    missing = {name: where for name, where in cited.items() if not (ROOT / name).exists()}
+    assert not missing, f"cited but missing: {missing}"
+    tree = (DOCS / "development.md").read_text(encoding="utf-8").split("```")[1]
+    listed = re.findall(r"^  ([A-Za-z0-9_]+(?:\.py|/))", tree, re.M)
+    gone = [name for name in listed if not (ROOT / "nnunet_xfer" / name).exists()]
+    assert not gone, f"docs/development.md's package map lists missing {gone}"
+
+
 def test_markdown_links_resolve():
     pages = _markdown_pages()
     page_anchors = {page.resolve(): anchors(page) for page in pages}
