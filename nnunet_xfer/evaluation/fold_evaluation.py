@@ -347,9 +347,10 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
     ``out`` defaults to ``$nnUNet_results/<Dataset>/nnunet_xfer_evaluation``; one that equals or
     holds an nnU-Net dataset folder is refused, and an existing one is replaced only with
     ``overwrite`` when it holds nothing but an earlier evaluation. With ``observers`` (one
-    sub-folder per observer, masks named by case) also the Williams index of every
-    source × size against the observers and its human-level verdict (``margin``: see
-    :func:`~nnunet_xfer.evaluation.agreement.human_level`). ``workers`` processes
+    sub-folder per observer, masks named by case) also the human-level test of every
+    source × size against the observers (``margin``: see
+    :func:`~nnunet_xfer.evaluation.agreement.disagreement_ratio`), Holm-adjusted over the
+    groups. ``workers`` processes
     (default: the available cores) score the cases; the output does not depend on their number.
     UserError when no case could be evaluated.
     """
@@ -404,7 +405,8 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
         williams = _williams_table(table)
         summary["human_level"] = verdicts
         summary["verdict_rule"] = agreement.verdict_rule(
-            summary["observers"]["n_cases"], summary["observers"]["n_observers"], margin)
+            summary["observers"]["n_cases"], summary["observers"]["n_observers"], margin,
+            len(verdicts))
     write_evaluation(out, cases, summary, williams, overwrite)
     return Evaluation(out=out, n_rows=len(cases), n_runs=len(runs),
                       n_failed=int(cases.failed.sum()), incomplete=missing, verdicts=verdicts)

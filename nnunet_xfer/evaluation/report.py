@@ -41,7 +41,7 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .muted{color:#666;font-size:.9em}
 """
 
-_WI_LABELS = {"dice": "Dice", "rms_dta_mm": "1/RMS DTA"}
+_WI_LABELS = {"dice": "1 − Dice", "rms_dta_mm": "RMS DTA"}
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -187,22 +187,27 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
     parts.append("<h2>Summary per source task and training-set size</h2>")
     parts.append(_table(summary_table(groups)))
     if summary.get("human_level"):
-        parts.append("<h2>Human level (Williams index against the observers)</h2>")
+        parts.append("<h2>Human level (disagreement with the observers)</h2>")
         hl = pd.DataFrame([{
             "source": source_label(v["source"]), "n": v["n"], "size": v["size_tag"],
             "plans": v["plans"], "cases": v["n_cases"],
             "observers": v.get("n_observers", len(observers.get("names", []))),
-            **{f"WI {_WI_LABELS.get(k, k)} [95% CI]": f"{w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]"
-               for k, w in v["wi"].items()},
-            "CI reaches 1 (published)": "yes" if v.get("within_observer_variability") else "no",
-            "human level": "yes" if v["human_level"] else "no",
-            "verdict rule": v.get("rule", "CI includes 1 or lies above it")}
+            **{f"{_WI_LABELS.get(k, k)} ratio [95% CI]": f"{w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}]"
+               for k, w in (v.get("ratio") or {}).items()},
+            "Holm p": f"{v['p_holm']:.3g}" if v.get("p_holm") is not None else "–",
+            "CI reaches 1": "yes" if v.get("within_observer_variability") else "no",
+            "human level": "yes" if v["human_level"] else "no"}
             for v in summary["human_level"]])
         parts.append(_table(hl))
         if summary.get("verdict_rule"):
             parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}. '
-                         "The interval resamples cases and observers (two levels), so fewer "
-                         "cases or observers widen it and make the verdict harder.</p>")
+                         "Ratio: the model's disagreement with the observers over the observers' "
+                         "disagreement with each other (1 = as the observers). The interval "
+                         "resamples cases and observers (two levels), so fewer cases or observers "
+                         "widen it and make the verdict harder; the groups are tested together, so "
+                         "each p is Holm-adjusted over them. \"CI reaches 1\": the published "
+                         "reading (the interval includes 1 or lies below it), which wider "
+                         "intervals make easier, so it is not the verdict.</p>")
         wrows = pd.read_csv(folder / EVAL_OBSERVERS_WILLIAMS_CSV) if (
             folder / EVAL_OBSERVERS_WILLIAMS_CSV).is_file() else pd.DataFrame()
         obs_rows = pd.DataFrame(observers.get("williams", []))
@@ -215,7 +220,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         if forest:
             figs["williams"] = figures.williams(pd.concat(forest, ignore_index=True),
                                                 fig_dir / "williams.png")
-            parts.append(_img(figs["williams"], "Williams index"))
+            parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
 
     parts.append("<h2>Muscle measures of the best run (Bland–Altman)</h2>")
     best = best_group(groups)
@@ -306,12 +311,12 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
                      + ".</p>")
         if summary.get("verdict_rule"):
             parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}'
-                         "; column within_observer_variability is the published reading (CI "
-                         "upper end ≥ 1).</p>")
+                         "; column within_observer_variability is the published reading (the "
+                         "interval of the ratio includes 1 or lies below it).</p>")
     w = pd.read_csv(folder / OBS_WILLIAMS_CSV)
     if len(w):
         figs["williams"] = figures.williams(w, fig_dir / "williams.png")
-        parts.append(_img(figs["williams"], "Williams index"))
+        parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
         parts.append(_table(w))
     else:
         parts.append(_note("williams.csv is empty."))
