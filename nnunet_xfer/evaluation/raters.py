@@ -24,8 +24,8 @@ import pandas as pd
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, metrics
-from nnunet_xfer.evaluation.mask_files import (Slice, check_geometry, has_slice_files, list_cases,
-                                               load_mask)
+from nnunet_xfer.evaluation.mask_files import (PREDICTION_HINT, Slice, check_geometry,
+                                               has_slice_files, list_cases, load_mask)
 from nnunet_xfer.evaluation.parallel import ordered_map
 from nnunet_xfer.layout import VALIDATION_FOLDER, fold_folder_name
 
@@ -272,7 +272,7 @@ def _model_rows_job(shared: tuple[Masks, pd.DataFrame, list[str], float],
     masks, base, observers, margin = shared
     key, predictions = group
     have = [c for c, _ in predictions]
-    model = {c: load_mask(p) for c, p in predictions}
+    model = {c: load_mask(p, hint=PREDICTION_HINT) for c, p in predictions}
     rater = "model"
     scoped: Masks = {**masks, rater: model}
     check_rater_geometry({REFERENCE: masks[REFERENCE], rater: model}, have)

@@ -317,6 +317,8 @@ def test_rec_trainer_starts_from_checkpoint(rec_run):
     assert (fold / "checkpoint_final.pth").is_file()
     info = json.loads((fold / "debug.json").read_text())["xfer_info"]["transfer"]
     assert info["checkpoint"] == str(rec_run["pth"]) and info["sha256"] == file_sha256(rec_run["pth"])
+    # what evaluate's † mark reads: the entry's scope and the case ids it saw, recorded by the run
+    assert (info["scope"], info["fold"], info["dataset"], info["case_ids"]) == ("fold", 0, DATASET_NAME, [])
     assert info["n_transferred"] == counts["encoder"] + counts["decoder"]
     assert sorted(info["not_transferred"]) == sorted(k for k in initial if part_of(k, NNUNET_PARTS) == "head")
     assert "nnunet_xfer: loaded source 'rec'" in log_text(fold)
