@@ -118,12 +118,14 @@ def train(dataset: str, trainer: str, seed: int, run_env: dict) -> dict:
 def run_arms(dataset: str, sizes: list[int], seeds: int, arms: tuple[str, ...] = ARMS,
              base_env: dict | None = None, transfer_env: dict | None = None,
              on_run: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every arm for every (n, seed), the arms of a pair in rotated order; one dict per run."""
+    """Every arm for every (seed, n), the arms of a pair in rotated order; one dict per run.
+
+    Seed by seed, so that an interrupted run still holds whole seeds (:func:`complete_seeds`)."""
     base_env = dict(base_env or {})
     transfer_env = dict(transfer_env if transfer_env is not None else base_env)
     runs = []
-    for n in sizes:
-        for seed in range(seeds):
+    for seed in range(seeds):
+        for n in sizes:
             order = arms[seed % len(arms):] + arms[:seed % len(arms)]
             for arm in order:
                 if arm == "scratch":
@@ -175,6 +177,15 @@ def seed_means(runs: list[dict], arm: str, sizes: list[int]) -> list[float]:
     seeds = sorted({r["seed"] for r in runs})
     return [statistics.mean(r["dice"] for r in runs if r["arm"] == arm and r["seed"] == s
                             and r["n"] in sizes) for s in seeds]
+
+
+def complete_seeds(runs: list[dict], sizes: list[int], arms: tuple[str, ...]) -> list[dict]:
+    """The runs of the seeds that have every arm at every size (an interrupted run's whole seeds)."""
+    have: dict[int, set] = {}
+    for r in runs:
+        have.setdefault(r["seed"], set()).add((r["n"], r["arm"]))
+    whole = {s for s, got in have.items() if got >= {(n, a) for n in sizes for a in arms}}
+    return [r for r in runs if r["seed"] in whole]
 
 
 def analyse(runs: list[dict], sizes: list[int], margin: float = MARGIN) -> dict:
@@ -232,7 +243,18 @@ def main() -> None:
     ap.add_argument("--lr-factor", default=None, help="explicit nnUNet_xfer_lr_factor for the transfer arms")
     ap.add_argument("--warmup-fraction", default=None, help="explicit nnUNet_xfer_warmup_fraction")
     ap.add_argument("--json", type=Path, default=None, help="also write every run as JSON here")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="analyse the whole seeds of an earlier (or interrupted) run's --json file")
     a = ap.parse_args()
+    if a.from_json is not None:
+        saved = json.loads(a.from_json.read_text())
+        arms = tuple(arm for arm in ARMS if any(r["arm"] == arm for r in saved["runs"]))
+        sizes = saved["args"]["sizes"]
+        runs = complete_seeds(saved["runs"], sizes, arms)
+        print(f"# schedule control from {a.from_json}, commit {saved.get('commit', '?')}: "
+              f"{len({r['seed'] for r in runs})} whole seed(s) of {saved['args']['seeds']}")
+        print(table(runs, sizes, list(arms), analyse(runs, sizes, a.margin)))
+        return
     if a.seeds < 5:
         ap.error("--seeds must be at least 5 for an interval worth reading")
 
@@ -259,8 +281,9 @@ def main() -> None:
     import torch
     started = time.perf_counter()
     make_dataset(root, a.cases, a.size, a.sizes)
+    repo = Path(__file__).resolve().parents[1]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "?"
+                            cwd=repo).stdout.strip() or os.environ.get("SCHEDULE_CONTROL_COMMIT", "?")
     print(f"# schedule control, commit {commit}\n{machine_report(info)}\ntorch {torch.get_num_threads()} "
           f"threads on {platform.node()}; phantom {a.cases} cases at {a.size}², {a.epochs} epochs × "
           f"{a.iterations} iterations, seeds 0…{a.seeds - 1}, margin ±{a.margin:g} Dice; dataset ready in "
