@@ -106,6 +106,7 @@ def test_human_level_on_the_disagreement_scale(evaluated):
     assert verdict[("scratch", "5")]["within_observer_variability"] is False
     assert verdict[("scratch", "5")]["ratio"]["dice"][1] > 1.25
     assert verdict[("nnunet", "all")]["within_observer_variability"] is True
+    assert verdict[("nnunet", "all")]["human_level"] is True  # 0.5 px: closer than the observers
     assert verdict[("scratch", "all")]["within_observer_variability"] is True
     assert verdict[("jigsaw", "10")]["n_cases"] == 5  # case_000 has no prediction
     # the 5 groups are one family: Holm-adjusted, the rule says so
