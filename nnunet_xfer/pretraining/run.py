@@ -148,7 +148,10 @@ def fold_training_cases(dataset_name: str, fold: int) -> list[str]:
     (``splits.verify_dataset``): the folds nnU-Net trains on must be the raw dataset's, the fold
     must exist, and the subsets must belong to those folds. A one-line UserError otherwise (e.g.
     nnU-Net's own 5-fold file beside convert's 4 folds: its fold 0 trains on other cases)."""
-    splits = verify_dataset(dataset_name, folds=[fold])
+    splits = verify_dataset(dataset_name)
+    if not 0 <= fold < len(splits):
+        raise UserError(f"--fold {fold} does not exist: {dataset_name} has {len(splits)} folds "
+                        f"(0…{len(splits) - 1})")
     return sorted(map(str, splits[fold]["train"]))
 
 

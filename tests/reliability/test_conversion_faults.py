@@ -647,7 +647,7 @@ def test_pretrain_fold_checks_the_folds_like_the_trainers(bound, results):
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     from nnunet_xfer.pretraining.run import PretrainConfig, pretrain
     out, pre = bound
-    with pytest.raises(UserError, match=r"fold 4 does not exist.*4 folds"):
+    with pytest.raises(UserError, match=r"--fold 4 does not exist.*4 folds"):
         pretrain(PretrainConfig(dataset="601", source="rec", fold=4))
     ids = sorted(json.loads((out / "dataset.json").read_text())["nnunet_xfer"]["cases"])
     (pre / "splits_final.json").write_text(json.dumps(generate_crossval_split(ids, 12345, 5)))
