@@ -220,13 +220,6 @@ def _check_subsets(subsets, path: Path, splits: list[dict], splits_path: Path,
             continue
         train, val = set(splits[fold]["train"]), set(splits[fold]["val"])
         ordered = sorted(per_size.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
-        for (small, small_ids), (large, large_ids) in zip(ordered, ordered[1:]):
-            outside = set(small_ids) - set(large_ids)
-            if outside:
-                raise UserError(f"{path}: the n={small} subset of fold {fold} is not inside its "
-                                f"n={large} subset ({_ids(outside)} only in n={small}): subsets must "
-                                f"be nested, or the sizes compare different cases; re-run `{fix}` "
-                                f"(never edit subsets.json by hand)")
         for size, ids in ordered:
             shared = set(ids) & val
             if shared:
@@ -238,6 +231,13 @@ def _check_subsets(subsets, path: Path, splits: list[dict], splits_path: Path,
                 raise UserError(f"{path}: the n={size} subset of fold {fold} lists case(s) that are "
                                 f"not training cases of fold {fold} in {splits_path} "
                                 f"({_ids(outside)}); re-run `{fix}`")
+        for (small, small_ids), (large, large_ids) in zip(ordered, ordered[1:]):
+            outside = set(small_ids) - set(large_ids)
+            if outside:
+                raise UserError(f"{path}: the n={small} subset of fold {fold} is not inside its "
+                                f"n={large} subset ({_ids(outside)} only in n={small}): subsets must "
+                                f"be nested, or the sizes compare different cases; re-run `{fix}` "
+                                f"(never edit subsets.json by hand)")
 
 
 def verify_folders(raw: Path | None, preprocessed: Path | None, folds: Sequence[int] | None = None,
