@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -226,10 +227,16 @@ def williams(rows: pd.DataFrame, path: Path, label_column: str = "rater") -> Pat
         ax.axvline(1.0, color="k", ls="--", lw=1)
         for bound in sorted(set(1.0 + sub.margin.astype(float))):
             ax.axvline(bound, color="tab:red", ls=":", lw=1.2)
+        ax.set_xscale("log")  # a ratio: 0.5 and 2 equally far from 1
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_yticks(y)
         ax.set_yticklabels(sub[label_column].astype(str))
-        ax.set_xlabel("disagreement with the observers / theirs with each other (95% CI)")
+        ax.set_xlabel("ratio of disagreements (95% CI)")
         ax.set_title(f"{'1 − Dice' if m == 'dice' else 'RMS DTA'}: green = human level, "
                      f"dotted = 1 + margin", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("disagreement with the observers / the observers' disagreement with each other",
+                 fontsize=10)
     return _save(fig, path)

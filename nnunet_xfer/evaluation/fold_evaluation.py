@@ -138,16 +138,22 @@ def fold_predictions(runs: list[Run], folds: list[dict]) -> tuple[list[Predictio
     return predictions, missing
 
 
-def transfer_record(run: Run, fold: int) -> dict | None:
-    """The store entry a run's fold loaded, as the trainer recorded it in ``debug.json``
-    (``xfer_info.transfer``: entry path, sha256, scope, the case ids it saw); None when the fold
-    recorded none."""
+def xfer_record(run: Run, fold: int, key: str) -> dict | None:
+    """``xfer_info[key]`` of a run's fold's ``debug.json`` (read defensively: None when the file,
+    the key or a dict there is missing)."""
     try:
         info = json.loads((run.fold_folder(fold) / DEBUG_JSON).read_text()).get("xfer_info") or {}
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return None
-    record = info.get("transfer") if isinstance(info, dict) else None
+    record = info.get(key) if isinstance(info, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def transfer_record(run: Run, fold: int) -> dict | None:
+    """The store entry a run's fold loaded, as the trainer recorded it in ``debug.json``
+    (``xfer_info.transfer``: entry path, sha256, scope, the case ids it saw); None when the fold
+    recorded none."""
+    return xfer_record(run, fold, "transfer")
 
 
 @dataclass(frozen=True)
@@ -189,13 +195,8 @@ def explicit_schedule(run: Run, folds: list[int]) -> str | None:
     used the default schedule or recorded none."""
     found = []
     for fold in folds:
-        path = run.fold_folder(fold) / DEBUG_JSON
-        try:
-            info = json.loads(path.read_text()).get("xfer_info") or {}
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-            continue
-        schedule = info.get("schedule") if isinstance(info, dict) else None
-        if isinstance(schedule, dict) and schedule.get("explicit") is True:
+        schedule = xfer_record(run, fold, "schedule")
+        if schedule is not None and schedule.get("explicit") is True:
             text = ", ".join(f"{k}={v}" for k, v in sorted(schedule.items()) if k != "explicit")
             if text not in found:
                 found.append(text or "explicit")
