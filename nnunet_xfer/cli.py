@@ -191,9 +191,9 @@ def _print_verdicts(verdicts: list[dict]) -> None:
         ratio = "; ".join(f"{_DISAGREEMENT_LABELS.get(m, m)} ratio {w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}]"
                           for m, w in v["ratio"].items())
         print(f"  {v['label']}: {'human level' if v['human_level'] else 'not human level'} "
-              f"({ratio}; Holm p {v['p_holm']:.3g})")
-    for rule in dict.fromkeys(v["rule"] for v in verdicts):
-        print(f"  rule: {rule}")
+              f"({ratio}; Holm p {v['p_holm']:.3g}; {v['n_cases']} cases)")
+    if verdicts:  # the rule of the group with the most cases (the others: fewer, said above)
+        print(f"  rule: {max(verdicts, key=lambda v: v['n_cases'])['rule']}")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
