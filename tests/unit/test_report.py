@@ -159,3 +159,20 @@ def test_legend_names_schedules_pretraining_overlap_and_mixed_plans(fake_tree, t
             "labels") in text and "while scratch, nnU-Net default saw N" in text
     # rows on other cases than the rest are flagged
     assert "Rows rest on different cases" in text and "jigsaw n=5 has 6 of 12" in text
+
+
+def test_legend_says_what_each_run_saw():
+    """rec/jigsaw `_nN` runs also saw every training image of their fold without labels (the
+    dataset's own numbers); the other sources saw N."""
+    from nnunet_xfer.evaluation.report import _legend_notes
+    groups = [{"source": "scratch", "size_tag": "5", "pretraining_images_per_fold": [0]},
+              {"source": "rec", "size_tag": "5", "pretraining_images_per_fold": [150, 151]},
+              {"source": "jigsaw", "size_tag": "5", "pretraining_images_per_fold": [151, 150]},
+              {"source": "cls", "size_tag": "5", "pretraining_images_per_fold": [0]}]
+    notes = _legend_notes(groups, {"fold_training_sizes": [150, 151, 150, 151]})
+    assert notes == ["What each point saw of this dataset: every run trained on its n labelled "
+                     "slices; the pretraining of reconstruction, jigsaw also saw 150–151 images of "
+                     "this dataset per fold without labels (every training image of its fold), so "
+                     "their n=N point rests on N labelled + 150–151 unlabelled images, while "
+                     "scratch, classification saw N."]
+    assert _legend_notes(groups[:1] + groups[3:], {}) == []
