@@ -20,7 +20,7 @@ Every run is a real nnU-Net training (``nnunetv2.run.run_training.run_training``
 on CPU); Dice is nnU-Net's own validation mean over fold 0's validation cases. Arms alternate in
 rotated order within each (n, seed).
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/schedule_control.py --seeds 8
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/schedule_control.py --seeds 16
     PYTHONPATH=. .venv/bin/python benchmarks/schedule_control.py --seeds 5 --lr-factor 0.1
 
 ``--lr-factor`` etc. run the transfer arms with an explicit schedule option instead (to see how
@@ -117,16 +117,17 @@ def train(dataset: str, trainer: str, seed: int, run_env: dict) -> dict:
 
 def run_arms(dataset: str, sizes: list[int], seeds: int, arms: tuple[str, ...] = ARMS,
              base_env: dict | None = None, transfer_env: dict | None = None,
-             on_run: Callable[[dict], None] | None = None, identity_seeds: int | None = None
-             ) -> list[dict]:
+             on_run: Callable[[dict], None] | None = None, identity_seeds: int | None = None,
+             first_seed: int = 0) -> list[dict]:
     """Every arm for every (seed, n), the arms of a pair in rotated order; one dict per run.
 
     Seed by seed, so that an interrupted run still holds whole seeds (:func:`complete_seeds`).
-    ``identity_seeds``: run the identity arm (the pairing check) for the first seeds only."""
+    ``identity_seeds``: run the identity arm (the pairing check) for the first seeds only.
+    ``first_seed``: seeds ``first_seed … first_seed + seeds − 1`` (to extend an earlier run)."""
     base_env = dict(base_env or {})
     transfer_env = dict(transfer_env if transfer_env is not None else base_env)
     runs = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for n in sizes:
             these = tuple(arm for arm in arms if arm != "identity" or identity_seeds is None
                           or seed < identity_seeds)
@@ -249,7 +250,9 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=40, help="phantom cases (4 folds: 30 train, 10 validation)")
     ap.add_argument("--size", type=int, default=64, help="phantom slice size")
     ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10], help="training subset sizes n")
-    ap.add_argument("--seeds", type=int, default=8, help="seeds per arm and n (>= 5)")
+    ap.add_argument("--seeds", type=int, default=16, help="seeds per arm and n (>= 5)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="start at this seed (to extend an earlier run; analyse both with --from-json)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=20, help="training iterations per epoch")
     ap.add_argument("--margin", type=float, default=MARGIN, help="equivalence margin in Dice")
@@ -259,16 +262,20 @@ def main() -> None:
     ap.add_argument("--lr-factor", default=None, help="explicit nnUNet_xfer_lr_factor for the transfer arms")
     ap.add_argument("--warmup-fraction", default=None, help="explicit nnUNet_xfer_warmup_fraction")
     ap.add_argument("--json", type=Path, default=None, help="also write every run as JSON here")
-    ap.add_argument("--from-json", type=Path, default=None,
-                    help="analyse the whole seeds of an earlier (or interrupted) run's --json file")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=None,
+                    help="analyse the whole seeds of earlier (or interrupted) runs' --json files")
     a = ap.parse_args()
     if a.from_json is not None:
-        saved = json.loads(a.from_json.read_text())
-        arms = tuple(arm for arm in ARMS if any(r["arm"] == arm for r in saved["runs"]))
-        sizes = saved["args"]["sizes"]
-        runs = complete_seeds(saved["runs"], sizes, arms)
-        print(f"# schedule control from {a.from_json}, commit {saved.get('commit', '?')}: "
-              f"{len({r['seed'] for r in runs})} whole seed(s) of {saved['args']['seeds']}")
+        saved = [json.loads(path.read_text()) for path in a.from_json]
+        every = [r for one in saved for r in one["runs"]]
+        arms = tuple(arm for arm in ARMS if any(r["arm"] == arm for r in every))
+        sizes = saved[0]["args"]["sizes"]
+        if any(one["args"]["sizes"] != sizes for one in saved):
+            ap.error("the --from-json files ran other sizes")
+        runs = complete_seeds(every, sizes, arms)
+        print(f"# schedule control from {', '.join(map(str, a.from_json))} (commit "
+              f"{', '.join(sorted({str(one.get('commit', '?')) for one in saved}))}): "
+              f"{len({r['seed'] for r in runs})} whole seed(s)")
         print(table(runs, sizes, list(arms), analyse(runs, sizes, a.margin)))
         return
     if a.seeds < 5:
@@ -302,7 +309,7 @@ def main() -> None:
                             cwd=repo).stdout.strip() or os.environ.get("SCHEDULE_CONTROL_COMMIT", "?")
     print(f"# schedule control, commit {commit}\n{machine_report(info)}\ntorch {torch.get_num_threads()} "
           f"threads on {platform.node()}; phantom {a.cases} cases at {a.size}², {a.epochs} epochs × "
-          f"{a.iterations} iterations, seeds 0…{a.seeds - 1}, margin ±{a.margin:g} Dice; dataset ready in "
+          f"{a.iterations} iterations, seeds {a.first_seed}…{a.first_seed + a.seeds - 1}, margin ±{a.margin:g} Dice; dataset ready in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
 
     arms = tuple(arm for arm in ARMS if not (arm == "identity" and a.no_identity))
@@ -317,7 +324,7 @@ def main() -> None:
               f"schedule explicit={run['schedule']['explicit']}  load {os.getloadavg()[0]:.1f}", flush=True)
 
     runs = run_arms(DATASET, a.sizes, a.seeds, arms, base_env, transfer_env, on_run=report,
-                    identity_seeds=a.identity_seeds)
+                    identity_seeds=a.identity_seeds, first_seed=a.first_seed)
     analysis = analyse(runs, a.sizes, a.margin)
     print()
     print(table(runs, a.sizes, list(arms), analysis))
