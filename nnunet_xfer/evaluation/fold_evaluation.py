@@ -423,9 +423,11 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
             observer_groups(cases), obs_files, labels, workers, margin)
         williams = _williams_table(table)
         summary["human_level"] = verdicts
+        # the cases the tests rest on: observer cases that have predictions (the most of any
+        # group; each verdict states its own), not every observer case
         summary["verdict_rule"] = agreement.verdict_rule(
-            summary["observers"]["n_cases"], summary["observers"]["n_observers"], margin,
-            len(verdicts))
+            max((v["n_cases"] for v in verdicts), default=0),
+            summary["observers"]["n_observers"], margin, len(verdicts))
     summary["case_sets_differ"] = not all(g["complete_cases"] for g in summary["groups"])
     summary["fold_training_sizes"] = [len(split["train"]) for split in folds]
     write_evaluation(out, cases, summary, williams, overwrite)
