@@ -16,8 +16,11 @@ import numpy as np
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import measures, metrics
-from nnunet_xfer.evaluation.mask_files import (PREDICTION_HINT, check_geometry, load_mask,
-                                               load_slice)
+from nnunet_xfer.imaging import check_geometry, load_mask, load_slice
+
+#: What to do about a prediction with labels other than 0/1 (evaluate has no label option).
+PREDICTION_HINT = ("a prediction of a muscle dataset holds 0 and 1 only: predict with this "
+                   "dataset's own model")
 
 #: Metric columns of a scored prediction (``failed``: exactly one of prediction and reference empty).
 METRIC_COLUMNS = ("dice", "rms_dta_mm", "assd_mm", "hd95_mm", "hd_mm", "nsd")
