@@ -23,6 +23,14 @@ rotated order within each (n, seed).
     PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/schedule_control.py --seeds 16
     PYTHONPATH=. .venv/bin/python benchmarks/schedule_control.py --seeds 5 --lr-factor 0.1
 
+Seeds are independent, so a run can be split into parts (one seed each, say, in parallel on a
+machine shared with others) and the parts analysed together (a seed given twice is refused):
+
+    for k in 0 1 2 3 4 5; do PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python \
+        benchmarks/schedule_control.py --first-seed $k --seeds 1 --identity-seeds 1 \
+        --json part$k.json > part$k.log 2>&1 & done; wait
+    PYTHONPATH=. .venv/bin/python benchmarks/schedule_control.py --from-json part*.json
+
 ``--lr-factor`` etc. run the transfer arms with an explicit schedule option instead (to see how
 much the option itself moves the result). The test suite runs :func:`run_arms` on its own tiny
 dataset (tests/integration/test_trainers.py) so that the control cannot silently stop running.
@@ -250,7 +258,8 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=40, help="phantom cases (4 folds: 30 train, 10 validation)")
     ap.add_argument("--size", type=int, default=64, help="phantom slice size")
     ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10], help="training subset sizes n")
-    ap.add_argument("--seeds", type=int, default=16, help="seeds per arm and n (>= 5)")
+    ap.add_argument("--seeds", type=int, default=16,
+                    help="seeds per arm and n (>= 5; fewer only as one part of a run, with --json)")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="start at this seed (to extend an earlier run; analyse both with --from-json)")
     ap.add_argument("--epochs", type=int, default=3)
@@ -272,14 +281,24 @@ def main() -> None:
         sizes = saved[0]["args"]["sizes"]
         if any(one["args"]["sizes"] != sizes for one in saved):
             ap.error("the --from-json files ran other sizes")
+        counted = {}
+        for r in every:
+            counted[(r["n"], r["seed"], r["arm"])] = counted.get((r["n"], r["seed"], r["arm"]), 0) + 1
+        twice = sorted({seed for (_n, seed, _arm), k in counted.items() if k > 1})
+        if twice:
+            ap.error(f"seed(s) {', '.join(map(str, twice))} appear in more than one --from-json "
+                     f"file; give each seed's runs once")
         runs = complete_seeds(every, sizes, arms)
         print(f"# schedule control from {', '.join(map(str, a.from_json))} (commit "
               f"{', '.join(sorted({str(one.get('commit', '?')) for one in saved}))}): "
               f"{len({r['seed'] for r in runs})} whole seed(s)")
         print(table(runs, sizes, list(arms), analyse(runs, sizes, a.margin)))
+        if len({r["seed"] for r in runs}) < 5:
+            print("\nfewer than 5 whole seeds: the interval is too wide to read (extend the run)")
         return
-    if a.seeds < 5:
-        ap.error("--seeds must be at least 5 for an interval worth reading")
+    if a.seeds < 5 and a.json is None:
+        ap.error("--seeds must be at least 5 for an interval worth reading (fewer only as a part "
+                 "of a larger run: --json, then analyse the parts together with --from-json)")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _bench import machine, machine_report

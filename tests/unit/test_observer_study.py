@@ -176,9 +176,13 @@ def test_disagreement_conventions():
 
 
 def test_williams_on_project_phantom(tmp_path):
-    """The same verdicts on the package's own phantom cohort (128², 4 observers × 8 cases)."""
+    """The same verdicts on the package's own phantom cohort (128², 6 observers × 8 cases).
+
+    Six, not four: the calibrated phantom's experts differ in style, and with four of them one
+    wide observer (obs04 of seed 3) makes the observer-level bootstrap so wide that even a copy of
+    the reference is not shown non-inferior after Holm over the 6 raters (p_holm 0.045)."""
     from nnunet_xfer.phantom.cohort import write_cohort
-    cohort = write_cohort(tmp_path / "cohort", n_cases=8, size=128, n_observers=4,
+    cohort = write_cohort(tmp_path / "cohort", n_cases=8, size=128, n_observers=6,
                           n_observer_cases=8, seed=3)
     refs = cohort / "masks"
     for name, transform in (("copy", lambda m: m), ("eroded", lambda m: ndimage.binary_erosion(
