@@ -26,6 +26,10 @@ from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.imaging import (Image, Slice, check_path_pair, images_for_cases, list_cases,
                                  mask_of_label, read_image, read_mask)
 
+#: What to do about a multi-label mask in ``measure --images/--masks`` (its real option).
+LABEL_MAP_HINT = ("use --label-map to name the muscle label(s), e.g. --label-map 1 or "
+                  "--label-map 1,86-89")
+
 IMAT_HU = (-190.0, -30.0)
 #: Muscle HU range of the published sarcopenia convention (Mitsiopoulos 1998; Prado 2008).
 MUSCLE_HU = (-29.0, 150.0)
@@ -192,7 +196,7 @@ def _muscle_of(mask: Image, labels: list[int] | None, case: str) -> Slice:
     """The boolean muscle slice of a mask file and its grid: 0/1 values, or ``labels``."""
     arr, geometry = mask.plane(case)
     if labels is None:
-        return Slice(mask_of_label(arr, 1, False, mask.path, option="--label-map"), geometry)
+        return Slice(mask_of_label(arr, 1, False, mask.path, hint=LABEL_MAP_HINT), geometry)
     if arr.dtype.kind == "f" and not np.all(np.equal(np.mod(arr, 1), 0)):
         raise UserError(f"{mask.path}: mask has non-integer values; give a label image")
     return Slice(np.isin(arr, labels), geometry)

@@ -18,6 +18,10 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import measures, metrics
 from nnunet_xfer.imaging import check_geometry, load_mask, load_slice
 
+#: What to do about a prediction with labels other than 0/1 (evaluate has no label option).
+PREDICTION_HINT = ("a prediction of a muscle dataset holds 0 and 1 only: predict with this "
+                   "dataset's own model")
+
 #: Metric columns of a scored prediction (``failed``: exactly one of prediction and reference empty).
 METRIC_COLUMNS = ("dice", "rms_dta_mm", "assd_mm", "hd95_mm", "hd_mm", "nsd")
 
@@ -70,7 +74,7 @@ def score_case(job: CaseJob) -> list[tuple[int, dict]]:
     worst = ref.geometry.diagonal_mm
     scored = []
     for index, path in job.predictions:
-        pred = load_mask(path)
+        pred = load_mask(path, hint=PREDICTION_HINT)
         try:
             check_geometry(ref.geometry, pred.geometry, job.case)
         except UserError as e:

@@ -333,22 +333,23 @@ def load_slice(path: str | Path, case: str | None = None, canonical: bool = Fals
     return (image.canonical()[0] if canonical else image).plane(case)
 
 
-def _label_error(path: Path, arr: np.ndarray, label: int, option: str) -> UserError:
+def _label_error(path: Path, arr: np.ndarray, label: int, hint: str) -> UserError:
     values = np.unique(arr)
     if not np.all(np.equal(np.mod(values, 1), 0)):
         return UserError(f"{path}: mask has non-integer values; give a label image")
     extra = [v for v in values.astype(np.int64).tolist() if v not in (0, label)]
     shown = ", ".join(map(str, extra[:5])) + (", ..." if len(extra) > 5 else "")
-    return UserError(f"{path}: mask has label values other than 0/{label} ({shown});"
-                     f" use {option} to pick the muscle label")
+    return UserError(f"{path}: mask has label values other than 0/{label} ({shown}); {hint}")
 
 
 def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
-                  option: str = "--label") -> np.ndarray:
+                  option: str = "--label", hint: str | None = None) -> np.ndarray:
     """``arr == label`` after checking the values: integers only, and (unless ``allow_others``)
     none but 0 and ``label``. Integer arrays are checked by their minimum and maximum (one pass
     each), the rest by counting; the set of values is listed only in the error message, with
-    ``option`` (the command's option that picks the label)."""
+    what to do: ``hint``, else "use ``option`` to pick the muscle label" (the command's option
+    that picks the label)."""
+    hint = hint or f"use {option} to pick the muscle label"
     kind = arr.dtype.kind
     if kind == "b":
         arr = arr.view(np.uint8)
@@ -360,7 +361,7 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
         mask = arr == label
         if allow_others or np.count_nonzero(mask) + np.count_nonzero(arr == 0) == arr.size:
             return mask
-        raise _label_error(path, arr, label, option)
+        raise _label_error(path, arr, label, hint)
     mask = arr == label
     if not allow_others and np.count_nonzero(mask) + np.count_nonzero(arr == 0) == arr.size:
         return mask
@@ -368,19 +369,19 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
         integral = bool(np.all(np.mod(arr, 1) == 0))
     if integral and allow_others:
         return mask
-    raise _label_error(path, arr, label, option)
+    raise _label_error(path, arr, label, hint)
 
 
 def load_mask(path: str | Path, label: int = 1, other_labels: bool | None = None,
-              case: str | None = None) -> Slice:
+              case: str | None = None, hint: str | None = None) -> Slice:
     """Read a mask file as a boolean array (True where the value equals ``label``) and its grid.
 
     ``other_labels`` says whether values other than 0 and ``label`` may be present (and are then
     ignored). The default (None) allows them only when a non-default ``label`` was chosen: a plain
     muscle mask must be binary 0/1, so a multi-label map read with label 1 raises a UserError that
-    names the file and suggests ``--label``.
+    names the file and suggests ``--label`` (or ``hint``: what the calling command's user should do).
     """
     path = Path(path)
     arr, geometry = read_mask(path, case).plane(case)
     allow_others = (label != 1) if other_labels is None else other_labels
-    return Slice(mask_of_label(arr, label, allow_others, path), geometry)
+    return Slice(mask_of_label(arr, label, allow_others, path, hint=hint), geometry)
