@@ -51,6 +51,8 @@ class ResNetUNet(nn.Module):
         "head": ("segmentation_head.",),
     }
     backbone_prefix = "encoder."
+    #: the backbone's input convolution (after ``backbone_prefix``): RGB kernels adapted to C
+    first_conv = "conv1.weight"
     model_name = None  # no published segmentation weights for this network
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "resnet34",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEFAULT_CONFIGURATION, DEFAULT_PLANS
-from nnunet_xfer.sources import SOURCES, check_names
+from nnunet_xfer.sources import STUDY_SOURCES, check_names, spec
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, SIZES
 
 #: ``--pretrain-scope``: ``fold`` pretrains sources that read the target's images once per fold
@@ -28,7 +28,8 @@ class Grid:
     #: plans the trainings use; with ``arch`` the plans the variant is derived from
     plans: str = DEFAULT_PLANS
     configuration: str = DEFAULT_CONFIGURATION
-    sources: tuple[str, ...] = SOURCES
+    #: the paper's sources unless asked otherwise (``--sources …,radimagenet``)
+    sources: tuple[str, ...] = STUDY_SOURCES
     sizes: tuple[int, ...] = SIZES
     folds: tuple[int, ...] = tuple(range(DEFAULT_FOLDS))
     device: str = "cuda"
@@ -69,6 +70,13 @@ class Grid:
             if self.arch not in ARCHITECTURES:
                 raise UserError(f"unknown architecture {self.arch!r}; known: "
                                 f"{', '.join(ARCHITECTURES)}")
+        for source in self.sources:
+            fits = spec(source).architectures
+            if fits and self.arch not in fits:
+                raise UserError(f"-s {source}: its published checkpoint fits only the networks of "
+                                f"--arch {' or '.join(fits)}"
+                                + (f", not {self.arch}" if self.arch else "") + "; run it in a "
+                                f"grid of its own with --arch {fits[0]}")
 
     @property
     def trained_plans(self) -> str:

@@ -34,9 +34,12 @@ _VAR = re.compile(r"\$\{(\w+)\}")
 #: The trainers' variable saying which store entry to load (``fold`` or ``all``).
 PRETRAIN_SCOPE_VAR = "nnUNet_xfer_pretrain_scope"
 
-#: What a user must put in the placeholder variables that nnU-Net-plans pretraining needs.
-DATA_HINTS: dict[str, str] = {s.data_env: f"{s.data_hint} for {s.name}"
-                              for s in REGISTRY.values() if s.data_env}
+#: What a user must put in the placeholder variables that pretraining needs: the data of
+#: natural-image sources on nnU-Net's plans, the checkpoint files of imported sources.
+DATA_HINTS: dict[str, str] = {
+    **{s.data_env: f"{s.data_hint} for {s.name}" for s in REGISTRY.values() if s.data_env},
+    **{s.weights_env: f"the file of {s.weights_hint} for {s.name}"
+       for s in REGISTRY.values() if s.weights_env}}
 
 #: Order of the kinds of step (dry-run groups, SLURM jobs).
 KINDS: tuple[str, ...] = ("plan", "pretrain", "train", "evaluate", "report")
@@ -162,7 +165,9 @@ def _pretrain_steps(grid: Grid, layout: ShellLayout, plans: str, torchvision: bo
         tail = ["--device", grid.device]
         if s.needs_user_data and not torchvision and s.data_env:
             tail += ["--data", f"${{{s.data_env}}}"]
-        if grid.pretrain_iterations is not None:
+        if s.imports_weights:  # a published checkpoint: imported, not trained
+            tail += ["--weights", f"${{{s.weights_env}}}"]
+        elif grid.pretrain_iterations is not None:
             tail += ["--iterations", str(grid.pretrain_iterations)]
         if s.reads_target_images and grid.pretrain_scope == "fold":
             # one entry per fold, trained on that fold's training images only
