@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_xfer.architectures.building_blocks import check_no_deep_supervision, pad_to_multiple
+from nnunet_xfer.architectures.building_blocks import (EncoderDecoderNetwork, check_no_deep_supervision,
+                                                       pad_to_multiple)
 
 #: timm encoder name → its patch size.
 ENCODERS: dict[str, int] = {"vit_base_patch16_dinov3": 16, "vit_base_patch14_dinov2": 14}
@@ -47,6 +48,17 @@ def _upsampler(cin: int, cout: int, times: int) -> nn.Sequential:
     brought to the resolution of a decoder stage."""
     ups = [nn.ConvTranspose2d(cin if i == 0 else cout, cout, 2, stride=2) for i in range(times)]
     return nn.Sequential(*ups, _conv_block(cout, cout))
+
+
+def _import_timm():
+    """timm, without the deprecation warning its HRNet module's ``torch.jit.interface`` raises at
+    import (nothing a user can act on)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated",
+                                category=FutureWarning)
+        import timm
+    return timm
 
 
 def _buffers_to_parameter_device(module: nn.Module) -> None:
@@ -87,19 +99,10 @@ class UNETRDecoder(nn.Module):
         return y
 
 
-class ViTUNETR(nn.Module):
+class ViTUNETR(EncoderDecoderNetwork):
     """UNETR with a timm ViT-B encoder; any input size, output at input resolution."""
 
-    supports_deep_supervision = False
-    xfer_parts = {
-        "encoder": ("encoder.",),
-        "decoder": ("decoder.",),
-        "head": ("segmentation_head.",),
-    }
-    backbone_prefix = "encoder."
-    #: the backbone's input convolution (after ``backbone_prefix``): RGB kernels adapted to C
-    first_conv = "patch_embed.proj.weight"
-    model_name = None  # no published segmentation weights for this network
+    first_conv = "patch_embed.proj.weight"  # the patch embedding: RGB kernels adapted to C
 
     def __init__(self, input_channels: int, num_classes: int,
                  encoder: str = "vit_base_patch16_dinov3",
@@ -108,7 +111,7 @@ class ViTUNETR(nn.Module):
                  decoder_channels: tuple[int, ...] | list[int] = (256, 128, 64, 32),
                  deep_supervision: bool = False) -> None:
         super().__init__()
-        import timm
+        timm = _import_timm()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown ViT encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
         if len(skip_blocks) != 4 or len(decoder_channels) != 4:

@@ -19,6 +19,18 @@ PRETRAIN_SCOPES: tuple[str, ...] = ("fold", "all")
 DEVICES: tuple[str, ...] = ("cuda", "cpu", "mps")
 
 
+def check_architecture(sources, arch: str | None, plans: str = "") -> None:
+    """Refuse (one line) a source whose published checkpoint does not fit the grid's network
+    (``arch``: the ``--arch`` name, or the one read from the plans; None: nnU-Net's own)."""
+    for source in sources:
+        fits = spec(source).architectures
+        if fits and arch not in fits:
+            where = f"--arch {arch}" if arch else f"plans {plans or 'of nnU-Net'} (its own network)"
+            raise UserError(f"-s {source}: its published checkpoint fits only the networks of "
+                            f"--arch {' or '.join(fits)}, not {where}; run it in a grid with "
+                            f"--arch {fits[0]}")
+
+
 @dataclass(frozen=True)
 class Grid:
     """One experiment: the trainings source × size × fold and everything they need."""
@@ -70,13 +82,7 @@ class Grid:
             if self.arch not in ARCHITECTURES:
                 raise UserError(f"unknown architecture {self.arch!r}; known: "
                                 f"{', '.join(ARCHITECTURES)}")
-        for source in self.sources:
-            fits = spec(source).architectures
-            if fits and self.arch not in fits:
-                raise UserError(f"-s {source}: its published checkpoint fits only the networks of "
-                                f"--arch {' or '.join(fits)}"
-                                + (f", not {self.arch}" if self.arch else "") + "; run it in a "
-                                f"grid of its own with --arch {fits[0]}")
+            check_architecture(self.sources, self.arch)
 
     @property
     def trained_plans(self) -> str:

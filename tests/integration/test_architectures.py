@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import types
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import pytest
 import torch
 import torchvision
 
-from conftest import DATASET_NAME, run_cli
+from conftest import one_case_validation_copy, predict_one_validation_case, run_cli
 from nnunet_xfer.architectures import ARCHITECTURES, is_torchvision_network
 from nnunet_xfer.architectures.parts import network_parts, part_of, supports_deep_supervision
-from nnunet_xfer.splits import make_subsets
 from nnunet_xfer.planning import activation_elements, adjusted_batch_size, write_plans_variant
 from nnunet_xfer.architectures.registry import build
 from nnunet_xfer.errors import UserError
@@ -169,20 +167,7 @@ def torch_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tv_dataset(preprocessed_dataset, nnunet_env):
     """The phantom as Dataset511 with FCN plans and a fold 0 of 1 validation case (fast validation)."""
-    raw = Path(nnunet_env["nnUNet_raw"])
-    shutil.copytree(raw / DATASET_NAME, raw / TV_NAME)
-    pre = Path(nnunet_env["nnUNet_preprocessed"]) / TV_NAME
-    shutil.copytree(preprocessed_dataset, pre,
-                    ignore=shutil.ignore_patterns("nnUNetPlans_*.json", "subsets.json"))
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["dataset_name"] = TV_NAME
-    (pre / "nnUNetPlans.json").write_text(json.dumps(plans))
-    splits = json.loads((pre / "splits_final.json").read_text())
-    splits[0]["val"] = splits[0]["val"][:1]
-    for folder in (pre, raw / TV_NAME):  # raw and preprocessed folds agree, subsets drawn from them
-        (folder / "splits_final.json").write_text(json.dumps(splits))
-    subsets = make_subsets(splits, [5, 10], seed=12345, warn=False)
-    (raw / TV_NAME / "subsets.json").write_text(json.dumps(subsets))
+    pre = one_case_validation_copy(preprocessed_dataset, nnunet_env, TV_NAME)
     write_plans_variant(str(TV_ID), "fcn_resnet50")
     return pre
 
@@ -290,17 +275,9 @@ def test_seg_pretrain_train_and_predict_with_nnunet_cli(torch_home, tv_dataset, 
     assert debug["xfer_info"]["transfer"]["fingerprint_network"] == \
         debug["xfer_info"]["transfer"]["fingerprint_checkpoint"]
 
-    images = tmp_path / "in"
-    images.mkdir()
-    case = json.loads((tv_dataset / "splits_final.json").read_text())[0]["val"][0]
-    shutil.copy(Path(nnunet_env["nnUNet_raw"]) / TV_NAME / "imagesTr" / f"{case}_0000.nii.gz",
-                images)
-    run_cli("nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "out"), "-d", str(TV_ID),
-            "-c", "2d", "-f", "0", "-tr", "XferSegTrainer_n5", "-p", PLANS, "-device", "cpu",
-            "--disable_tta", "-npp", "1", "-nps", "1")
+    pred, ref = predict_one_validation_case(TV_ID, tv_dataset, nnunet_env, "XferSegTrainer_n5",
+                                            PLANS, tmp_path)
     import SimpleITK as sitk
-    pred = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))
-    ref = sitk.ReadImage(str(images / f"{case}_0000.nii.gz"))
     assert pred.GetSize() == ref.GetSize()
     assert set(sitk.GetArrayFromImage(pred).ravel().tolist()) <= {0, 1}
 

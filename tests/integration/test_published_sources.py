@@ -1,0 +1,221 @@
+"""Published checkpoints as sources (issue 21): RadImageNet's ResNet-50, DINOv2's ViT-B/14 and
+MedDINOv3's ViT-B/16, imported from ``--weights FILE``, trained by nnU-Net and predicted.
+
+Offline: the "published" files are randomly initialised torchvision / timm networks, saved in the
+key layouts the real files have (RadImageNet's ``Backbone`` built as its authors build it;
+DINOv2's and DINOv3's own names, see ``pretraining/external_weights.py``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from conftest import one_case_validation_copy, predict_one_validation_case, run_cli
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.planning import write_plans_variant
+from nnunet_xfer.pretraining.external_weights import (import_external_weights, resnet50_state,
+                                                      vit_state)
+from nnunet_xfer.pretraining.network import load_planned
+from nnunet_xfer.pretraining.store import architecture_fingerprint, entry_path, load_entry
+from nnunet_xfer.sources import spec
+
+EXT_ID, EXT_NAME = 512, "Dataset512_L3ext"
+PLANS = {"radimagenet": "nnUNetPlans_unet_resnet50", "dinov2": "nnUNetPlans_unetr_vit_b14",
+         "meddino": "nnUNetPlans_unetr_vit_b16"}
+
+
+# ------------------------------------------------------------------ the published layouts
+def radimagenet_file(resnet: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """RadImageNet's PyTorch release: ``Backbone.backbone = nn.Sequential(*list(resnet50()
+    .children())[:9])``, saved from DataParallel (``module.``)."""
+    net = torchvision.models.resnet50()
+    net.load_state_dict(resnet)
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(*list(net.children())[:9])
+    return {"module." + k: v for k, v in Backbone().state_dict().items()}
+
+
+def dinov3_file(timm_state: dict[str, torch.Tensor]) -> dict:
+    """A DINOv3 training checkpoint as MedDINOv3 publishes it: ``{"teacher": {"backbone.…"}}``
+    in DINOv3's names, with its pretraining-only tensors and heads."""
+    out = {}
+    for k, v in timm_state.items():
+        k = (k.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+             .replace("reg_token", "storage_tokens"))
+        out["backbone." + k] = v
+        if k.endswith("attn.qkv.weight"):  # DINOv3: zero QKV bias, its K part masked
+            out["backbone." + k.replace("weight", "bias")] = torch.zeros(v.shape[0])
+            out["backbone." + k.replace("weight", "bias_mask")] = torch.ones(v.shape[0])
+    out.update({"backbone.mask_token": torch.zeros(1, 768),
+                "backbone.rope_embed.periods": torch.ones(16),
+                "dino_head.mlp.0.weight": torch.zeros(4, 768), "ibot_head.last_layer.weight":
+                    torch.zeros(4, 4)})
+    return {"teacher": out}
+
+
+def timm_vit(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(3)
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The three "published" files and the networks they were saved from."""
+    folder = tmp_path_factory.mktemp("published")
+    torch.manual_seed(2)
+    resnet = torchvision.models.resnet50().state_dict()
+    torch.save(radimagenet_file(resnet), folder / "RadImageNet-ResNet50.pt")
+    dinov3 = timm_vit("vit_base_patch16_dinov3").state_dict()
+    torch.save(dinov3_file(dinov3), folder / "meddinov3_vitb16_ct3m.pth")
+    dinov2 = timm_vit("vit_base_patch14_dinov2").state_dict()  # 518² → a 37×37 position grid
+    torch.save({**dinov2, "mask_token": torch.zeros(1, 768)}, folder / "dinov2_vitb14_pretrain.pth")
+    return {"radimagenet": (folder / "RadImageNet-ResNet50.pt", resnet),
+            "meddino": (folder / "meddinov3_vitb16_ct3m.pth", dinov3),
+            "dinov2": (folder / "dinov2_vitb14_pretrain.pth", dinov2)}
+
+
+def test_published_layouts_map_to_the_backbone_names(published):
+    _, resnet = published["radimagenet"]
+    names = resnet50_state(radimagenet_file(resnet))
+    assert names.keys() == {k for k in resnet if not k.startswith("fc.")}
+    assert all(torch.equal(names[k], resnet[k]) for k in names)
+    assert resnet50_state(resnet).keys() == resnet.keys()  # torchvision's own names, head kept
+    assert resnet50_state({"backbone.0.weight": resnet["conv1.weight"], "linear.bias":
+                           torch.zeros(3)}).keys() == {"conv1.weight", "fc.bias"}
+
+    _, dinov3 = published["meddino"]
+    eva = timm_vit("vit_base_patch16_dinov3")
+    mapped = vit_state(dinov3_file(dinov3)["teacher"], eva)
+    assert mapped.keys() == dinov3.keys() and all(torch.equal(mapped[k], dinov3[k]) for k in mapped)
+    trained_bias = dinov3_file(dinov3)["teacher"]
+    trained_bias["backbone.blocks.0.attn.qkv.bias"] = torch.ones(2304)
+    assert "blocks.0.attn.qkv.bias" in vit_state(trained_bias, eva)  # kept, hence refused later
+
+
+# ------------------------------------------------------------------ import, train, predict
+@pytest.fixture(scope="module")
+def ext_dataset(preprocessed_dataset, nnunet_env):
+    """The phantom as Dataset512 (fold 0 validates on one case) with the three networks' plans."""
+    pre = one_case_validation_copy(preprocessed_dataset, nnunet_env, EXT_NAME)
+    for plans in PLANS.values():
+        write_plans_variant(str(EXT_ID), plans.removeprefix("nnUNetPlans_"))
+    return pre
+
+
+def _imported(source: str) -> dict[str, torch.Tensor]:
+    state, head, meta = load_entry(entry_path(EXT_NAME, source, PLANS[source], "2d"))
+    assert head is None and meta["source"] == source and meta["iterations"] == 0
+    assert meta["trained_prefixes"] == ["encoder."] and meta["scope"] == "external"
+    return state
+
+
+@pytest.mark.parametrize("source", ["radimagenet", "meddino", "dinov2"])
+def test_published_source_imports_trains_and_predicts(source, published, ext_dataset, tmp_path,
+                                                      nnunet_env):
+    """pretrain -s SOURCE --weights FILE, nnUNetv2_train Xfer<Source>Trainer_n5 (the initial
+    network holds the file's tensors), whose validation predicts with nnU-Net's predictor;
+    ``nnUNetv2_predict`` (the network rebuilt from the plans alone) once, for the ViT-B/16."""
+    path, original = published[source]
+    proc = run_cli("nnunet-xfer", "pretrain", "-d", str(EXT_ID), "-s", source, "-p",
+                   PLANS[source], "--weights", str(path), "--overwrite")
+    assert "imported" in proc.stdout
+    state = _imported(source)
+    if source == "radimagenet":
+        assert torch.allclose(state["encoder.conv1.weight"],
+                              original["conv1.weight"].sum(1, keepdim=True))  # grey CT: RGB summed
+        checks = {"encoder.layer4.2.conv3.weight": original["layer4.2.conv3.weight"],
+                  "encoder.bn1.running_var": original["bn1.running_var"]}
+    else:
+        assert torch.allclose(state["encoder.patch_embed.proj.weight"],
+                              original["patch_embed.proj.weight"].sum(1, keepdim=True))
+        layer_scale = "gamma_1" if source == "meddino" else "ls1.gamma"
+        checks = {f"encoder.blocks.11.{layer_scale}": original[f"blocks.11.{layer_scale}"],
+                  "encoder.blocks.5.attn.qkv.weight": original["blocks.5.attn.qkv.weight"],
+                  "encoder.cls_token": original["cls_token"]}
+    for k, v in checks.items():
+        assert torch.equal(state[k], v), k
+    if source == "dinov2":  # 37×37 grid of the 518² file resampled to the 64² patch's 5×5 grid
+        from timm.layers import resample_abs_pos_embed
+        assert state["encoder.pos_embed"].shape == (1, 1 + 5 * 5, 768)
+        assert torch.allclose(state["encoder.pos_embed"], resample_abs_pos_embed(
+            original["pos_embed"], new_size=[5, 5], num_prefix_tokens=1))
+
+    trainer = f"Xfer{spec(source).trainer_stem}Trainer_n5"
+    run_cli("nnUNetv2_train", str(EXT_ID), "2d", "0", "-tr", trainer, "-p", PLANS[source],
+            "-device", "cpu", env={"nnUNet_xfer_save_initial": "1"})
+    fold = Path(nnunet_env["nnUNet_results"]) / EXT_NAME / f"{trainer}__{PLANS[source]}__2d" / "fold_0"
+    initial = torch.load(fold / "checkpoint_initial.pth", weights_only=True)["network_weights"]
+    for k in checks:
+        assert torch.equal(initial[k], state[k]), k
+    transfer = json.loads((fold / "debug.json").read_text())["xfer_info"]["transfer"]
+    assert transfer["fingerprint_network"] == transfer["fingerprint_checkpoint"]
+    assert transfer["transfer_parts"] == ["encoder"]
+    import SimpleITK as sitk
+    validated = sorted((fold / "validation").glob("*.nii.gz"))
+    assert len(validated) == 1
+    assert set(sitk.GetArrayFromImage(sitk.ReadImage(str(validated[0]))).ravel().tolist()) <= {0, 1}
+    if source == "meddino":
+        pred, image = predict_one_validation_case(EXT_ID, ext_dataset, nnunet_env, trainer,
+                                                  PLANS[source], tmp_path)
+        assert pred.GetSize() == image.GetSize()
+        assert set(sitk.GetArrayFromImage(pred).ravel().tolist()) <= {0, 1}
+
+
+def test_misfitting_files_are_refused_in_one_line(published, ext_dataset, tmp_path):
+    def refused(source, weights, plans=None):
+        with pytest.raises(UserError) as e:
+            import_external_weights(spec(source), load_planned(EXT_NAME, plans or PLANS[source],
+                                                               "2d"), weights, overwrite=True)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    r18 = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), r18)
+    assert "missing 198 keys (layer1.0.bn3.bias" in refused("radimagenet", r18)
+    keras = tmp_path / "keras_converted.pth"  # Keras' ResNet50: a bias in every convolution
+    resnet = dict(published["radimagenet"][1], **{"conv1.bias": torch.zeros(64)})
+    torch.save(resnet, keras)
+    assert "unexpected 1 keys (conv1.bias)" in refused("radimagenet", keras)
+    assert "Keras' ResNet50" in refused("radimagenet", keras)
+    h5 = tmp_path / "RadImageNet-ResNet50_notop.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    assert "Keras/HDF5" in refused("radimagenet", h5)
+    assert "pass --weights FILE" in refused("radimagenet", None)
+    assert "fits the networks of --arch unet_resnet50" in refused(
+        "radimagenet", published["radimagenet"][0], plans=PLANS["meddino"])
+    biased = tmp_path / "trained_qkv_bias.pth"
+    teacher = dinov3_file(published["meddino"][1])
+    teacher["teacher"]["backbone.blocks.0.attn.qkv.bias"] = torch.ones(2304)
+    torch.save(teacher, biased)
+    assert "unexpected 1 keys (blocks.0.attn.qkv.bias)" in refused("meddino", biased)
+    # a ViT-B/14 file for the ViT-B/16 network: the patch size is named, through the CLI
+    proc = run_cli("nnunet-xfer", "pretrain", "-d", str(EXT_ID), "-s", "meddino", "-p",
+                   PLANS["meddino"], "--weights", str(published["dinov2"][0]), "--overwrite",
+                   check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "patch size 14×14 does not fit the 16×16 patches" in proc.stderr
+    assert "--arch unetr_vit_b14" in proc.stderr
+
+
+@pytest.mark.parametrize("source, parts", [("jigsaw", ["encoder."]),
+                                           ("rec", ["encoder.", "decoder."])])
+def test_rec_and_jigsaw_pretrain_the_vit_network(source, parts, ext_dataset):
+    """Every source meets on one network: the package's own tasks pretrain the ViT UNETR too."""
+    from nnunet_xfer.pretraining.run import PretrainConfig, pretrain
+    pth = pretrain(PretrainConfig(EXT_NAME, source, plans=PLANS["meddino"], scope="all",
+                                  iterations=1, batch_size=2, device="cpu"),
+                   overwrite=True, progress=False)
+    state, _, meta = load_entry(pth)
+    assert meta["trained_prefixes"] == parts and meta["iterations"] == 1
+    from nnunet_xfer.pretraining.torchvision_weights import build_planned_network
+    net = build_planned_network(load_planned(EXT_NAME, PLANS["meddino"], "2d"))
+    assert meta["architecture_fingerprint"] == architecture_fingerprint(net)
