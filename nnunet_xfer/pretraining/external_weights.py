@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from nnunet_xfer.architectures.registry import architecture_of
+from nnunet_xfer.architectures.vit_unetr import ENCODERS
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.network import Planned
 from nnunet_xfer.pretraining.store import check_replaceable, entry_path, file_sha256
@@ -95,14 +96,18 @@ def vit_state(state: dict[str, torch.Tensor], encoder: torch.nn.Module) -> dict[
     return out
 
 
-def _check_patch_size(state: dict, encoder: torch.nn.Module, origin: str, arch: str | None) -> None:
-    weight = state.get("patch_embed.proj.weight")
-    want = tuple(encoder.patch_embed.proj.weight.shape[-2:])
-    if weight is not None and tuple(weight.shape[-2:]) != want:
-        have = tuple(weight.shape[-2:])
-        raise UserError(f"{origin}: patch size {have[0]}×{have[1]} does not fit the "
-                        f"{want[0]}×{want[1]} patches of the plans' network ({arch}); plan "
-                        f"`--arch unetr_vit_b{have[0]}` for ViT-B/{have[0]} weights")
+def _check_patch_size(raw: dict, planned: Planned, origin: str, arch: str | None) -> None:
+    """Refuse a ViT file whose patch embedding is not the plans' patch size (before the network
+    is built)."""
+    encoder = planned.configuration_manager.network_arch_init_kwargs.get("encoder")
+    want = ENCODERS.get(encoder)
+    weight = next((v for k, v in raw.items() if _unwrapped(k) == "patch_embed.proj.weight"), None)
+    if want is None or weight is None or tuple(weight.shape[-2:]) == (want, want):
+        return  # not a ViT plan, or no patch embedding (then named as a missing key)
+    have = tuple(weight.shape[-2:])
+    raise UserError(f"{origin}: patch size {have[0]}×{have[1]} does not fit the {want}×{want} "
+                    f"patches of the plans' network ({arch}); plan `--arch unetr_vit_b{have[0]}` "
+                    f"for ViT-B/{have[0]} weights")
 
 
 def _resample_pos_embed(state: dict, encoder: torch.nn.Module, origin: str) -> str | None:
@@ -147,16 +152,18 @@ def import_external_weights(s: SourceSpec, planned: Planned, weights: Path | Non
                             f"({s.weights_hint})" + ("; Keras' ResNet50 is not torchvision's "
                             "ResNet-50, so the .h5 weights cannot be converted key for key"
                             if s.layout == LAYOUT_RESNET50 else ""))
-    network = build_planned_network(planned)
     raw = load_state_dict(path)  # torch.load(weights_only=True)
+    if s.layout == LAYOUT_VIT:
+        _check_patch_size(raw, planned, str(path), arch)
+    network = build_planned_network(planned)
     notes = {}
     if s.layout == LAYOUT_RESNET50:
-        mapped = map_weights(resnet50_state(raw), network, whole=False, origin=str(path),
-                             hint=_keras_hint(raw))
+        state = resnet50_state(raw)
+        mapped = map_weights(state, network, whole=False, origin=str(path),
+                             hint=_keras_hint(state))
     elif s.layout == LAYOUT_VIT:
         encoder = network.encoder
         state = vit_state(raw, encoder)
-        _check_patch_size(state, encoder, str(path), arch)
         notes["pos_embed_resampled"] = _resample_pos_embed(state, encoder, str(path))
         mapped = map_weights(state, network, whole=False, origin=str(path))
     else:

@@ -1,5 +1,10 @@
 """The ``cls`` and ``seg`` sources as published: torchvision's ImageNet and COCO weights.
 
+Also what every import of published weights shares (``external_weights`` uses it for RadImageNet,
+DINOv2 and MedDINOv3): reading a weights file safely (:func:`load_state_dict`), mapping it onto the
+backbone (:func:`map_weights`) and storing the planned network as the entry
+(:func:`save_imported_entry`).
+
 For plans whose network is one of :mod:`nnunet_xfer.architectures` (``nnunet-xfer plan``):
 ``cls`` imports the ImageNet weights of the ResNet backbone (``<ResNet>_Weights.IMAGENET1K_V1``,
 the backbone weights torchvision's own segmentation models start from) and ``seg`` the
@@ -34,7 +39,7 @@ from nnunet_xfer.architectures.parts import (
 )
 from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.pretraining.network import Planned, build_network, load_planned
+from nnunet_xfer.pretraining.network import Planned, build_network
 from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, check_replaceable, entry_lock,
                                            entry_path, file_sha256, provenance, restricted_load,
                                            save_entry)

@@ -67,33 +67,56 @@ def timm_vit(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
 
 
+#: Tensors of each saved network the import must carry over (the saving network's own names).
+CHECKED = {"radimagenet": ("conv1.weight", "layer4.2.conv3.weight", "bn1.running_var"),
+           "meddino": ("patch_embed.proj.weight", "blocks.11.gamma_1", "blocks.5.attn.qkv.weight",
+                       "cls_token"),
+           "dinov2": ("patch_embed.proj.weight", "blocks.11.ls1.gamma", "blocks.5.attn.qkv.weight",
+                      "cls_token", "pos_embed")}
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    """The three "published" files and the networks they were saved from."""
+    """{source: (file, {name: tensor} of CHECKED)}: the three "published" files, saved from random
+    networks that are dropped at once (the session keeps a few tensors, not three networks)."""
     folder = tmp_path_factory.mktemp("published")
     torch.manual_seed(2)
+    files = {}
+    for source, path in (("radimagenet", "RadImageNet-ResNet50.pt"),
+                         ("meddino", "meddinov3_vitb16_ct3m.pth"),
+                         ("dinov2", "dinov2_vitb14_pretrain.pth")):
+        if source == "radimagenet":
+            state = torchvision.models.resnet50().state_dict()
+            saved = radimagenet_file(state)
+        elif source == "meddino":
+            state = timm_vit("vit_base_patch16_dinov3").state_dict()
+            saved = dinov3_file(state)
+        else:  # 518² pretraining: a 37×37 position grid
+            state = timm_vit("vit_base_patch14_dinov2").state_dict()
+            saved = {**state, "mask_token": torch.zeros(1, 768)}
+        torch.save(saved, folder / path)
+        files[source] = (folder / path, {k: state[k].clone() for k in CHECKED[source]})
+        del state, saved
+    return files
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, weights_only=True, mmap=True)  # memory-mapped: read lazily
+
+
+def test_published_layouts_map_to_the_backbone_names():
+    torch.manual_seed(4)
     resnet = torchvision.models.resnet50().state_dict()
-    torch.save(radimagenet_file(resnet), folder / "RadImageNet-ResNet50.pt")
-    dinov3 = timm_vit("vit_base_patch16_dinov3").state_dict()
-    torch.save(dinov3_file(dinov3), folder / "meddinov3_vitb16_ct3m.pth")
-    dinov2 = timm_vit("vit_base_patch14_dinov2").state_dict()  # 518² → a 37×37 position grid
-    torch.save({**dinov2, "mask_token": torch.zeros(1, 768)}, folder / "dinov2_vitb14_pretrain.pth")
-    return {"radimagenet": (folder / "RadImageNet-ResNet50.pt", resnet),
-            "meddino": (folder / "meddinov3_vitb16_ct3m.pth", dinov3),
-            "dinov2": (folder / "dinov2_vitb14_pretrain.pth", dinov2)}
-
-
-def test_published_layouts_map_to_the_backbone_names(published):
-    _, resnet = published["radimagenet"]
     names = resnet50_state(radimagenet_file(resnet))
     assert names.keys() == {k for k in resnet if not k.startswith("fc.")}
     assert all(torch.equal(names[k], resnet[k]) for k in names)
     assert resnet50_state(resnet).keys() == resnet.keys()  # torchvision's own names, head kept
     assert resnet50_state({"backbone.0.weight": resnet["conv1.weight"], "linear.bias":
                            torch.zeros(3)}).keys() == {"conv1.weight", "fc.bias"}
+    del resnet, names
 
-    _, dinov3 = published["meddino"]
     eva = timm_vit("vit_base_patch16_dinov3")
+    dinov3 = eva.state_dict()
     mapped = vit_state(dinov3_file(dinov3)["teacher"], eva)
     assert mapped.keys() == dinov3.keys() and all(torch.equal(mapped[k], dinov3[k]) for k in mapped)
     trained_bias = dinov3_file(dinov3)["teacher"]
@@ -124,7 +147,7 @@ def test_published_source_imports_trains_and_predicts(source, published, ext_dat
     """pretrain -s SOURCE --weights FILE, nnUNetv2_train Xfer<Source>Trainer_n5 (the initial
     network holds the file's tensors), whose validation predicts with nnU-Net's predictor;
     ``nnUNetv2_predict`` (the network rebuilt from the plans alone) once, for the ViT-B/16."""
-    path, original = published[source]
+    path, original = published[source]  # original: the CHECKED tensors
     proc = run_cli("nnunet-xfer", "pretrain", "-d", str(EXT_ID), "-s", source, "-p",
                    PLANS[source], "--weights", str(path), "--overwrite")
     assert "imported" in proc.stdout
@@ -182,10 +205,10 @@ def test_misfitting_files_are_refused_in_one_line(published, ext_dataset, tmp_pa
     torch.save(torchvision.models.resnet18().state_dict(), r18)
     assert "missing 198 keys (layer1.0.bn3.bias" in refused("radimagenet", r18)
     keras = tmp_path / "keras_converted.pth"  # Keras' ResNet50: a bias in every convolution
-    resnet = dict(published["radimagenet"][1], **{"conv1.bias": torch.zeros(64)})
-    torch.save(resnet, keras)
-    assert "unexpected 1 keys (conv1.bias)" in refused("radimagenet", keras)
-    assert "Keras' ResNet50" in refused("radimagenet", keras)
+    torch.save({**_load(published["radimagenet"][0]), "module.backbone.0.bias": torch.zeros(64)},
+               keras)
+    text = refused("radimagenet", keras)
+    assert "unexpected 1 keys (conv1.bias)" in text and "Keras' ResNet50" in text
     h5 = tmp_path / "RadImageNet-ResNet50_notop.h5"
     h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
     assert "Keras/HDF5" in refused("radimagenet", h5)
@@ -193,9 +216,10 @@ def test_misfitting_files_are_refused_in_one_line(published, ext_dataset, tmp_pa
     assert "fits the networks of --arch unet_resnet50" in refused(
         "radimagenet", published["radimagenet"][0], plans=PLANS["meddino"])
     biased = tmp_path / "trained_qkv_bias.pth"
-    teacher = dinov3_file(published["meddino"][1])
+    teacher = _load(published["meddino"][0])
     teacher["teacher"]["backbone.blocks.0.attn.qkv.bias"] = torch.ones(2304)
     torch.save(teacher, biased)
+    del teacher
     assert "unexpected 1 keys (blocks.0.attn.qkv.bias)" in refused("meddino", biased)
     # a ViT-B/14 file for the ViT-B/16 network: the patch size is named, through the CLI
     proc = run_cli("nnunet-xfer", "pretrain", "-d", str(EXT_ID), "-s", "meddino", "-p",
@@ -217,5 +241,6 @@ def test_rec_and_jigsaw_pretrain_the_vit_network(source, parts, ext_dataset):
     state, _, meta = load_entry(pth)
     assert meta["trained_prefixes"] == parts and meta["iterations"] == 1
     from nnunet_xfer.pretraining.torchvision_weights import build_planned_network
-    net = build_planned_network(load_planned(EXT_NAME, PLANS["meddino"], "2d"))
+    with torch.device("meta"):  # keys and shapes are all the fingerprint reads
+        net = build_planned_network(load_planned(EXT_NAME, PLANS["meddino"], "2d"))
     assert meta["architecture_fingerprint"] == architecture_fingerprint(net)
