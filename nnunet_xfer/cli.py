@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS
+from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
+                                image_file, label_file)
 from nnunet_xfer.sources import IMPORTED_SOURCES, PRETRAINED_SOURCES
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
@@ -27,7 +28,8 @@ def _sizes(text: str) -> list[int]:
 def _cmd_phantom(a: argparse.Namespace) -> None:
     from nnunet_xfer.phantom.cohort import write_cohort
     write_cohort(Path(a.out), n_cases=a.cases, size=a.size, n_observers=a.observers,
-                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite)
+                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite,
+                 source_task=a.source_task, source_cases=a.source_cases)
 
 
 def _add_phantom(sub) -> None:
@@ -39,7 +41,13 @@ def _add_phantom(sub) -> None:
     p.add_argument("--observer-cases", type=int, default=20,
                    help="cases each observer delineates (default 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--source-task", type=Path, metavar="DIR",
+                   help="also write a segmentation source task (other subjects; organs, fat, bone; "
+                        "no muscle label) to DIR, for `pretrain -s seg --data DIR`")
+    p.add_argument("--source-cases", type=int, default=100,
+                   help="slices of the source task (default 100)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (and DIR) written by phantom")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -48,7 +56,7 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     result = convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks,
                      dataset_id=a.dataset, name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed,
                      overwrite=a.overwrite, label_map=a.label_map, allow_non_hu=a.allow_non_hu,
-                     per_size_datasets=a.per_size_datasets)
+                     per_size_datasets=a.per_size_datasets, selection=a.selection)
     print("\n".join([f"removed {p} (--overwrite)" for p in result.removed]
                     + [f"wrote {p}" for p in result.datasets]))
 
@@ -70,6 +78,9 @@ def _add_convert(sub) -> None:
                    help="nested training-subset sizes (default 5,10,25,50,75,100,125)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of folds and subsets (default {DEFAULT_SEED})")
+    p.add_argument("--selection", type=Path, default=None, metavar="FILE",
+                   help="take each fold's subsets from this selection file (`nnunet-xfer select`) "
+                        "instead of the seeded random draw (default: none, random)")
     p.add_argument("--label-map", default=None,
                    help="mask labels that are muscle, e.g. '1', '1,2,3,4' or '1,86-89' "
                         "(default: mask must be 0/1)")
@@ -80,6 +91,75 @@ def _add_convert(sub) -> None:
                    help="replace a dataset with this id that convert wrote (refused if it holds "
                         "other files) and remove its $nnUNet_preprocessed folder")
     p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_select(a: argparse.Namespace) -> None:
+    from nnunet_xfer.selection import select_next, select_subsets, write_manifest
+    if a.pool is None:
+        if a.dataset is None:
+            raise UserError("give -d DATASET (order each fold's training cases) or --pool DIR "
+                            "(the next slices of an unlabelled pool)")
+        for given, option in ((a.k, "-k"), (a.trainer, "-tr"), (a.folds, "-f")):
+            if given is not None:
+                raise UserError(f"{option} goes with --pool DIR")
+        selection = select_subsets(a.dataset, strategy=a.strategy, features=a.features,
+                                   plans=a.plans, configuration=a.configuration, seed=a.seed,
+                                   device=a.device)
+        path = selection.write(a.output, overwrite=a.overwrite)
+        sizes = {len(o) for o in selection.order.values()}
+        print(f"wrote {path}: {selection.strategy} order of the training cases of "
+              f"{len(selection.order)} folds ({'/'.join(map(str, sorted(sizes)))} cases each)\n"
+              f"use it with:  {selection.convert_command(path)}")
+        return
+    result = select_next(a.pool, k=10 if a.k is None else a.k, strategy=a.strategy,
+                         dataset=a.dataset, trainer=a.trainer, plans=a.plans,
+                         configuration=a.configuration, folds=a.folds, features=a.features,
+                         seed=DEFAULT_SEED if a.seed is None else a.seed, device=a.device)
+    path = write_manifest(a.output, result, overwrite=a.overwrite)
+    if result.already_annotated:
+        print(f"left out {len(result.already_annotated)} pool case(s) the dataset already holds")
+    for row in result.table.itertuples():
+        print(f"{row.rank:4d}  {row.case_id}" + ("" if row.score != row.score else f"  {row.score:.4f}"))
+    print(f"wrote {path}: the next {len(result.table)} case(s) to annotate ({a.strategy})")
+
+
+def _add_select(sub) -> None:
+    from nnunet_xfer.selection import STRATEGIES
+    p = sub.add_parser("select", help="choose which slices to annotate: nested subsets per fold "
+                                      "(for convert --selection) or the next k of a pool")
+    p.add_argument("-d", "--dataset", default=None,
+                   help="converted dataset id or name: order each fold's training cases (with "
+                        "--pool: the slices already annotated, and the model's dataset)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="random",
+                   help="random: the seeded draw convert makes; diverse: greedy k-centre; "
+                        "uncertain: where a trained fold ensemble disagrees most (--pool only) "
+                        "(default random)")
+    p.add_argument("--features", default=None,
+                   help="diverse: 'histogram' (HU histograms, no model) or a pretrained source "
+                        "whose store entry's encoder measures distances, e.g. rec (default histogram)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the selection JSON (with -d) or the manifest CSV of the next cases (with --pool)")
+    p.add_argument("--pool", type=Path, default=None,
+                   help="folder of unlabelled 2D slices to choose the next cases from "
+                        "(default: none, order the dataset's folds)")
+    p.add_argument("-k", type=int, default=None,
+                   help="--pool: how many cases to choose (default 10)")
+    p.add_argument("-tr", "--trainer", default=None,
+                   help="uncertain: the trained model, e.g. XferSegTrainer_n10 (default: none)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="uncertain: folds of the ensemble (default: every finished fold)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
+                   help=f"plans of the model or store entry (default {DEFAULT_PLANS})")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
+                   help=f"(default {DEFAULT_CONFIGURATION})")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random: the draw's seed (default: the dataset's convert seed; "
+                        f"{DEFAULT_SEED} for a pool)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cpu or mps for models and encoders (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output file that select wrote before (nothing else)")
+    p.set_defaults(func=_cmd_select)
 
 
 def _cmd_env(a: argparse.Namespace) -> None:
@@ -300,9 +380,10 @@ def _add_measure(sub) -> None:
                    help="CT studies: convert's manifest without a mask column (case_id,image "
                         "[,slice_index | vertebra_mask,vertebra_label] [,height_m,sex,weight_kg])")
     p.add_argument("--images", type=Path, default=None,
-                   help="CT slices in HU: <case>_0000.nii.gz (nnU-Net style) or <case>.nii.gz")
+                   help=f"CT slices in HU: {image_file('<case>')} (nnU-Net style) or "
+                        f"{label_file('<case>')}")
     p.add_argument("--masks", type=Path, default=None,
-                   help="muscle masks <case>.nii.gz, e.g. nnUNetv2_predict output")
+                   help=f"muscle masks {label_file('<case>')}, e.g. nnUNetv2_predict output")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output folder (with --cases) or CSV (with --images/--masks)")
     p.add_argument("-d", "--dataset", default=None, help="model: nnU-Net dataset id or name")
@@ -329,15 +410,29 @@ def _add_measure(sub) -> None:
     p.set_defaults(func=_cmd_measure)
 
 
+def _labelled_folder(text: str) -> tuple[str | None, Path]:
+    """``-i DIR`` or ``-i LABEL=DIR`` (a LABEL holds no '/'; an existing DIR is taken whole)."""
+    label, sep, folder = text.partition("=")
+    if sep and label and "/" not in label and not Path(text).exists():
+        return label, Path(folder)
+    return None, Path(text)
+
+
 def _cmd_report(a: argparse.Namespace) -> None:
-    from nnunet_xfer.evaluation.report import write_report
-    path = write_report(a.input, a.output, overwrite=a.overwrite)
+    from nnunet_xfer.evaluation.report import write_comparison, write_report
+    inputs = [_labelled_folder(t) for t in a.input]
+    if len(inputs) == 1:
+        path = write_report(inputs[0][1], a.output, overwrite=a.overwrite)
+    else:
+        path = write_comparison(inputs, a.output, overwrite=a.overwrite)
     print(f"report: {path} (figures in {path.parent / (path.stem + '_files')})")
 
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML report with figures from an evaluation folder")
-    p.add_argument("-i", "--input", type=Path, required=True, help="evaluation folder")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="[LABEL=]DIR",
+                   help="evaluation folder; repeat it (-i random=A -i diverse=B) to overlay the "
+                        "curves of several, each labelled (default label: its dataset name)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="report .html (its PNGs go into <name>_files/ beside it)")
     p.add_argument("--overwrite", action="store_true",
@@ -442,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnunet-xfer",
         description="Transfer learning for L3 muscle segmentation inside nnU-Net v2.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_convert, _add_env, _add_pretrain, _add_plan, _add_evaluate,
+    for add in (_add_phantom, _add_convert, _add_select, _add_env, _add_pretrain, _add_plan, _add_evaluate,
                 _add_observers, _add_measure, _add_report, _add_experiment, _add_demo):
         add(sub)
     return parser

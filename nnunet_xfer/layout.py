@@ -21,6 +21,8 @@ from pathlib import Path
 
 from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
+# case id ↔ file name is the image reader's (nnunet_xfer.imaging.names); re-exported for paths
+from nnunet_xfer.imaging.names import image_file, label_file  # noqa: F401
 
 # ---------------------------------------------------------------- nnU-Net's own names
 DATASET_JSON = "dataset.json"
@@ -82,16 +84,6 @@ QC_FOLDER = "qc"
 MASKS_FOLDER = "masks"
 SEG_FOLDER = "seg"
 SEG_ENDING = ".dcm"
-
-
-def image_file(case_id: str, channel: int = 0, ending: str = ".nii.gz") -> str:
-    """nnU-Net's image file name of a case (``<case>_0000.nii.gz``)."""
-    return f"{case_id}_{channel:04d}{ending}"
-
-
-def label_file(case_id: str, ending: str = ".nii.gz") -> str:
-    """nnU-Net's label / prediction file name of a case."""
-    return f"{case_id}{ending}"
 
 
 def run_folder_name(trainer: str, plans: str = DEFAULT_PLANS,

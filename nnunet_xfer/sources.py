@@ -24,6 +24,19 @@ DATA_PUBLISHED = "published"  # a published checkpoint given with --weights FILE
 LAYOUT_RESNET50 = "resnet50"  # a torchvision-shaped ResNet-50 (RadImageNet)
 LAYOUT_VIT = "vit"  # a ViT-B in timm's key layout (DINOv2, DINOv3/MedDINOv3)
 
+#: What the images of a ``--data`` segmentation dataset are, as the store records it
+#: (``data_kind``), and how a report names them.
+DATA_KIND_NATURAL = "natural"
+DATA_KIND_MEDICAL = "medical"
+DATA_KIND_SYNTHETIC_MEDICAL = "synthetic-medical"
+DATA_KINDS = {
+    DATA_KIND_NATURAL: "natural images",
+    DATA_KIND_MEDICAL: "medical images (nnU-Net raw dataset)",
+    DATA_KIND_SYNTHETIC_MEDICAL: "synthetic medical images (nnunet-xfer phantom --source-task)",
+}
+#: Key of the ``nnunet_xfer`` block of a dataset.json that declares its data kind.
+DATA_KIND_KEY = "data_kind"
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -56,6 +69,8 @@ class SourceSpec:
     layout: str | None = None
     #: where its published checkpoint comes from and under which licence (errors, docs)
     weights_hint: str = ""
+    #: what the images of its published checkpoint were (``DATA_KIND_*``, the store's data_kind)
+    data_kind: str | None = None
     #: environment variable the experiment runner reads ``--weights FILE`` from
     weights_env: str | None = None
     #: ``--arch`` plans variants whose network takes its checkpoint (empty: any network)
@@ -104,11 +119,14 @@ REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
                data_hint="an ImageFolder root of natural images (one sub-folder per class)",
                default_parts=("encoder",), weights_tag="IMAGENET1K_V1",
                extra_metadata=("num_classes", "classes"), color="tab:orange"),
-    SourceSpec("seg", "segmentation", "natural-image segmentation (COCO/VOC)", task="seg",
+    SourceSpec("seg", "segmentation", "segmentation: natural images (COCO/VOC) or a medical "
+               "nnU-Net raw dataset such as the phantom's --source-task", task="seg",
                data=DATA_NATURAL_SEGMENTATION, data_env="NNUNET_XFER_SEG_DATA",
-               data_hint="a Pascal VOC folder (JPEGImages + SegmentationClass) or a 2D nnU-Net raw dataset",
+               data_hint="a Pascal VOC folder (JPEGImages + SegmentationClass) or a 2D nnU-Net raw "
+                         "dataset (e.g. `nnunet-xfer phantom OUT --source-task DIR`)",
                default_parts=("encoder", "decoder"), weights_tag="COCO_WITH_VOC_LABELS_V1",
-               extra_metadata=("num_classes",), color="tab:green"),
+               extra_metadata=("num_classes", "classes", "data_kind", "data_label"),
+               color="tab:green"),
     SourceSpec("rec", "reconstruction", "unsupervised reconstruction (Models Genesis)", task="rec",
                data=DATA_TARGET, default_parts=("encoder",), color="tab:red"),
     SourceSpec("jigsaw", "jigsaw", "self-supervised jigsaw puzzles", task="jigsaw",
@@ -116,6 +134,7 @@ REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
                extra_metadata=("permutations", "min_hamming_distance"), color="tab:purple"),
     SourceSpec("radimagenet", "RadImageNet", "medical-image classification (RadImageNet ResNet-50)",
                task=None, data=DATA_PUBLISHED, layout=LAYOUT_RESNET50, color="tab:pink",
+               data_kind=DATA_KIND_MEDICAL,
                weights_env="NNUNET_XFER_RADIMAGENET_WEIGHTS",
                weights_hint="RadImageNet's PyTorch ResNet-50 (linked from "
                             "github.com/BMEII-AI/RadImageNet; MIT)",
@@ -123,12 +142,14 @@ REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
                in_study=False),
     SourceSpec("dinov2", "DINOv2", "self-supervised natural-image ViT (DINOv2 ViT-B/14)",
                task=None, data=DATA_PUBLISHED, layout=LAYOUT_VIT, color="tab:olive",
+               data_kind=DATA_KIND_NATURAL,
                weights_env="NNUNET_XFER_DINOV2_WEIGHTS",
                weights_hint="DINOv2's ViT-B/14 (dinov2_vitb14_pretrain.pth, linked from "
                             "github.com/facebookresearch/dinov2; Apache-2.0)",
                architectures=("unetr_vit_b14",), in_study=False),
     SourceSpec("meddino", "MedDINOv3", "self-supervised CT ViT (MedDINOv3 ViT-B/16, CT-3M)",
                task=None, data=DATA_PUBLISHED, layout=LAYOUT_VIT, color="tab:cyan",
+               data_kind=DATA_KIND_MEDICAL,
                weights_env="NNUNET_XFER_MEDDINO_WEIGHTS",
                weights_hint="MedDINOv3's ViT-B/16 CT-3M checkpoint (huggingface.co/ricklisz123/"
                             "MedDINOv3-ViTB-16-CT-3M; Apache-2.0 model card, adapted from DINOv3 "

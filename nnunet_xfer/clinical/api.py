@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -33,6 +34,7 @@ from nnunet_xfer.clinical.predict import SlicePredictor
 from nnunet_xfer.clinical.qc import gallery_html, overlay_lines, overlay_png, write_png
 from nnunet_xfer.clinical.studies import Study, load_study, read_studies
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import label_file
 from nnunet_xfer.evaluation.measures import (MEASURE_KEYS, MUSCLE_HU, check_finite_in_mask,
                                              muscle_measures, quality_flags, read_heights)
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
@@ -153,10 +155,11 @@ def _parse_folds(folds) -> list[str] | None:
 def _measure_one(study: Study, predictor: SlicePredictor, tmp: Path, cutoffs: str | None,
                  model_name: str) -> tuple[dict, bytes]:
     cid = study.case_id
-    prediction = predictor.predict(study.slice_image)
-    values = study.values
+    canonical, turn = study.canonical()  # the network, the measures and the picture see this
+    prediction = predictor.predict(canonical)
+    values = canonical.array
     check_finite_in_mask(values, prediction.mask, cid, study.spec.image)
-    sx, sy = study.slice_image.GetSpacing()[:2]
+    sx, sy = canonical.spacing[:2]
     m = muscle_measures(values, prediction.mask, (sy, sx), study.height_m)
     fold_dice = list(prediction.fold_dice.values())
     flags = quality_flags(values, prediction.mask, m, study.slice_thickness_mm, fold_dice or None)
@@ -179,18 +182,17 @@ def _measure_one(study: Study, predictor: SlicePredictor, tmp: Path, cutoffs: st
     }
     if cutoffs:
         row.update(low_muscle(cutoffs, study.sex, m["smi_cm2_m2"], m["smd_hu"], bmi))
-    png = overlay_png(study.slice_image, prediction.mask, overlay_lines(row))
+    png = overlay_png(canonical, prediction.mask, overlay_lines(row))
     row["qc_png"] = f"{QC_FOLDER}/{cid}.png"
     row["mask_file"] = (f"{SEG_FOLDER}/{cid}{SEG_ENDING}" if study.dicom is not None
-                        else f"{MASKS_FOLDER}/{cid}.nii.gz")
+                        else f"{MASKS_FOLDER}/{label_file(cid)}")
+    stored = np.ascontiguousarray(turn.undo(prediction.mask))  # back in the input's own geometry
     try:
         write_png(tmp / row["qc_png"], png)
         if study.dicom is not None:
-            write_dicom_seg(tmp / row["mask_file"], study.dicom.path, prediction.mask,
-                            model_name, cid)
+            write_dicom_seg(tmp / row["mask_file"], study.dicom.path, stored, model_name, cid)
         else:
-            write_nifti_mask(tmp / row["mask_file"], study.volume, study.slice_index,
-                             prediction.mask)
+            write_nifti_mask(tmp / row["mask_file"], study.volume, study.slice_index, stored)
     except BaseException:  # a failed case leaves none of its files
         for name in (row["qc_png"], row["mask_file"]):
             (tmp / name).unlink(missing_ok=True)
@@ -203,9 +205,11 @@ def measure_studies(config: MeasureConfig, *, overwrite: bool = False,
     """Measure the L3 muscle of every CT study in ``config.cases`` with a trained model.
 
     Writes ``config.out/`` with ``measures.csv``, ``gallery.html``, ``qc/<case>.png`` and per case
-    ``seg/<case>.dcm`` (DICOM input) or ``masks/<case>.nii.gz``; ``overwrite`` replaces an earlier
-    ``measure`` output there (nothing else). ``on_error`` receives each failed case's one-line
-    message (default: a warning).
+    ``seg/<case>.dcm`` (DICOM input) or ``masks/<case>.nii.gz``, each on the input's own grid and
+    in its orientation (the network and the measures see the canonical slice,
+    docs/measure.md#orientation); ``overwrite`` replaces an earlier ``measure`` output there
+    (nothing else). ``on_error`` receives each failed case's one-line message (default: a
+    warning).
     """
     c = config
     if c.l3 not in ("manifest", "auto"):

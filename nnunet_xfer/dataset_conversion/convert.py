@@ -23,13 +23,15 @@ from nnunet_xfer import settings
 from nnunet_xfer.atomic import atomic_write_json, remove_stale_temporaries
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec, match_folders, read_manifest
 from nnunet_xfer.dataset_conversion.prepare import parse_label_map, prepare_case
+from nnunet_xfer.dataset_conversion.selection import (read_selection, selection_orders,
+                                                      selection_provenance)
 from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, dataset_folder_name,
                                                        folders_with_id, new_staging, remove_folders,
                                                        share_cases, staging, write_case,
                                                        write_metadata)
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import SPLITS_FILE
-from nnunet_xfer.splits import make_splits, make_subsets
+from nnunet_xfer.splits import ORDERS_KEY, SELECTION_KEY, make_splits, make_subsets
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -201,19 +203,21 @@ def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
     if not short:
         return
     folds = sorted({f for fs in short.values() for f in fs})
-    smallest = min(len(splits[f]["train"]) for f in folds)
+    orders = subsets.get(ORDERS_KEY)
+    smallest = min(len(orders[str(f)]) if orders else len(splits[f]["train"]) for f in folds)
     sizes = ",".join(map(str, short))
     what = (f"subset size n={sizes} exceeds" if len(short) == 1
             else f"subset sizes n={sizes} exceed")
-    warnings.warn(f"{what} the training cases of fold(s) {','.join(map(str, folds))} "
-                  f"({smallest} cases); left out of subsets.json", stacklevel=3)
+    warnings.warn(f"{what} the {'selected' if orders else 'training'} cases of fold(s) "
+                  f"{','.join(map(str, folds))} ({smallest} cases); left out of subsets.json",
+                  stacklevel=3)
 
 
 def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
             masks_dir: Path | None = None, dataset_id: int = 501, name: str = "L3",
             n_folds: int = DEFAULT_FOLDS, sizes: list[int] = SIZES, seed: int = DEFAULT_SEED,
             overwrite: bool = False, label_map: str | None = None, allow_non_hu: bool = False,
-            per_size_datasets: bool = False) -> ConversionResult:
+            per_size_datasets: bool = False, selection: Path | None = None) -> ConversionResult:
     """Convert cases to ``$nnUNet_raw/Dataset{id:03d}_{name}``; returns what was written and removed.
 
     Writes one 2D slice per case (HU values and geometry unchanged), 0/1 muscle labels,
@@ -223,7 +227,9 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     that variable is set, so ``nnUNetv2_train`` uses these folds. ``n_folds=0`` writes a dataset
     without folds or subsets (1–3 cases to predict on). With ``per_size_datasets`` also writes
     ``Dataset<ID+k>_<name>_n<N>`` per size. ``overwrite`` replaces only datasets convert wrote (no
-    foreign files) and removes their ``$nnUNet_preprocessed`` folders.
+    foreign files) and removes their ``$nnUNet_preprocessed`` folders. ``selection``: a selection
+    file (``nnunet-xfer select``) whose per-fold order replaces the seeded draw of the subsets
+    (each subset the first n cases of its fold's order; recorded in subsets.json and dataset.json).
     """
     sizes = sorted({int(n) for n in sizes})
     _check_args(dataset_id, name, sizes, n_folds)
@@ -237,7 +243,16 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
 
     ids = [s.case_id for s in specs]
     splits = make_splits(ids, n_folds=n_folds, seed=seed) if n_folds else None
-    subsets = make_subsets(splits, sizes, seed=seed, warn=False) if splits is not None else None
+    orders, chosen = None, None
+    if selection is not None:
+        if splits is None:
+            raise UserError("--selection orders each fold's training cases; it needs folds (drop "
+                            "--folds 0)")
+        record = read_selection(Path(selection))
+        orders = selection_orders(record, splits, Path(selection))
+        chosen = selection_provenance(record, Path(selection))
+    subsets = (make_subsets(splits, sizes, seed=seed, warn=False, orders=orders, selection=chosen)
+               if splits is not None else None)
     targets = plan_targets(dataset_id, name, splits, subsets, per_size_datasets)
     main_name = targets[0].name
     # every refusal happens before anything is written
@@ -263,6 +278,8 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
         common = {"seed": seed, "n_folds": n_folds, "label_map": labels,
                   "source": _describe_source(cases_csv, images_dir, masks_dir),
                   "cases": {r["case_id"]: {"height_m": r["height_m"], "sex": r["sex"]} for r in rows}}
+        if chosen is not None:
+            common[SELECTION_KEY] = chosen
         folders = {}
         for t in targets:
             folder = main

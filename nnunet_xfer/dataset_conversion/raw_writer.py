@@ -1,6 +1,6 @@
 """Write nnU-Net v2 raw datasets: staged in a hidden temporary folder, then renamed into place.
 
-Layout (docs/layout.md): ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``,
+Layout (docs/layout.md): ``imagesTr/<case>_0000.<ending>``, ``labelsTr/<case>.<ending>``, ``dataset.json``,
 ``splits_final.json``, ``subsets.json`` and ``cases.csv`` (per-case metadata for the evaluation).
 """
 from __future__ import annotations
@@ -19,10 +19,11 @@ import SimpleITK as sitk
 from nnunet_xfer import atomic
 from nnunet_xfer.atomic import atomic_write_json, make_folder
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging.names import NNUNET_ENDING
 from nnunet_xfer.layout import (CASES_CSV, DATASET_JSON, OUTPUT_MARKER, SPLITS_FILE, SUBSETS_FILE,
                                 TEMP_PREFIX, image_file, label_file)
 
-FILE_ENDING = ".nii.gz"
+FILE_ENDING = NNUNET_ENDING
 CHANNEL_NAMES = {"0": "CT"}
 LABELS = {"background": 0, "muscle": 1}
 #: The command named in the marker of a dataset folder written by ``convert``.

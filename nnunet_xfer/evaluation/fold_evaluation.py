@@ -21,12 +21,12 @@ import pandas as pd
 from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement
-from nnunet_xfer.evaluation.mask_files import has_slice_files, images_for_cases, list_cases
 from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
 from nnunet_xfer.evaluation.parallel import available_workers, ordered_map
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, observer_files, observer_verdicts,
                                            with_worst)
 from nnunet_xfer.evaluation.scoring import CaseJob, measure_keys, score_job
+from nnunet_xfer.imaging import has_slice_files, images_for_cases, list_cases
 from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV,
                                 EVAL_SUMMARY_JSON,
                                 DatasetLayout, fold_folder_name,

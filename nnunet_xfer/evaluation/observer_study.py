@@ -19,8 +19,6 @@ import SimpleITK as sitk
 from nnunet_xfer.atomic import owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, metrics
-from nnunet_xfer.evaluation.mask_files import (check_geometry, images_for_cases, list_cases,
-                                               load_slice)
 from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
 from nnunet_xfer.evaluation.parallel import available_workers
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SEED, Masks,
@@ -28,6 +26,8 @@ from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SE
                                            pairwise_table, prediction_files, williams_rows,
                                            with_worst)
 from nnunet_xfer.evaluation.scoring import mask_measures
+from nnunet_xfer.imaging import (check_geometry, images_for_cases, label_file, list_cases,
+                                 load_slice, read_mask)
 from nnunet_xfer.layout import (EVAL_SUMMARY_JSON, OBS_MEASURES_AGREEMENT_CSV, OBS_MEASURES_CSV,
                                 OBS_PAIRWISE_CSV,
                                 OBS_STAPLE_CSV, OBS_WILLIAMS_CSV)
@@ -57,11 +57,9 @@ def staple_consensus(observer_masks: list[np.ndarray]) -> np.ndarray:
 
 def _write_like(mask: np.ndarray, reference_file: Path, out_file: Path) -> None:
     """Write ``mask`` with the reference file's geometry (NIfTI)."""
-    ref = sitk.ReadImage(str(reference_file))
-    arr = mask.astype(np.uint8).reshape(sitk.GetArrayViewFromImage(ref).shape)
-    img = sitk.GetImageFromArray(arr)
-    img.CopyInformation(ref)
-    sitk.WriteImage(img, str(out_file), useCompression=True)
+    ref = read_mask(reference_file)
+    arr = mask.astype(np.uint8).reshape(ref.shape)
+    sitk.WriteImage(ref.to_sitk(arr), str(out_file), useCompression=True)
 
 
 def measures_tables(masks: Masks, images: dict[str, Path], case_ids: list[str]
@@ -151,7 +149,7 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
         staple_rows = []
         for c in case_ids:
             consensus = staple_consensus([masks[o][c].array for o in observer_names])
-            _write_like(consensus, ref_files[c], tmp / STAPLE_FOLDER / f"{c}.nii.gz")
+            _write_like(consensus, ref_files[c], tmp / STAPLE_FOLDER / label_file(c))
             for r in raters:
                 m = masks[r][c]
                 mt = metrics.segmentation_metrics(m.array, consensus, m.geometry.spacing)

@@ -170,6 +170,7 @@ def import_external_weights(s: SourceSpec, planned: Planned, weights: Path | Non
         raise KeyError(f"no reader for checkpoint layout {s.layout!r}")
     out = save_imported_entry(s, planned, network, mapped, {
         "data": f"{path} ({s.label})",
+        "data_kind": s.data_kind,
         "weights_file": str(path),
         "weights_origin": s.weights_hint,
         "weights_sha256": file_sha256(path),

@@ -23,8 +23,11 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import (DEFAULT_CONFIGURATION, DEFAULT_PLANS, DatasetLayout,
                                 resolve_dataset_name, resume_path)
 from nnunet_xfer.pretraining import jigsaw
-from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, PreprocessedSlices, Source,
+from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, CTPreparation,
+                                              NaturalSegmentation, PreprocessedSlices, Source,
                                               refuse_target_data)
+from nnunet_xfer.pretraining.identity import (FINGERPRINTS_KEY, data_fingerprints,
+                                              refuse_target_content)
 from nnunet_xfer.pretraining.loop import StateMismatch, TrainingStopped, train, window_mean
 from nnunet_xfer.pretraining.network import (Planned, build_network, default_num_workers,
                                              load_planned, trained_prefixes)
@@ -177,7 +180,13 @@ def _data_source(s: SourceSpec, planned: Planned, data: Path | None,
         cm = planned.configuration_manager
         return CTImages(Path(data), patch, min_side, tuple(cm.spacing[-2:]),
                         cm.normalization_schemes[0], planned.intensity_properties()[0])
-    return NATURAL_DATA[s.data](Path(data), patch, min_side, channels)
+    cls = NATURAL_DATA[s.data]
+    if cls is NaturalSegmentation:  # a CT segmentation dataset is prepared like the target
+        cm = planned.configuration_manager
+        ct = CTPreparation(tuple(cm.spacing[-2:]), cm.normalization_schemes[0],
+                           planned.intensity_properties()[0])
+        return cls(Path(data), patch, min_side, channels, ct=ct)
+    return cls(Path(data), patch, min_side, channels)
 
 
 # ---------------------------------------------------------------- training state
@@ -282,6 +291,10 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
     dev = _device(config.device)
     case_ids = (fold_training_cases(config.dataset, config.fold) if config.scope == SCOPE_FOLD
                 else None)
+    seen = {}
+    if config.data is not None:  # by content: a copy of the target in another type or format
+        seen = data_fingerprints(config.data)
+        refuse_target_content(seen, config.data, config.dataset)
     data_source = _data_source(s, planned, config.data, case_ids)
     defining = config.defining()
 
@@ -352,6 +365,8 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
             **provenance(config.dataset, planned.plans_manager.plans, config.configuration,
                          scope=config.scope, fold=config.fold, case_ids=list(data_source.ids)),
         }
+        if config.data is not None:  # what it saw, for the trainers' identity check
+            meta[FINGERPRINTS_KEY] = sorted(seen)
         for key in s.extra_metadata:
             holder = task if hasattr(task, key) else data_source
             meta[key] = getattr(holder, key)

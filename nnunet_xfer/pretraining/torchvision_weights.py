@@ -43,7 +43,7 @@ from nnunet_xfer.pretraining.network import Planned, build_network
 from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, check_replaceable, entry_lock,
                                            entry_path, file_sha256, provenance, restricted_load,
                                            save_entry)
-from nnunet_xfer.sources import DATA_NATURAL_CLASSES, SourceSpec
+from nnunet_xfer.sources import DATA_KIND_NATURAL, DATA_NATURAL_CLASSES, SourceSpec
 
 OFFLINE_ENV = "nnUNet_xfer_offline"
 
@@ -263,6 +263,7 @@ def import_torchvision_weights(s: SourceSpec, planned: Planned, weights: Path | 
     mapped = map_weights(state, network, whole, origin=str(path), hint=_kind_hint(state, whole))
     out = save_imported_entry(s, planned, network, mapped, {
         "data": f"{path} ({enum})",
+        "data_kind": DATA_KIND_NATURAL,
         "weights_file": str(path),
         "weights_enum": str(enum),
         "weights_url": enum.url,

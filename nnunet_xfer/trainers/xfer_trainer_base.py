@@ -246,7 +246,37 @@ class XferTrainerBase(nnUNetTrainer):
                                f"({len(record['train'])} of {record['fold_train_size']} training cases): "
                                f"{json.dumps(record['train'])}")
         self.print_to_log_file(f"nnunet_xfer validation: all {len(record['val'])} cases of fold {self.fold}")
+        self._note_sampling(len(record["train"]))
         return self._xfer_split
+
+    def _note_sampling(self, n_train: int) -> None:
+        """Record (``xfer_info.sampling``) and log how nnU-Net fills a batch from ``n_train`` cases.
+
+        nnU-Net's training loader draws every batch's cases uniformly *with replacement*
+        (``np.random.choice(..., replace=True)``), so a batch larger than the training subset
+        repeats cases, each repeat with its own random crop and augmentation; the plans' batch
+        size is kept at every n (same compute for every size and source, docs/trainers.md).
+        """
+        batch = getattr(self, "batch_size", None)
+        if batch is None:  # before initialize(): nothing is sampled yet
+            return
+        p = float(self.oversample_foreground_percent)
+        # nnU-Net forces foreground in the last batch positions (unless probabilistic)
+        forced = (None if self.probabilistic_oversampling
+                  else sum(1 for j in range(batch) if not j < round(batch * (1 - p))))
+        record = {"n_train": n_train, "batch_size": batch, "with_replacement": True,
+                  "oversample_foreground_percent": p, "foreground_patches_per_batch": forced,
+                  "num_iterations_per_epoch": self.num_iterations_per_epoch,
+                  "patches_per_case_per_epoch": round(self.num_iterations_per_epoch * batch
+                                                      / max(n_train, 1), 1)}
+        self.xfer_info["sampling"] = record
+        if n_train < batch:
+            self.print_to_log_file(
+                f"nnunet_xfer: n={n_train} is smaller than the batch size {batch}: nnU-Net draws "
+                f"each batch's {batch} patches from the {n_train} training case(s) with "
+                f"replacement (each repeat its own crop and augmentation), "
+                f"{'some' if forced is None else forced} of them forced to hold foreground; "
+                f"each case gives about {record['patches_per_case_per_epoch']:g} patches per epoch")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's, remembering that this run resumes (so the source is not loaded again)."""

@@ -1,4 +1,4 @@
-"""The trainer classes nnU-Net finds by name: ``Xfer<Source>Trainer_n{5,…,125,all}``.
+"""The trainer classes nnU-Net finds by name: ``Xfer<Source>Trainer_n{1,…,4,5,…,125,all}``.
 
 Generated from the source registry's family sources (``sources.SOURCES``: scratch, cls, seg, rec,
 jigsaw, radimagenet, dinov2, meddino) × ``study_grid.SIZE_TAGS`` (:func:`build_family`) and bound

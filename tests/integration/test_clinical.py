@@ -230,8 +230,10 @@ def test_measure_dicom_series_with_patient_data(model_env, predictor, phantom_di
     seg = hd.seg.segread(tmp_path / "out" / row["mask_file"])
     uid = str(pydicom.dcmread(files[2]).SOPInstanceUID)
     assert [u[2] for u in seg.get_source_image_uids()] == [uid]
-    # the slice measured is the third stacked phantom slice, and the SEG holds its prediction
+    # the slice measured is the third stacked phantom slice, and the SEG holds its prediction;
+    # the series has one pixel spacing (phantom_volume's), which need not be that slice's own
     slice_image = sitk.ReadImage(str(phantom_dir / "images" / "L3-0002.nii.gz"))
+    slice_image.SetSpacing((spacing[1], spacing[0]))
     want = predictor.predict(slice_image).mask
     got = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1])
     np.testing.assert_array_equal(got[0, ..., 0].astype(bool), want)

@@ -529,17 +529,21 @@ def test_real_ct_by_vertebra_label_and_by_index(tmp_path, nn_dirs, good_rows):
     rows[0].update(image=str(ct), mask=str(mask), vertebra_mask=str(seg), vertebra_label=29)
     rows[1].update(image=str(ct), mask=str(mask), slice_index=middle - 4)
     out = convert(cases_csv=manifest(tmp_path, rows), dataset_id=71, sizes=[2])
-    hu = sitk.GetArrayFromImage(vol)
+    # the volume stores RAS rows; convert writes the canonical (LPS) order (conversion.md#orientation)
+    assert vol.GetDirection()[:5:4] == (-1.0, -1.0)
+    hu = sitk.GetArrayFromImage(sitk.DICOMOrient(vol, "LPS"))
+    lps_muscle = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(mask)), "LPS"))
     for cid, k in (("case00", middle), ("case01", middle - 4)):
         got = sitk.ReadImage(str(out / "imagesTr" / f"{cid}_0000.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(got), hu[k])
         assert got.GetPixelID() == vol.GetPixelID() and got.GetSpacing() == vol.GetSpacing()[:2]
+        assert got.GetDirection() == (1.0, 0.0, 0.0, 1.0)
         lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{cid}.nii.gz")))
-        assert np.array_equal(lab, muscle[k])
+        assert np.array_equal(lab, lps_muscle[k]) and lab.sum() == muscle[k].sum()
     assert hu[middle].min() < -900  # real HU: air outside the body
     # the README's reference slice of L3 is that same middle slice
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(_need(TOTALSEG / "example_ct_L3_hu.nii.gz"))))
-    assert np.array_equal(ref[0], hu[middle])
+    assert np.array_equal(ref[0], sitk.GetArrayFromImage(vol)[middle])
 
 
 def test_real_ct_slice_with_label_map_and_dicom_series(tmp_path, nn_dirs, good_rows):
@@ -554,7 +558,7 @@ def test_real_ct_slice_with_label_map_and_dicom_series(tmp_path, nn_dirs, good_r
         out = convert(cases_csv=manifest(tmp_path, rows), dataset_id=72, sizes=[2],
                       label_map="1,2,3,4")
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "case00.nii.gz")))
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(lab)))[0]
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(lab)), "LPS"))[0]
     assert np.array_equal(got, np.isin(labels, [1, 2, 3, 4]))
     assert got.sum() == 291 + 261 + 72 + 78  # meta.json's muscle pixel counts
     series = sitk.ImageSeriesReader()

@@ -304,6 +304,51 @@ def test_seg_on_a_2d_nnunet_raw_dataset(preprocessed_dataset, results, tmp_path)
     assert meta["scope"] == "external" and meta["fold"] is None
 
 
+def test_seg_on_the_phantom_source_task_end_to_end(preprocessed_dataset, results, tmp_path):
+    """`phantom --source-task DIR` then `pretrain -s seg --data DIR` through the CLI; the record
+    names a synthetic medical source, and its CT slices are prepared like the target's."""
+    from nnunet_xfer.phantom import write_cohort
+    from nnunet_xfer.phantom.structures import SOURCE_CLASSES
+    from nnunet_xfer.pretraining.datasets import IGNORE, CTPreparation, NaturalSegmentation
+    from nnunet_xfer.pretraining.network import load_planned
+    from nnunet_xfer.sources import DATA_KIND_SYNTHETIC_MEDICAL
+    data = tmp_path / "organs"
+    write_cohort(tmp_path / "cohort", n_cases=1, size=64, n_observers=0, n_observer_cases=0,
+                 seed=7, source_task=data, source_cases=3)
+    proc = run_cli("nnunet-xfer", "pretrain", "-d", str(DATASET_ID), "-s", "seg", "--data",
+                   str(data), "--iterations", "2", "--batch-size", "2", "--device", "cpu",
+                   env={"nnUNet_results": str(results)})
+    assert "wrote" in proc.stdout
+    _, head, meta = load_entry(results / DATASET_NAME / "nnunet_xfer_pretrained"
+                               / "nnUNetPlans__2d" / "seg.pth")
+    assert meta["data_kind"] == DATA_KIND_SYNTHETIC_MEDICAL
+    assert "synthetic medical" in meta["data_label"] and "COCO" not in meta["data_label"]
+    assert meta["num_classes"] == len(SOURCE_CLASSES) and meta["classes"] == list(SOURCE_CLASSES)
+    assert meta["scope"] == "external" and len(meta["case_ids"]) == 3
+    assert any(v.shape[0] == len(SOURCE_CLASSES) for v in head.values())
+
+    planned = load_planned(DATASET_NAME)
+    cm = planned.configuration_manager
+    props = planned.intensity_properties()[0]
+    ct = CTPreparation(tuple(cm.spacing[-2:]), cm.normalization_schemes[0], props)
+    src = NaturalSegmentation(data, (64, 64), 8, 1, ct=ct)
+    assert src.is_ct and src.data_kind == DATA_KIND_SYNTHETIC_MEDICAL
+    lo = (props["percentile_00_5"] - props["mean"]) / props["std"]
+    hi = (props["percentile_99_5"] - props["mean"]) / props["std"]
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        ex = src.sample(rng)
+        x, m = ex["image"], ex["mask"]
+        assert tuple(x.shape) == (1, 64, 64) and tuple(m.shape) == (64, 64)
+        # the plans' CT normalisation (clipped to the target's percentiles), not a per-image z-score
+        assert lo - 1e-4 <= float(x.min()) and float(x.max()) <= hi + 1e-4
+        labels = set(torch.unique(m).tolist())
+        assert labels <= set(SOURCE_CLASSES.values()) | {IGNORE} and len(labels - {IGNORE}) > 2
+    # without the CT preparation the same folder is read as before (per-image z-score)
+    plain = NaturalSegmentation(data, (32, 32), 8, 1).sample(rng)["image"]
+    assert abs(float(plain.mean())) < 1e-3
+
+
 def test_resume_continues_from_the_saved_iteration(preprocessed_dataset, results):
     pth = pretrain(dataset=DATASET_NAME, source="rec", iterations=2, batch_size=2, fold=0)
     first = torch.load(pth.with_name("rec.resume.pth"), weights_only=True)
@@ -423,7 +468,7 @@ def test_every_source_task_has_a_task_class_and_a_data_kind():
     for s in REGISTRY.values():
         if s.imports_weights:  # a published checkpoint: a reader, a file to pass, a colour
             assert s.task is None and s.data == DATA_PUBLISHED and s.weights_env, s.name
-            assert s.weights_hint and s.architectures and not s.in_study, s.name
+            assert s.weights_hint and s.architectures and not s.in_study and s.data_kind, s.name
         elif s.pretrained:
             assert s.task in TASKS, s.name
             assert s.data == DATA_TARGET or s.data in NATURAL_DATA, s.name
@@ -541,7 +586,7 @@ def test_seg_on_the_target_dataset_is_refused(preprocessed_dataset, raw_dataset,
     for data, why in ((raw_dataset, "raw folder"), (raw_dataset / "imagesTr", "raw folder"),
                       (Path(DATASET_NAME), "its name"), (Path(str(DATASET_ID)), "its name"),
                       (preprocessed_dataset, "preprocessed folder"),
-                      (copy, "same content"), (resaved, "same voxels")):
+                      (copy, "same voxels"), (resaved, "same voxels")):
         with pytest.raises(UserError, match="is the target dataset") as e:
             pretrain(dataset=DATASET_NAME, source="seg", data=data, iterations=1)
         assert why in str(e.value) and "\n" not in str(e.value), (data, str(e.value))

@@ -138,6 +138,7 @@ def _imported(source: str) -> dict[str, torch.Tensor]:
     state, head, meta = load_entry(entry_path(EXT_NAME, source, PLANS[source], "2d"))
     assert head is None and meta["source"] == source and meta["iterations"] == 0
     assert meta["trained_prefixes"] == ["encoder."] and meta["scope"] == "external"
+    assert meta["data_kind"] == ("natural" if source == "dinov2" else "medical")
     return state
 
 

@@ -182,6 +182,8 @@ def test_family_is_complete_and_discoverable():
     names = [trainer_name(s, t) for s in SOURCES for t in SIZE_TAGS]
     assert len(names) == len(set(names)) == len(SOURCES) * len(SIZE_TAGS)
     assert set(names) <= set(family.__all__)
+    assert {"XferScratchTrainer_n1", "XferRecTrainer_n2", "XferSegTrainer_n3",
+            "XferJigsawTrainer_n4"} <= set(names)
     assert {"XferRadimagenetTrainer_n5", "XferDinov2Trainer_n5", "XferMeddinoTrainer_nall"} <= set(names)
     assert "nnUNetTrainer" not in family.__all__  # nnU-Net's own source has no family
     for name in names:
@@ -190,6 +192,7 @@ def test_family_is_complete_and_discoverable():
     found = recursive_find_trainer_class_by_name("XferJigsawTrainer_n125")
     assert (found.__name__, found.source, found.subset_size) == ("XferJigsawTrainer_n125", "jigsaw", 125)
     assert recursive_find_trainer_class_by_name("XferClsTrainer_nall").subset_size is None
+    assert recursive_find_trainer_class_by_name("XferScratchTrainer_n1").subset_size == 1
 
 
 def test_env_command_and_version_check(monkeypatch):

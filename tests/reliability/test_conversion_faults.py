@@ -618,3 +618,44 @@ def test_size_larger_than_the_fold_is_blamed_on_the_cases(bound):
     from nnunet_xfer.splits import verify_dataset
     with pytest.raises(UserError, match=r"n=50.*30 training cases.*fold 0"):
         verify_dataset(DatasetLayout.of(601), folds=[0], sizes=[50])
+
+
+# ----------------------------------------------------------------------------- --selection
+def _selection(path: Path, splits: list[dict], cut: int | None = None, **change) -> Path:
+    from nnunet_xfer.dataset_conversion.selection import selection_record
+    order = {str(f): sorted(s["train"], reverse=True)[:cut] for f, s in enumerate(splits)}
+    record = {**selection_record(order, splits, "manual", 12345), **change}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_convert_refuses_a_selection_that_does_not_fit_and_writes_nothing(bound, many, tmp_path):
+    out, _pre = bound
+    splits = json.loads((out / "splits_final.json").read_text())
+    raw = out.parent
+    other_seed = run_cli("nnunet-xfer", "convert", "--cases", str(many), "-d", "602", "--seed", "3",
+                         "--selection", str(_selection(tmp_path / "s.json", splits)), check=False)
+    assert other_seed.returncode == 2 and "made for other folds" in other_seed.stderr
+    leaky = json.loads((tmp_path / "s.json").read_text())
+    leaky["order"]["2"].insert(0, splits[2]["val"][0])
+    (tmp_path / "leak.json").write_text(json.dumps(leaky))
+    leak = run_cli("nnunet-xfer", "convert", "--cases", str(many), "-d", "602", "--selection",
+                   str(tmp_path / "leak.json"), check=False)
+    assert leak.returncode == 2 and "fold 2 orders validation case(s)" in leak.stderr
+    assert splits[2]["val"][0] in leak.stderr and "Traceback" not in leak.stderr
+    assert not [p for p in raw.iterdir() if "602" in p.name]
+
+
+def test_selected_dataset_never_falls_back_to_the_random_draw(bound, many, tmp_path):
+    out, pre = bound
+    splits = json.loads((out / "splits_final.json").read_text())
+    with pytest.warns(UserWarning, match=r"n=10 exceeds the selected cases .* \(8 cases\)"):  # hand-written, 8 per fold
+        selected = folder_of(convert(cases_csv=many, dataset_id=602, name="Sel", sizes=[5, 10],
+                                     selection=_selection(tmp_path / "s.json", splits, cut=8)))
+    order = sorted(splits[0]["train"], reverse=True)[:8]
+    chosen = _fold_subset(selected, pre.parent / selected.name, 0, 7)  # a size convert did not write
+    assert chosen.train == sorted(order[:7])
+    with pytest.raises(UserError, match="exceeds the 8 cases the selection orders in fold 0"):
+        _fold_subset(selected, pre.parent / selected.name, 0, 9)
+    block = json.loads((selected / "dataset.json").read_text())["nnunet_xfer"]
+    assert block["selection"]["strategy"] == "manual" and block["selection"]["file"].endswith("s.json")

@@ -113,6 +113,13 @@ def _bad_cases(root: Path, volume: np.ndarray, spacing) -> tuple[list[dict], dic
     from PIL import Image
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "screenshot.png")
     add("png_picture", "picture", image=str(root / "screenshot.png"))
+    # truncated studies (issue 17): ITK reads the missing voxels as 0, GDCM skips the file
+    half = write_volume(root / "half.nii.gz", volume, spacing)
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])
+    add("truncated_nifti", "truncated or damaged", image=str(half), slice_index=1)
+    files = write_ct_series(root / "cut_series", volume, spacing)
+    files[1].write_bytes(files[1].read_bytes()[:-200])
+    add("truncated_dicom", "truncated or damaged", image=str(root / "cut_series"), slice_index=1)
     return rows, expect
 
 
@@ -139,7 +146,7 @@ def batch(model_env, phantom_dir, tmp_path_factory):
 BAD_CASES = ["no_l3", "vertebra_grid", "mixed_orientation", "localiser", "sagittal", "mr_series",
              "dicom_no_spacing", "two_series", "nifti_no_spacing", "nrrd_no_spacing", "eight_bit",
              "nan_slice", "index_out_of_range", "no_slice_given", "missing_file", "height_in_cm",
-             "png_picture"]
+             "png_picture", "truncated_nifti", "truncated_dicom"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

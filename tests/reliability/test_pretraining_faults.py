@@ -481,3 +481,54 @@ def test_seg_on_the_target_through_the_cli(preprocessed_dataset, raw_dataset, re
                    str(raw_dataset), check=False, env={"nnUNet_results": str(results)})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "is the target dataset" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- identity by content
+def _copy_of_the_target(raw: Path, dest: Path, how: str) -> Path:
+    """The target's raw dataset copied under another name with other types (images float32,
+    labels int16: issue 19's reproduction), or stored the other way round (RAS rows)."""
+    dest.mkdir(parents=True)
+    shutil.copy2(raw / "dataset.json", dest / "dataset.json")
+    for sub, pixel in (("imagesTr", sitk.sitkFloat32), ("labelsTr", sitk.sitkInt16)):
+        (dest / sub).mkdir()
+        for f in sorted((raw / sub).iterdir()):
+            image = sitk.Cast(sitk.ReadImage(str(f)), pixel)
+            if how == "reoriented":
+                image = sitk.DICOMOrient(sitk.JoinSeries(image), "RAS")[:, :, 0]
+            sitk.WriteImage(image, str(dest / sub / f.name))
+    return dest
+
+
+@pytest.mark.parametrize("how", ["float32", "reoriented"])
+def test_seg_on_a_copy_of_the_target_in_other_types_is_refused(preprocessed_dataset, results,
+                                                                 tmp_path, how):
+    """Issue 19: `pretrain -s seg --data` on a float32 copy of the target (labels int16) wrote
+    an `external` entry trained on every target label; fingerprints of voxel values catch it."""
+    raw = Path(os.environ["nnUNet_raw"]) / DATASET_NAME
+    copy = _copy_of_the_target(raw, tmp_path / "MyData", how)
+    assert sitk.ReadImage(str(next((copy / "imagesTr").iterdir()))).GetPixelIDTypeAsString() \
+        == "32-bit float"
+    with pytest.raises(UserError, match=r"is the target dataset Dataset501_L3 .*same voxels as "
+                                        r"the target's case") as e:
+        pretrain(source="seg", data=copy)
+    one_line(e)
+    assert not DatasetLayout(DATASET_NAME).store_entry("seg").exists()
+
+
+def test_seg_entry_records_the_fingerprints_of_what_it_saw(preprocessed_dataset, results, tmp_path):
+    from nnunet_xfer.imaging import content_fingerprints
+    from nnunet_xfer.pretraining.identity import FINGERPRINTS_KEY
+    voc = tmp_path / "voc"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "SegmentationClass").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"{k}.png")
+        mask = np.zeros((48, 48), np.uint8)
+        mask[5:20, 5 + k:30] = 1 + k % 2
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"{k}.png")
+    pth = pretrain(source="seg", data=voc)
+    recorded = read_record(pth)[FINGERPRINTS_KEY]
+    want = {fp for f in sorted(voc.rglob("*.png")) for fp in content_fingerprints(f)}
+    assert set(recorded) == want and len(want) == 6
