@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,17 +25,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import (atomic_write_csv, atomic_write_text, check_replaceable,
-                                 owned_output, refuse_protected)
+from nnunet_xfer.atomic import atomic_write_csv, atomic_write_text, check_replaceable, owned_output
 from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg, write_nifti_mask
 from nnunet_xfer.clinical.predict import SlicePredictor
 from nnunet_xfer.clinical.qc import gallery_html, overlay_lines, overlay_png, write_png
 from nnunet_xfer.clinical.studies import Study, load_study, read_studies
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.imaging import label_file
 from nnunet_xfer.evaluation.measures import (MEASURE_KEYS, MUSCLE_HU, check_finite_in_mask,
-                                             muscle_measures, quality_flags, read_heights)
+                                             flag_line, muscle_measures, quality_flags,
+                                             read_heights)
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
                                 GALLERY_HTML, MASKS_FOLDER, MEASURES_CSV, QC_FOLDER, SEG_ENDING,
                                 SEG_FOLDER)
@@ -162,10 +161,10 @@ def _measure_one(study: Study, predictor: SlicePredictor, tmp: Path, cutoffs: st
     sx, sy = canonical.spacing[:2]
     m = muscle_measures(values, prediction.mask, (sy, sx), study.height_m)
     fold_dice = list(prediction.fold_dice.values())
-    flags = quality_flags(values, prediction.mask, m, study.slice_thickness_mm, fold_dice or None)
-    if "empty_mask" in flags:
-        warnings.warn(f"case {cid}: the model found no muscle on the slice; flagged empty_mask",
-                      stacklevel=3)
+    flags = quality_flags(values, prediction.mask, m, study.slice_thickness_mm,
+                          fold_dice or None) + study.flags
+    if flags:
+        warn(flag_line(cid, flags))
     bmi = (study.weight_kg / study.height_m ** 2
            if study.weight_kg is not None and study.height_m is not None else math.nan)
     row = {
@@ -216,24 +215,25 @@ def measure_studies(config: MeasureConfig, *, overwrite: bool = False,
         raise UserError(f"--l3 {c.l3!r}: use 'auto' (TotalSegmentator) or leave it out (manifest)")
     if c.low_smi_cutoffs is not None and c.low_smi_cutoffs not in CUTOFFS:
         raise UserError(f"--low-smi-cutoffs {c.low_smi_cutoffs!r}: use one of {', '.join(CUTOFFS)}")
-    out = Path(c.out)
-    refuse_protected(out)
-    check_replaceable(out, "measure", overwrite)
     specs = read_studies(Path(c.cases))
+    claim = check_replaceable(c.out, "measure", overwrite, inputs=[
+        c.cases, c.heights, *(p for s in specs for p in (s.image, s.mask, s.vertebra_mask))])
+    out = claim.path
     height_of = read_heights(Path(c.heights)) if c.heights is not None else {}
     if c.l3 == "auto":
         l3_auto.require_totalseg()
     predictor = SlicePredictor(c.dataset, c.trainer, c.plans, c.configuration,
                                _parse_folds(c.folds), c.device, c.checkpoint)
+    claim.check_inputs([predictor.run])  # the model's folder
     device_name = str(predictor.device)
 
     def auto(volume):
         return l3_auto.run_totalsegmentator(volume, device_name)
 
-    report = on_error or (lambda msg: warnings.warn(msg, stacklevel=3))
+    report = on_error or warn
     model_name = f"{predictor.dataset}/{predictor.run.name} folds {','.join(predictor.folds)}"
     rows, pictures, failed = [], {}, {}
-    with owned_output(out, "measure", overwrite) as tmp:
+    with owned_output(claim) as tmp:
         # disable=None: a bar on a terminal, none in logs and pipes
         for spec in tqdm(specs, desc="measure", unit="case", disable=None):
             try:
@@ -241,7 +241,7 @@ def measure_studies(config: MeasureConfig, *, overwrite: bool = False,
                                    height_of)
                 row, png = _measure_one(study, predictor, tmp, c.low_smi_cutoffs, model_name)
                 for note in study.notes:
-                    warnings.warn(f"case {spec.case_id}: {note}", stacklevel=2)
+                    warn(f"case {spec.case_id}: {note}")
                 pictures[spec.case_id] = png
             except UserError as e:
                 message = str(e)

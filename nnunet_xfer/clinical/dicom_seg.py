@@ -36,6 +36,10 @@ def write_dicom_seg(path: Path, source_file: Path, mask: np.ndarray, model: str,
         if not str(source.get(keyword, "")).strip():
             raise UserError(f"case {case}: {source_file} has no {keyword}; a DICOM-SEG cannot "
                             f"reference it")
+    # highdicom copies the patient module and accepts DICOM's M/F/O only: any other spelling
+    # (``m``, ``female``) would stop the case, so it becomes the DICOM value or empty (unknown)
+    sex = str(source.get("PatientSex", "") or "").strip().upper()
+    source.PatientSex = {"MALE": "M", "FEMALE": "F"}.get(sex, sex if sex in ("M", "F", "O") else "")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (int(source.Rows), int(source.Columns)):
         raise UserError(f"case {case}: mask {mask.shape} does not match {source_file} "

@@ -35,8 +35,9 @@ from nnunet_xfer.architectures.registry import architecture_of
 from nnunet_xfer.architectures.vit_unetr import ENCODERS
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.network import Planned
-from nnunet_xfer.pretraining.store import check_replaceable, entry_path, file_sha256
-from nnunet_xfer.pretraining.torchvision_weights import (build_planned_network, load_state_dict,
+from nnunet_xfer.pretraining.store import file_sha256
+from nnunet_xfer.pretraining.torchvision_weights import (build_planned_network,
+                                                         claim_imported_entry, load_state_dict,
                                                          map_weights, save_imported_entry)
 from nnunet_xfer.sources import LAYOUT_RESNET50, LAYOUT_VIT, SourceSpec
 
@@ -137,8 +138,7 @@ def import_external_weights(s: SourceSpec, planned: Planned, weights: Path | Non
     path = Path(weights)
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
-    check_replaceable(entry_path(planned.dataset_name, s.name, planned.plans,
-                                 planned.configuration), overwrite)
+    claim = claim_imported_entry(s, planned, path, overwrite)
     arch = architecture_of(planned.class_name, planned.configuration_manager.network_arch_init_kwargs)
     if s.architectures and arch not in s.architectures:
         did = planned.dataset_name[len("Dataset"):].split("_", 1)[0]
@@ -177,6 +177,6 @@ def import_external_weights(s: SourceSpec, planned: Planned, weights: Path | Non
         "hash_prefix_verified": False,
         "task_metric": None,
         **notes,
-    }, overwrite)
+    }, claim)
     print(f"imported {len(mapped)} tensors of {s.label} from {path} into {out}")
     return out

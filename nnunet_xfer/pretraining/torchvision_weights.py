@@ -24,6 +24,8 @@ channels, and ``Σ_c w_c * g = (Σ_c w_c) * g``.
 """
 from __future__ import annotations
 
+import sys
+
 import os
 import socket
 from pathlib import Path
@@ -38,9 +40,10 @@ from nnunet_xfer.architectures.parts import (
     part_of,
 )
 from nnunet_xfer import settings
+from nnunet_xfer.atomic import Claim
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.network import Planned, build_network
-from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, check_replaceable, entry_lock,
+from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, claim_entry, entry_lock,
                                            entry_path, file_sha256, provenance, restricted_load,
                                            save_entry)
 from nnunet_xfer.sources import DATA_KIND_NATURAL, DATA_NATURAL_CLASSES, SourceSpec
@@ -117,7 +120,7 @@ def resolve_weights_file(weights, file: Path | None = None, allow_download: bool
     if not (allow_download and _online(weights.url)):
         raise UserError(f"no {cache.name} for {weights} and no network: {where}")
     try:
-        torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=True,
+        torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=sys.stderr.isatty(),
                                            check_hash=True, weights_only=True)
     except Exception as e:  # network error, or torch.hub's own hash check failed
         raise UserError(f"downloading {weights.url} failed ({type(e).__name__}: {e}); "
@@ -215,13 +218,19 @@ def build_planned_network(planned: Planned) -> torch.nn.Module:
     return build_network(planned)
 
 
+def claim_imported_entry(s: SourceSpec, planned: Planned, weights: Path | None,
+                         overwrite: bool) -> Claim:
+    """The output guard's claim on the store entry an import of ``s`` writes (taken before
+    anything is read, so a refused overwrite costs nothing)."""
+    pth = entry_path(planned.dataset_name, s.name, planned.plans, planned.configuration)
+    return claim_entry(pth, overwrite, inputs=(weights,))
+
+
 def save_imported_entry(s: SourceSpec, planned: Planned, network: torch.nn.Module,
-                        mapped: dict[str, torch.Tensor], metadata: dict,
-                        overwrite: bool) -> Path:
+                        mapped: dict[str, torch.Tensor], metadata: dict, claim: Claim) -> Path:
     """Load the imported tensors into the planned network and store its full state dict as the
     entry of ``s`` (shared by every fold): what the trainers load, fingerprint included."""
-    pth = entry_path(planned.dataset_name, s.name, planned.plans, planned.configuration)
-    check_replaceable(pth, overwrite)
+    pth = claim.path
     state = network.state_dict()
     state.update(mapped)
     network.load_state_dict(state)  # proves the mapped state fits the planned network
@@ -241,7 +250,7 @@ def save_imported_entry(s: SourceSpec, planned: Planned, network: torch.nn.Modul
                      scope=SCOPE_EXTERNAL, fold=None, case_ids=[]),
     }
     with entry_lock(pth):
-        return save_entry(pth, network.state_dict(), None, record, overwrite=overwrite)
+        return save_entry(pth, network.state_dict(), None, record, claim=claim)
 
 
 def import_torchvision_weights(s: SourceSpec, planned: Planned, weights: Path | None,
@@ -250,8 +259,7 @@ def import_torchvision_weights(s: SourceSpec, planned: Planned, weights: Path | 
     """Import torchvision's published ``cls``/``seg`` weights into the pretrained store."""
     if s.weights_tag is None:
         raise UserError(f"torchvision publishes no weights for source {s.name!r}")
-    check_replaceable(entry_path(planned.dataset_name, s.name, planned.plans,
-                                 planned.configuration), overwrite)
+    claim = claim_imported_entry(s, planned, weights, overwrite)
     network = build_planned_network(planned)
     enum = published_weights(network, s)
     path = resolve_weights_file(enum, weights, allow_download)
@@ -270,6 +278,6 @@ def import_torchvision_weights(s: SourceSpec, planned: Planned, weights: Path | 
         "weights_sha256": file_sha256(path),
         "hash_prefix_verified": checked,
         "task_metric": enum.meta.get("_metrics"),
-    }, overwrite)
+    }, claim)
     print(f"imported {len(mapped)} tensors of {enum} from {path} into {out}")
     return out
