@@ -32,6 +32,9 @@ from nnunet_xfer.architectures.building_blocks import (EncoderDecoderNetwork, ch
 
 #: timm encoder name → its patch size.
 ENCODERS: dict[str, int] = {"vit_base_patch16_dinov3": 16, "vit_base_patch14_dinov2": 14}
+#: ``encoder_kwargs`` a plan may change: the ViT's width and depth (the patch size and the
+#: position grid are the network's own: ``encoder`` and ``img_size``).
+ENCODER_SIZE_KWARGS = ("embed_dim", "depth", "num_heads")
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -100,7 +103,8 @@ class UNETRDecoder(nn.Module):
 
 
 class ViTUNETR(EncoderDecoderNetwork):
-    """UNETR with a timm ViT-B encoder; any input size, output at input resolution."""
+    """UNETR with a timm ViT encoder (ViT-B unless ``encoder_kwargs`` say otherwise); any input
+    size, output at input resolution."""
 
     first_conv = "patch_embed.proj.weight"  # the patch embedding: RGB kernels adapted to C
 
@@ -109,11 +113,20 @@ class ViTUNETR(EncoderDecoderNetwork):
                  img_size: tuple[int, int] | list[int] = (224, 224),
                  skip_blocks: tuple[int, ...] | list[int] = (2, 5, 8, 11),
                  decoder_channels: tuple[int, ...] | list[int] = (256, 128, 64, 32),
+                 encoder_kwargs: dict | None = None,
                  deep_supervision: bool = False) -> None:
+        """``encoder_kwargs``: a narrower or shallower ViT of the same family (``embed_dim``,
+        ``depth``, ``num_heads``; e.g. ViT-S is 384, 12, 6), for checkpoints of that size and for
+        tests; ``skip_blocks`` must then lie within ``depth``. Default: ViT-B (768, 12, 12)."""
         super().__init__()
         timm = _import_timm()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown ViT encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+        encoder_kwargs = dict(encoder_kwargs or {})
+        other = sorted(set(encoder_kwargs) - set(ENCODER_SIZE_KWARGS))
+        if other:
+            raise ValueError(f"encoder_kwargs {', '.join(other)}: only "
+                             f"{', '.join(ENCODER_SIZE_KWARGS)} can be changed")
         if len(skip_blocks) != 4 or len(decoder_channels) != 4:
             raise ValueError("skip_blocks and decoder_channels need 4 entries each")
         check_no_deep_supervision(type(self).__name__, deep_supervision)
@@ -122,7 +135,10 @@ class ViTUNETR(EncoderDecoderNetwork):
         # the plans' patch, padded to the patch grid: learned position embeddings fit it exactly
         grid_img = [math.ceil(int(s) / p) * p for s in img_size]
         vit = timm.create_model(encoder, pretrained=False, num_classes=0, in_chans=input_channels,
-                                img_size=grid_img, dynamic_img_size=True)
+                                img_size=grid_img, dynamic_img_size=True, **encoder_kwargs)
+        if not all(0 <= int(b) < len(vit.blocks) for b in skip_blocks):
+            raise ValueError(f"skip_blocks {list(skip_blocks)} do not lie within the encoder's "
+                             f"{len(vit.blocks)} blocks")
         _buffers_to_parameter_device(vit)
         self.encoder = vit
         self.backbone_name = encoder
@@ -135,7 +151,7 @@ class ViTUNETR(EncoderDecoderNetwork):
                                                   intermediates_only=True)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four blocks' tokens on the patch grid, (B, 768, H/p, W/p) each, deepest last."""
+        """The four blocks' tokens on the patch grid, (B, embed_dim, H/p, W/p) each, deepest last."""
         x, _ = pad_to_multiple(x, self.patch_size)
         return self._tokens(x)
 

@@ -1,8 +1,9 @@
 """``evaluate``: every transfer-learning run of a dataset, scored from nnU-Net's own fold outputs.
 
 Four steps, each a function: :func:`find_runs` (``Xfer<Source>Trainer_n<N>`` folders and those
-of the registry's sources with their own nnU-Net trainer: ``nnUNetTrainer``, source ``nnunet``) → :func:`fold_predictions` (every fold of the
-dataset's ``splits_final.json``: its validation predictions, and what is missing) →
+of the registry's sources with their own nnU-Net trainer, e.g. ``nnUNetTrainer``) →
+:func:`fold_predictions` (every fold of the dataset's ``splits_final.json``: its validation
+predictions, and what is missing) →
 :func:`score_predictions` (metrics and measures against ``$nnUNet_raw/<Dataset>``, over
 ``workers`` processes) → :func:`summarize` (per source × size × plans over all folds) and
 :func:`write_evaluation` (``cases.csv``, ``summary.json``, ``observers_williams.csv``).

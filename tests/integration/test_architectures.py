@@ -89,6 +89,21 @@ def test_registry_and_deep_supervision_refused():
         get_network_from_plans(a.class_name, a.kwargs, [], 1, 2, deep_supervision=True)
 
 
+def test_vit_size_comes_from_encoder_kwargs_and_nothing_else():
+    """``encoder_kwargs`` narrows or shortens the ViT (the tests' small plans); the patch size and
+    the position grid stay the network's own, and skip blocks must exist."""
+    from nnunet_xfer.architectures.vit_unetr import ViTUNETR
+    small = {"embed_dim": 32, "depth": 4, "num_heads": 2}
+    with torch.device("meta"):
+        net = ViTUNETR(1, 2, img_size=(64, 64), skip_blocks=(0, 1, 2, 3), encoder_kwargs=small)
+        assert len(net.encoder.blocks) == 4 and net.encoder.embed_dim == 32
+        assert [tuple(f.shape) for f in net.encode(torch.empty(1, 1, 64, 64))] == [(1, 32, 4, 4)] * 4
+        with pytest.raises(ValueError, match="only embed_dim, depth, num_heads"):
+            ViTUNETR(1, 2, encoder_kwargs={**small, "patch_size": 8})
+        with pytest.raises(ValueError, match=r"skip_blocks \[2, 5, 8, 11\] do not lie within .* 4"):
+            ViTUNETR(1, 2, encoder_kwargs=small)
+
+
 @pytest.mark.parametrize("arch", ["fcn_resnet50", "unet_resnet18"])
 def test_nnunet_deep_supervision_toggle_keeps_single_output(arch):
     """nnUNetTrainer.set_deep_supervision_enabled(True/False) works and never adds outputs."""

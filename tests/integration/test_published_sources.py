@@ -4,6 +4,13 @@ MedDINOv3's ViT-B/16, imported from ``--weights FILE``, trained by nnU-Net and p
 Offline: the "published" files are randomly initialised torchvision / timm networks, saved in the
 key layouts the real files have (RadImageNet's ``Backbone`` built as its authors build it;
 DINOv2's and DINOv3's own names, see ``pretraining/external_weights.py``).
+
+Small and quick on 2 CPU cores: the ViT plans here hold the same timm families as ``unetr_vit_b16``
+/ ``b14`` (DINOv3 /16 with RoPE, registers and layer scale; DINOv2 /14 with learned positions and
+layer scale) at 4 blocks of width 32 (``encoder_kwargs``), and the "published" ViT files are of that
+size: every key name, the DINOv3 renames, the position resampling and the patch-size check meet the
+real import code, with no ViT-B in memory. The ViT-B shapes themselves are checked on the ``meta``
+device in ``test_architectures.py``; RadImageNet's ResNet-50 is the real size.
 """
 from __future__ import annotations
 
@@ -28,6 +35,11 @@ from nnunet_xfer.sources import spec
 EXT_ID, EXT_NAME = 512, "Dataset512_L3ext"
 PLANS = {"radimagenet": "nnUNetPlans_unet_resnet50", "dinov2": "nnUNetPlans_unetr_vit_b14",
          "meddino": "nnUNetPlans_unetr_vit_b16"}
+#: The smallest ViT of each family that still has every kind of key (see the module docstring).
+SMALL_VIT = {"embed_dim": 32, "depth": 4, "num_heads": 2}
+DIM = SMALL_VIT["embed_dim"]
+SMALL_UNETR = {"encoder_kwargs": SMALL_VIT, "skip_blocks": [0, 1, 2, 3],
+               "decoder_channels": [16, 16, 8, 8]}
 
 
 # ------------------------------------------------------------------ the published layouts
@@ -55,23 +67,25 @@ def dinov3_file(timm_state: dict[str, torch.Tensor]) -> dict:
         if k.endswith("attn.qkv.weight"):  # DINOv3: zero QKV bias, its K part masked
             out["backbone." + k.replace("weight", "bias")] = torch.zeros(v.shape[0])
             out["backbone." + k.replace("weight", "bias_mask")] = torch.ones(v.shape[0])
-    out.update({"backbone.mask_token": torch.zeros(1, 768),
-                "backbone.rope_embed.periods": torch.ones(16),
-                "dino_head.mlp.0.weight": torch.zeros(4, 768), "ibot_head.last_layer.weight":
+    dim = timm_state["cls_token"].shape[-1]
+    out.update({"backbone.mask_token": torch.zeros(1, dim),
+                "backbone.rope_embed.periods": torch.ones(4),
+                "dino_head.mlp.0.weight": torch.zeros(4, dim), "ibot_head.last_layer.weight":
                     torch.zeros(4, 4)})
     return {"teacher": out}
 
 
 def timm_vit(name: str, **kwargs) -> nn.Module:
+    """A random timm ViT of the small size (``SMALL_VIT``, overridable)."""
     torch.manual_seed(3)
-    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return timm.create_model(name, pretrained=False, num_classes=0, **{**SMALL_VIT, **kwargs})
 
 
 #: Tensors of each saved network the import must carry over (the saving network's own names).
 CHECKED = {"radimagenet": ("conv1.weight", "layer4.2.conv3.weight", "bn1.running_var"),
-           "meddino": ("patch_embed.proj.weight", "blocks.11.gamma_1", "blocks.5.attn.qkv.weight",
-                       "cls_token"),
-           "dinov2": ("patch_embed.proj.weight", "blocks.11.ls1.gamma", "blocks.5.attn.qkv.weight",
+           "meddino": ("patch_embed.proj.weight", "blocks.3.gamma_1", "blocks.2.attn.qkv.weight",
+                       "cls_token", "reg_token"),
+           "dinov2": ("patch_embed.proj.weight", "blocks.3.ls1.gamma", "blocks.2.attn.qkv.weight",
                       "cls_token", "pos_embed")}
 
 
@@ -93,7 +107,7 @@ def published(tmp_path_factory):
             saved = dinov3_file(state)
         else:  # 518² pretraining: a 37×37 position grid
             state = timm_vit("vit_base_patch14_dinov2").state_dict()
-            saved = {**state, "mask_token": torch.zeros(1, 768)}
+            saved = {**state, "mask_token": torch.zeros(1, DIM)}
         torch.save(saved, folder / path)
         files[source] = (folder / path, {k: state[k].clone() for k in CHECKED[source]})
         del state, saved
@@ -120,17 +134,22 @@ def test_published_layouts_map_to_the_backbone_names():
     mapped = vit_state(dinov3_file(dinov3)["teacher"], eva)
     assert mapped.keys() == dinov3.keys() and all(torch.equal(mapped[k], dinov3[k]) for k in mapped)
     trained_bias = dinov3_file(dinov3)["teacher"]
-    trained_bias["backbone.blocks.0.attn.qkv.bias"] = torch.ones(2304)
+    trained_bias["backbone.blocks.0.attn.qkv.bias"] = torch.ones(3 * DIM)
     assert "blocks.0.attn.qkv.bias" in vit_state(trained_bias, eva)  # kept, hence refused later
 
 
 # ------------------------------------------------------------------ import, train, predict
 @pytest.fixture(scope="module")
 def ext_dataset(preprocessed_dataset, nnunet_env):
-    """The phantom as Dataset512 (fold 0 validates on one case) with the three networks' plans."""
+    """The phantom as Dataset512 (fold 0 validates on one case) with the three networks' plans,
+    the ViTs' at the small size (``SMALL_UNETR`` in their ``arch_kwargs``)."""
     pre = one_case_validation_copy(preprocessed_dataset, nnunet_env, EXT_NAME)
     for plans in PLANS.values():
-        write_plans_variant(str(EXT_ID), plans.removeprefix("nnUNetPlans_"))
+        path = write_plans_variant(str(EXT_ID), plans.removeprefix("nnUNetPlans_"))
+        if "unetr" in plans:
+            variant = json.loads(path.read_text())
+            variant["configurations"]["2d"]["architecture"]["arch_kwargs"].update(SMALL_UNETR)
+            path.write_text(json.dumps(variant, indent=4))
     return pre
 
 
@@ -162,14 +181,16 @@ def test_published_source_imports_trains_and_predicts(source, published, ext_dat
         assert torch.allclose(state["encoder.patch_embed.proj.weight"],
                               original["patch_embed.proj.weight"].sum(1, keepdim=True))
         layer_scale = "gamma_1" if source == "meddino" else "ls1.gamma"
-        checks = {f"encoder.blocks.11.{layer_scale}": original[f"blocks.11.{layer_scale}"],
-                  "encoder.blocks.5.attn.qkv.weight": original["blocks.5.attn.qkv.weight"],
+        checks = {f"encoder.blocks.3.{layer_scale}": original[f"blocks.3.{layer_scale}"],
+                  "encoder.blocks.2.attn.qkv.weight": original["blocks.2.attn.qkv.weight"],
                   "encoder.cls_token": original["cls_token"]}
+        if source == "meddino":  # DINOv3's storage_tokens are timm's register tokens
+            checks["encoder.reg_token"] = original["reg_token"]
     for k, v in checks.items():
         assert torch.equal(state[k], v), k
     if source == "dinov2":  # 37×37 grid of the 518² file resampled to the 64² patch's 5×5 grid
         from timm.layers import resample_abs_pos_embed
-        assert state["encoder.pos_embed"].shape == (1, 1 + 5 * 5, 768)
+        assert state["encoder.pos_embed"].shape == (1, 1 + 5 * 5, DIM)
         assert torch.allclose(state["encoder.pos_embed"], resample_abs_pos_embed(
             original["pos_embed"], new_size=[5, 5], num_prefix_tokens=1))
 
@@ -218,10 +239,14 @@ def test_misfitting_files_are_refused_in_one_line(published, ext_dataset, tmp_pa
         "radimagenet", published["radimagenet"][0], plans=PLANS["meddino"])
     biased = tmp_path / "trained_qkv_bias.pth"
     teacher = _load(published["meddino"][0])
-    teacher["teacher"]["backbone.blocks.0.attn.qkv.bias"] = torch.ones(2304)
+    teacher["teacher"]["backbone.blocks.0.attn.qkv.bias"] = torch.ones(3 * DIM)
     torch.save(teacher, biased)
     del teacher
     assert "unexpected 1 keys (blocks.0.attn.qkv.bias)" in refused("meddino", biased)
+    wider = tmp_path / "wider_vit.pth"  # a ViT of another width: the first mis-shaped key named
+    torch.save(dinov3_file(timm_vit("vit_base_patch16_dinov3", embed_dim=48).state_dict()), wider)
+    text = refused("meddino", wider)
+    assert "shape mismatches (blocks.0.attn.proj.bias (48,) vs (32,)" in text
     # a ViT-B/14 file for the ViT-B/16 network: the patch size is named, through the CLI
     proc = run_cli("nnunet-xfer", "pretrain", "-d", str(EXT_ID), "-s", "meddino", "-p",
                    PLANS["meddino"], "--weights", str(published["dinov2"][0]), "--overwrite",
