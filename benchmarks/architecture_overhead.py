@@ -1,4 +1,4 @@
-"""Cost of the torchvision-backbone networks relative to nnU-Net's default 2D network.
+"""Cost of the package's networks (torchvision backbones, ViT UNETR) relative to nnU-Net's default 2D network.
 
 Time per training iteration (forward + backward + SGD step, cross-entropy on random labels, the
 same batch for every network) and peak memory of each network at the same patch and batch size,
@@ -130,7 +130,7 @@ def peak_memory(spec: tuple, patch: int, batch: int, iterations: int, device: st
 def main() -> None:
     def extra(ap) -> None:
         ap.add_argument("--plans", default=None, help="take the baseline network from this plans file")
-        ap.add_argument("--archs", default="fcn_resnet50,unet_resnet34")
+        ap.add_argument("--archs", default="fcn_resnet50,unet_resnet34,unetr_vit_b16")
     a = training_arguments(__doc__.splitlines()[0], quick=dict(patch=64, batch=1, iterations=1, repeats=5),
                            full=dict(patch=128, batch=2, iterations=3, repeats=7), device="cpu",
                            extra=extra)
@@ -148,7 +148,8 @@ def main() -> None:
         baseline = nnunet_default_architecture(a.patch)
     specs = {BASELINE: baseline}
     for name in a.archs.split(","):
-        specs[name] = (ARCHITECTURES[name].class_name, ARCHITECTURES[name].kwargs, [])
+        a_ = ARCHITECTURES[name]  # the ViT takes the patch as img_size, as its plans do
+        specs[name] = (a_.class_name, a_.plans_kwargs([a.patch, a.patch]), [])
 
     print(machine_report(info))
     print(f"patch {a.patch}², batch {a.batch}, {a.iterations} training steps per call, "

@@ -16,7 +16,7 @@ from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT
                                 image_file, label_file)
 from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
                                               DEFAULT_PERMUTATIONS)
-from nnunet_xfer.sources import PRETRAINED_SOURCES
+from nnunet_xfer.sources import IMPORTED_SOURCES, PRETRAINED_SOURCES
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 
@@ -212,7 +212,9 @@ def _add_pretrain(sub) -> None:
                    help="source data (VOC folder / ImageFolder root / CT images); never the "
                         "target dataset")
     p.add_argument("--weights", type=Path, default=None,
-                   help="torchvision weights file (cls/seg with torchvision plans)")
+                   help=f"published checkpoint file: {'/'.join(IMPORTED_SOURCES)} (required, never "
+                        "downloaded), or torchvision's file for cls/seg with the package's plans "
+                        "(default: torch hub's cache, else a download)")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"training iterations (default {DEFAULT_ITERATIONS})")
     p.add_argument("--batch-size", type=int, default=None,
@@ -245,9 +247,10 @@ def _cmd_plan(a: argparse.Namespace) -> None:
 
 
 def _add_plan(sub) -> None:
-    p = sub.add_parser("plan", help="write a torchvision-backbone plans variant")
+    p = sub.add_parser("plan", help="write a plans variant with one of the package's networks")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("--arch", required=True, help="e.g. fcn_resnet50, unet_resnet34")
+    p.add_argument("--arch", required=True,
+                   help="e.g. fcn_resnet50, unet_resnet34, unetr_vit_b16 (docs/architectures.md)")
     p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
                    help=f"plans to derive from (default {DEFAULT_PLANS})")
     p.add_argument("--overwrite", action="store_true",
@@ -386,12 +389,14 @@ def _cmd_measure(a: argparse.Namespace) -> None:
 
 def _measure_studies(a: argparse.Namespace) -> None:
     from tqdm import tqdm
-    from nnunet_xfer.clinical.api import measure_studies
-    result = measure_studies(
+    from nnunet_xfer.clinical.api import MeasureConfig, measure_studies
+    config = MeasureConfig(
         cases=a.cases, out=a.output, dataset=a.dataset, trainer=a.trainer, plans=a.plans,
         configuration=a.configuration, folds=a.folds, device=a.device, l3=a.l3 or "manifest",
         low_smi_cutoffs=a.low_smi_cutoffs, heights=a.heights, allow_non_hu=a.allow_non_hu,
-        overwrite=a.overwrite, checkpoint=a.checkpoint,
+        checkpoint=a.checkpoint)
+    result = measure_studies(
+        config, overwrite=a.overwrite,
         on_error=lambda msg: tqdm.write(f"nnunet-xfer measure: error: {msg}", file=sys.stderr))
     print(f"measured {result.n_cases - result.n_failed} of {result.n_cases} case(s): {result.out}")
     if result.failed:
@@ -512,7 +517,9 @@ def _add_experiment(sub) -> None:
     p.add_argument("-c", "--configuration", default=None,
                    help=f"configuration of the trainings (default {default('configuration')})")
     p.add_argument("--sources", default=None,
-                   help=f"source tasks, comma-separated (default {','.join(default('sources'))})")
+                   help=f"source tasks, comma-separated (default {','.join(default('sources'))}); "
+                        f"also {', '.join(IMPORTED_SOURCES)} with --arch of their network and "
+                        f"$NNUNET_XFER_<SOURCE>_WEIGHTS (docs/experiment.md)")
     p.add_argument("--sizes", type=_sizes, default=None,
                    help=f"training-subset sizes (default {','.join(map(str, default('sizes')))})")
     p.add_argument("--folds", type=_sizes, default=None,
@@ -528,8 +535,9 @@ def _add_experiment(sub) -> None:
                         "pretrains once per fold on its training images only; 'all' once on "
                         f"every image, validation cases included (default {default('pretrain_scope')})")
     p.add_argument("--arch", default=None,
-                   help="torchvision-backbone network (e.g. unet_resnet34, fcn_resnet50): plan it "
-                        "and run every source on it (the paper's set-up)")
+                   help="one of the package's networks (e.g. unet_resnet34, fcn_resnet50, "
+                        "unetr_vit_b16): plan it and run every source on it (the paper's "
+                        "set-up; default: the plans' own network)")
     p.add_argument("--slurm-args", default="",
                    help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1' "
                         "(default: none)")

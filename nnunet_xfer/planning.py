@@ -1,4 +1,5 @@
-"""``nnunet-xfer plan``: an nnU-Net plans file whose 2D configurations use a torchvision network.
+"""``nnunet-xfer plan``: an nnU-Net plans file whose 2D configurations use one of the package's
+networks (torchvision backbones, or the ViT UNETR whose ``img_size`` is the configuration's patch).
 
 The variant is a copy of nnU-Net's plans with ``plans_name`` changed, every 2D configuration's
 ``architecture`` replaced and the same ``data_identifier`` (so nnU-Net's preprocessed data is
@@ -79,10 +80,11 @@ def _variant_configurations(source: dict, target, input_channels: int,
         old = activation_elements(a["network_class_name"], a["arch_kwargs"],
                                   a.get("_kw_requires_import", []), input_channels, num_classes,
                                   cfg["patch_size"])
-        new = activation_elements(target.class_name, target.kwargs, [], input_channels,
+        kwargs = target.plans_kwargs(cfg["patch_size"])
+        new = activation_elements(target.class_name, kwargs, [], input_channels,
                                   num_classes, cfg["patch_size"])
         cfg["architecture"] = {"network_class_name": target.class_name,
-                               "arch_kwargs": copy.deepcopy(target.kwargs),
+                               "arch_kwargs": copy.deepcopy(kwargs),
                                "_kw_requires_import": []}
         cfg["batch_size"] = adjusted_batch_size(cfg["batch_size"], old, new)
         configurations[name] = cfg  # data_identifier unchanged: preprocessed data reused

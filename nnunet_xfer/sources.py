@@ -1,8 +1,10 @@
 """The source registry: everything that distinguishes one source task from another.
 
-One :class:`SourceSpec` per source. ``scratch`` is a spec without a pretraining task. Every other
+One :class:`SourceSpec` per source. ``scratch`` is a spec without a pretraining task; ``nnunet``
+is nnU-Net's own trainer, reported beside ours (no trainer family, never in a grid). Every other
 module asks the registry (``spec(name)``) instead of comparing source names. Adding a source means
-adding a spec here (and, for a new kind of task, its task class in ``pretraining/tasks.py``).
+adding a spec here (and, for a new kind of task, its task class in ``pretraining/tasks.py``, or
+for a new checkpoint layout its reader in ``pretraining/external_weights.py``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ DATA_NONE = "none"  # scratch: no pretraining
 DATA_TARGET = "target"  # the target dataset's own (preprocessed) images, never its labels
 DATA_NATURAL_CLASSES = "natural-classes"  # an ImageFolder root (one sub-folder per class)
 DATA_NATURAL_SEGMENTATION = "natural-segmentation"  # Pascal VOC or a 2D nnU-Net raw dataset
+DATA_PUBLISHED = "published"  # a published checkpoint given with --weights FILE; no images here
+
+#: Layouts of published checkpoints that ``pretrain --weights FILE`` reads
+#: (``pretraining/external_weights.py``).
+LAYOUT_RESNET50 = "resnet50"  # a torchvision-shaped ResNet-50 (RadImageNet)
+LAYOUT_VIT = "vit"  # a ViT-B in timm's key layout (DINOv2, DINOv3/MedDINOv3)
 
 #: What the images of a ``--data`` segmentation dataset are, as the store records it
 #: (``data_kind``), and how a report names them.
@@ -52,15 +60,40 @@ class SourceSpec:
     default_parts: tuple[str, ...] = ("encoder",)
     #: torchvision weights tag of the published checkpoint (None: not a torchvision source)
     weights_tag: str | None = None
-    #: the pretraining task's own quality measure, as the store records it
-    metric_name: str | None = None
     #: extra keys recorded in the store's json (e.g. number of classes)
     extra_metadata: tuple[str, ...] = field(default=())
+    #: colour of its curves and boxes in every figure (a matplotlib colour)
+    color: str = "0.3"
+    #: layout of the published checkpoint it imports from ``--weights FILE`` instead of
+    #: pretraining (``LAYOUT_*``); None for sources that pretrain
+    layout: str | None = None
+    #: where its published checkpoint comes from and under which licence (errors, docs)
+    weights_hint: str = ""
+    #: what the images of its published checkpoint were (``DATA_KIND_*``, the store's data_kind)
+    data_kind: str | None = None
+    #: environment variable the experiment runner reads ``--weights FILE`` from
+    weights_env: str | None = None
+    #: ``--arch`` plans variants whose network takes its checkpoint (empty: any network)
+    architectures: tuple[str, ...] = ()
+    #: in the default grid (the paper's sources); the others are asked for with ``--sources``
+    in_study: bool = True
+    #: the nnU-Net trainer it is trained with when it has no ``Xfer`` family (nnU-Net's own)
+    trainer: str | None = None
+
+    @property
+    def imports_weights(self) -> bool:
+        """True when ``pretrain`` imports a published checkpoint (``--weights FILE``) for it."""
+        return self.layout is not None
 
     @property
     def pretrained(self) -> bool:
         """True when fine-tuning starts from a store entry."""
-        return self.task is not None
+        return self.task is not None or self.imports_weights
+
+    @property
+    def has_family(self) -> bool:
+        """True when it is trained by ``Xfer<Source>Trainer_n<N>`` classes (all but nnU-Net's own)."""
+        return self.trainer is None
 
     @property
     def reads_target_images(self) -> bool:
@@ -80,33 +113,61 @@ class SourceSpec:
 
 REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("scratch", "scratch", "random initialisation (nnU-Net's own)", task=None, data=DATA_NONE,
-               default_parts=()),
+               default_parts=(), color="tab:blue"),
     SourceSpec("cls", "classification", "natural-image classification (ImageNet)", task="cls",
                data=DATA_NATURAL_CLASSES, data_env="NNUNET_XFER_CLS_DATA",
                data_hint="an ImageFolder root of natural images (one sub-folder per class)",
                default_parts=("encoder",), weights_tag="IMAGENET1K_V1",
-               metric_name="classification_accuracy", extra_metadata=("num_classes", "classes")),
+               extra_metadata=("num_classes", "classes"), color="tab:orange"),
     SourceSpec("seg", "segmentation", "segmentation: natural images (COCO/VOC) or a medical "
                "nnU-Net raw dataset such as the phantom's --source-task", task="seg",
                data=DATA_NATURAL_SEGMENTATION, data_env="NNUNET_XFER_SEG_DATA",
                data_hint="a Pascal VOC folder (JPEGImages + SegmentationClass) or a 2D nnU-Net raw "
                          "dataset (e.g. `nnunet-xfer phantom OUT --source-task DIR`)",
                default_parts=("encoder", "decoder"), weights_tag="COCO_WITH_VOC_LABELS_V1",
-               metric_name="segmentation_dice",
-               extra_metadata=("num_classes", "classes", "data_kind", "data_label")),
+               extra_metadata=("num_classes", "classes", "data_kind", "data_label"),
+               color="tab:green"),
     SourceSpec("rec", "reconstruction", "unsupervised reconstruction (Models Genesis)", task="rec",
-               data=DATA_TARGET, default_parts=("encoder",), metric_name="reconstruction_mse"),
+               data=DATA_TARGET, default_parts=("encoder",), color="tab:red"),
     SourceSpec("jigsaw", "jigsaw", "self-supervised jigsaw puzzles", task="jigsaw",
-               data=DATA_TARGET, default_parts=("encoder",), metric_name="jigsaw_accuracy",
-               extra_metadata=("permutations", "min_hamming_distance")),
+               data=DATA_TARGET, default_parts=("encoder",),
+               extra_metadata=("permutations", "min_hamming_distance"), color="tab:purple"),
+    SourceSpec("radimagenet", "RadImageNet", "medical-image classification (RadImageNet ResNet-50)",
+               task=None, data=DATA_PUBLISHED, layout=LAYOUT_RESNET50, color="tab:pink",
+               data_kind=DATA_KIND_MEDICAL,
+               weights_env="NNUNET_XFER_RADIMAGENET_WEIGHTS",
+               weights_hint="RadImageNet's PyTorch ResNet-50 (linked from "
+                            "github.com/BMEII-AI/RadImageNet; MIT)",
+               architectures=("unet_resnet50", "fcn_resnet50", "deeplabv3_resnet50"),
+               in_study=False),
+    SourceSpec("dinov2", "DINOv2", "self-supervised natural-image ViT (DINOv2 ViT-B/14)",
+               task=None, data=DATA_PUBLISHED, layout=LAYOUT_VIT, color="tab:olive",
+               data_kind=DATA_KIND_NATURAL,
+               weights_env="NNUNET_XFER_DINOV2_WEIGHTS",
+               weights_hint="DINOv2's ViT-B/14 (dinov2_vitb14_pretrain.pth, linked from "
+                            "github.com/facebookresearch/dinov2; Apache-2.0)",
+               architectures=("unetr_vit_b14",), in_study=False),
+    SourceSpec("meddino", "MedDINOv3", "self-supervised CT ViT (MedDINOv3 ViT-B/16, CT-3M)",
+               task=None, data=DATA_PUBLISHED, layout=LAYOUT_VIT, color="tab:cyan",
+               data_kind=DATA_KIND_MEDICAL,
+               weights_env="NNUNET_XFER_MEDDINO_WEIGHTS",
+               weights_hint="MedDINOv3's ViT-B/16 CT-3M checkpoint (huggingface.co/ricklisz123/"
+                            "MedDINOv3-ViTB-16-CT-3M; Apache-2.0 model card, adapted from DINOv3 "
+                            "weights)",
+               architectures=("unetr_vit_b16",), in_study=False),
+    SourceSpec("nnunet", "nnU-Net default", "nnU-Net's own trainer and network (nnUNetTrainer)",
+               task=None, data=DATA_NONE, default_parts=(), color="tab:brown", in_study=False,
+               trainer="nnUNetTrainer"),
 )}
 
-#: Source names in the order the study reports them.
-SOURCES: tuple[str, ...] = tuple(REGISTRY)
+#: Sources of the ``Xfer<Source>Trainer_n<N>`` family, in the order the study reports them.
+SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.has_family)
+#: The paper's sources: the default grid of ``experiment``.
+STUDY_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if REGISTRY[n].in_study)
 #: Sources that fine-tune from a store entry.
 PRETRAINED_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.pretrained)
-#: Label of nnU-Net's own default trainer when a report shows it beside ours.
-NNUNET_DEFAULT_LABEL = "nnU-Net default"
+#: Sources whose store entry is a published checkpoint imported with ``--weights FILE``.
+IMPORTED_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.imports_weights)
 
 
 def spec(name: str) -> SourceSpec:
@@ -126,17 +187,32 @@ def pretrained_spec(name: str) -> SourceSpec:
 
 
 def label(name: str) -> str:
-    """Figure label of a source (its name when unknown, e.g. ``nnunet``)."""
-    if name == "nnunet":
-        return NNUNET_DEFAULT_LABEL
+    """Figure label of a source (its name when unknown)."""
     return REGISTRY[name].label if name in REGISTRY else name
 
 
+def color(name: str):
+    """Figure colour of a source, the same in every figure (grey when unknown)."""
+    return REGISTRY[name].color if name in REGISTRY else "0.3"
+
+
+def rank(name: str) -> int:
+    """Position of a source in the study's report order (unknown names last)."""
+    return list(REGISTRY).index(name) if name in REGISTRY else len(REGISTRY)
+
+
+def source_of_trainer(trainer: str) -> str | None:
+    """The source whose own nnU-Net trainer is ``trainer`` (``nnUNetTrainer`` → ``nnunet``)."""
+    return next((n for n, s in REGISTRY.items() if s.trainer == trainer), None)
+
+
 def check_names(names) -> list[str]:
-    """The names as a list, each validated."""
+    """The names as a list, each a source of the trainer family (what a grid can train)."""
     names = list(names)
     if not names:
         raise UserError(f"no source task given; choose from {','.join(SOURCES)}")
     for n in names:
-        spec(n)
+        if not spec(n).has_family:
+            raise UserError(f"source {n!r} is trained with nnU-Net's own {spec(n).trainer}, not "
+                            f"by a grid; choose from {','.join(SOURCES)}")
     return names

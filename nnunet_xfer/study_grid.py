@@ -5,7 +5,7 @@ Source tasks themselves live in the registry (``nnunet_xfer.sources``); file nam
 """
 from __future__ import annotations
 
-from nnunet_xfer.sources import REGISTRY, SOURCES, spec
+from nnunet_xfer.sources import REGISTRY, SOURCES, source_of_trainer, spec
 
 #: Nested training-subset sizes of the study (the default of ``convert`` and ``experiment``).
 SIZES: tuple[int, ...] = (5, 10, 25, 50, 75, 100, 125)
@@ -20,17 +20,23 @@ DEFAULT_SEED: int = 12345
 
 
 def trainer_name(source: str, size: int | str) -> str:
-    """``XferRecTrainer_n10`` for (``rec``, 10); ``size`` may be ``"all"``."""
-    return f"Xfer{spec(source).trainer_stem}Trainer_n{size}"
+    """``XferRecTrainer_n10`` for (``rec``, 10); ``size`` may be ``"all"``. A source with its
+    own nnU-Net trainer (``nnunet``) has that trainer whatever the size."""
+    s = spec(source)
+    return s.trainer or f"Xfer{s.trainer_stem}Trainer_n{size}"
 
 
 def parse_trainer_name(name: str) -> tuple[str, int | None] | None:
-    """Inverse of :func:`trainer_name`: (source, size or None for ``all``), or None if not ours."""
+    """Inverse of :func:`trainer_name`: (source, size or None for ``all`` and for a source's own
+    nnU-Net trainer, e.g. ``nnUNetTrainer``), or None if the registry does not know it."""
+    own = source_of_trainer(name)
+    if own is not None:
+        return own, None
     if not name.startswith("Xfer") or "Trainer_n" not in name:
         return None
     head, tag = name[len("Xfer"):].split("Trainer_n", 1)
     source = head.lower()
-    if source not in REGISTRY or tag not in SIZE_TAGS:
+    if source not in REGISTRY or not REGISTRY[source].has_family or tag not in SIZE_TAGS:
         return None
     return source, (None if tag == "all" else int(tag))
 

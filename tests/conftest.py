@@ -190,6 +190,47 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
+def one_case_validation_copy(preprocessed: Path, nnunet_env: dict, name: str) -> Path:
+    """The preprocessed phantom as dataset ``name`` (raw and preprocessed) whose fold 0 validates
+    on one case (fast nnU-Net validation), subsets 5 and 10 drawn from its folds; its
+    preprocessed folder. Plans variants of the original are not copied."""
+    import json
+    from nnunet_xfer.splits import make_subsets
+    raw = Path(nnunet_env["nnUNet_raw"])
+    shutil.copytree(raw / DATASET_NAME, raw / name)
+    pre = Path(nnunet_env["nnUNet_preprocessed"]) / name
+    shutil.copytree(preprocessed, pre,
+                    ignore=shutil.ignore_patterns("nnUNetPlans_*.json", "subsets.json"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = name
+    (pre / "nnUNetPlans.json").write_text(json.dumps(plans))
+    splits = json.loads((pre / "splits_final.json").read_text())
+    splits[0]["val"] = splits[0]["val"][:1]
+    for folder in (pre, raw / name):  # raw and preprocessed folds agree, subsets drawn from them
+        (folder / "splits_final.json").write_text(json.dumps(splits))
+    subsets = make_subsets(splits, [5, 10], seed=12345, warn=False)
+    (raw / name / "subsets.json").write_text(json.dumps(subsets))
+    return pre
+
+
+def predict_one_validation_case(dataset_id: int, dataset: Path, nnunet_env: dict, trainer: str,
+                                plans: str, tmp_path: Path):
+    """``nnUNetv2_predict`` fold 0 of a run on fold 0's first validation case; (prediction,
+    image) as SimpleITK images."""
+    import json
+    import SimpleITK as sitk
+    images = tmp_path / "in"
+    images.mkdir()
+    case = json.loads((dataset / "splits_final.json").read_text())[0]["val"][0]
+    shutil.copy(Path(nnunet_env["nnUNet_raw"]) / dataset.name / "imagesTr" / f"{case}_0000.nii.gz",
+                images)
+    run_cli("nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "out"), "-d",
+            str(dataset_id), "-c", "2d", "-f", "0", "-tr", trainer, "-p", plans, "-device", "cpu",
+            "--disable_tta", "-npp", "1", "-nps", "1")
+    return (sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")),
+            sitk.ReadImage(str(images / f"{case}_0000.nii.gz")))
+
+
 # --- evaluation: a 128² synthetic observer study and a fake nnU-Net results tree -----------------
 
 def ring_mask(size: int, radii: tuple[float, float], wobble: "np.ndarray") -> "np.ndarray":

@@ -44,3 +44,20 @@ def check_no_deep_supervision(cls_name: str, deep_supervision: bool) -> None:
         raise ValueError(
             f"{cls_name} has no deep-supervision outputs; build it with deep_supervision=False "
             f"(the nnunet_xfer trainers do this via architectures.parts.supports_deep_supervision)")
+
+
+class EncoderDecoderNetwork(nn.Module):
+    """Base of the U-shaped networks here: ``encoder.`` / ``decoder.`` / ``segmentation_head.``
+    parts, one output at input resolution, no deep supervision, no published segmentation
+    weights (``model_name`` None)."""
+
+    supports_deep_supervision = False
+    xfer_parts = {
+        "encoder": ("encoder.",),
+        "decoder": ("decoder.",),
+        "head": ("segmentation_head.",),
+    }
+    backbone_prefix = "encoder."
+    #: the backbone's input convolution (after ``backbone_prefix``): RGB kernels adapted to C
+    first_conv = "conv1.weight"
+    model_name = None

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from nnunet_xfer.architectures.building_blocks import (check_no_deep_supervision, pad_to_multiple,
+from nnunet_xfer.architectures.building_blocks import (EncoderDecoderNetwork,
+                                                       check_no_deep_supervision, pad_to_multiple,
                                                        replace_first_conv)
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -41,17 +42,8 @@ class DecoderBlock(nn.Module):
         return self.conv2(self.conv1(x))
 
 
-class ResNetUNet(nn.Module):
+class ResNetUNet(EncoderDecoderNetwork):
     """U-Net with a torchvision ResNet encoder; any input size, output at input resolution."""
-
-    supports_deep_supervision = False
-    xfer_parts = {
-        "encoder": ("encoder.",),
-        "decoder": ("decoder.",),
-        "head": ("segmentation_head.",),
-    }
-    backbone_prefix = "encoder."
-    model_name = None  # no published segmentation weights for this network
 
     def __init__(self, input_channels: int, num_classes: int, encoder: str = "resnet34",
                  decoder_channels: tuple[int, ...] | list[int] = (256, 128, 64, 32, 16),

@@ -39,6 +39,8 @@ class TorchvisionSegmentationNetwork(nn.Module):
         "head": ("classifier.4.", "aux_classifier.4."),
     }
     backbone_prefix = "backbone."
+    #: the backbone's input convolution (after ``backbone_prefix``): RGB kernels adapted to C
+    first_conv = "conv1.weight"
 
     def __init__(self, input_channels: int, num_classes: int, model: str = "fcn_resnet50",
                  aux_loss: bool = False, deep_supervision: bool = False) -> None:

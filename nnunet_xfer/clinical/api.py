@@ -2,9 +2,9 @@
 
 The Python twin of ``nnunet-xfer measure --cases`` (docs/measure.md)::
 
-    from nnunet_xfer import measure_studies
-    result = measure_studies("studies.csv", "measures_out", dataset=501,
-                             trainer="XferScratchTrainer_n125", l3="auto")
+    from nnunet_xfer import MeasureConfig, measure_studies
+    result = measure_studies(MeasureConfig("studies.csv", "measures_out", dataset=501,
+                                           trainer="XferScratchTrainer_n125", l3="auto"))
     result.table            # one row per case (failed cases too, with their error)
     result.failed           # {case_id: one-line error}
 
@@ -63,6 +63,35 @@ STUDY_COLUMNS = (
     "height_m", "height_source", "sex", "weight_kg", "bmi_kg_m2", "low_smi", "smi_cutoff_cm2_m2",
     "low_smd", "smd_cutoff_hu", "cutoff_source", "fold_dice_min", "fold_dice", "flags",
     "qc_png", "mask_file")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """One ``measure --cases`` run: the options of ``nnunet-xfer measure --cases`` (None: the
+    default).
+
+    ``cases``: convert's manifest without a mask column (``case_id,image`` + ``slice_index`` or
+    ``vertebra_mask,vertebra_label``; optional ``height_m,sex,weight_kg``). ``dataset``,
+    ``trainer``, ``plans``, ``configuration``, ``folds`` (None: every finished fold, ensembled),
+    ``device`` and ``checkpoint`` name the model as ``nnUNetv2_predict`` does. ``l3="auto"`` picks
+    L3 with TotalSegmentator for cases whose row gives no slice. ``low_smi_cutoffs``:
+    ``prado2008`` or ``martin2013`` adds low-SMI verdicts. ``heights``: a CSV of heights for
+    cases whose row and DICOM give none.
+    """
+
+    cases: Path
+    out: Path
+    dataset: str | int
+    trainer: str
+    plans: str = DEFAULT_PLANS
+    configuration: str = DEFAULT_CONFIGURATION
+    folds: object = None
+    device: str | None = None
+    l3: str = "manifest"
+    low_smi_cutoffs: str | None = None
+    heights: Path | None = None
+    allow_non_hu: bool = False
+    checkpoint: str = CHECKPOINT_FINAL
 
 
 @dataclass
@@ -170,38 +199,31 @@ def _measure_one(study: Study, predictor: SlicePredictor, tmp: Path, cutoffs: st
     return row, png
 
 
-def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
-                    plans: str = DEFAULT_PLANS, configuration: str = DEFAULT_CONFIGURATION,
-                    folds=None, device: str | None = None, l3: str = "manifest",
-                    low_smi_cutoffs: str | None = None, heights: Path | None = None,
-                    allow_non_hu: bool = False, overwrite: bool = False,
-                    checkpoint: str = CHECKPOINT_FINAL,
+def measure_studies(config: MeasureConfig, *, overwrite: bool = False,
                     on_error: Callable[[str], None] | None = None) -> MeasureResult:
-    """Measure the L3 muscle of every CT study in the manifest ``cases`` with a trained model.
+    """Measure the L3 muscle of every CT study in ``config.cases`` with a trained model.
 
-    ``cases``: convert's manifest without a mask column (``case_id,image`` + ``slice_index`` or
-    ``vertebra_mask,vertebra_label``; optional ``height_m,sex,weight_kg``). ``dataset``,
-    ``trainer``, ``plans``, ``configuration``, ``folds`` (None: every finished fold, ensembled)
-    and ``device`` name the model as ``nnUNetv2_predict`` does. ``l3="auto"`` picks L3 with
-    TotalSegmentator for cases whose row gives no slice. ``low_smi_cutoffs``: ``prado2008`` or
-    ``martin2013`` adds low-SMI verdicts. Writes ``out/`` with ``measures.csv``,
-    ``gallery.html``, ``qc/<case>.png`` and per case ``seg/<case>.dcm`` (DICOM input) or
-    ``masks/<case>.nii.gz``, each on the input's own grid and in its orientation (the network
-    and the measures see the canonical slice, docs/measure.md#orientation). ``on_error`` receives each failed case's one-line message.
+    Writes ``config.out/`` with ``measures.csv``, ``gallery.html``, ``qc/<case>.png`` and per case
+    ``seg/<case>.dcm`` (DICOM input) or ``masks/<case>.nii.gz``, each on the input's own grid and
+    in its orientation (the network and the measures see the canonical slice,
+    docs/measure.md#orientation); ``overwrite`` replaces an earlier ``measure`` output there
+    (nothing else). ``on_error`` receives each failed case's one-line message (default: a
+    warning).
     """
-    if l3 not in ("manifest", "auto"):
-        raise UserError(f"--l3 {l3!r}: use 'auto' (TotalSegmentator) or leave it out (manifest)")
-    if low_smi_cutoffs is not None and low_smi_cutoffs not in CUTOFFS:
-        raise UserError(f"--low-smi-cutoffs {low_smi_cutoffs!r}: use one of {', '.join(CUTOFFS)}")
-    specs = read_studies(Path(cases))
-    claim = check_replaceable(out, "measure", overwrite, inputs=[
-        cases, heights, *(p for s in specs for p in (s.image, s.mask, s.vertebra_mask))])
+    c = config
+    if c.l3 not in ("manifest", "auto"):
+        raise UserError(f"--l3 {c.l3!r}: use 'auto' (TotalSegmentator) or leave it out (manifest)")
+    if c.low_smi_cutoffs is not None and c.low_smi_cutoffs not in CUTOFFS:
+        raise UserError(f"--low-smi-cutoffs {c.low_smi_cutoffs!r}: use one of {', '.join(CUTOFFS)}")
+    specs = read_studies(Path(c.cases))
+    claim = check_replaceable(c.out, "measure", overwrite, inputs=[
+        c.cases, c.heights, *(p for s in specs for p in (s.image, s.mask, s.vertebra_mask))])
     out = claim.path
-    height_of = read_heights(Path(heights)) if heights is not None else {}
-    if l3 == "auto":
+    height_of = read_heights(Path(c.heights)) if c.heights is not None else {}
+    if c.l3 == "auto":
         l3_auto.require_totalseg()
-    predictor = SlicePredictor(dataset, trainer, plans, configuration, _parse_folds(folds),
-                               device, checkpoint)
+    predictor = SlicePredictor(c.dataset, c.trainer, c.plans, c.configuration,
+                               _parse_folds(c.folds), c.device, c.checkpoint)
     claim.check_inputs([predictor.run])  # the model's folder
     device_name = str(predictor.device)
 
@@ -215,8 +237,9 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
         # disable=None: a bar on a terminal, none in logs and pipes
         for spec in tqdm(specs, desc="measure", unit="case", disable=None):
             try:
-                study = load_study(spec, allow_non_hu, auto if l3 == "auto" else None, height_of)
-                row, png = _measure_one(study, predictor, tmp, low_smi_cutoffs, model_name)
+                study = load_study(spec, c.allow_non_hu, auto if c.l3 == "auto" else None,
+                                   height_of)
+                row, png = _measure_one(study, predictor, tmp, c.low_smi_cutoffs, model_name)
                 for note in study.notes:
                     warn(f"case {spec.case_id}: {note}")
                 pictures[spec.case_id] = png
@@ -237,11 +260,11 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
             report(message)
         table = pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
         atomic_write_csv(tmp / MEASURES_CSV, table)
-        facts = [f"model: {model_name} ({configuration}, {predictor.trainer}), device {device_name}",
+        facts = [f"model: {model_name} ({c.configuration}, {predictor.trainer}), device {device_name}",
                  f"SMA/SMD/SMI on mask pixels within {MUSCLE_HU[0]:g}…{MUSCLE_HU[1]:g} HU; "
                  f"whole-mask values in the *_mask_* columns of {MEASURES_CSV}",
-                 f"low-SMI cut-offs: {CUTOFFS[low_smi_cutoffs]['source'] if low_smi_cutoffs else 'none'}",
-                 f"written {_dt.datetime.now().isoformat(timespec='seconds')} from {Path(cases).resolve()}"]
+                 f"low-SMI cut-offs: {CUTOFFS[c.low_smi_cutoffs]['source'] if c.low_smi_cutoffs else 'none'}",
+                 f"written {_dt.datetime.now().isoformat(timespec='seconds')} from {Path(c.cases).resolve()}"]
         ok_rows = [r for r in rows if r.get("status") == "ok"]
         atomic_write_text(tmp / GALLERY_HTML, gallery_html(
             ok_rows, pictures, failed, "nnunet-xfer measure: quality control", facts))

@@ -18,23 +18,17 @@ import pandas as pd  # noqa: E402
 from nnunet_xfer.evaluation import agreement  # noqa: E402
 from nnunet_xfer.imaging import load_mask, load_slice  # noqa: E402
 from nnunet_xfer.evaluation.raters import with_worst  # noqa: E402
-from nnunet_xfer.sources import SOURCES, label as source_label  # noqa: E402
+from nnunet_xfer.sources import color as source_color, label as source_label, rank  # noqa: E402
 
 #: CT display window of the gallery (HU), the usual soft-tissue window for L3 muscle.
 WINDOW_HU = (-160.0, 240.0)
 #: Legend marks: pretraining saw validation cases; an explicit fine-tuning schedule was used.
 MARK_PRETRAINING = "†"
 MARK_SCHEDULE = "‡"
-_COLORS = dict(zip((*SOURCES, "nnunet"), plt.get_cmap("tab10").colors))
 METRIC_LABELS = {"dice": "Dice", "rms_dta_mm": "RMS DTA (mm)"}
 #: Line style and marker of each plans identifier when a figure mixes plans.
 _PLANS_STYLES = ("-", "--", ":", "-.")
 _PLANS_MARKERS = ("o", "s", "^", "D")
-
-
-def source_color(source: str):
-    """The colour of a source task, the same in every figure."""
-    return _COLORS.get(source, "0.3")
 
 
 def _save(fig, path: Path) -> Path:
@@ -161,8 +155,7 @@ def boxes(cases: pd.DataFrame, path: Path) -> Path:
     """Box plots of Dice and RMS DTA per source × training-set size (all folds' cases)."""
     keys = (cases.groupby(["source", "size_tag", "plans"], sort=False)
             .agg(n=("n", "median")).reset_index())
-    order = {s: i for i, s in enumerate((*SOURCES, "nnunet"))}
-    keys = keys.sort_values(by=["source", "n"], key=lambda c: c.map(order) if c.name == "source" else c)
+    keys = keys.sort_values(by=["source", "n"], key=lambda c: c.map(rank) if c.name == "source" else c)
     fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.55 * len(keys) + 2), 7), sharex=True)
     for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
         data, colors, labels = [], [], []

@@ -1,8 +1,9 @@
 """``evaluate``: every transfer-learning run of a dataset, scored from nnU-Net's own fold outputs.
 
-Four steps, each a function: :func:`find_runs` (``Xfer<Source>Trainer_n<N>`` and plain
-``nnUNetTrainer`` folders, source ``nnunet``) → :func:`fold_predictions` (every fold of the
-dataset's ``splits_final.json``: its validation predictions, and what is missing) →
+Four steps, each a function: :func:`find_runs` (``Xfer<Source>Trainer_n<N>`` folders and those
+of the registry's sources with their own nnU-Net trainer, e.g. ``nnUNetTrainer``) →
+:func:`fold_predictions` (every fold of the dataset's ``splits_final.json``: its validation
+predictions, and what is missing) →
 :func:`score_predictions` (metrics and measures against ``$nnUNet_raw/<Dataset>``, over
 ``workers`` processes) → :func:`summarize` (per source × size × plans over all folds) and
 :func:`write_evaluation` (``cases.csv``, ``summary.json``, ``observers_williams.csv``).
@@ -32,13 +33,11 @@ from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_OBSERVERS_WILLI
                                 DatasetLayout, fold_folder_name,
                                 read_cases,
                                 validation_folder)
-from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
+from nnunet_xfer.sources import PRETRAINED_SOURCES, REGISTRY, rank
 from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import parse_trainer_name
 
 COMMAND = "evaluate"
-PLAIN_TRAINER = "nnUNetTrainer"
-PLAIN_SOURCE = "nnunet"
 GROUP = ["source", "size_tag", "plans", "configuration"]
 WILLIAMS_CSV = EVAL_OBSERVERS_WILLIAMS_CSV
 FAILURE_RULE = ("every case counts: a failed case (exactly one of prediction and reference "
@@ -48,14 +47,14 @@ FAILURE_RULE = ("every case counts: a failed case (exactly one of prediction and
 
 @dataclass(frozen=True)
 class Run:
-    """One nnU-Net run folder ``<Trainer>__<Plans>__<config>`` of ours (or plain nnU-Net's)."""
+    """One nnU-Net run folder ``<Trainer>__<Plans>__<config>`` the source registry knows."""
 
     folder: Path
     trainer: str
     plans: str
     configuration: str
     source: str
-    #: training-set size of an ``_n<N>`` trainer; None for ``_nall`` and plain nnU-Net
+    #: training-set size of an ``_n<N>`` trainer; None for ``_nall`` and nnU-Net's own trainer
     size: int | None
 
     @property
@@ -97,18 +96,16 @@ class Evaluation:
 
 # ---------------------------------------------------------------- 1. find runs
 def find_runs(layout: DatasetLayout, plans: str | None, configuration: str) -> list[Run]:
-    """Every Xfer/nnUNetTrainer run folder of the dataset for ``configuration`` (and plans)."""
+    """Every run folder of the dataset for ``configuration`` (and plans) whose trainer the source
+    registry knows (``study_grid.parse_trainer_name``)."""
     runs = []
     for folder, trainer, run_plans in layout.run_folders(configuration):
         if plans is not None and run_plans != plans:
             continue
-        if trainer == PLAIN_TRAINER:
-            source, size = PLAIN_SOURCE, None
-        else:
-            parsed = parse_trainer_name(trainer)
-            if parsed is None:
-                continue
-            source, size = parsed
+        parsed = parse_trainer_name(trainer)
+        if parsed is None:
+            continue
+        source, size = parsed
         runs.append(Run(folder, trainer, run_plans, configuration, source, size))
     return runs
 
@@ -270,8 +267,7 @@ def metric_stats(values, failed=None, worst=None, metric: str = "dice") -> dict:
 
 def group_order(entry: dict) -> tuple:
     """Sort key of a source × size entry: the study's source order, plans, then size."""
-    order = {s: i for i, s in enumerate((*SOURCES, PLAIN_SOURCE))}
-    return order.get(entry["source"], 99), entry["plans"], float(entry["n"])
+    return rank(entry["source"]), entry["plans"], float(entry["n"])
 
 
 def _mean_n(values) -> int | float:
@@ -337,10 +333,8 @@ def observer_groups(cases: pd.DataFrame) -> list[tuple[dict, list[tuple[str, Pat
 def _williams_table(rows: pd.DataFrame) -> pd.DataFrame:
     if not len(rows):
         return rows
-    rank = {s: i for i, s in enumerate((*SOURCES, PLAIN_SOURCE))}
     return rows.sort_values(["source", "plans", "n", "metric"], kind="stable",
-                            key=lambda c: c.map(lambda s: rank.get(s, 99))
-                            if c.name == "source" else c)
+                            key=lambda c: c.map(rank) if c.name == "source" else c)
 
 
 # ---------------------------------------------------------------- 5. write
@@ -385,7 +379,8 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
     runs = find_runs(layout, plans, configuration)
     claim.check_inputs(r.folder for r in runs)
     if not runs:
-        raise UserError(f"no Xfer<Source>Trainer_n<N> or {PLAIN_TRAINER} runs with "
+        own = " or ".join(s.trainer for s in REGISTRY.values() if s.trainer)
+        raise UserError(f"no Xfer<Source>Trainer_n<N> or {own} runs with "
                         f"{'plans ' + plans + ' and ' if plans else ''}configuration "
                         f"{configuration} in {layout.results}; train one with nnUNetv2_train first")
     # the folds trained on are the folds the subsets came from (one-line refusal otherwise)

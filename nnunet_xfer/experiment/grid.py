@@ -10,13 +10,25 @@ from pathlib import Path
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEFAULT_CONFIGURATION, DEFAULT_PLANS
-from nnunet_xfer.sources import SOURCES, check_names
+from nnunet_xfer.sources import STUDY_SOURCES, check_names, spec
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, SIZES, TRAINER_SIZES
 
 #: ``--pretrain-scope``: ``fold`` pretrains sources that read the target's images once per fold
 #: on that fold's training images; ``all`` once on every image (validation cases included).
 PRETRAIN_SCOPES: tuple[str, ...] = ("fold", "all")
 DEVICES: tuple[str, ...] = ("cuda", "cpu", "mps")
+
+
+def check_architecture(sources, arch: str | None, plans: str = "") -> None:
+    """Refuse (one line) a source whose published checkpoint does not fit the grid's network
+    (``arch``: the ``--arch`` name, or the one read from the plans; None: nnU-Net's own)."""
+    for source in sources:
+        fits = spec(source).architectures
+        if fits and arch not in fits:
+            where = f"--arch {arch}" if arch else f"plans {plans or 'of nnU-Net'} (its own network)"
+            raise UserError(f"-s {source}: its published checkpoint fits only the networks of "
+                            f"--arch {' or '.join(fits)}, not {where}; run it in a grid with "
+                            f"--arch {fits[0]}")
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,8 @@ class Grid:
     #: plans the trainings use; with ``arch`` the plans the variant is derived from
     plans: str = DEFAULT_PLANS
     configuration: str = DEFAULT_CONFIGURATION
-    sources: tuple[str, ...] = SOURCES
+    #: the paper's sources unless asked otherwise (``--sources …,radimagenet``)
+    sources: tuple[str, ...] = STUDY_SOURCES
     sizes: tuple[int, ...] = SIZES
     folds: tuple[int, ...] = tuple(range(DEFAULT_FOLDS))
     device: str = "cuda"
@@ -73,6 +86,7 @@ class Grid:
             if self.arch not in ARCHITECTURES:
                 raise UserError(f"unknown architecture {self.arch!r}; known: "
                                 f"{', '.join(ARCHITECTURES)}")
+            check_architecture(self.sources, self.arch)
 
     @property
     def trained_plans(self) -> str:

@@ -89,7 +89,8 @@ def dry_run_text(p: Plan) -> str:
             lines.append(f"# {kind}")
             lines += [shell_command(s) for s in steps]
     if p.variables:
-        lines.append(f"# export {' '.join(p.variables)} before running (data for the source tasks)")
+        lines.append(f"# export {' '.join(p.variables)} before running (data and checkpoint "
+                     f"files of the source tasks)")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.experiment.grid import Grid
+from nnunet_xfer.experiment.grid import Grid, check_architecture
 from nnunet_xfer.layout import (
     CHECKPOINT_FINAL,
     CHECKPOINT_LATEST,
@@ -34,9 +34,12 @@ _VAR = re.compile(r"\$\{(\w+)\}")
 #: The trainers' variable saying which store entry to load (``fold`` or ``all``).
 PRETRAIN_SCOPE_VAR = "nnUNet_xfer_pretrain_scope"
 
-#: What a user must put in the placeholder variables that nnU-Net-plans pretraining needs.
-DATA_HINTS: dict[str, str] = {s.data_env: f"{s.data_hint} for {s.name}"
-                              for s in REGISTRY.values() if s.data_env}
+#: What a user must put in the placeholder variables that pretraining needs: the data of
+#: natural-image sources on nnU-Net's plans, the checkpoint files of imported sources.
+DATA_HINTS: dict[str, str] = {
+    **{s.data_env: f"{s.data_hint} for {s.name}" for s in REGISTRY.values() if s.data_env},
+    **{s.weights_env: f"the file of {s.weights_hint} for {s.name}"
+       for s in REGISTRY.values() if s.weights_env}}
 
 #: Order of the kinds of step (dry-run groups, SLURM jobs).
 KINDS: tuple[str, ...] = ("plan", "pretrain", "train", "evaluate", "report")
@@ -130,21 +133,33 @@ def expand_token(token: str, environ: Mapping[str, str]) -> str:
 
 
 # ---------------------------------------------------------------- checks against the dataset
-def is_torchvision_plans(name: str, plans: str, configuration: str) -> bool:
-    """True when the plans' network is one of the package's torchvision-backbone architectures."""
+def _plans_network(name: str, plans: str, configuration: str) -> dict:
+    """The ``architecture`` entry of a configuration in the plans ({} when not planned yet)."""
     try:
         path = DatasetLayout(name).plans_json(plans)
     except UserError:  # $nnUNet_preprocessed unset: nothing planned yet
-        return False
+        return {}
     if not path.is_file():
-        return False
+        return {}
     try:
         cfg = json.loads(path.read_text()).get("configurations", {}).get(configuration, {})
     except (OSError, ValueError):
         raise UserError(f"{path} is not readable JSON; re-run nnU-Net's planning") from None
-    arch = cfg.get("architecture", {}).get("network_class_name", "")
+    return cfg.get("architecture", {}) if isinstance(cfg, dict) else {}
+
+
+def is_torchvision_plans(name: str, plans: str, configuration: str) -> bool:
+    """True when the plans' network is one of the package's architectures (``nnunet-xfer plan``)."""
     from nnunet_xfer.architectures import is_torchvision_network
-    return bool(is_torchvision_network(arch))
+    return bool(is_torchvision_network(
+        _plans_network(name, plans, configuration).get("network_class_name", "")))
+
+
+def plans_architecture(name: str, plans: str, configuration: str) -> str | None:
+    """The ``--arch`` name of the plans' network; None for nnU-Net's own or unplanned plans."""
+    from nnunet_xfer.architectures.registry import architecture_of
+    a = _plans_network(name, plans, configuration)
+    return architecture_of(a.get("network_class_name", ""), a.get("arch_kwargs") or {})
 
 
 # ---------------------------------------------------------------- the grid
@@ -162,7 +177,9 @@ def _pretrain_steps(grid: Grid, layout: ShellLayout, plans: str, torchvision: bo
         tail = ["--device", grid.device]
         if s.needs_user_data and not torchvision and s.data_env:
             tail += ["--data", f"${{{s.data_env}}}"]
-        if grid.pretrain_iterations is not None:
+        if s.imports_weights:  # a published checkpoint: imported, not trained
+            tail += ["--weights", f"${{{s.weights_env}}}"]
+        elif grid.pretrain_iterations is not None:
             tail += ["--iterations", str(grid.pretrain_iterations)]
         if s.reads_target_images and grid.pretrain_scope == "fold":
             # one entry per fold, trained on that fold's training images only
@@ -190,6 +207,8 @@ def grid_steps(grid: Grid, name: str, torchvision: bool | None = None) -> list[S
     """
     layout = ShellLayout(name)
     plans, cfg = grid.trained_plans, grid.configuration
+    if grid.arch is None:  # the plans' own network must fit every published checkpoint
+        check_architecture(grid.sources, plans_architecture(name, plans, cfg), plans)
     if torchvision is None:
         torchvision = grid.arch is not None or is_torchvision_plans(name, plans, cfg)
     steps: list[Step] = []

@@ -36,7 +36,7 @@ from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, SCOPE_FOLD
                                            entry_lock, provenance, restricted_load,
                                            save_entry)
 from nnunet_xfer.pretraining.tasks import make_task
-from nnunet_xfer.sources import DATA_TARGET, SourceSpec, pretrained_spec
+from nnunet_xfer.sources import DATA_TARGET, IMPORTED_SOURCES, SourceSpec, pretrained_spec
 from nnunet_xfer.splits import verify_dataset
 
 #: Points kept of the loss curve written into the store's JSON.
@@ -272,17 +272,21 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, overwrite: bool = 
         raise UserError(f"configuration {config.configuration!r} is {len(planned.patch_size)}D; "
                         f"pretraining works on 2D configurations (-c 2d)")
 
+    if s.imports_weights:  # a published checkpoint: imported, never trained here
+        if config.data is not None:
+            raise UserError(f"-s {s.name} imports a published checkpoint (--weights FILE); it "
+                            f"takes no --data")
+        from nnunet_xfer.pretraining.external_weights import import_external_weights
+        return import_external_weights(s, planned, config.weights, overwrite)
     if s.needs_user_data and config.data is None:
         if _is_torchvision(planned.class_name):
             from nnunet_xfer.pretraining.torchvision_weights import import_torchvision_weights
-            return import_torchvision_weights(dataset_name=dataset_name, source=s.name,
-                                              plans=config.plans,
-                                              configuration=config.configuration,
-                                              weights=config.weights, overwrite=overwrite)
+            return import_torchvision_weights(s, planned, config.weights, overwrite=overwrite)
         raise UserError(f"-s {s.name} needs --data ({s.data_hint}) to pretrain "
                         f"{planned.class_name.rsplit('.', 1)[-1]}")
     if config.weights is not None:
-        raise UserError("--weights only applies to -s cls/seg with torchvision plans and no --data")
+        raise UserError(f"--weights only applies to -s {'/'.join(IMPORTED_SOURCES)}, and to -s "
+                        f"cls/seg with the package's plans and no --data")
 
     fold = config.fold if scope == SCOPE_FOLD else None
     config = replace(config, dataset=dataset_name, scope=scope,

@@ -106,7 +106,7 @@ def entry_provenance(dataset_name: str, plans: str = "nnUNetPlans", configuratio
 
 def pretrain_command(dataset_name: str, source: str, plans: str, configuration: str, *,
                      fold: int | None = None, scope: str | None = None, data: str | None = None,
-                     overwrite: bool = False) -> str:
+                     weights: str | None = None, overwrite: bool = False) -> str:
     """The ``nnunet-xfer pretrain`` command line that (re)creates one store entry."""
     try:
         did = str(DatasetLayout(dataset_name).id)
@@ -119,6 +119,8 @@ def pretrain_command(dataset_name: str, source: str, plans: str, configuration: 
         cmd += " --scope all"
     if data:
         cmd += f" --data {data}"
+    if weights:
+        cmd += f" --weights {weights}"
     return cmd + (" --overwrite" if overwrite else "")
 
 
@@ -160,6 +162,8 @@ def trainer_entry(dataset_name: str, source: str, plans: str, configuration: str
                                scope=scope)
     if s.needs_user_data and not torchvision:
         command += f" --data FOLDER (FOLDER: {s.data_hint})"
+    if s.imports_weights:
+        command += f" --weights FILE (FILE: {s.weights_hint})"
     path = DatasetLayout(dataset_name).store_entry(source, plans, configuration, fold=entry_fold)
     return TrainerEntry(path, entry_fold, scope, command)
 
@@ -175,9 +179,14 @@ def recreate_command(pth: Path, meta: dict, dataset_name: str, plans: dict,
     if fold is None and pth.parent.name.startswith(prefix):
         tail = pth.parent.name.removeprefix(prefix)
         fold = int(tail) if tail.isdigit() else None
-    return pretrain_command(dataset_name, str(meta.get("source") or pth.stem),
-                            str(plans.get("plans_name")), configuration, fold=fold,
-                            scope=meta.get("scope"), data=data, overwrite=True)
+    from nnunet_xfer.sources import REGISTRY
+    source = str(meta.get("source") or pth.stem)
+    weights = None
+    if source in REGISTRY and REGISTRY[source].imports_weights and meta.get("weights_file"):
+        weights = str(meta["weights_file"])
+    return pretrain_command(dataset_name, source, str(plans.get("plans_name")), configuration,
+                            fold=fold, scope=meta.get("scope"), data=data, weights=weights,
+                            overwrite=True)
 
 
 def read_record(pth: Path) -> dict:

@@ -1,5 +1,10 @@
 """The ``cls`` and ``seg`` sources as published: torchvision's ImageNet and COCO weights.
 
+Also what every import of published weights shares (``external_weights`` uses it for RadImageNet,
+DINOv2 and MedDINOv3): reading a weights file safely (:func:`load_state_dict`), mapping it onto the
+backbone (:func:`map_weights`) and storing the planned network as the entry
+(:func:`save_imported_entry`).
+
 For plans whose network is one of :mod:`nnunet_xfer.architectures` (``nnunet-xfer plan``):
 ``cls`` imports the ImageNet weights of the ResNet backbone (``<ResNet>_Weights.IMAGENET1K_V1``,
 the backbone weights torchvision's own segmentation models start from) and ``seg`` the
@@ -35,22 +40,15 @@ from nnunet_xfer.architectures.parts import (
     part_of,
 )
 from nnunet_xfer import settings
+from nnunet_xfer.atomic import Claim
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import resolve_dataset_name
-from nnunet_xfer.pretraining.network import Planned, build_network, load_planned
+from nnunet_xfer.pretraining.network import Planned, build_network
 from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, claim_entry, entry_lock,
                                            entry_path, file_sha256, provenance, restricted_load,
                                            save_entry)
-from nnunet_xfer.sources import DATA_KIND_NATURAL, DATA_NATURAL_CLASSES, SourceSpec, spec
+from nnunet_xfer.sources import DATA_KIND_NATURAL, DATA_NATURAL_CLASSES, SourceSpec
 
 OFFLINE_ENV = "nnUNet_xfer_offline"
-
-
-def _published_spec(source: str) -> SourceSpec:
-    s = spec(source)
-    if s.weights_tag is None:
-        raise UserError(f"torchvision publishes no weights for source {source!r}")
-    return s
 
 
 def _whole_network(s: SourceSpec) -> bool:
@@ -58,16 +56,20 @@ def _whole_network(s: SourceSpec) -> bool:
     return s.data != DATA_NATURAL_CLASSES
 
 
-def published_weights(network: torch.nn.Module, source: str):
-    """The torchvision ``Weights`` enum member that ``source`` imports into ``network``."""
+def published_weights(network: torch.nn.Module, s: SourceSpec):
+    """The torchvision ``Weights`` enum member that source ``s`` imports into ``network``."""
     from torchvision.models import get_model_weights
-    s = _published_spec(source)
     model = getattr(network, "model_name", None) if _whole_network(s) else network.backbone_name
     if model is None:
         raise UserError(f"torchvision publishes no segmentation weights for {type(network).__name__}"
-                        f" ({network.backbone_name} U-Net); use an fcn_*/deeplabv3_* plans variant"
+                        f" ({network.backbone_name}); use an fcn_*/deeplabv3_* plans variant"
                         f" for -s seg, or pretrain seg with --data")
-    return get_model_weights(model)[s.weights_tag]
+    try:
+        return get_model_weights(model)[s.weights_tag]
+    except (ValueError, KeyError):  # not a torchvision model (the ViT encoders), or no such tag
+        raise UserError(f"torchvision publishes no {s.weights_tag} weights for {model}; pretrain "
+                        f"-s {s.name} with --data, or import a published checkpoint "
+                        f"(-s dinov2 / meddino for the ViT networks)") from None
 
 
 def canonical_file_name(weights) -> str:
@@ -134,7 +136,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read weights file {path} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); it is truncated or "
                         f"corrupt: delete it and download it again") from None
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "teacher"):  # "teacher": DINOv3's checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj or \
@@ -148,33 +150,40 @@ def _examples(keys, n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f" … (+{len(keys) - n})" if len(keys) > n else "")
 
 
-def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source: str,
-                origin: str = "weights file") -> dict[str, torch.Tensor]:
+def _kind_hint(state: dict[str, torch.Tensor], whole: bool) -> str:
+    """What a file of the other torchvision kind looks like, as the tail of an error."""
+    if not whole and any(k.startswith("backbone.") for k in state):
+        return "; it looks like a segmentation file: use -s seg"
+    if whole and "fc.weight" in state:
+        return "; it looks like an ImageNet classification file: use -s cls"
+    return ""
+
+
+def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, whole: bool,
+                origin: str = "weights file", hint: str = "") -> dict[str, torch.Tensor]:
     """Published weights under the network's own keys, first conv adapted; names any misfit.
 
-    ``cls`` (classification weights): a ResNet state dict onto the backbone (its ``fc`` is
-    dropped). ``seg`` (segmentation weights): a torchvision segmentation state dict onto the whole
-    network minus the head's last class layer (and minus the auxiliary branch when the network
-    has none).
+    ``whole=False`` (backbone weights): a state dict in the backbone's own names (torchvision's
+    ResNet, timm's ViT) onto the backbone (a ResNet's ``fc`` is dropped). ``whole=True``
+    (segmentation weights): a torchvision segmentation state dict onto the whole network minus the
+    head's last class layer (and minus the auxiliary branch when the network has none).
+    The backbone's input convolution (``network.first_conv``) has its RGB kernels adapted to the
+    plans' channels. ``hint`` ends the error message.
     """
+    first_conv = network.first_conv
     target = network.state_dict()
     parts = network_parts(network)
     prefix = network.backbone_prefix
-    whole = _whole_network(_published_spec(source))
     if not whole:
         wanted = {k[len(prefix):]: k for k in target if k.startswith(prefix)}
         ignorable = {k for k in state if k.startswith("fc.")}
-        hint = "; it looks like a segmentation file: use -s seg" \
-            if any(k.startswith("backbone.") for k in state) else ""
     else:
         wanted = {k: k for k in target if part_of(k, parts) != "head"}
         ignorable = {k for k in state if part_of(k, parts) == "head"
                      or (k.startswith("aux_classifier.") and k not in target)}
-        hint = "; it looks like an ImageNet classification file: use -s cls" \
-            if "fc.weight" in state else ""
     missing = set(wanted) - set(state)
     unexpected = set(state) - set(wanted) - ignorable
-    conv1 = prefix + "conv1.weight"
+    conv1 = prefix + first_conv
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(target[wanted[k]].shape)}"
                   for k in set(wanted) & set(state)
                   if wanted[k] != conv1 and state[k].shape != target[wanted[k]].shape]
@@ -189,7 +198,7 @@ def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source
         raise UserError(f"{origin} does not fit the {network.backbone_name} network of these plans:"
                         f" {'; '.join(what)}{hint}")
     mapped = {wanted[k]: state[k].clone() for k in wanted}
-    file_conv1 = state[conv1 if whole else "conv1.weight"]
+    file_conv1 = state[conv1 if whole else first_conv]
     mapped[conv1] = adapt_input_channels(file_conv1, target[conv1].shape[1])
     if mapped[conv1].shape != target[conv1].shape:
         raise UserError(f"{origin}: first convolution {tuple(file_conv1.shape)} cannot be adapted "
@@ -197,34 +206,31 @@ def map_weights(state: dict[str, torch.Tensor], network: torch.nn.Module, source
     return mapped
 
 
-def build_planned_network(dataset_name: str, plans: str, configuration: str,
-                          planned: Planned | None = None) -> torch.nn.Module:
-    """The torchvision network of these plans, built exactly as the trainer builds it."""
-    planned = planned or load_planned(dataset_name, plans, configuration)
+def build_planned_network(planned: Planned) -> torch.nn.Module:
+    """The network of these plans, one of the package's architectures (``nnunet-xfer plan``),
+    built exactly as the trainer builds it."""
     if not is_torchvision_network(planned.class_name):
-        raise UserError(f"plans {plans} of {dataset_name} use {planned.class_name.rsplit('.', 1)[-1]}, "
-                        f"which cannot take torchvision weights; write torchvision plans with "
-                        f"`nnunet-xfer plan -d {dataset_name} --arch fcn_resnet50` and pass -p "
+        raise UserError(f"plans {planned.plans} of {planned.dataset_name} use "
+                        f"{planned.class_name.rsplit('.', 1)[-1]}, which cannot take published "
+                        f"weights; write plans of the package's networks with `nnunet-xfer plan -d "
+                        f"{planned.dataset_name} --arch fcn_resnet50` and pass -p "
                         f"nnUNetPlans_fcn_resnet50, or pretrain with --data")
     return build_network(planned)
 
 
-def import_torchvision_weights(dataset_name: str, source: str, plans: str, configuration: str,
-                               weights: Path | None, overwrite: bool, verify_hash: bool = True,
-                               allow_download: bool = True) -> Path:
-    """Import torchvision's published ``cls``/``seg`` weights into the pretrained store."""
-    dataset_name = resolve_dataset_name(dataset_name)
-    s = _published_spec(source)
-    pth = entry_path(dataset_name, source, plans, configuration)
-    claim = claim_entry(pth, overwrite, inputs=(weights,))
-    planned = load_planned(dataset_name, plans, configuration)
-    network = build_planned_network(dataset_name, plans, configuration, planned)
-    enum = published_weights(network, source)
-    path = resolve_weights_file(enum, weights, allow_download)
-    checked = verify_hash and path.name == canonical_file_name(enum)
-    if checked:
-        verify_hash_prefix(path, path.name)
-    mapped = map_weights(load_state_dict(path), network, source, origin=str(path))
+def claim_imported_entry(s: SourceSpec, planned: Planned, weights: Path | None,
+                         overwrite: bool) -> Claim:
+    """The output guard's claim on the store entry an import of ``s`` writes (taken before
+    anything is read, so a refused overwrite costs nothing)."""
+    pth = entry_path(planned.dataset_name, s.name, planned.plans, planned.configuration)
+    return claim_entry(pth, overwrite, inputs=(weights,))
+
+
+def save_imported_entry(s: SourceSpec, planned: Planned, network: torch.nn.Module,
+                        mapped: dict[str, torch.Tensor], metadata: dict, claim: Claim) -> Path:
+    """Load the imported tensors into the planned network and store its full state dict as the
+    entry of ``s`` (shared by every fold): what the trainers load, fingerprint included."""
+    pth = claim.path
     state = network.state_dict()
     state.update(mapped)
     network.load_state_dict(state)  # proves the mapped state fits the planned network
@@ -232,8 +238,38 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
     # head is never among them: part_of() gives the head precedence over the decoder).
     parts = network_parts(network)
     trained = [p for part in s.default_parts for p in parts[part]]
-    metadata = {
-        "source": source,
+    record = {
+        "source": s.name, **metadata,
+        "iterations": 0,
+        "final_loss": None,
+        "network_class_name": f"{type(network).__module__}.{type(network).__name__}",
+        "trained_prefixes": trained,
+        "n_imported_tensors": len(mapped),
+        "input_channel_adaptation": "sum over RGB (divided by C and repeated for C>1 channels)",
+        **provenance(planned.dataset_name, planned.plans_manager.plans, planned.configuration,
+                     scope=SCOPE_EXTERNAL, fold=None, case_ids=[]),
+    }
+    with entry_lock(pth):
+        return save_entry(pth, network.state_dict(), None, record, claim=claim)
+
+
+def import_torchvision_weights(s: SourceSpec, planned: Planned, weights: Path | None,
+                               overwrite: bool, verify_hash: bool = True,
+                               allow_download: bool = True) -> Path:
+    """Import torchvision's published ``cls``/``seg`` weights into the pretrained store."""
+    if s.weights_tag is None:
+        raise UserError(f"torchvision publishes no weights for source {s.name!r}")
+    claim = claim_imported_entry(s, planned, weights, overwrite)
+    network = build_planned_network(planned)
+    enum = published_weights(network, s)
+    path = resolve_weights_file(enum, weights, allow_download)
+    checked = verify_hash and path.name == canonical_file_name(enum)
+    if checked:
+        verify_hash_prefix(path, path.name)
+    state = load_state_dict(path)
+    whole = _whole_network(s)
+    mapped = map_weights(state, network, whole, origin=str(path), hint=_kind_hint(state, whole))
+    out = save_imported_entry(s, planned, network, mapped, {
         "data": f"{path} ({enum})",
         "data_kind": DATA_KIND_NATURAL,
         "weights_file": str(path),
@@ -241,18 +277,7 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
         "weights_url": enum.url,
         "weights_sha256": file_sha256(path),
         "hash_prefix_verified": checked,
-        "iterations": 0,
-        "final_loss": None,
         "task_metric": enum.meta.get("_metrics"),
-        "network_class_name": f"{type(network).__module__}.{type(network).__name__}",
-        "trained_prefixes": trained,
-        "n_imported_tensors": len(mapped),
-        "input_channel_adaptation": "sum over RGB (divided by C and repeated for C>1 channels)",
-        **provenance(dataset_name, planned.plans_manager.plans, configuration,
-                     scope=SCOPE_EXTERNAL, fold=None, case_ids=[]),
-    }
-    with entry_lock(pth):
-        out = save_entry(pth, network.state_dict(), None, metadata, overwrite=overwrite,
-                         claim=claim)
+    }, claim)
     print(f"imported {len(mapped)} tensors of {enum} from {path} into {out}")
     return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import types
 from pathlib import Path
 
@@ -17,16 +16,17 @@ import pytest
 import torch
 import torchvision
 
-from conftest import DATASET_NAME, run_cli
+from conftest import one_case_validation_copy, predict_one_validation_case, run_cli
 from nnunet_xfer.architectures import ARCHITECTURES, is_torchvision_network
 from nnunet_xfer.architectures.parts import network_parts, part_of, supports_deep_supervision
-from nnunet_xfer.splits import make_subsets
 from nnunet_xfer.planning import activation_elements, adjusted_batch_size, write_plans_variant
 from nnunet_xfer.architectures.registry import build
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.pretraining.store import load_entry
 from nnunet_xfer.architectures.parts import adapt_input_channels
+from nnunet_xfer.pretraining.network import load_planned
 from nnunet_xfer.pretraining.torchvision_weights import import_torchvision_weights
+from nnunet_xfer.sources import spec
 
 TV_ID, TV_NAME = 511, "Dataset511_L3tv"
 PLANS = "nnUNetPlans_fcn_resnet50"
@@ -43,6 +43,10 @@ def test_any_input_size_gives_output_at_input_resolution(arch):
             out = net(torch.empty(shape))
             assert isinstance(out, torch.Tensor) and out.shape == (shape[0], 3, *shape[2:])
         feats = net.encode(torch.empty(1, 1, 64, 64))
+    if arch.startswith("unetr_vit"):  # four blocks' tokens on the (padded) patch grid
+        side = -(-64 // net.patch_size)
+        assert [tuple(f.shape) for f in feats] == [(1, 768, side, side)] * 4
+        return
     assert len(feats) == 5
     assert feats[-1].shape[1] == (512 if arch.endswith(("18", "34")) else 2048)
     assert [f.shape[-1] for f in feats][:3] == [32, 16, 8]  # strides 2, 4, 8
@@ -70,7 +74,7 @@ def test_parts_cover_every_key_and_head_is_last_class_layer(arch):
     assert head == [f"{layer}.bias", f"{layer}.weight"]  # the class convolution only
     assert net.state_dict()[f"{layer}.weight"].shape[:2] == (4, net.state_dict()[
         f"{layer}.weight"].shape[1])
-    assert net.state_dict()[net.backbone_prefix + "conv1.weight"].shape[1] == 2
+    assert net.state_dict()[net.backbone_prefix + net.first_conv].shape[1] == 2
     cls_name = ARCHITECTURES[arch].class_name
     assert is_torchvision_network(cls_name) and not supports_deep_supervision(cls_name)
     # the plans variant's batch-size rule can size every network
@@ -83,6 +87,21 @@ def test_registry_and_deep_supervision_refused():
     a = ARCHITECTURES["unet_resnet18"]
     with pytest.raises(ValueError, match="deep.supervision"):
         get_network_from_plans(a.class_name, a.kwargs, [], 1, 2, deep_supervision=True)
+
+
+def test_vit_size_comes_from_encoder_kwargs_and_nothing_else():
+    """``encoder_kwargs`` narrows or shortens the ViT (the tests' small plans); the patch size and
+    the position grid stay the network's own, and skip blocks must exist."""
+    from nnunet_xfer.architectures.vit_unetr import ViTUNETR
+    small = {"embed_dim": 32, "depth": 4, "num_heads": 2}
+    with torch.device("meta"):
+        net = ViTUNETR(1, 2, img_size=(64, 64), skip_blocks=(0, 1, 2, 3), encoder_kwargs=small)
+        assert len(net.encoder.blocks) == 4 and net.encoder.embed_dim == 32
+        assert [tuple(f.shape) for f in net.encode(torch.empty(1, 1, 64, 64))] == [(1, 32, 4, 4)] * 4
+        with pytest.raises(ValueError, match="only embed_dim, depth, num_heads"):
+            ViTUNETR(1, 2, encoder_kwargs={**small, "patch_size": 8})
+        with pytest.raises(ValueError, match=r"skip_blocks \[2, 5, 8, 11\] do not lie within .* 4"):
+            ViTUNETR(1, 2, encoder_kwargs=small)
 
 
 @pytest.mark.parametrize("arch", ["fcn_resnet50", "unet_resnet18"])
@@ -163,20 +182,7 @@ def torch_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tv_dataset(preprocessed_dataset, nnunet_env):
     """The phantom as Dataset511 with FCN plans and a fold 0 of 1 validation case (fast validation)."""
-    raw = Path(nnunet_env["nnUNet_raw"])
-    shutil.copytree(raw / DATASET_NAME, raw / TV_NAME)
-    pre = Path(nnunet_env["nnUNet_preprocessed"]) / TV_NAME
-    shutil.copytree(preprocessed_dataset, pre,
-                    ignore=shutil.ignore_patterns("nnUNetPlans_*.json", "subsets.json"))
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["dataset_name"] = TV_NAME
-    (pre / "nnUNetPlans.json").write_text(json.dumps(plans))
-    splits = json.loads((pre / "splits_final.json").read_text())
-    splits[0]["val"] = splits[0]["val"][:1]
-    for folder in (pre, raw / TV_NAME):  # raw and preprocessed folds agree, subsets drawn from them
-        (folder / "splits_final.json").write_text(json.dumps(splits))
-    subsets = make_subsets(splits, [5, 10], seed=12345, warn=False)
-    (raw / TV_NAME / "subsets.json").write_text(json.dumps(subsets))
+    pre = one_case_validation_copy(preprocessed_dataset, nnunet_env, TV_NAME)
     write_plans_variant(str(TV_ID), "fcn_resnet50")
     return pre
 
@@ -186,8 +192,14 @@ def _entry(source):
     return entry_path(TV_NAME, source, PLANS, "2d")
 
 
+def _import(source, weights, **kwargs):
+    """``import_torchvision_weights`` for ``source`` on the FCN plans of Dataset511."""
+    return import_torchvision_weights(spec(source), load_planned(TV_NAME, PLANS, "2d"), weights,
+                                      **kwargs)
+
+
 def test_cls_import_copies_backbone_exactly(torch_home, tv_dataset):
-    pth = import_torchvision_weights(TV_NAME, "cls", PLANS, "2d", None, overwrite=True,
+    pth = _import("cls", None, overwrite=True,
                                      verify_hash=False, allow_download=False)
     state, head, meta = load_entry(pth)
     for k, v in torch_home.resnet.items():
@@ -205,7 +217,7 @@ def test_cls_import_copies_backbone_exactly(torch_home, tv_dataset):
 
 
 def test_seg_import_copies_all_but_last_class_layer(torch_home, tv_dataset):
-    pth = import_torchvision_weights(TV_NAME, "seg", PLANS, "2d", None, overwrite=True,
+    pth = _import("seg", None, overwrite=True,
                                      verify_hash=False, allow_download=False)
     state, _, meta = load_entry(pth)
     fcn = torch_home.fcn
@@ -223,7 +235,7 @@ def test_seg_import_copies_all_but_last_class_layer(torch_home, tv_dataset):
 
 def test_hash_prefix_of_canonical_file_is_checked(torch_home, tv_dataset):
     with pytest.raises(UserError, match="0676ba61"):
-        import_torchvision_weights(TV_NAME, "cls", PLANS, "2d", None, overwrite=True,
+        _import("cls", None, overwrite=True,
                                    allow_download=False)
 
 
@@ -233,19 +245,19 @@ def test_bad_weights_are_refused(torch_home, tv_dataset, tmp_path):
     with pytest.raises(UserError, match=r"resnet50 .*missing 198 keys \(layer1\.0\.bn3\.bias.*"
                                         r"shape mismatches \(layer1\.0\.conv1\.weight "
                                         r"\(64, 64, 3, 3\) vs \(64, 64, 1, 1\)"):
-        import_torchvision_weights(TV_NAME, "cls", PLANS, "2d", r18, overwrite=True)
+        _import("cls", r18, overwrite=True)
     with pytest.raises(UserError, match="looks like an ImageNet classification file"):
-        import_torchvision_weights(TV_NAME, "seg", PLANS, "2d", torch_home.ck / RESNET50_FILE,
+        _import("seg", torch_home.ck / RESNET50_FILE,
                                    overwrite=True, verify_hash=False)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((torch_home.ck / FCN50_FILE).read_bytes()[:1_000_000])
     with pytest.raises(UserError, match="truncated or corrupt"):
-        import_torchvision_weights(TV_NAME, "seg", PLANS, "2d", truncated, overwrite=True)
+        _import("seg", truncated, overwrite=True)
     if not _entry("seg").exists():
-        import_torchvision_weights(TV_NAME, "seg", PLANS, "2d", None, overwrite=True,
+        _import("seg", None, overwrite=True,
                                    verify_hash=False, allow_download=False)
     with pytest.raises(UserError, match="exists; pass --overwrite"):
-        import_torchvision_weights(TV_NAME, "seg", PLANS, "2d", None, overwrite=False,
+        _import("seg", None, overwrite=False,
                                    verify_hash=False, allow_download=False)
 
 
@@ -278,17 +290,9 @@ def test_seg_pretrain_train_and_predict_with_nnunet_cli(torch_home, tv_dataset, 
     assert debug["xfer_info"]["transfer"]["fingerprint_network"] == \
         debug["xfer_info"]["transfer"]["fingerprint_checkpoint"]
 
-    images = tmp_path / "in"
-    images.mkdir()
-    case = json.loads((tv_dataset / "splits_final.json").read_text())[0]["val"][0]
-    shutil.copy(Path(nnunet_env["nnUNet_raw"]) / TV_NAME / "imagesTr" / f"{case}_0000.nii.gz",
-                images)
-    run_cli("nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "out"), "-d", str(TV_ID),
-            "-c", "2d", "-f", "0", "-tr", "XferSegTrainer_n5", "-p", PLANS, "-device", "cpu",
-            "--disable_tta", "-npp", "1", "-nps", "1")
+    pred, ref = predict_one_validation_case(TV_ID, tv_dataset, nnunet_env, "XferSegTrainer_n5",
+                                            PLANS, tmp_path)
     import SimpleITK as sitk
-    pred = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))
-    ref = sitk.ReadImage(str(images / f"{case}_0000.nii.gz"))
     assert pred.GetSize() == ref.GetSize()
     assert set(sitk.GetArrayFromImage(pred).ravel().tolist()) <= {0, 1}
 
@@ -301,5 +305,5 @@ def test_jigsaw_pretraining_runs_on_torchvision_plans(tv_dataset, nnunet_env):
     assert meta["trained_prefixes"] == ["backbone."] and meta["iterations"] == 1
     from nnunet_xfer.pretraining.torchvision_weights import build_planned_network
     from nnunet_xfer.pretraining.store import architecture_fingerprint
-    net = build_planned_network(TV_NAME, PLANS, "2d")
+    net = build_planned_network(load_planned(TV_NAME, PLANS, "2d"))
     assert meta["architecture_fingerprint"] == architecture_fingerprint(net)

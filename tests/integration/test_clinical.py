@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from clinical_data import RUN, TRAINER, phantom_volume, studies_csv, write_ct_series, write_volume
 from conftest import REAL_CT, run_cli
 from nnunet_xfer.clinical import l3_auto
-from nnunet_xfer.clinical.api import CUTOFFS, low_muscle, measure_studies
+from nnunet_xfer.clinical.api import CUTOFFS, MeasureConfig, low_muscle, measure_studies
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg
 from nnunet_xfer.clinical.predict import SlicePredictor
 from nnunet_xfer.evaluation.measures import MEASURE_KEYS, muscle_measures
@@ -162,8 +162,8 @@ def test_l3_auto_uses_totalsegmentators_labels(model_env, monkeypatch, tmp_path)
         {"case_id": "auto", "image": image},
         {"case_id": "by_map", "image": image, "vertebra_mask": str(seg_file), "vertebra_label": 29},
         {"case_id": "by_index", "image": image, "slice_index": 40}])
-    result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu",
-                             l3="auto")
+    result = measure_studies(MeasureConfig(csv, tmp_path / "out", dataset=501, trainer=TRAINER,
+                                           device="cpu", l3="auto"))
     assert result.failed == {}
     assert calls == [sitk.ReadImage(image).GetSize()]     # only the row that gives no slice
     t = result.table.set_index("case_id")
@@ -217,8 +217,8 @@ def test_measure_dicom_series_with_patient_data(model_env, predictor, phantom_di
                             patient={"PatientSize": "1.80", "PatientSex": "M", "PatientWeight": "90"})
     csv = studies_csv(tmp_path / "s.csv", [{"case_id": "p1", "image": str(tmp_path / "series"),
                                             "slice_index": 2}])
-    result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu",
-                             low_smi_cutoffs="martin2013")
+    result = measure_studies(MeasureConfig(csv, tmp_path / "out", dataset=501, trainer=TRAINER,
+                                           device="cpu", low_smi_cutoffs="martin2013"))
     row = result.table.set_index("case_id").loc["p1"]
     assert row["status"] == "ok"
     assert row["height_m"] == 1.8 and row["height_source"] == "dicom" and row["sex"] == "M"
@@ -247,7 +247,8 @@ def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path, 
     write_ct_series(tmp_path / "series", volume, spacing, per_slice=no_study_uid)
     csv = studies_csv(tmp_path / "s.csv", [{"case_id": "anon", "image": str(tmp_path / "series"),
                                             "slice_index": 1}])
-    result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu")
+    result = measure_studies(MeasureConfig(csv, tmp_path / "out", dataset=501, trainer=TRAINER,
+                                           device="cpu"))
     assert "warning: case anon: IM0001.dcm has no StudyInstanceUID" in capsys.readouterr().err
     row = result.table.set_index("case_id").loc["anon"]
     assert row["status"] == "ok" and row["mask_file"] == "masks/anon.nii.gz"
@@ -263,8 +264,9 @@ def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
     csv = studies_csv(tmp_path / "s.csv", rows)
     _measure(csv, tmp_path / "cli", "--low-smi-cutoffs", "prado2008", "-f", "0", "1", env=model_env)
     import nnunet_xfer
-    result = nnunet_xfer.measure_studies(csv, tmp_path / "api", dataset="501", trainer=TRAINER,
-                                         folds=[0, 1], device="cpu", low_smi_cutoffs="prado2008")
+    result = nnunet_xfer.measure_studies(nnunet_xfer.MeasureConfig(
+        csv, tmp_path / "api", dataset="501", trainer=TRAINER, folds=[0, 1], device="cpu",
+        low_smi_cutoffs="prado2008"))
     cli = pd.read_csv(tmp_path / "cli" / "measures.csv", dtype={"case_id": str})
     api = pd.read_csv(tmp_path / "api" / "measures.csv", dtype={"case_id": str})
     pd.testing.assert_frame_equal(cli, api)
@@ -332,5 +334,5 @@ def test_import_stays_light_and_exports_measure_studies():
             "f = nnunet_xfer.measure_studies; print(f.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "nnunet_xfer.clinical.api"
-    from nnunet_xfer import measure_studies as f
-    assert f is measure_studies
+    from nnunet_xfer import MeasureConfig as config_class, measure_studies as f
+    assert f is measure_studies and config_class is MeasureConfig

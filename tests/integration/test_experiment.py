@@ -262,6 +262,33 @@ def test_arch_plans_the_variant_and_runs_every_source_on_it(grid_dataset):
         Grid(str(GRID_ID), arch="vgg")
 
 
+def test_extended_grid_imports_published_checkpoints_on_their_network(grid_dataset):
+    """--sources …,meddino on --arch unetr_vit_b16: the import takes --weights from a variable
+    (never --iterations), its trainers are XferMeddinoTrainer_n<N>; the default grid stays the
+    paper's; a checkpoint that does not fit --arch is refused in one line."""
+    proc = run_cli("nnunet-xfer", "experiment", "-d", str(GRID_ID), "--arch", "unetr_vit_b16",
+                   "--sources", "scratch,rec,jigsaw,meddino", "--sizes", "5", "--folds", "0",
+                   "--pretrain-iterations", "7", "--dry-run")
+    lines = [l for l in proc.stdout.splitlines() if l and not l.startswith("#")]
+    assert lines[0] == "nnunet-xfer plan -d 887 --arch unetr_vit_b16"
+    pretrains = [l for l in lines if l.startswith("nnunet-xfer pretrain ")]
+    assert ('nnunet-xfer pretrain -d 887 -s meddino -p nnUNetPlans_unetr_vit_b16 -c 2d --device '
+            'cuda --weights "${NNUNET_XFER_MEDDINO_WEIGHTS}"') in pretrains
+    assert all("--iterations 7" in l for l in pretrains if " -s meddino " not in l)
+    assert "nnUNetv2_train 887 2d 0 -tr XferMeddinoTrainer_n5 -p nnUNetPlans_unetr_vit_b16 " \
+           "-device cuda" in lines
+    assert "NNUNET_XFER_MEDDINO_WEIGHTS" in proc.stdout.splitlines()[-1]
+    assert Grid("887").sources == ("scratch", "cls", "seg", "rec", "jigsaw")
+    bad = run_cli("nnunet-xfer", "experiment", "-d", str(GRID_ID), "--arch", "unetr_vit_b16",
+                  "--sources", "scratch,dinov2", "--dry-run", check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "-s dinov2" in bad.stderr and "unetr_vit_b14" in bad.stderr
+    with pytest.raises(UserError, match="radimagenet.*--arch unet_resnet50.*not plans nnUNetPlans"):
+        experiment_steps(str(GRID_ID), sources=("scratch", "radimagenet"), sizes=[5], folds=[0])
+    with pytest.raises(UserError, match="nnUNetTrainer"):
+        Grid(str(GRID_ID), sources=("scratch", "nnunet"))
+
+
 def test_cli_builds_the_grid_with_the_grid_defaults(grid_dataset):
     from nnunet_xfer.cli import _grid
     a = build_parser().parse_args(["experiment", "-d", "887", "--dry-run"])

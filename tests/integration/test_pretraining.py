@@ -481,12 +481,16 @@ def test_bad_input_is_refused_with_one_line(preprocessed_dataset, results, tmp_p
 def test_every_source_task_has_a_task_class_and_a_data_kind():
     from nnunet_xfer.pretraining.datasets import NATURAL_DATA
     from nnunet_xfer.pretraining.tasks import TASKS
-    from nnunet_xfer.sources import DATA_TARGET, REGISTRY
+    from nnunet_xfer.sources import DATA_PUBLISHED, DATA_TARGET, REGISTRY
     for s in REGISTRY.values():
-        if s.pretrained:
+        if s.imports_weights:  # a published checkpoint: a reader, a file to pass, a colour
+            assert s.task is None and s.data == DATA_PUBLISHED and s.weights_env, s.name
+            assert s.weights_hint and s.architectures and not s.in_study and s.data_kind, s.name
+        elif s.pretrained:
             assert s.task in TASKS, s.name
             assert s.data == DATA_TARGET or s.data in NATURAL_DATA, s.name
-    assert {s.task for s in REGISTRY.values() if s.pretrained} == set(TASKS)
+    assert {s.task for s in REGISTRY.values() if s.task} == set(TASKS)
+    assert len({s.color for s in REGISTRY.values()}) == len(REGISTRY)  # one colour per source
 
 
 # ----------------------------------------------------------------------------- Models Genesis

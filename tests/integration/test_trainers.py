@@ -180,9 +180,12 @@ def test_family_is_complete_and_discoverable():
 
     import nnunet_xfer.trainers.xfer_trainer_family as family
     names = [trainer_name(s, t) for s in SOURCES for t in SIZE_TAGS]
-    assert len(names) == len(SOURCES) * len(SIZE_TAGS) and set(names) <= set(family.__all__)
+    assert len(names) == len(set(names)) == len(SOURCES) * len(SIZE_TAGS)
+    assert set(names) <= set(family.__all__)
     assert {"XferScratchTrainer_n1", "XferRecTrainer_n2", "XferSegTrainer_n3",
             "XferJigsawTrainer_n4"} <= set(names)
+    assert {"XferRadimagenetTrainer_n5", "XferDinov2Trainer_n5", "XferMeddinoTrainer_nall"} <= set(names)
+    assert "nnUNetTrainer" not in family.__all__  # nnU-Net's own source has no family
     for name in names:
         cls = getattr(family, name)
         assert issubclass(cls, nnUNetTrainer) and cls.__name__ == name

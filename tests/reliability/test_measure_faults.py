@@ -266,8 +266,8 @@ def test_interrupted_run_leaves_nothing(model_env, phantom_dir, tmp_path, monkey
         return real(*args, **kwargs)
     monkeypatch.setattr(clinical_api, "_measure_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        clinical_api.measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER,
-                                     device="cpu")
+        clinical_api.measure_studies(clinical_api.MeasureConfig(
+            csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu"))
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nnunet_xfer_tmp")]
 
