@@ -175,13 +175,16 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
                     low_smi_cutoffs: str | None = None, heights: Path | None = None,
                     allow_non_hu: bool = False, overwrite: bool = False,
                     checkpoint: str = CHECKPOINT_FINAL,
-                    on_error: Callable[[str], None] | None = None) -> MeasureResult:
+                    on_error: Callable[[str], None] | None = None,
+                    mirroring: bool = True) -> MeasureResult:
     """Measure the L3 muscle of every CT study in the manifest ``cases`` with a trained model.
 
     ``cases``: convert's manifest without a mask column (``case_id,image`` + ``slice_index`` or
     ``vertebra_mask,vertebra_label``; optional ``height_m,sex,weight_kg``). ``dataset``,
     ``trainer``, ``plans``, ``configuration``, ``folds`` (None: every finished fold, ensembled)
-    and ``device`` name the model as ``nnUNetv2_predict`` does. ``l3="auto"`` picks L3 with
+    and ``device`` name the model as ``nnUNetv2_predict`` does; ``mirroring`` False skips
+    nnU-Net's test-time mirroring (``--disable_tta``; docs/measure.md gives its measured
+    cost and speed). ``l3="auto"`` picks L3 with
     TotalSegmentator for cases whose row gives no slice. ``low_smi_cutoffs``: ``prado2008`` or
     ``martin2013`` adds low-SMI verdicts. Writes ``out/`` with ``measures.csv``,
     ``gallery.html``, ``qc/<case>.png`` and per case ``seg/<case>.dcm`` (DICOM input) or
@@ -199,14 +202,15 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
     if l3 == "auto":
         l3_auto.require_totalseg()
     predictor = SlicePredictor(dataset, trainer, plans, configuration, _parse_folds(folds),
-                               device, checkpoint)
+                               device, checkpoint, mirroring)
     device_name = str(predictor.device)
 
     def auto(volume):
         return l3_auto.run_totalsegmentator(volume, device_name)
 
     report = on_error or (lambda msg: warnings.warn(msg, stacklevel=3))
-    model_name = f"{predictor.dataset}/{predictor.run.name} folds {','.join(predictor.folds)}"
+    model_name = (f"{predictor.dataset}/{predictor.run.name} folds {','.join(predictor.folds)}"
+                  + ("" if predictor.mirroring else ", no test-time mirroring"))
     rows, pictures, failed = [], {}, {}
     with owned_output(out, "measure", overwrite) as tmp:
         # disable=None: a bar on a terminal, none in logs and pipes

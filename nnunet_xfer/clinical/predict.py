@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 from nnunet_xfer.evaluation.metrics import dice
@@ -112,11 +113,15 @@ class SlicePredictor:
 
     ``dataset`` id or name, ``trainer``, ``plans`` and ``configuration`` name the run folder as
     ``nnUNetv2_predict -d -tr -p -c`` does; ``folds`` None means every finished fold.
+    ``mirroring`` False turns nnU-Net's test-time mirroring off (``nnUNetv2_predict
+    --disable_tta``): one network pass per tile instead of four in 2D.
     """
 
     def __init__(self, dataset: str | int, trainer: str, plans: str = DEFAULT_PLANS,
                  configuration: str = DEFAULT_CONFIGURATION, folds: list[str | int] | None = None,
-                 device: str | None = None, checkpoint: str = CHECKPOINT_FINAL):
+                 device: str | None = None, checkpoint: str = CHECKPOINT_FINAL,
+                 mirroring: bool = True):
+        settings.prefer_passive_omp_wait()  # before torch loads OpenMP: see its docstring
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -197,13 +202,15 @@ class SlicePredictor:
                                 f"({str(e).splitlines()[0][:120]}); it was trained on other plans")
         self.device = resolve_device(device)
         with contextlib.redirect_stdout(io.StringIO()):
-            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
+                                        use_mirroring=bool(mirroring),
                                         perform_everything_on_device=self.device.type == "cuda",
                                         device=self.device, verbose=False, allow_tqdm=False)
             predictor.manual_initialization(network.to(self.device), plans_manager, cm, parameters,
                                             dataset_json, trainer, mirror_axes)
         self.predictor = predictor
         self.folds = folds
+        self.mirroring = bool(mirroring)
         self.parameters = parameters
         self.plans, self.configuration, self.trainer = plans, configuration, trainer
         self.dataset = layout.name
