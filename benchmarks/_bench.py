@@ -134,11 +134,12 @@ class Timings:
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
-                warmup: int = 1) -> Timings:
-    """Call every candidate once per round for ``repeats`` rounds (≥ 5), rotating the order by one
-    each round, after ``warmup`` untimed rounds; record each call's process CPU and wall time."""
-    if repeats < 5:
-        raise ValueError(f"repeats must be >= 5 for a believable comparison, got {repeats}")
+                warmup: int = 1, minimum: int = 5) -> Timings:
+    """Call every candidate once per round for ``repeats`` rounds (≥ ``minimum``, 5 unless a
+    caller repeats the whole measurement itself), rotating the order by one each round, after
+    ``warmup`` untimed rounds; record each call's process CPU and wall time."""
+    if repeats < minimum:
+        raise ValueError(f"repeats must be >= {minimum} for a believable comparison, got {repeats}")
     names = list(candidates)
     out = Timings(cpu={n: [] for n in names}, wall={n: [] for n in names}, rounds=repeats)
     for r in range(-warmup, repeats):

@@ -223,14 +223,18 @@ def dice_costs(model: dict, slices, trained_folds: int, folds: int) -> str:
 
 # ---------------------------------------------------------------- 2. per slice, in a child
 def slice_child() -> None:
-    """Child: interleaved per-slice timings of some settings in one fresh process (JSON out).
+    """Child: interleaved per-slice timings in one fresh process (JSON on stdout).
 
-    argv: slices.json settings(comma-separated indices) repeats policy. ``policy`` ``passive`` is
-    what ``measure`` does; ``spin`` leaves OpenMP's own default (threads spin while they wait),
-    as before this project set ``OMP_WAIT_POLICY``."""
+    argv: slices.json, settings (comma-separated indices), repeats, policy, tools. ``policy``
+    ``passive`` is what ``measure`` does; ``spin`` leaves OpenMP's own default (threads spin
+    while they wait), as before ``measure`` set ``OMP_WAIT_POLICY``. ``tools``: ``measure``
+    (``SlicePredictor.predict``, what measure runs per case: the ensemble and each fold's mask)
+    and/or ``nnunet`` (``nnUNetPredictor.predict_single_npy_array`` set up by
+    ``initialize_from_trained_model_folder``: what ``nnUNetv2_predict`` runs per case, without
+    its file reading and writing processes)."""
     spec = json.loads(Path(sys.argv[2]).read_text())
     names = [list(SETTINGS)[int(i)] for i in sys.argv[3].split(",")]
-    repeats, policy = int(sys.argv[4]), sys.argv[5]
+    repeats, policy, tools = int(sys.argv[4]), sys.argv[5], sys.argv[6].split(",")
     from nnunet_xfer import settings
     if policy == "spin":
         settings.prefer_passive_omp_wait = lambda *a, **k: False
@@ -241,39 +245,65 @@ def slice_child() -> None:
     import SimpleITK as sitk
     import torch
     from nnunet_xfer.clinical.predict import SlicePredictor
-    images = [sitk.ReadImage(p) for p in spec["images"]]
-    predictors = {name: SlicePredictor(spec["dataset"], spec["trainer"], device="cpu",
-                                       folds=["0"] if SETTINGS[name][0] else None,
-                                       mirroring=SETTINGS[name][1]) for name in names}
-    res = interleaved({n: (lambda p=p: [p.predict(i) for i in images])
-                       for n, p in predictors.items()}, repeats=repeats)
+    candidates = {}
+    if "measure" in tools:
+        images = [sitk.ReadImage(p) for p in spec["images"]]
+        for name in names:
+            p = SlicePredictor(spec["dataset"], spec["trainer"], device="cpu",
+                               folds=["0"] if SETTINGS[name][0] else None,
+                               mirroring=SETTINGS[name][1])
+            candidates[f"measure: {name}"] = lambda p=p: [p.predict(i) for i in images]
+    if "nnunet" in tools:
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        arrays = [SimpleITKIO().read_images([p]) for p in spec["images"]]
+        for name in names:
+            one, mirror = SETTINGS[name]
+            ref = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
+                                  perform_everything_on_device=False,
+                                  device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+            ref.initialize_from_trained_model_folder(spec["run"],
+                                                     use_folds=(0,) if one else None)
+            candidates[f"nnU-Net: {name}"] = lambda r=ref: [
+                r.predict_single_npy_array(a, {"spacing": props["spacing"]})
+                for a, props in arrays]
+    res = interleaved(candidates, repeats=repeats, minimum=1)  # the parent checks repeats
     print(json.dumps({"cpu": res.cpu, "wall": res.wall, "threads": torch.get_num_threads(),
                       "omp_wait_policy": effective}))
 
 
+def _run_folder(model: dict) -> Path:
+    return next(Path(model["results"]).glob(f"Dataset{int(model['dataset']):03d}_*")) / \
+        f"{model['trainer']}__{PLANS}__2d"
+
+
 def _slice_run(model: dict, slices, work: Path, names: list[str], repeats: int,
-               policy: str) -> dict:
+               policy: str, tools: str = "measure") -> dict:
     spec = work / "runs" / "slices.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps({"dataset": model["dataset"], "trainer": model["trainer"],
+                                "run": str(_run_folder(model)),
                                 "images": [str(i) for _c, i, _m in slices]}))
     env = {**nnunet_env(work), "nnUNet_results": model["results"]}
     idx = ",".join(str(list(SETTINGS).index(n)) for n in names)
     out = subprocess.run([sys.executable, __file__, "--slice-child", str(spec), idx,
-                          str(repeats), policy], env=env, cwd=spec.parent, capture_output=True,
-                         text=True)
+                          str(repeats), policy, tools], env=env, cwd=spec.parent,
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"per-slice child failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def per_slice(model: dict, slices, work: Path, repeats: int) -> str:
-    """The four settings interleaved in one fresh process, as ``measure`` runs them."""
-    got = _slice_run(model, slices, work, list(SETTINGS), repeats, "passive")
+    """The four settings, measure's predictor and nnU-Net's, interleaved in one fresh process."""
+    got = _slice_run(model, slices, work, list(SETTINGS), repeats, "passive", "measure,nnunet")
     res = Timings(cpu=got["cpu"], wall=got["wall"], rounds=repeats)
-    return (f"SlicePredictor.predict per slice ({len(slices)} slices per call; torch threads "
-            f"{got['threads']}, OMP_WAIT_POLICY {got['omp_wait_policy']})\n\n"
-            + res.table(baseline=next(iter(SETTINGS)), per=len(slices), unit="ms per slice"))
+    return (f"per slice, in one process ({len(slices)} slices per call; torch threads "
+            f"{got['threads']}, OMP_WAIT_POLICY {got['omp_wait_policy']} for both); measure = "
+            f"SlicePredictor.predict (ensemble and each fold's mask), nnU-Net = nnUNetPredictor."
+            f"predict_single_npy_array\n\n"
+            + res.table(baseline=f"measure: {next(iter(SETTINGS))}", per=len(slices),
+                        unit="ms per slice"))
 
 
 def omp_policy(model: dict, slices, work: Path, rounds: int, name: str) -> str:
@@ -283,10 +313,11 @@ def omp_policy(model: dict, slices, work: Path, rounds: int, name: str) -> str:
     for r in range(rounds):
         for policy in (("spin", "passive") if r % 2 == 0 else ("passive", "spin")):
             got = _slice_run(model, slices, work, [name], 1, policy)
+            key = f"measure: {name}"
             print(f"  round {r}: {policy}: load {load_now()}, wall "
-                  f"{got['wall'][name][0]:.2f} s", flush=True)
-            runs[policy]["cpu"].append(got["cpu"][name][0] / len(slices))
-            runs[policy]["wall"].append(got["wall"][name][0] / len(slices))
+                  f"{got['wall'][key][0]:.2f} s", flush=True)
+            runs[policy]["cpu"].append(got["cpu"][key][0] / len(slices))
+            runs[policy]["wall"].append(got["wall"][key][0] / len(slices))
     res = Timings(cpu={k: v["cpu"] for k, v in runs.items()},
                   wall={k: v["wall"] for k, v in runs.items()}, rounds=rounds)
     return (f"torch's OpenMP threads: spinning (OpenMP's default, what nnUNetv2_predict gets) "
@@ -447,6 +478,11 @@ def main() -> None:
     for k, v in (QUICK if a.quick else FULL).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    if not a.quick and min(a.repeats, a.process_repeats) < 5:
+        ap.error("--repeats and --process-repeats must be >= 5 for figures to quote "
+                 "(--quick for a smoke run)")
+    if a.slices < 2:
+        ap.error("--slices must be >= 2 (per slice = (N-slice run - 1-slice run) / (N - 1))")
 
     print(f"command: {command_line()}  (from {Path.cwd()})")
     print(f"code: {ROOT} at {checkout(ROOT)}")

@@ -23,6 +23,7 @@ from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 from nnunet_xfer.evaluation.metrics import dice
+from nnunet_xfer.study_grid import parse_trainer_name
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DATASET_JSON, DEFAULT_CONFIGURATION,
                                 DEFAULT_PLANS, RUN_PLANS_JSON,
                                 DatasetLayout, fold_folder_name)
@@ -39,13 +40,23 @@ class SlicePrediction:
     fold_dice: dict[str, float] = field(default_factory=dict)
 
 
+#: What the predictor keeps of a checkpoint (the optimizer state, as large as the weights, is
+#: never read).
+_KEPT = ("init_args", "trainer_name", "inference_allowed_mirroring_axes")
+
+
 def load_checkpoint(path: Path) -> dict:
-    """An nnU-Net checkpoint opened with ``torch.load(weights_only=True)``; one-line refusal."""
-    obj = open_nnunet_checkpoint(Path(path))
+    """The weights and facts of an nnU-Net checkpoint opened with ``torch.load(weights_only=True)``
+    (tensors mapped, the weights copied into memory); one-line refusal."""
+    obj = open_nnunet_checkpoint(Path(path), mmap=True)
     if not {"init_args", "trainer_name"} <= set(obj):
         raise UserError(f"{path} will not be loaded: it holds no nnU-Net checkpoint "
                         f"(no init_args / trainer_name)")
-    return obj
+    # copies, so nothing refers to the mapped file once this returns (a retrained fold may
+    # overwrite it while measure runs)
+    weights = {k: v.clone() if hasattr(v, "clone") else v
+               for k, v in obj["network_weights"].items()}
+    return {**{k: obj[k] for k in _KEPT if k in obj}, "network_weights": weights}
 
 
 def resolve_device(device: str | None):
@@ -91,6 +102,31 @@ def find_trainer_class(name: str):
         raise UserError(f"trainer {name} is unknown to nnU-Net and nnunet_xfer; check -tr (or set "
                         f"nnUNet_extTrainer to the folder of your own trainer)")
     return found
+
+
+def build_network(trainer: str, plans_manager, configuration_manager, n_in: int, n_out: int):
+    """The inference network of ``trainer`` for these plans (deep supervision off).
+
+    Our ``Xfer*`` trainers keep nnU-Net's ``build_network_architecture`` (a test guards this), so
+    their network is built from the plans directly: neither nnU-Net's trainer module (which
+    imports seaborn and scikit-learn) nor its search through every trainer module is imported,
+    about 1-3 s of ``measure``'s start-up. Any other trainer is found and asked as nnU-Net does.
+    """
+    if parse_trainer_name(trainer) is not None:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        cm = configuration_manager
+        # allow_init=False: no He initialisation of weights the checkpoint replaces
+        return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                      cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                                      allow_init=False, deep_supervision=False)
+    build = find_trainer_class(trainer).build_network_architecture
+    if "plans_manager" in inspect.signature(build).parameters:
+        return build(plans_manager, configuration_manager, n_in, n_out,
+                     enable_deep_supervision=False)
+    cm = configuration_manager  # nnU-Net's older signature, still accepted by its own predictor
+    return build(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                 cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                 enable_deep_supervision=False)
 
 
 def _runs_listing(layout: DatasetLayout, configuration: str) -> str:
@@ -185,15 +221,8 @@ class SlicePredictor:
             raise UserError(f"{run.name} takes {n_in} input channels; measure gives it one CT slice")
         self.label_manager = plans_manager.get_label_manager(dataset_json)
         self.muscle_label = self._muscle_label(dataset_json, run)
-        trainer_class = find_trainer_class(trainer)
-        n_out = self.label_manager.num_segmentation_heads
-        build = trainer_class.build_network_architecture
-        if "plans_manager" in inspect.signature(build).parameters:
-            network = build(plans_manager, cm, n_in, n_out, enable_deep_supervision=False)
-        else:  # nnU-Net's older signature, still accepted by its own predictor
-            network = build(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                            cm.network_arch_init_kwargs_req_import, n_in, n_out,
-                            enable_deep_supervision=False)
+        network = build_network(trainer, plans_manager, cm, n_in,
+                                self.label_manager.num_segmentation_heads)
         for f, params in zip(folds, parameters):
             try:
                 network.load_state_dict(params)
