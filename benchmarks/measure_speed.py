@@ -6,37 +6,47 @@ What a clinic waits for when it measures a new patient. Four settings of the sam
 * ``5 folds, no mirroring`` (``--no-mirroring``), ``1 fold + mirroring`` (``-f 0``),
   ``1 fold, no mirroring`` (``-f 0 --no-mirroring``).
 
-Three measurements, each printed with the command line, the commit, the machine and its load:
+Each section is printed with the command line, the commit, the machine and its load:
 
 1. **Dice cost** (in-process, deterministic): every setting on held-out slices that no fold saw
    (a phantom cohort of another seed), Dice against their reference masks; the cost of a setting
    is the mean paired difference to the full ensemble (``> 0``: worse), with its SD; also the
    setting's Dice against the full ensemble's own mask. A single fold is reported as the mean of
-   the folds (and the worst one).
-2. **Per slice** (in-process): ``SlicePredictor.predict`` — what ``measure`` runs per case —
-   on ``--slices`` slices, the settings interleaved, order rotated, ``--repeats`` rounds; CPU
-   (all threads) and wall, min and median.
-3. **Process level**: ``nnunet-xfer measure --cases`` against ``nnUNetv2_predict`` (``-npp 1
-   -nps 1``, ``--disable_tta`` for no mirroring) on the same slices, each on 1 slice and on
-   ``--slices`` slices, as child processes, interleaved; CPU from ``wait4`` (the child and the
-   workers it joins), wall from spawn to exit. Start-up = the 1-slice run minus one slice's time,
-   per slice = (N-slice run − 1-slice run) / (N − 1); ``measure`` writes its CSV, QC picture,
-   mask and gallery too, ``nnUNetv2_predict`` only its masks. A separate child reports where
-   ``measure``'s time to the first slice goes (interpreter, imports, checkpoints and predictor
-   set-up, first slice).
+   the folds and as the worst fold.
+2. **Per slice**, in one fresh process: ``SlicePredictor.predict`` (what ``measure`` runs per
+   case: the ensemble and each fold's mask) and nnU-Net's ``nnUNetPredictor.
+   predict_single_npy_array`` (what ``nnUNetv2_predict`` runs per case) for every setting, on
+   ``--slices`` slices, interleaved with the order rotated, ``--repeats`` rounds after a warm-up;
+   CPU (all threads) and wall, min and median.
+3. **OpenMP's wait policy**: the fastest setting in fresh processes with torch's OpenMP threads
+   spinning while they wait (OpenMP's default, what ``nnUNetv2_predict`` gets) or sleeping
+   (``OMP_WAIT_POLICY=PASSIVE``, what ``measure`` sets), alternated, ``--process-repeats`` each.
+4. **Process level**: ``nnunet-xfer measure --cases`` against ``nnUNetv2_predict`` (``-npp 1
+   -nps 1``; ``-f 0`` and ``--disable_tta`` as the setting says) on the same slices, each on 1
+   slice and on ``--slices`` slices, as child processes started outside any checkout,
+   interleaved, ``--process-repeats`` rounds, both with passive OpenMP waiting (so that the table
+   compares the tools); CPU from ``wait4`` (the child and the workers it joins), wall from spawn
+   to exit. Start-up = the 1-slice run minus one slice's time; per slice = (N-slice run − 1-slice
+   run) / (N − 1). ``measure`` also writes its CSV, QC picture, mask and gallery;
+   ``nnUNetv2_predict`` only its masks.
+5. **Start-up by phase**: fresh processes that do what ``measure`` does up to its first slice
+   (interpreter, imports, checkpoints opened and predictor set up, first slice read and
+   predicted), wall seconds since the process was spawned.
 
 The model is given (``--results DIR -d ID -tr TRAINER``) or built in ``--work``: a phantom
 cohort of ``--cases`` slices of ``--size``², converted with ``--folds`` folds, planned by
 ``nnUNetv2_plan_and_preprocess`` and trained by ``nnUNetv2_train`` (``XferScratchTrainer_nall``,
 ``--epochs`` × ``--iterations``, seed 0) for the first ``--trained-folds`` folds; the other folds
 are copies of fold 0 with perturbed weights (the same network, so the same time; their Dice is
-meaningless and the Dice table says so). A ``--work`` folder is reused when its parameters match.
+meaningless and the Dice table says so). Every built checkpoint is given the training log of a
+``--log-epochs`` run (1000, nnU-Net's default; opening a checkpoint safely unpickles that log
+number by number). A ``--work`` folder is reused when its parameters match.
 
-    python benchmarks/measure_speed.py --quick          # ~2 min: 64² model, 1 trained fold
+    python benchmarks/measure_speed.py --quick     # smoke run: 64² model, 1 trained fold
     python benchmarks/measure_speed.py --work /tmp/ms512 --size 512 --cases 20 \\
         --trained-folds 5 --epochs 1 --iterations 2 --skip-dice        # timing, 512² plans
     python benchmarks/measure_speed.py --work /tmp/ms128 --size 128 --cases 60 \\
-        --trained-folds 5 --epochs 30 --iterations 50 --skip-timing   # Dice costs
+        --trained-folds 5 --epochs 20 --iterations 50 --test-cases 40 --skip-timing  # Dice
 """
 from __future__ import annotations
 
@@ -71,8 +81,8 @@ SETTINGS = {
     "1 fold + mirroring": (True, True),
     "1 fold, no mirroring": (True, False),
 }
-QUICK = dict(size=64, cases=12, folds=5, trained_folds=1, epochs=1, iterations=2, slices=3,
-             test_cases=4, repeats=5, process_repeats=1)
+QUICK = dict(size=64, cases=8, folds=5, trained_folds=1, epochs=1, iterations=2, slices=2,
+             test_cases=2, repeats=1, process_repeats=1)
 FULL = dict(size=512, cases=20, folds=5, trained_folds=5, epochs=1, iterations=2, slices=3,
             test_cases=10, repeats=5, process_repeats=5)
 
@@ -111,6 +121,33 @@ def _copy_fold(run: Path, fold: int, seed: int) -> None:
             w += 0.01 * w.std() * torch.randn(w.shape, generator=gen)
     (run / f"fold_{fold}").mkdir(exist_ok=True)
     torch.save(ckpt, run / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+def pad_training_log(run: Path, epochs: int) -> int:
+    """Give every fold's checkpoint the training log of an ``epochs``-epoch run (distinct
+    numbers of the types nnU-Net logs), as a full nnU-Net training leaves it: opening a
+    checkpoint safely unpickles that log number by number, which a few-iteration model would
+    leave out of the start-up. Returns the folds padded."""
+    import numpy as np
+    import torch
+    padded = 0
+    for path in sorted(run.glob("fold_*/checkpoint_final.pth")):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+        log = ckpt.get("logging") or {}
+        if not log or min(len(v) for v in log.values()) >= epochs:
+            continue
+        rng = np.random.default_rng(0)
+        for key, values in log.items():
+            first = values[0]
+            draw = rng.random(epochs)
+            if isinstance(first, list):
+                log[key] = [[type(x)(d) for x in first] for d in draw]
+            else:
+                log[key] = [type(first)(d) for d in draw]
+        ckpt["current_epoch"] = epochs
+        torch.save(ckpt, path)
+        padded += 1
+    return padded
 
 
 def build_model(work: Path, a) -> dict:
@@ -349,6 +386,9 @@ def process_level(model: dict, slices, work: Path, repeats: int, settings: list[
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     env = {**nnunet_env(work), "nnUNet_results": model["results"]}
+    # both tools wait passively (measure's default), so the table compares the tools; what
+    # spinning costs nnUNetv2_predict as users run it is the OpenMP table's ratio
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     require_imports_from(ROOT, env, run)
     inputs = {}
     for n in (1, len(slices)):
@@ -393,7 +433,8 @@ def process_level(model: dict, slices, work: Path, repeats: int, settings: list[
     res = interleaved_children(variants, repeats, minimum=1,
                                report=lambda line: print(line, flush=True))
     n = len(slices)
-    lines = [f"child processes, {repeats} interleaved round(s); s = seconds",
+    lines = [f"child processes, {repeats} interleaved round(s), OMP_WAIT_POLICY="
+             f"{env['OMP_WAIT_POLICY']} for both tools; s = seconds",
              "", "| tool, setting | start-up to first slice, wall min / median | per slice, wall "
              "min / median | per slice, CPU min / median |", "|---|---:|---:|---:|"]
     for name in settings:
@@ -469,15 +510,22 @@ def main() -> None:
                     help="time an existing model instead: its nnUNet_results (with -d, -tr)")
     ap.add_argument("-d", "--dataset", default=None)
     ap.add_argument("-tr", "--trainer", default=None)
+    ap.add_argument("--log-epochs", type=int, default=None,
+                    help="give each built checkpoint the training log of this many epochs, as "
+                         "a full nnU-Net run leaves (default 1000; 0 with --quick)")
     ap.add_argument("--skip-dice", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
-    ap.add_argument("--process-settings", default="0,3",
-                    help="indices of the settings timed as processes (default: the default "
-                         "and the fastest)")
+    ap.add_argument("--process-settings", default=None,
+                    help="indices of the settings timed as processes (default 0,3: the default "
+                         "and the fastest; 3 with --quick)")
     a = ap.parse_args()
     for k, v in (QUICK if a.quick else FULL).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    if a.process_settings is None:
+        a.process_settings = "3" if a.quick else "0,3"
+    if a.log_epochs is None:
+        a.log_epochs = 0 if a.quick else 1000
     if not a.quick and min(a.repeats, a.process_repeats) < 5:
         ap.error("--repeats and --process-repeats must be >= 5 for figures to quote "
                  "(--quick for a smoke run)")
@@ -494,6 +542,10 @@ def main() -> None:
                  "how": "given"}
     else:
         model = build_model(work, a)
+        if a.log_epochs:
+            n = pad_training_log(_run_folder(model), a.log_epochs)
+            model["how"] += (f"; every checkpoint carries a {a.log_epochs}-epoch training log "
+                             f"(as after a full nnU-Net training{', padded now' if n else ''})")
     os.environ.update({k: v for k, v in nnunet_env(work).items() if k.startswith("nnUNet")})
     os.environ["nnUNet_results"] = model["results"]
     slices = write_slices(work / "heldout", max(a.slices, a.test_cases), a.size, seed=1000)
