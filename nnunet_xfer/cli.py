@@ -6,12 +6,16 @@ and is printed as one line with exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS
+from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
+                                image_file, label_file)
+from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
+                                              DEFAULT_PERMUTATIONS)
 from nnunet_xfer.sources import PRETRAINED_SOURCES
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
@@ -27,7 +31,8 @@ def _sizes(text: str) -> list[int]:
 def _cmd_phantom(a: argparse.Namespace) -> None:
     from nnunet_xfer.phantom.cohort import write_cohort
     write_cohort(Path(a.out), n_cases=a.cases, size=a.size, n_observers=a.observers,
-                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite)
+                 n_observer_cases=a.observer_cases, seed=a.seed, overwrite=a.overwrite,
+                 source_task=a.source_task, source_cases=a.source_cases)
 
 
 def _add_phantom(sub) -> None:
@@ -38,8 +43,15 @@ def _add_phantom(sub) -> None:
     p.add_argument("--observers", type=int, default=10, help="simulated observers (default 10)")
     p.add_argument("--observer-cases", type=int, default=20,
                    help="cases each observer delineates (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the cohort (default 0)")
+    p.add_argument("--source-task", type=Path, metavar="DIR",
+                   help="also write a segmentation source task (other subjects; organs, fat, bone; "
+                        "no muscle label) to DIR, for `pretrain -s seg --data DIR` (default: none)")
+    p.add_argument("--source-cases", type=int, default=100,
+                   help="slices of the source task (default 100)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an OUT (and DIR) that phantom wrote (refused if it holds other "
+                        "files)")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -48,7 +60,7 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     result = convert(cases_csv=a.cases, images_dir=a.images, masks_dir=a.masks,
                      dataset_id=a.dataset, name=a.name, n_folds=a.folds, sizes=a.sizes, seed=a.seed,
                      overwrite=a.overwrite, label_map=a.label_map, allow_non_hu=a.allow_non_hu,
-                     per_size_datasets=a.per_size_datasets)
+                     per_size_datasets=a.per_size_datasets, selection=a.selection)
     print("\n".join([f"removed {p} (--overwrite)" for p in result.removed]
                     + [f"wrote {p}" for p in result.datasets]))
 
@@ -70,6 +82,9 @@ def _add_convert(sub) -> None:
                    help="nested training-subset sizes (default 5,10,25,50,75,100,125)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of folds and subsets (default {DEFAULT_SEED})")
+    p.add_argument("--selection", type=Path, default=None, metavar="FILE",
+                   help="take each fold's subsets from this selection file (`nnunet-xfer select`) "
+                        "instead of the seeded random draw (default: none, random)")
     p.add_argument("--label-map", default=None,
                    help="mask labels that are muscle, e.g. '1', '1,2,3,4' or '1,86-89' "
                         "(default: mask must be 0/1)")
@@ -80,6 +95,75 @@ def _add_convert(sub) -> None:
                    help="replace a dataset with this id that convert wrote (refused if it holds "
                         "other files) and remove its $nnUNet_preprocessed folder")
     p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_select(a: argparse.Namespace) -> None:
+    from nnunet_xfer.selection import select_next, select_subsets, write_manifest
+    if a.pool is None:
+        if a.dataset is None:
+            raise UserError("give -d DATASET (order each fold's training cases) or --pool DIR "
+                            "(the next slices of an unlabelled pool)")
+        for given, option in ((a.k, "-k"), (a.trainer, "-tr"), (a.folds, "-f")):
+            if given is not None:
+                raise UserError(f"{option} goes with --pool DIR")
+        selection = select_subsets(a.dataset, strategy=a.strategy, features=a.features,
+                                   plans=a.plans, configuration=a.configuration, seed=a.seed,
+                                   device=a.device)
+        path = selection.write(a.output, overwrite=a.overwrite)
+        sizes = {len(o) for o in selection.order.values()}
+        print(f"wrote {path}: {selection.strategy} order of the training cases of "
+              f"{len(selection.order)} folds ({'/'.join(map(str, sorted(sizes)))} cases each)\n"
+              f"use it with:  {selection.convert_command(path)}")
+        return
+    result = select_next(a.pool, k=10 if a.k is None else a.k, strategy=a.strategy,
+                         dataset=a.dataset, trainer=a.trainer, plans=a.plans,
+                         configuration=a.configuration, folds=a.folds, features=a.features,
+                         seed=DEFAULT_SEED if a.seed is None else a.seed, device=a.device)
+    path = write_manifest(a.output, result, overwrite=a.overwrite)
+    if result.already_annotated:
+        print(f"left out {len(result.already_annotated)} pool case(s) the dataset already holds")
+    for row in result.table.itertuples():
+        print(f"{row.rank:4d}  {row.case_id}" + ("" if row.score != row.score else f"  {row.score:.4f}"))
+    print(f"wrote {path}: the next {len(result.table)} case(s) to annotate ({a.strategy})")
+
+
+def _add_select(sub) -> None:
+    from nnunet_xfer.selection import STRATEGIES
+    p = sub.add_parser("select", help="choose which slices to annotate: nested subsets per fold "
+                                      "(for convert --selection) or the next k of a pool")
+    p.add_argument("-d", "--dataset", default=None,
+                   help="converted dataset id or name: order each fold's training cases (with "
+                        "--pool: the slices already annotated, and the model's dataset)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="random",
+                   help="random: the seeded draw convert makes; diverse: greedy k-centre; "
+                        "uncertain: where a trained fold ensemble disagrees most (--pool only) "
+                        "(default random)")
+    p.add_argument("--features", default=None,
+                   help="diverse: 'histogram' (HU histograms, no model) or a pretrained source "
+                        "whose store entry's encoder measures distances, e.g. rec (default histogram)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the selection JSON (with -d) or the manifest CSV of the next cases (with --pool)")
+    p.add_argument("--pool", type=Path, default=None,
+                   help="folder of unlabelled 2D slices to choose the next cases from "
+                        "(default: none, order the dataset's folds)")
+    p.add_argument("-k", type=int, default=None,
+                   help="--pool: how many cases to choose (default 10)")
+    p.add_argument("-tr", "--trainer", default=None,
+                   help="uncertain: the trained model, e.g. XferSegTrainer_n10 (default: none)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="uncertain: folds of the ensemble (default: every finished fold)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
+                   help=f"plans of the model or store entry (default {DEFAULT_PLANS})")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
+                   help=f"configuration of the model or store entry (default {DEFAULT_CONFIGURATION})")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random: the draw's seed (default: the dataset's convert seed; "
+                        f"{DEFAULT_SEED} for a pool)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cpu or mps for models and encoders (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output file that select wrote before (nothing else)")
+    p.set_defaults(func=_cmd_select)
 
 
 def _cmd_env(a: argparse.Namespace) -> None:
@@ -100,7 +184,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
                             lr=a.lr, permutations=a.permutations, seed=a.seed,
                             checkpoint_every=a.checkpoint_every, device=a.device)
     try:
-        path = pretrain(config, resume=a.resume, overwrite=a.overwrite)
+        path = pretrain(config, resume=a.resume, overwrite=a.overwrite, keep_state=a.keep_state)
     except PretrainInterrupted as e:
         print(f"nnunet-xfer pretrain: interrupted by {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -112,9 +196,12 @@ def _add_pretrain(sub) -> None:
     target = "/".join(n for n in PRETRAINED_SOURCES if spec(n).reads_target_images)
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
-    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
-    p.add_argument("-p", "--plans", default=DEFAULT_PLANS)
-    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
+    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES,
+                   help=f"source task: {', '.join(PRETRAINED_SOURCES)} (docs/pretraining.md)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
+                   help=f"plans of the network to pretrain (default {DEFAULT_PLANS})")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
+                   help=f"its configuration (default {DEFAULT_CONFIGURATION})")
     p.add_argument("--fold", type=int, default=None,
                    help=f"{target}: pretrain on this fold's training cases only (the entry "
                         "trainers of this fold load)")
@@ -126,14 +213,24 @@ def _add_pretrain(sub) -> None:
                         "target dataset")
     p.add_argument("--weights", type=Path, default=None,
                    help="torchvision weights file (cls/seg with torchvision plans)")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--permutations", type=int, default=100, help="jigsaw permutation classes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500,
-                   help="iterations between training-state checkpoints (for --resume)")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"training iterations (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per iteration (default: the plans' batch size)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"AdamW learning rate, poly decay (default {DEFAULT_LR:g})")
+    p.add_argument("--permutations", type=int, default=DEFAULT_PERMUTATIONS,
+                   help=f"jigsaw permutation classes (default {DEFAULT_PERMUTATIONS})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                   help="iterations between training-state checkpoints, for --resume "
+                        f"(default {CHECKPOINT_EVERY})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the saved training state <source>.resume.pth (or extend "
+                        "a run finished with --keep-state to more --iterations)")
+    p.add_argument("--keep-state", action="store_true",
+                   help="keep <source>.resume.pth after the run finishes, so that --resume can "
+                        "extend it later (default: removed once the entry is written)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the entry this command wrote before (nothing else)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -149,10 +246,12 @@ def _cmd_plan(a: argparse.Namespace) -> None:
 
 def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="write a torchvision-backbone plans variant")
-    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("--arch", required=True, help="e.g. fcn_resnet50, unet_resnet34")
-    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans to derive from")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
+                   help=f"plans to derive from (default {DEFAULT_PLANS})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a variant plan wrote before (never a plans file of yours)")
     p.set_defaults(func=_cmd_plan)
 
 
@@ -205,9 +304,10 @@ def _add_evaluation_options(p) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate every Xfer run's folds of a dataset")
-    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-p", "--plans", default=None, help="only runs with these plans (default all)")
-    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
+                   help=f"configuration of the runs (default {DEFAULT_CONFIGURATION})")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
     p.add_argument("--observers", type=Path, default=None,
@@ -239,8 +339,8 @@ def _add_observers(sub) -> None:
     p.add_argument("--reference", type=Path, required=True, help="reference masks folder")
     p.add_argument("--observers", type=Path, required=True, help="one sub-folder per observer")
     p.add_argument("--predictions", type=Path, default=None, help="model predictions folder")
-    p.add_argument("--name", default="model", help="rater name for --predictions")
-    p.add_argument("--images", type=Path, default=None, help="CT images (for SMD)")
+    p.add_argument("--name", default="model", help="rater name for --predictions (default model)")
+    p.add_argument("--images", type=Path, default=None, help="CT images (for SMA and SMD)")
     p.add_argument("--label", type=int, default=1, help="muscle label value (default 1)")
     p.add_argument("-o", "--output", type=Path, required=True, help="a new output folder")
     _add_evaluation_options(p)
@@ -296,9 +396,10 @@ def _add_measure(sub) -> None:
                    help="CT studies: convert's manifest without a mask column (case_id,image "
                         "[,slice_index | vertebra_mask,vertebra_label] [,height_m,sex,weight_kg])")
     p.add_argument("--images", type=Path, default=None,
-                   help="CT slices in HU: <case>_0000.nii.gz (nnU-Net style) or <case>.nii.gz")
+                   help=f"CT slices in HU: {image_file('<case>')} (nnU-Net style) or "
+                        f"{label_file('<case>')}")
     p.add_argument("--masks", type=Path, default=None,
-                   help="muscle masks <case>.nii.gz, e.g. nnUNetv2_predict output")
+                   help=f"muscle masks {label_file('<case>')}, e.g. nnUNetv2_predict output")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output folder (with --cases) or CSV (with --images/--masks)")
     p.add_argument("-d", "--dataset", default=None, help="model: nnU-Net dataset id or name")
@@ -328,15 +429,29 @@ def _add_measure(sub) -> None:
     p.set_defaults(func=_cmd_measure)
 
 
+def _labelled_folder(text: str) -> tuple[str | None, Path]:
+    """``-i DIR`` or ``-i LABEL=DIR`` (a LABEL holds no '/'; an existing DIR is taken whole)."""
+    label, sep, folder = text.partition("=")
+    if sep and label and "/" not in label and not Path(text).exists():
+        return label, Path(folder)
+    return None, Path(text)
+
+
 def _cmd_report(a: argparse.Namespace) -> None:
-    from nnunet_xfer.evaluation.report import write_report
-    path = write_report(a.input, a.output, overwrite=a.overwrite)
+    from nnunet_xfer.evaluation.report import write_comparison, write_report
+    inputs = [_labelled_folder(t) for t in a.input]
+    if len(inputs) == 1:
+        path = write_report(inputs[0][1], a.output, overwrite=a.overwrite)
+    else:
+        path = write_comparison(inputs, a.output, overwrite=a.overwrite)
     print(f"report: {path} (figures in {path.parent / (path.stem + '_files')})")
 
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML report with figures from an evaluation folder")
-    p.add_argument("-i", "--input", type=Path, required=True, help="evaluation folder")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="[LABEL=]DIR",
+                   help="evaluation folder; repeat it (-i random=A -i diverse=B) to overlay the "
+                        "curves of several, each labelled (default label: its dataset name)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="report .html (its PNGs go into <name>_files/ beside it)")
     p.add_argument("--overwrite", action="store_true",
@@ -382,18 +497,18 @@ def _add_experiment(sub) -> None:
     from nnunet_xfer.experiment.grid import PRETRAIN_SCOPES, Grid
     default = Grid.default
     p = sub.add_parser("experiment", help="the study's grid: dry run, local run or SLURM script")
-    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-p", "--plans", default=None,
                    help=f"plans of the trainings; with --arch the plans the variant is derived "
                         f"from (default {default('plans')})")
     p.add_argument("-c", "--configuration", default=None,
-                   help=f"(default {default('configuration')})")
+                   help=f"configuration of the trainings (default {default('configuration')})")
     p.add_argument("--sources", default=None,
-                   help=f"comma-separated (default {','.join(default('sources'))})")
+                   help=f"source tasks, comma-separated (default {','.join(default('sources'))})")
     p.add_argument("--sizes", type=_sizes, default=None,
                    help=f"training-subset sizes (default {','.join(map(str, default('sizes')))})")
     p.add_argument("--folds", type=_sizes, default=None,
-                   help=f"(default {','.join(map(str, default('folds')))})")
+                   help=f"folds, comma-separated (default {','.join(map(str, default('folds')))})")
     p.add_argument("--device", default=None,
                    help=f"cuda, cpu or mps (default {default('device')})")
     p.add_argument("--observers", type=Path, default=None,
@@ -408,8 +523,10 @@ def _add_experiment(sub) -> None:
                    help="torchvision-backbone network (e.g. unet_resnet34, fcn_resnet50): plan it "
                         "and run every source on it (the paper's set-up)")
     p.add_argument("--slurm-args", default="",
-                   help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1'")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --slurm FILE")
+                   help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1' "
+                        "(default: none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --slurm FILE that experiment wrote (never another file)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--dry-run", action="store_true", help="print every step as a shell command")
     mode.add_argument("--run", action="store_true",
@@ -425,7 +542,8 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic cohort, CPU only")
-    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"),
+                   help="output folder (default demo_output)")
     p.add_argument("--quick", action="store_true", help="tiny version (used by the tests)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo's output folder (and its Dataset990_XferDemo)")
@@ -434,14 +552,27 @@ def _add_demo(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `nnunet-xfer` parser."""
+    from nnunet_xfer import __version__
     parser = argparse.ArgumentParser(
         prog="nnunet-xfer",
         description="Transfer learning for L3 muscle segmentation inside nnU-Net v2.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_convert, _add_env, _add_pretrain, _add_plan, _add_evaluate,
+    for add in (_add_phantom, _add_convert, _add_select, _add_env, _add_pretrain, _add_plan, _add_evaluate,
                 _add_observers, _add_measure, _add_report, _add_experiment, _add_demo):
         add(sub)
     return parser
+
+
+#: Errors of the machine rather than of the input, with what to do about them.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some disk space or write elsewhere; nothing half-written was left",
+    errno.EDQUOT: "your disk quota is full: free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "check the permissions, or write elsewhere",
+    errno.EPERM: "check the permissions, or write elsewhere",
+}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -457,6 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"nnunet-xfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk or the file system, not a bug: one line (no traceback)
+        if e.errno not in _ENVIRONMENT_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"nnunet-xfer {args.command}: error: {e.strerror or e}{where}; "
+              f"{_ENVIRONMENT_ERRORS[e.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # experiment --run says which signal and what it stopped
         print(f"nnunet-xfer {args.command}: interrupted" + (f": {e}" if str(e) else ""),

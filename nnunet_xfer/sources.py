@@ -16,6 +16,19 @@ DATA_TARGET = "target"  # the target dataset's own (preprocessed) images, never 
 DATA_NATURAL_CLASSES = "natural-classes"  # an ImageFolder root (one sub-folder per class)
 DATA_NATURAL_SEGMENTATION = "natural-segmentation"  # Pascal VOC or a 2D nnU-Net raw dataset
 
+#: What the images of a ``--data`` segmentation dataset are, as the store records it
+#: (``data_kind``), and how a report names them.
+DATA_KIND_NATURAL = "natural"
+DATA_KIND_MEDICAL = "medical"
+DATA_KIND_SYNTHETIC_MEDICAL = "synthetic-medical"
+DATA_KINDS = {
+    DATA_KIND_NATURAL: "natural images",
+    DATA_KIND_MEDICAL: "medical images (nnU-Net raw dataset)",
+    DATA_KIND_SYNTHETIC_MEDICAL: "synthetic medical images (nnunet-xfer phantom --source-task)",
+}
+#: Key of the ``nnunet_xfer`` block of a dataset.json that declares its data kind.
+DATA_KIND_KEY = "data_kind"
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -73,11 +86,14 @@ REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
                data_hint="an ImageFolder root of natural images (one sub-folder per class)",
                default_parts=("encoder",), weights_tag="IMAGENET1K_V1",
                metric_name="classification_accuracy", extra_metadata=("num_classes", "classes")),
-    SourceSpec("seg", "segmentation", "natural-image segmentation (COCO/VOC)", task="seg",
+    SourceSpec("seg", "segmentation", "segmentation: natural images (COCO/VOC) or a medical "
+               "nnU-Net raw dataset such as the phantom's --source-task", task="seg",
                data=DATA_NATURAL_SEGMENTATION, data_env="NNUNET_XFER_SEG_DATA",
-               data_hint="a Pascal VOC folder (JPEGImages + SegmentationClass) or a 2D nnU-Net raw dataset",
+               data_hint="a Pascal VOC folder (JPEGImages + SegmentationClass) or a 2D nnU-Net raw "
+                         "dataset (e.g. `nnunet-xfer phantom OUT --source-task DIR`)",
                default_parts=("encoder", "decoder"), weights_tag="COCO_WITH_VOC_LABELS_V1",
-               metric_name="segmentation_dice", extra_metadata=("num_classes",)),
+               metric_name="segmentation_dice",
+               extra_metadata=("num_classes", "classes", "data_kind", "data_label")),
     SourceSpec("rec", "reconstruction", "unsupervised reconstruction (Models Genesis)", task="rec",
                data=DATA_TARGET, default_parts=("encoder",), metric_name="reconstruction_mse"),
     SourceSpec("jigsaw", "jigsaw", "self-supervised jigsaw puzzles", task="jigsaw",

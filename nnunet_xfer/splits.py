@@ -7,19 +7,23 @@ the n=5 list is a prefix of the n=10 list, which is a prefix of the next, so the
 by construction. ``splits_sha256`` binds the subsets to the folds they were drawn from
 (:func:`splits_digest`); :func:`verify_dataset` refuses a dataset whose folds and subsets disagree
 (the rules are in ``docs/conversion.md``).
+
+The order in which a fold's training cases enter the subsets is the seeded rule
+(:func:`subset_order`, strategy ``random``) unless ``convert --selection`` gave one
+(``nnunet-xfer select``); then ``subsets.json`` also keeps that order per fold (``orders``) and the
+selection's provenance (``selection``), and every size is a prefix of the stored order.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shlex
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_xfer import settings
+from nnunet_xfer import errors, settings
 from nnunet_xfer.atomic import atomic_write_bytes, atomic_write_json
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DATASET_JSON, SPLITS_FILE, SUBSETS_FILE, DatasetLayout
@@ -27,6 +31,8 @@ from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED
 
 #: Key of ``subsets.json`` holding the digest of the splits the subsets were drawn from.
 SPLITS_DIGEST_KEY = "splits_sha256"
+#: Keys of ``subsets.json`` written from a selection: each fold's order, and where it came from.
+ORDERS_KEY, SELECTION_KEY = "orders", "selection"
 
 
 def splits_digest(splits: list[dict]) -> str:
@@ -59,21 +65,32 @@ def subset_order(train_ids: list[str], fold: int, seed: int) -> list[str]:
 
 
 def make_subsets(splits: list[dict], sizes: list[int], seed: int = DEFAULT_SEED,
-                 warn: bool = True) -> dict:
-    """Nested training subsets per fold and size; sizes larger than a fold's training set are left out."""
+                 warn: bool = True, orders: dict[str, list[str]] | None = None,
+                 selection: dict | None = None) -> dict:
+    """Nested training subsets per fold and size; sizes larger than a fold's training set are left out.
+
+    ``orders`` (fold → case ids, first to annotate first; checked by the caller, see
+    ``dataset_conversion.selection``) replaces the seeded rule; it is stored with ``selection``
+    (its provenance) so that every later size is a prefix of the same order.
+    """
     result: dict = {"seed": seed, "sizes": sorted(set(sizes)), SPLITS_DIGEST_KEY: splits_digest(splits),
                     "folds": {}}
     for fold, split in enumerate(splits):
-        order = subset_order(split["train"], fold, seed)
+        order = (list(orders[str(fold)]) if orders is not None
+                 else subset_order(split["train"], fold, seed))
         per_size = {}
         for n in sorted(set(sizes)):
             if n > len(order):
                 if warn:
-                    warnings.warn(f"fold {fold}: subset size {n} exceeds its {len(order)} training "
-                                  f"cases; left out of subsets.json", stacklevel=2)
+                    errors.warn(f"fold {fold}: subset size {n} exceeds its {len(order)} "
+                                f"{'selected' if orders is not None else 'training'} cases; "
+                                f"left out of subsets.json")
                 continue
             per_size[str(n)] = sorted(order[:n])
         result["folds"][str(fold)] = per_size
+    if orders is not None:
+        result[ORDERS_KEY] = {str(f): list(orders[str(f)]) for f in range(len(splits))}
+        result[SELECTION_KEY] = dict(selection or {})
     return result
 
 
@@ -96,6 +113,14 @@ def subset_for(splits: list[dict], fold: int, size: int | None, subsets: dict | 
         entry = subsets.get("folds", {}).get(str(fold), {}).get(str(size))
         if entry is not None:
             return list(entry)
+        orders = subsets.get(ORDERS_KEY)
+        if orders is not None:  # a selection: every size is a prefix of its order, never the rule
+            order = orders.get(str(fold)) or []
+            if size > len(order):
+                raise UserError(f"subset size n={size} exceeds the {len(order)} cases the "
+                                f"selection orders in fold {fold}; use a smaller n or a selection "
+                                f"that orders more cases")
+            return sorted(order[:size])
         seed = subsets.get("seed", seed)
     return sorted(subset_order(train, fold, seed)[:size])
 
@@ -150,7 +175,8 @@ def _load_json(path: Path):
         raise UserError(f"{path} is not valid JSON; re-run `nnunet-xfer convert --overwrite`") from None
 
 
-def _dataset_block(raw: Path | None) -> dict:
+def dataset_block(raw: Path | None) -> dict:
+    """The ``nnunet_xfer`` block convert wrote into the raw dataset's dataset.json ({} if none)."""
     if raw is None or not (raw / DATASET_JSON).is_file():
         return {}
     try:
@@ -161,9 +187,10 @@ def _dataset_block(raw: Path | None) -> dict:
 
 
 def convert_command(raw: Path | None, name: str, sizes: Sequence[int] | None = None,
-                    n_folds: int | None = None) -> str:
-    """The ``nnunet-xfer convert … --overwrite`` command that rewrites a dataset's folds and subsets."""
-    block = _dataset_block(raw)
+                    n_folds: int | None = None, selection: Path | None = None) -> str:
+    """The ``nnunet-xfer convert … --overwrite`` command that rewrites a dataset's folds and subsets
+    (with the selection file it was converted with, or ``selection``)."""
+    block = dataset_block(raw)
     source = str(block.get("source") or "")
     if " + " in source:
         images, masks = source.split(" + ", 1)
@@ -181,6 +208,11 @@ def convert_command(raw: Path | None, name: str, sizes: Sequence[int] | None = N
         parts.append("--sizes " + ",".join(str(n) for n in sorted(set(sizes))))
     if block.get("seed") not in (None, DEFAULT_SEED):
         parts.append(f"--seed {block['seed']}")
+    recorded = block.get(SELECTION_KEY)
+    if selection is None and isinstance(recorded, dict) and recorded.get("file"):
+        selection = recorded["file"]
+    if selection is not None:
+        parts.append(f"--selection {shlex.quote(str(selection))}")
     return " ".join(parts + ["--overwrite"])
 
 
@@ -219,6 +251,8 @@ def _check_subsets(subsets, path: Path, splits: list[dict], splits_path: Path,
         if folds is not None and fold not in folds:
             continue
         train, val = set(splits[fold]["train"]), set(splits[fold]["val"])
+        if ORDERS_KEY in subsets:
+            _check_order((subsets[ORDERS_KEY] or {}).get(key), path, fold, train, per_size, fix)
         for size, ids in sorted(per_size.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
             shared = set(ids) & val
             if shared:
@@ -230,6 +264,23 @@ def _check_subsets(subsets, path: Path, splits: list[dict], splits_path: Path,
                 raise UserError(f"{path}: the n={size} subset of fold {fold} lists case(s) that are "
                                 f"not training cases of fold {fold} in {splits_path} "
                                 f"({_ids(outside)}); re-run `{fix}`")
+
+
+def _check_order(order, path: Path, fold: int, train: set, per_size: dict, fix: str) -> None:
+    """A selection's order of one fold: its cases are training cases of that fold, once each,
+    and every subset is the prefix of the order (nested)."""
+    if not isinstance(order, list) or len(set(order)) != len(order):
+        raise UserError(f"{path}: the selection order of fold {fold} is missing or lists a case "
+                        f"twice; re-run `{fix}`")
+    if set(order) - train:
+        raise UserError(f"{path}: the selection order of fold {fold} lists case(s) that are not "
+                        f"training cases of fold {fold} ({_ids(set(order) - train)}); re-run "
+                        f"`{fix}`")
+    for size, ids in per_size.items():
+        if not size.isdigit() or sorted(ids) != sorted(order[:int(size)]):
+            raise UserError(f"{path}: the n={size} subset of fold {fold} is not the first {size} "
+                            f"cases of its selection order (subsets must be nested); re-run "
+                            f"`{fix}` (never edit subsets.json by hand)")
 
 
 def verify_folders(raw: Path | None, preprocessed: Path | None, folds: Sequence[int] | None = None,
@@ -244,7 +295,7 @@ def verify_folders(raw: Path | None, preprocessed: Path | None, folds: Sequence[
     raw_splits = _load_json(raw_path) if raw_path is not None and raw_path.is_file() else None
     pre_splits = _load_json(pre_path) if pre_path is not None and pre_path.is_file() else None
     if raw_splits is None and pre_splits is None:
-        if _dataset_block(raw).get("n_folds") == 0:
+        if dataset_block(raw).get("n_folds") == 0:
             raise UserError(f"{raw} has no folds (converted with --folds 0, for inference only); "
                             f"to train on it, re-run `{convert_command(raw, name, n_folds=DEFAULT_FOLDS)}`")
         where = " nor ".join(str(p) for p in (raw_path, pre_path) if p is not None)

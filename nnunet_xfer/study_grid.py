@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from nnunet_xfer.sources import REGISTRY, SOURCES, spec
 
-#: Nested training-subset sizes of the study.
+#: Nested training-subset sizes of the study (the default of ``convert`` and ``experiment``).
 SIZES: tuple[int, ...] = (5, 10, 25, 50, 75, 100, 125)
-#: Trainer suffixes: the sizes plus ``all`` (the whole training fold).
-SIZE_TAGS: tuple[str, ...] = tuple(str(s) for s in SIZES) + ("all",)
+#: Sizes below the study's smallest, asked for explicitly (``--sizes 1,2,3,5,…``).
+SMALL_SIZES: tuple[int, ...] = (1, 2, 3, 4)
+#: Every size that has a trainer: the small sizes and the study's.
+TRAINER_SIZES: tuple[int, ...] = SMALL_SIZES + SIZES
+#: Trainer suffixes: the trainer sizes plus ``all`` (the whole training fold).
+SIZE_TAGS: tuple[str, ...] = tuple(str(s) for s in TRAINER_SIZES) + ("all",)
 DEFAULT_FOLDS: int = 4
 DEFAULT_SEED: int = 12345
 
@@ -39,5 +43,5 @@ def parse_int_list(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
-__all__ = ["SIZES", "SIZE_TAGS", "DEFAULT_FOLDS", "DEFAULT_SEED", "SOURCES", "trainer_name",
+__all__ = ["SIZES", "SMALL_SIZES", "TRAINER_SIZES", "SIZE_TAGS", "DEFAULT_FOLDS", "DEFAULT_SEED", "SOURCES", "trainer_name",
            "parse_trainer_name", "parse_int_list"]

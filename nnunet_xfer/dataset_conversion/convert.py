@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -20,16 +19,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer import settings
-from nnunet_xfer.atomic import atomic_write_json, remove_stale_temporaries
+from nnunet_xfer.atomic import Claim, atomic_write_json, remove_owned, remove_stale_temporaries
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec, match_folders, read_manifest
 from nnunet_xfer.dataset_conversion.prepare import parse_label_map, prepare_case
-from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, dataset_folder_name,
-                                                       folders_with_id, new_staging, remove_folders,
-                                                       share_cases, staging, write_case,
-                                                       write_metadata)
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.dataset_conversion.raw_writer import (check_free, claim_dataset, commit,
+                                                       dataset_folder_name, folders_with_id,
+                                                       new_staging, share_cases, staging,
+                                                       write_case, write_metadata)
+from nnunet_xfer.dataset_conversion.selection import (read_selection, selection_orders,
+                                                      selection_provenance)
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.layout import SPLITS_FILE
-from nnunet_xfer.splits import make_splits, make_subsets
+from nnunet_xfer.splits import ORDERS_KEY, SELECTION_KEY, make_splits, make_subsets
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -82,8 +83,8 @@ def plan_targets(dataset_id: int, name: str, splits: list[dict] | None, subsets:
             raise UserError(f"per-size dataset {sub_name} would need id {sub_id} > 999; "
                             f"choose a smaller -d")
         if not all(str(n) in subsets["folds"][f] for f in folds):
-            warnings.warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
-                          f"of a fold", stacklevel=3)
+            warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
+                          f"of a fold")
             continue
         train = {f: subsets["folds"][f][str(n)] for f in folds}
         sub_splits = [{"train": train[f], "val": splits[int(f)]["val"]} for f in folds]
@@ -122,9 +123,10 @@ def _specs(cases_csv: Path | None, images_dir: Path | None, masks_dir: Path | No
 
 
 def _plan_preprocessed(preprocessed: Path | None, target: Target,
-                       replaced: list[Path], overwrite: bool) -> list[Path]:
-    """Preprocessed folders of ``target``'s id to remove (``--overwrite``); refuses a stale
-    ``splits_final.json`` or another dataset with this id that we cannot regenerate."""
+                       replaced: list[Path], overwrite: bool, inputs) -> list[Claim]:
+    """Claims on the preprocessed folders of ``target``'s id to remove (``--overwrite``: each may
+    hold only what nnU-Net and we made from the raw data); refuses a stale ``splits_final.json``
+    or another dataset with this id that we cannot regenerate."""
     if preprocessed is None:
         return []
     remove = []
@@ -138,7 +140,7 @@ def _plan_preprocessed(preprocessed: Path | None, target: Target,
                             f"with no raw dataset to make it again); remove it yourself or choose "
                             f"another -d")
         if overwrite:
-            remove.append(folder)
+            remove.append(claim_dataset(folder, True, inputs, preprocessed=True))
             continue
         existing = folder / SPLITS_FILE
         if existing.is_file():
@@ -201,19 +203,20 @@ def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
     if not short:
         return
     folds = sorted({f for fs in short.values() for f in fs})
-    smallest = min(len(splits[f]["train"]) for f in folds)
+    orders = subsets.get(ORDERS_KEY)
+    smallest = min(len(orders[str(f)]) if orders else len(splits[f]["train"]) for f in folds)
     sizes = ",".join(map(str, short))
     what = (f"subset size n={sizes} exceeds" if len(short) == 1
             else f"subset sizes n={sizes} exceed")
-    warnings.warn(f"{what} the training cases of fold(s) {','.join(map(str, folds))} "
-                  f"({smallest} cases); left out of subsets.json", stacklevel=3)
+    warn(f"{what} the {'selected' if orders else 'training'} cases of fold(s) "
+         f"{','.join(map(str, folds))} ({smallest} cases); left out of subsets.json")
 
 
 def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
             masks_dir: Path | None = None, dataset_id: int = 501, name: str = "L3",
             n_folds: int = DEFAULT_FOLDS, sizes: list[int] = SIZES, seed: int = DEFAULT_SEED,
             overwrite: bool = False, label_map: str | None = None, allow_non_hu: bool = False,
-            per_size_datasets: bool = False) -> ConversionResult:
+            per_size_datasets: bool = False, selection: Path | None = None) -> ConversionResult:
     """Convert cases to ``$nnUNet_raw/Dataset{id:03d}_{name}``; returns what was written and removed.
 
     Writes one 2D slice per case (HU values and geometry unchanged), 0/1 muscle labels,
@@ -223,7 +226,9 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     that variable is set, so ``nnUNetv2_train`` uses these folds. ``n_folds=0`` writes a dataset
     without folds or subsets (1–3 cases to predict on). With ``per_size_datasets`` also writes
     ``Dataset<ID+k>_<name>_n<N>`` per size. ``overwrite`` replaces only datasets convert wrote (no
-    foreign files) and removes their ``$nnUNet_preprocessed`` folders.
+    foreign files) and removes their ``$nnUNet_preprocessed`` folders. ``selection``: a selection
+    file (``nnunet-xfer select``) whose per-fold order replaces the seeded draw of the subsets
+    (each subset the first n cases of its fold's order; recorded in subsets.json and dataset.json).
     """
     sizes = sorted({int(n) for n in sizes})
     _check_args(dataset_id, name, sizes, n_folds)
@@ -234,35 +239,49 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
         if root is not None:
             remove_stale_temporaries(root)  # what a killed run left
     specs = _specs(cases_csv, images_dir, masks_dir)
+    inputs = [cases_csv, images_dir, masks_dir, selection,
+              *(p for spec in specs for p in (spec.image, spec.mask, spec.vertebra_mask))]
 
     ids = [s.case_id for s in specs]
     splits = make_splits(ids, n_folds=n_folds, seed=seed) if n_folds else None
-    subsets = make_subsets(splits, sizes, seed=seed, warn=False) if splits is not None else None
+    orders, chosen = None, None
+    if selection is not None:
+        if splits is None:
+            raise UserError("--selection orders each fold's training cases; it needs folds (drop "
+                            "--folds 0)")
+        record = read_selection(Path(selection))
+        orders = selection_orders(record, splits, Path(selection))
+        chosen = selection_provenance(record, Path(selection))
+    subsets = (make_subsets(splits, sizes, seed=seed, warn=False, orders=orders, selection=chosen)
+               if splits is not None else None)
     targets = plan_targets(dataset_id, name, splits, subsets, per_size_datasets)
     main_name = targets[0].name
     # every refusal happens before anything is written
-    replaced = {t.name: check_free(raw, t.dataset_id, t.name, overwrite) for t in targets}
+    claims = {t.name: check_free(raw, t.dataset_id, t.name, overwrite, inputs) for t in targets}
+    replaced = {name: [c.path for c in (target, *others) if c.found is not None]
+                for name, (target, others) in claims.items()}
     stale, notes = [], []
     for t in targets:
-        stale += _plan_preprocessed(preprocessed, t, replaced[t.name], overwrite)
+        stale += _plan_preprocessed(preprocessed, t, replaced[t.name], overwrite, inputs)
         notes += _check_results(t, bool(replaced[t.name]))
 
     rows, empty = [], []
     with staging(raw) as staged:
         main = new_staging(raw)
         staged.append(main)
-        with tqdm(specs, desc=f"convert {main_name}", unit="case") as bar:
+        with tqdm(specs, desc=f"convert {main_name}", unit="case", disable=None) as bar:
             for spec in bar:
                 rows.append(_convert_case(main, spec, labels, allow_non_hu, empty))
         if empty:
-            warnings.warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}",
-                          stacklevel=2)
+            warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}")
         if subsets is not None:
             _warn_left_out(subsets, splits)
         cases = pd.DataFrame(rows)
         common = {"seed": seed, "n_folds": n_folds, "label_map": labels,
                   "source": _describe_source(cases_csv, images_dir, masks_dir),
                   "cases": {r["case_id"]: {"height_m": r["height_m"], "sex": r["sex"]} for r in rows}}
+        if chosen is not None:
+            common[SELECTION_KEY] = chosen
         folders = {}
         for t in targets:
             folder = main
@@ -275,13 +294,14 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
             write_metadata(folder, t.name, cases, t.splits, t.subsets, extra)
             folders[t.name] = folder
         # the old preprocessed data goes first: a kill in between leaves no stale plans behind
-        remove_folders(stale)
+        for claim in stale:
+            remove_owned(claim)
         for t in targets:
-            commit(folders[t.name], raw / t.name, replaced[t.name])
+            commit(folders[t.name], *claims[t.name])
     for note in notes:
-        warnings.warn(note, stacklevel=2)
+        warn(note)
     result = ConversionResult(folder=raw / main_name, datasets=[raw / t.name for t in targets])
-    result.removed = [p for t in targets for p in replaced[t.name]] + stale
+    result.removed = [p for t in targets for p in replaced[t.name]] + [c.path for c in stale]
     if preprocessed is not None:
         for t in targets:
             if t.splits is not None:

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nnunet_xfer.evaluation import agreement  # noqa: E402
-from nnunet_xfer.evaluation.mask_files import load_mask, load_slice  # noqa: E402
+from nnunet_xfer.imaging import load_mask, load_slice  # noqa: E402
 from nnunet_xfer.evaluation.raters import with_worst  # noqa: E402
 from nnunet_xfer.sources import SOURCES, label as source_label  # noqa: E402
 
@@ -56,11 +56,15 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
     ``center`` is ``mean`` (error bars ± SD) or ``median`` (error bars = IQR) across cases.
     Failed cases are in every point (at their worst value); their number is written beside the
     point. ``band_counts`` = (observers, cases) of the band. A figure that mixes plans says so.
+    Groups carrying a ``series`` label (one evaluation folder of several, ``report -i A -i B``)
+    get a line style per series, named in the legend.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     all_n = sorted({float(g["n"]) for g in groups})
     plans_seen = sorted({g["plans"] for g in groups})
     multi_plans = len(plans_seen) > 1
+    # one line style per (series, plans): the plans alone when there are no series
+    styles = sorted({(g.get("series") or "", g["plans"]) for g in groups})
     for ax, metric in zip(axes, ("dice", "rms_dta_mm")):
         if band and metric in band and band[metric][0] is not None:
             lo, hi = band[metric]
@@ -70,8 +74,8 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
                        label="observers vs reference" + what)
         by_key: dict[tuple, list[dict]] = {}
         for g in groups:
-            by_key.setdefault((g["source"], g["plans"]), []).append(g)
-        for (source, plans), gs in by_key.items():
+            by_key.setdefault((g["source"], g["plans"], g.get("series") or ""), []).append(g)
+        for (source, plans, series), gs in by_key.items():
             gs = sorted((g for g in gs if g["metrics"][metric].get("n", 0)),
                         key=lambda g: float(g["n"]))
             if not gs:
@@ -90,10 +94,11 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
                 err = np.vstack([lower, upper])
             marks = (MARK_PRETRAINING if any(g.get("n_in_pretraining") for g in gs) else "") + \
                 (MARK_SCHEDULE if any(g.get("explicit_schedule") for g in gs) else "")
-            style = plans_seen.index(plans) % len(_PLANS_STYLES)
+            style = styles.index((series, plans)) % len(_PLANS_STYLES)
             ax.errorbar(x, y, yerr=err, marker=_PLANS_MARKERS[style], ms=5, capsize=3, lw=1.6,
                         ls=_PLANS_STYLES[style], color=source_color(source),
-                        label=curve_label(source, plans, multi_plans, marks))
+                        label=curve_label(source, plans, multi_plans)
+                        + (f" — {series}" if series else "") + (f" {marks}" if marks else ""))
             for xi, yi, v in zip(x, y, s):
                 if v.get("n_failed"):
                     ax.annotate(f"{v['n_failed']} failed", (xi, yi), xytext=(4, -10),

@@ -11,7 +11,7 @@ from pathlib import Path
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEFAULT_CONFIGURATION, DEFAULT_PLANS
 from nnunet_xfer.sources import SOURCES, check_names
-from nnunet_xfer.study_grid import DEFAULT_FOLDS, SIZES
+from nnunet_xfer.study_grid import DEFAULT_FOLDS, SIZES, TRAINER_SIZES
 
 #: ``--pretrain-scope``: ``fold`` pretrains sources that read the target's images once per fold
 #: on that fold's training images; ``all`` once on every image (validation cases included).
@@ -53,6 +53,10 @@ class Grid:
         if not self.sizes or min(self.sizes) < 1 or not self.folds or min(self.folds) < 0:
             raise UserError("--sizes must be positive and --folds non-negative, "
                             "e.g. --sizes 5,10 --folds 0")
+        untrained = [n for n in self.sizes if n not in TRAINER_SIZES]
+        if untrained:
+            raise UserError(f"--sizes {','.join(map(str, untrained))}: no Xfer trainer has that "
+                            f"size; choose from {','.join(map(str, TRAINER_SIZES))}")
         for what, values in (("--sizes", self.sizes), ("--folds", self.folds),
                              ("--sources", self.sources)):
             if len(set(values)) != len(values):

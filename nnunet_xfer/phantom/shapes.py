@@ -51,8 +51,12 @@ def perturb(theta: np.ndarray, coeffs: np.ndarray | None) -> np.ndarray:
     """Multiplicative radius factor exp(Σ a_k cos kθ + b_k sin kθ) (1 where ``coeffs`` is None)."""
     if coeffs is None:
         return np.ones_like(theta)
+    return _perturb_z(np.exp(1j * theta), coeffs)
+
+
+def _perturb_z(z: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """:func:`perturb` of the unit complex numbers ``z`` = e^{iθ}."""
     # Re(Σ (a_k - i b_k) e^{ikθ}) by Horner's rule: one complex exponential instead of 2k trig calls
-    z = np.exp(1j * theta)
     acc = np.zeros_like(z)
     for a, b in coeffs[::-1]:
         acc = (acc + (a - 1j * b)) * z
@@ -61,9 +65,22 @@ def perturb(theta: np.ndarray, coeffs: np.ndarray | None) -> np.ndarray:
 
 def superellipse_radius(theta: np.ndarray, a: float, b: float, n: float = 2.0) -> np.ndarray:
     """Radius of the superellipse |x/a|^n + |y/b|^n = 1 along direction ``theta``."""
-    c = np.abs(np.cos(theta)) / a
-    s = np.abs(np.sin(theta)) / b
+    return _superellipse_cs(np.cos(theta), np.sin(theta), a, b, n)
+
+
+def _superellipse_cs(cos: np.ndarray, sin: np.ndarray, a, b, n) -> np.ndarray:
+    c = np.abs(cos) / a
+    s = np.abs(sin) / b
+    if np.isscalar(n) and n == 2.0:
+        return 1.0 / np.sqrt(c * c + s * s + 1e-30)
     return (c ** n + s ** n + 1e-30) ** (-1.0 / n)
+
+
+def polar_lookup(fn, theta: np.ndarray, samples: int = 4096) -> np.ndarray:
+    """``fn(theta)`` for a smooth function of the angle, by linear interpolation in a table of
+    ``samples`` angles (an image of angles costs one interpolation instead of ``fn``'s work)."""
+    t = np.linspace(-np.pi, np.pi, samples + 1)
+    return np.interp(theta, t, fn(t))
 
 
 def blob_ratio(grid: Grid, cx: float, cy: float, a: float, b: float, angle: float = 0.0,
@@ -80,8 +97,13 @@ def blob_ratio(grid: Grid, cx: float, cy: float, a: float, b: float, angle: floa
     dx, dy = x - cx, y - cy
     ca, sa = np.cos(angle), np.sin(angle)
     u, v = dx * ca + dy * sa, -dx * sa + dy * ca
-    theta = np.arctan2(v, u)
-    return box, np.hypot(u, v) / (superellipse_radius(theta, a, b, n) * perturb(theta, coeffs))
+    rho = np.hypot(u, v)
+    safe = np.where(rho > 0, rho, 1.0)
+    cos, sin = np.where(rho > 0, u / safe, 1.0), v / safe
+    radius = _superellipse_cs(cos, sin, a, b, n)
+    if coeffs is not None:
+        radius = radius * _perturb_z(cos + 1j * sin, coeffs)
+    return box, rho / radius
 
 
 def blob(grid: Grid, cx: float, cy: float, a: float, b: float, angle: float = 0.0,

@@ -9,21 +9,27 @@ CT slices come normalised exactly as nnU-Net normalises them: nnU-Net's preproce
 arrays only; the label arrays are never opened) or other CT images normalised with the plans'
 normalisation scheme and the dataset's intensity properties. Natural images are converted to the
 network's input channels, randomly resized-cropped to the patch size and z-scored.
+
+CT images are read by :func:`nnunet_xfer.imaging.read_image` and used in canonical orientation,
+as ``convert`` writes the target's slices. Whether ``--data`` is the target is decided by content
+before any source is built (:mod:`nnunet_xfer.pretraining.identity`).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import DATASET_JSON, image_file
-from nnunet_xfer.sources import DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION
+from nnunet_xfer.imaging.names import (CT_ENDINGS, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING, has_ending,
+                                       strip_ending)
+from nnunet_xfer.layout import DATASET_JSON, image_file, label_file
+from nnunet_xfer.sources import (DATA_KIND_KEY, DATA_KIND_MEDICAL, DATA_KIND_NATURAL, DATA_KINDS,
+                                  DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION)
 
-CT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE = 255
 #: RandomResizedCrop area range for natural images (torchvision's classification default).
 CROP_SCALE = (0.08, 1.0)
@@ -131,10 +137,10 @@ class PreprocessedSlices(Source):
         return state
 
 
-def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def _files(root: Path, endings: tuple[str, ...]) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+    return sorted(p for p in root.rglob("*") if p.is_file() and has_ending(p, endings))
 
 
 def _normaliser(scheme: str, props: dict):
@@ -146,39 +152,47 @@ def _normaliser(scheme: str, props: dict):
     return cls(use_mask_for_norm=False, intensityproperties=props)
 
 
+class CTPreparation(NamedTuple):
+    """How the target's network sees CT: the configuration's in-plane spacing (y, x) in mm, the
+    plans' normalisation scheme and the dataset's intensity properties (of channel 0)."""
+
+    spacing: tuple[float, float]
+    scheme: str
+    props: dict
+
+    def resample(self, arr: np.ndarray, spacing, order: int = 1) -> np.ndarray:
+        """(Z, Y, X) ``arr`` with in-plane ``spacing`` (y, x) resampled to :attr:`spacing`."""
+        from scipy.ndimage import zoom
+        factors = (1.0, spacing[0] / self.spacing[0], spacing[1] / self.spacing[1])
+        if np.allclose(factors, 1.0, atol=1e-3):
+            return arr
+        return zoom(arr, factors, order=order)
+
+
 class CTImages(Source):
     """Other unlabelled CT images (NIfTI/MHA/NRRD, 2D or 3D; axial slices), nnU-Net-normalised.
 
-    Slices are resampled in-plane to the configuration's spacing and normalised with the plans'
-    scheme (``CTNormalization``: clip to the dataset's 0.5–99.5 percentiles, subtract its mean,
+    Read by the image reader (HU required) in canonical orientation. Slices are resampled in-plane
+    to the configuration's spacing and normalised with the plans' scheme (``CTNormalization``: clip to the dataset's 0.5–99.5 percentiles, subtract its mean,
     divide by its std). All slices are held in memory as float32.
     """
 
     def __init__(self, root: Path, patch: tuple[int, int], min_side: int,
                  spacing: tuple[float, float], scheme: str, props: dict):
-        import SimpleITK as sitk
-        from scipy.ndimage import zoom
+        from nnunet_xfer.imaging import read_image
+        ct = CTPreparation(tuple(spacing), scheme, props)
         if not root.exists():
             raise UserError(f"--data {root} does not exist")
-        files = _files(root, CT_SUFFIXES)
+        files = _files(root, CT_ENDINGS)
         if not files:
-            raise UserError(f"--data {root} holds no CT images ({', '.join(CT_SUFFIXES)})")
-        norm = _normaliser(scheme, props)
+            raise UserError(f"--data {root} holds no CT images ({', '.join(CT_ENDINGS)})")
+        norm = _normaliser(ct.scheme, ct.props)
         self.patch, self.volumes, self.ids = patch, [], []
         for f in files:
-            try:
-                img = sitk.ReadImage(str(f))
-            except RuntimeError as e:
-                raise UserError(f"cannot read CT image {f} ({str(e).strip().splitlines()[-1]}); "
-                                f"fix or remove it") from None
-            if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() not in (2, 3):
-                raise UserError(f"{f} is not a single-channel 2D/3D CT image")
-            arr = sitk.GetArrayFromImage(img).astype(np.float32)
-            sp = img.GetSpacing()[::-1][-2:]  # (y, x) spacing of the array's last two axes
-            arr = arr[None] if arr.ndim == 2 else arr
-            factors = (1.0, sp[0] / spacing[0], sp[1] / spacing[1])
-            if not np.allclose(factors, 1.0, atol=1e-3):
-                arr = zoom(arr, factors, order=1)
+            image, _ = read_image(f, what="CT image").canonical()
+            arr = image.array.astype(np.float32)
+            sp = image.spacing[::-1][-2:]  # (row, col) spacing of the array's last two axes
+            arr = ct.resample(arr[None] if arr.ndim == 2 else arr, sp)
             _check_size(arr.shape[-2:], min_side, f"CT image {f}")
             self.volumes.append(norm.run(arr))
             self.ids.append(str(f.relative_to(root)) if root.is_dir() else f.name)
@@ -231,13 +245,28 @@ def _check_pil_size(path: Path, min_side: int) -> None:
 
 
 class NaturalSegmentation(Source):
-    """Segmentation pairs: a Pascal-VOC folder or a 2D nnU-Net raw dataset folder."""
+    """Segmentation pairs: a Pascal-VOC folder or a 2D nnU-Net raw dataset folder.
 
-    def __init__(self, root: Path, patch: tuple[int, int], min_side: int, channels: int):
+    Natural images (VOC, or an nnU-Net raw dataset whose channel is not CT) are randomly
+    resized-cropped, flipped and z-scored per image. A CT nnU-Net raw dataset (channel 0 named
+    ``CT``, such as ``nnunet-xfer phantom --source-task``) given a :class:`CTPreparation` is
+    prepared like the target's own slices instead: resampled in-plane to the configuration's
+    spacing (labels nearest-neighbour), normalised with the plans' scheme and the target's
+    intensity properties, held in memory, and sampled as random patches of the planned size
+    (zero-padded where smaller, the padding ignored by the loss) mirrored along either axis.
+
+    ``data_kind`` (``sources.DATA_KINDS``) and ``data_label`` say what the images are, for the
+    store record: a dataset.json may declare its kind in ``nnunet_xfer.data_kind``.
+    """
+
+    def __init__(self, root: Path, patch: tuple[int, int], min_side: int, channels: int,
+                 ct: CTPreparation | None = None):
         if not root.is_dir():
             raise UserError(f"--data {root} is not a folder (expected a VOC folder with "
                             f"JPEGImages/ and SegmentationClass/, or an nnU-Net raw dataset)")
         self.patch, self.channels, self.description = patch, channels, str(root)
+        self.classes: list[str] | None = None
+        self.is_ct, self.data_kind, self._ct = False, DATA_KIND_NATURAL, None
         if (root / DATASET_JSON).is_file():
             self._init_nnunet_raw(root)
         else:
@@ -250,27 +279,31 @@ class NaturalSegmentation(Source):
         if self.num_classes < 2:
             raise UserError(f"--data {root}: masks hold a single class; segmentation pretraining "
                             f"needs at least background and one object class")
+        self.data_label = f"{DATA_KINDS[self.data_kind]}: {root}"
+        if self.is_ct and ct is not None:
+            self._ct = [self._prepare_ct(i, ct) for i in range(len(self.pairs))]
 
     def _init_voc(self, root: Path) -> None:
         images, masks = root / "JPEGImages", root / "SegmentationClass"
         if not images.is_dir():
             raise UserError(f"--data {root}: no JPEGImages/ folder (expected Pascal-VOC layout)")
-        if not masks.is_dir() or not any(masks.glob("*.png")):
+        if not masks.is_dir() or not any(masks.glob(f"*{VOC_MASK_ENDING}")):
             raise UserError(f"--data {root}: no masks in SegmentationClass/ (palette PNGs); "
                             f"a VOC folder without masks cannot be used for seg pretraining")
         split = root / "ImageSets" / "Segmentation" / "train.txt"
         if split.is_file():
             names = [n.strip() for n in split.read_text().split() if n.strip()]
         else:
-            names = sorted(p.stem for p in masks.glob("*.png"))
+            names = sorted(p.stem for p in masks.glob(f"*{VOC_MASK_ENDING}"))
         self.pairs, self.ids, labels = [], [], set()
         for n in names:
-            img = next((images / (n + s) for s in (".jpg", ".jpeg", ".png")
+            img = next((images / (n + s) for s in VOC_IMAGE_ENDINGS
                         if (images / (n + s)).is_file()), None)
-            mask = masks / f"{n}.png"
+            mask = masks / f"{n}{VOC_MASK_ENDING}"
             if img is None or not mask.is_file():
                 raise UserError(f"--data {root}: image or mask of {n!r} missing "
-                                f"(JPEGImages/{n}.jpg, SegmentationClass/{n}.png)")
+                                f"(JPEGImages/{n}{VOC_IMAGE_ENDINGS[0]}, "
+                                f"SegmentationClass/{n}{VOC_MASK_ENDING})")
             labels.update(np.unique(np.asarray(_pil_image(mask))).tolist())
             self.pairs.append((img, mask))
             self.ids.append(n)
@@ -290,14 +323,22 @@ class NaturalSegmentation(Source):
             raise UserError(f"--data {root}: dataset.json is not an nnU-Net dataset.json "
                             f"(an object with labels)")
         ending = ds.get("file_ending", ".png")
-        n_ch = len(ds.get("channel_names", ds.get("modality", {"0": ""})))
+        channel_names = ds.get("channel_names", ds.get("modality", {"0": ""}))
+        n_ch = len(channel_names)
         labels = {k: v for k, v in ds.get("labels", {}).items()}
         self.ignore = labels.pop("ignore", None)
         values = [v for v in labels.values() if isinstance(v, int)]
         self.num_classes = max(values) + 1 if values else 0
+        self.classes = [k for k, v in sorted(labels.items(), key=lambda kv: str(kv[1]))
+                        if isinstance(v, int)]
+        self.is_ct = n_ch == 1 and str(next(iter(channel_names.values()), "")).lower() == "ct"
+        declared = ds.get("nnunet_xfer", {})
+        declared = declared.get(DATA_KIND_KEY) if isinstance(declared, dict) else None
+        self.data_kind = (declared if declared in DATA_KINDS
+                          else DATA_KIND_MEDICAL if self.is_ct else DATA_KIND_NATURAL)
         self.pairs, self.ids = [], []
-        for lab in sorted((root / "labelsTr").glob(f"*{ending}")):
-            case = lab.name[:-len(ending)]
+        for lab in sorted((root / "labelsTr").glob(label_file("*", ending))):
+            case = strip_ending(lab, (ending,))
             imgs = [root / "imagesTr" / image_file(case, c, ending) for c in range(n_ch)]
             if not all(i.is_file() for i in imgs):
                 raise UserError(f"--data {root}: images of case {case} missing in imagesTr/")
@@ -305,6 +346,40 @@ class NaturalSegmentation(Source):
             self.ids.append(case)
         example = str(self.pairs[0][1]) if self.pairs else None
         self.reader = determine_reader_writer_from_dataset_json(ds, example, verbose=False)
+
+    def _prepare_ct(self, i: int, ct: CTPreparation) -> tuple[np.ndarray, np.ndarray]:
+        """Case ``i`` as the target's network sees CT: (1, H, W) float32 and (H, W) int64."""
+        img, mask = self.pairs[i]
+        rw = self.reader()
+        try:
+            data, props = rw.read_images([str(p) for p in img])
+            seg, _ = rw.read_seg(str(mask))
+        except (RuntimeError, OSError) as e:
+            raise UserError(f"cannot read case {self.ids[i]!r} of {self.description} "
+                            f"({str(e).strip().splitlines()[-1] if str(e).strip() else e}); "
+                            f"fix or remove it") from None
+        if seg.shape[1:] != data.shape[1:]:
+            raise UserError(f"mask of {self.ids[i]!r} is {seg.shape[-2:]}, image is "
+                            f"{data.shape[-2:]}; they must match")
+        spacing = props["spacing"][-2:]
+        image = _normaliser(ct.scheme, ct.props).run(ct.resample(data[0], spacing))
+        labels = ct.resample(seg[0], spacing, order=0).astype(np.int64)
+        if self.ignore is not None:
+            labels[labels == self.ignore] = IGNORE
+        z = len(image) // 2  # a 2D dataset has one slice; a 3D one gives its middle slice
+        return image[z][None].astype(np.float32), labels[z]
+
+    def _sample_ct(self, rng: np.random.Generator) -> dict:
+        image, labels = self._ct[int(rng.integers(len(self._ct)))]
+        # crop image and labels together; labels shifted by one so that padding reads -1
+        both = crop_or_pad(np.concatenate([image, labels[None] + 1.0]), self.patch, rng)
+        x, m = both[:1], both[1].astype(np.int64) - 1
+        m[m < 0] = IGNORE
+        for axis in (1, 2):  # nnU-Net mirrors along every spatial axis
+            if rng.random() < 0.5:
+                x, m = np.flip(x, axis), np.flip(m, axis - 1)
+        x = _to_channels(torch.from_numpy(np.ascontiguousarray(x)), self.channels)
+        return {"image": x, "mask": torch.from_numpy(np.ascontiguousarray(m))}
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = self.pairs[i]
@@ -328,6 +403,8 @@ class NaturalSegmentation(Source):
     def sample(self, rng: np.random.Generator) -> dict:
         from torchvision import tv_tensors
         from torchvision.transforms import v2
+        if self._ct is not None:
+            return self._sample_ct(rng)
         x, m = self._load(int(rng.integers(len(self.pairs))))
         tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=SEG_CROP_SCALE, antialias=True),
                          v2.RandomHorizontalFlip()])
@@ -373,52 +450,18 @@ NATURAL_DATA = {DATA_NATURAL_SEGMENTATION: NaturalSegmentation, DATA_NATURAL_CLA
 
 
 # ----------------------------------------------------------------------------- not the target
-def _pixel_digest(path: Path) -> str | None:
-    """sha256 of a medical image's voxel array (dtype and shape included), None if unreadable."""
-    import hashlib
-
-    import SimpleITK as sitk
-    try:
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError:
-        return None
-    arr = np.ascontiguousarray(np.squeeze(arr))
-    return hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes()).hexdigest()
-
-
-def _image_size(path: Path) -> tuple[int, ...] | None:
-    """A medical image's size from its header alone (axes of length 1 dropped)."""
-    import SimpleITK as sitk
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    return tuple(n for n in reader.GetSize() if n != 1)
-
-
-def _target_files(layout) -> list[Path]:
-    files = []
-    for folder in (layout.images_dir, layout.labels_dir):
-        if folder.is_dir():
-            files += sorted(p for p in folder.iterdir() if p.is_file())
-    return files
-
-
 def refuse_target_data(data: Path, dataset_name: str) -> None:
-    """Refuse ``--data`` that is the target dataset itself, in one line.
+    """Refuse ``--data`` that names the target dataset, in one line, before anything is read.
 
-    The target is recognised by its folders (raw, preprocessed, results, or inside one of them),
-    by its name or id given as ``--data``, by a folder named like it, and by content: a file under
-    ``--data`` whose bytes, or whose voxel array (medical formats), equal one of the target's
-    raw images or labels.
+    The target is recognised here by its folders (raw, preprocessed, results, or inside one of
+    them), by its name or id given as ``--data``, and by a folder named like it; by content (the
+    voxels of any image, whatever its type or format) in
+    :func:`nnunet_xfer.pretraining.identity.refuse_target_content`.
     """
     import os
 
-    from nnunet_xfer.layout import DatasetLayout
-    from nnunet_xfer.pretraining.store import file_sha256
     from nnunet_xfer import settings
+    from nnunet_xfer.layout import DatasetLayout
 
     layout = DatasetLayout(dataset_name)
     text = str(data)
@@ -438,37 +481,6 @@ def refuse_target_data(data: Path, dataset_name: str) -> None:
                 break
         if what is None and real.name == dataset_name:
             what = f"a folder named {dataset_name}"
-    if what is None and real is not None:
-        targets = _target_files(layout)
-        by_size: dict[int, list[Path]] = {}
-        for t in targets:
-            by_size.setdefault(t.stat().st_size, []).append(t)
-        candidates = [real] if real.is_file() else sorted(
-            p for p in real.rglob("*") if p.is_file() and not p.name.startswith("."))
-        target_bytes: dict[str, Path] = {}
-        target_pixels: dict[str, Path] | None = None
-        target_sizes: set = set()
-        for f in candidates:
-            size = f.stat().st_size
-            if size in by_size:
-                if not target_bytes:
-                    target_bytes = {file_sha256(t): t for t in targets}
-                match = target_bytes.get(file_sha256(f))
-                if match is not None:
-                    what = f"{f} has the same content as the target's {match.name}"
-                    break
-            if f.name.lower().endswith(CT_SUFFIXES):
-                if target_pixels is None:
-                    medical = [t for t in targets if t.name.lower().endswith(CT_SUFFIXES)]
-                    target_sizes = {_image_size(t) for t in medical} - {None}
-                    target_pixels = {d: t for t in medical for d in [_pixel_digest(t)] if d}
-                if _image_size(f) not in target_sizes:
-                    continue  # the voxels cannot be equal: spare reading them
-                digest = _pixel_digest(f)
-                if digest in target_pixels:
-                    what = (f"{f} has the same voxels as the target's "
-                            f"{target_pixels[digest].name}")
-                    break
     if what is not None:
         raise UserError(f"--data {data} is the target dataset {dataset_name} ({what}); a source "
                         f"task must not learn from the target's own images or labels: choose "

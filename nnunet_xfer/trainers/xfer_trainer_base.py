@@ -9,7 +9,8 @@ Life cycle inside ``nnUNetv2_train`` (nnunetv2 2.8.1):
   cannot do it. ``nnUNet_xfer_seed`` seeds torch, numpy and random before nnU-Net builds anything.
 * ``initialize`` (nnU-Net's) builds the network and the optimiser (nnU-Net's own for every source
   unless an explicit schedule option is set, see ``xfer_transfer``).
-* ``--c`` / ``--val``: nnU-Net calls :meth:`load_checkpoint`, which marks the run as resumed.
+* ``--c`` / ``--val``: nnU-Net calls :meth:`load_checkpoint`, which opens the file with the
+  restricted unpickler first (a planted pickle is refused in one line) and marks the run resumed.
 * :meth:`do_split` returns the fold's nested subset and the fold's whole validation set.
 
 Scratch trainers are this class as it is; trainers of pretrained sources add the source checkpoint
@@ -33,6 +34,7 @@ from nnunet_xfer.architectures.parts import supports_deep_supervision
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import (CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, DEBUG_JSON,
                                 SUBSET_RECORD, DatasetLayout)
+from nnunet_xfer.nnunet_checkpoint import CHECKPOINT_ADVICE, open_nnunet_checkpoint
 from nnunet_xfer.study_grid import trainer_name
 from nnunet_xfer.trainers import check_nnunet_version
 from nnunet_xfer.trainers.xfer_schedule import NNUNET_SCHEDULE, FineTuneSchedule
@@ -246,10 +248,53 @@ class XferTrainerBase(nnUNetTrainer):
                                f"({len(record['train'])} of {record['fold_train_size']} training cases): "
                                f"{json.dumps(record['train'])}")
         self.print_to_log_file(f"nnunet_xfer validation: all {len(record['val'])} cases of fold {self.fold}")
+        self._note_sampling(len(record["train"]))
         return self._xfer_split
 
+    def _note_sampling(self, n_train: int) -> None:
+        """Record (``xfer_info.sampling``) and log how nnU-Net fills a batch from ``n_train`` cases.
+
+        nnU-Net's training loader draws every batch's cases uniformly *with replacement*
+        (``np.random.choice(..., replace=True)``), so a batch larger than the training subset
+        repeats cases, each repeat with its own random crop and augmentation; the plans' batch
+        size is kept at every n (same compute for every size and source, docs/trainers.md).
+        """
+        batch = getattr(self, "batch_size", None)
+        if batch is None:  # before initialize(): nothing is sampled yet
+            return
+        p = float(self.oversample_foreground_percent)
+        # nnU-Net forces foreground in the last batch positions (unless probabilistic)
+        forced = (None if self.probabilistic_oversampling
+                  else sum(1 for j in range(batch) if not j < round(batch * (1 - p))))
+        record = {"n_train": n_train, "batch_size": batch, "with_replacement": True,
+                  "oversample_foreground_percent": p, "foreground_patches_per_batch": forced,
+                  "num_iterations_per_epoch": self.num_iterations_per_epoch,
+                  "patches_per_case_per_epoch": round(self.num_iterations_per_epoch * batch
+                                                      / max(n_train, 1), 1)}
+        self.xfer_info["sampling"] = record
+        if n_train < batch:
+            self.print_to_log_file(
+                f"nnunet_xfer: n={n_train} is smaller than the batch size {batch}: nnU-Net draws "
+                f"each batch's {batch} patches from the {n_train} training case(s) with "
+                f"replacement (each repeat its own crop and augmentation), "
+                f"{'some' if forced is None else forced} of them forced to hold foreground; "
+                f"each case gives about {record['patches_per_case_per_epoch']:g} patches per epoch")
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's, remembering that this run resumes (so the source is not loaded again)."""
+        """nnU-Net's, on a file the restricted unpickler opened first, remembering that this run
+        resumes (so the source is not loaded again).
+
+        nnU-Net unpickles the file with ``weights_only=False`` (``--c``, ``--val``,
+        ``--val_best``): a planted ``checkpoint_latest.pth`` would run its code. A file that is
+        not tensors and plain types stops the run here, in one line, before nnU-Net touches it.
+        (nnU-Net's method takes only a file name: it is handed the name of the file checked.)
+        """
+        if isinstance(filename_or_checkpoint, (str, Path)):
+            try:
+                open_nnunet_checkpoint(Path(filename_or_checkpoint), CHECKPOINT_ADVICE)
+            except UserError as e:
+                raise refuse(e) from None
+            filename_or_checkpoint = str(filename_or_checkpoint)
         self._xfer_resumed = True
         super().load_checkpoint(filename_or_checkpoint)
 

@@ -1,4 +1,4 @@
-"""The trainer classes nnU-Net finds by name: ``Xfer{Scratch,Cls,Seg,Rec,Jigsaw}Trainer_n{5,…,125,all}``.
+"""The trainer classes nnU-Net finds by name: ``Xfer{Scratch,Cls,Seg,Rec,Jigsaw}Trainer_n{1,…,4,5,…,125,all}``.
 
 Generated from the source registry × ``study_grid.SIZE_TAGS`` (:func:`build_family`) and bound
 here as module-level names, which is where nnU-Net's ``nnUNet_extTrainer`` discovery looks for them.

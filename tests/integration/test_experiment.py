@@ -271,6 +271,23 @@ def test_cli_builds_the_grid_with_the_grid_defaults(grid_dataset):
     assert _grid(a) == Grid("887", sizes=(5,), sources=("rec", "scratch"), pretrain_scope="all")
 
 
+def test_dry_run_lists_sizes_below_five_when_asked(grid_dataset):
+    subsets = json.loads((grid_dataset / "subsets.json").read_text())
+    subsets["sizes"] = [1, 2, 3, 5, 10]
+    for per in subsets["folds"].values():  # nested, as convert --sizes 1,2,3,5,10 writes them
+        per.update({str(n): [f"c{i}" for i in range(n)] for n in (1, 2, 3)})
+    (grid_dataset / "subsets.json").write_text(json.dumps(subsets))
+    proc = run_cli("nnunet-xfer", "experiment", "-d", str(GRID_ID), "--sources", "scratch,rec",
+                   "--sizes", "1,2,3,5", "--folds", "0", "--dry-run")
+    trains = [l for l in proc.stdout.splitlines() if "nnUNetv2_train " in l]
+    assert [l.split(" -tr ")[1].split()[0] for l in trains] == [
+        f"Xfer{s}Trainer_n{n}" for s in ("Scratch", "Rec") for n in (1, 2, 3, 5)]
+    with pytest.raises(UserError, match=r"--sizes 7: no Xfer trainer has that size"):
+        experiment_steps(str(GRID_ID), sources=["scratch"], sizes=[1, 7], folds=[0])
+    with pytest.raises(UserError, match=r"n=4 is not among the sizes chosen at convert"):
+        experiment_steps(str(GRID_ID), sources=["scratch"], sizes=[4], folds=[0])
+
+
 def test_sizes_error_names_convert_or_the_fold_as_the_cause(grid_dataset):
     with pytest.raises(UserError, match=r"n=25 is not among the sizes chosen at convert .*--sizes 5,10,25"):
         verify_dataset(GRID_NAME, [0], [5, 25])

@@ -180,13 +180,16 @@ def test_family_is_complete_and_discoverable():
 
     import nnunet_xfer.trainers.xfer_trainer_family as family
     names = [trainer_name(s, t) for s in SOURCES for t in SIZE_TAGS]
-    assert len(names) == 40 and set(names) <= set(family.__all__)
+    assert len(names) == len(SOURCES) * len(SIZE_TAGS) and set(names) <= set(family.__all__)
+    assert {"XferScratchTrainer_n1", "XferRecTrainer_n2", "XferSegTrainer_n3",
+            "XferJigsawTrainer_n4"} <= set(names)
     for name in names:
         cls = getattr(family, name)
         assert issubclass(cls, nnUNetTrainer) and cls.__name__ == name
     found = recursive_find_trainer_class_by_name("XferJigsawTrainer_n125")
     assert (found.__name__, found.source, found.subset_size) == ("XferJigsawTrainer_n125", "jigsaw", 125)
     assert recursive_find_trainer_class_by_name("XferClsTrainer_nall").subset_size is None
+    assert recursive_find_trainer_class_by_name("XferScratchTrainer_n1").subset_size == 1
 
 
 def test_env_command_and_version_check(monkeypatch):

@@ -38,6 +38,11 @@ def folder_of(result) -> Path:
     return getattr(result, "folder", result)
 
 
+#: What nnU-Net's planner writes, as far as convert --overwrite looks (plans_name = file name).
+PLANS_STUB = json.dumps({"plans_name": "nnUNetPlans", "configurations": {
+    "2d": {"data_identifier": "nnUNetPlans_2d"}}})
+
+
 def hu(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-1000, 1200, (SIZE, SIZE)).astype(np.int16)
 
@@ -442,7 +447,7 @@ def test_convert_overwrite_removes_the_preprocessed_folder(tmp_path, nn_dirs, ro
     raw, pre = nn_dirs
     csv = manifest(tmp_path, rows)
     out = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
-    (pre / out.name / "nnUNetPlans.json").write_text("{}")  # stale plans of the old data
+    (pre / out.name / "nnUNetPlans.json").write_text(PLANS_STUB)  # stale plans of the old data
     (pre / out.name / "nnUNetPlans_2d").mkdir()
     result = convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2], overwrite=True)
     assert pre / out.name in result.removed
@@ -453,7 +458,7 @@ def test_convert_overwrite_under_another_name_replaces_its_own_dataset(tmp_path,
     raw, pre = nn_dirs
     csv = manifest(tmp_path, rows)
     old = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
-    (pre / old.name / "nnUNetPlans.json").write_text("{}")
+    (pre / old.name / "nnUNetPlans.json").write_text(PLANS_STUB)
     result = convert(cases_csv=csv, dataset_id=601, name="Other", sizes=[2], overwrite=True)
     assert visible_and_hidden(raw) == ["Dataset601_Other"]
     assert visible_and_hidden(pre) == ["Dataset601_Other"]  # never two datasets with one id
@@ -503,7 +508,7 @@ def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn_dirs, rows):
     args = ("nnunet-xfer", "convert", "--cases", str(manifest(tmp_path, rows)), "-d", "601",
             "-n", "T601", "--sizes", "2")
     assert run_cli(*args, env=env).stdout.splitlines() == [f"wrote {raw / DATASET}"]
-    (pre / DATASET / "nnUNetPlans.json").write_text("{}")
+    (pre / DATASET / "nnUNetPlans.json").write_text(PLANS_STUB)
     lines = run_cli(*args, "--overwrite", env=env).stdout.splitlines()
     assert lines == [f"removed {raw / DATASET} (--overwrite)", f"removed {pre / DATASET} (--overwrite)",
                      f"wrote {raw / DATASET}"]
@@ -618,3 +623,44 @@ def test_size_larger_than_the_fold_is_blamed_on_the_cases(bound):
     from nnunet_xfer.splits import verify_dataset
     with pytest.raises(UserError, match=r"n=50.*30 training cases.*fold 0"):
         verify_dataset(DatasetLayout.of(601), folds=[0], sizes=[50])
+
+
+# ----------------------------------------------------------------------------- --selection
+def _selection(path: Path, splits: list[dict], cut: int | None = None, **change) -> Path:
+    from nnunet_xfer.dataset_conversion.selection import selection_record
+    order = {str(f): sorted(s["train"], reverse=True)[:cut] for f, s in enumerate(splits)}
+    record = {**selection_record(order, splits, "manual", 12345), **change}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_convert_refuses_a_selection_that_does_not_fit_and_writes_nothing(bound, many, tmp_path):
+    out, _pre = bound
+    splits = json.loads((out / "splits_final.json").read_text())
+    raw = out.parent
+    other_seed = run_cli("nnunet-xfer", "convert", "--cases", str(many), "-d", "602", "--seed", "3",
+                         "--selection", str(_selection(tmp_path / "s.json", splits)), check=False)
+    assert other_seed.returncode == 2 and "made for other folds" in other_seed.stderr
+    leaky = json.loads((tmp_path / "s.json").read_text())
+    leaky["order"]["2"].insert(0, splits[2]["val"][0])
+    (tmp_path / "leak.json").write_text(json.dumps(leaky))
+    leak = run_cli("nnunet-xfer", "convert", "--cases", str(many), "-d", "602", "--selection",
+                   str(tmp_path / "leak.json"), check=False)
+    assert leak.returncode == 2 and "fold 2 orders validation case(s)" in leak.stderr
+    assert splits[2]["val"][0] in leak.stderr and "Traceback" not in leak.stderr
+    assert not [p for p in raw.iterdir() if "602" in p.name]
+
+
+def test_selected_dataset_never_falls_back_to_the_random_draw(bound, many, tmp_path):
+    out, pre = bound
+    splits = json.loads((out / "splits_final.json").read_text())
+    with pytest.warns(UserWarning, match=r"n=10 exceeds the selected cases .* \(8 cases\)"):  # hand-written, 8 per fold
+        selected = folder_of(convert(cases_csv=many, dataset_id=602, name="Sel", sizes=[5, 10],
+                                     selection=_selection(tmp_path / "s.json", splits, cut=8)))
+    order = sorted(splits[0]["train"], reverse=True)[:8]
+    chosen = _fold_subset(selected, pre.parent / selected.name, 0, 7)  # a size convert did not write
+    assert chosen.train == sorted(order[:7])
+    with pytest.raises(UserError, match="exceeds the 8 cases the selection orders in fold 0"):
+        _fold_subset(selected, pre.parent / selected.name, 0, 9)
+    block = json.loads((selected / "dataset.json").read_text())["nnunet_xfer"]
+    assert block["selection"]["strategy"] == "manual" and block["selection"]["file"].endswith("s.json")

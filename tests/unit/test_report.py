@@ -154,3 +154,43 @@ def test_legend_names_schedules_pretraining_overlap_and_mixed_plans(fake_tree, t
     assert "explicit fine-tuning options" in text and "lr_factor=0.1" in text
     assert "mixes plans (OtherPlans, nnUNetPlans)" in text
     assert "† pretraining saw validation cases" in text and "jigsaw n=10 (6 of 11)" in text
+
+
+def test_comparison_overlays_labelled_evaluations(fake_tree, tmp_path, monkeypatch):
+    from nnunet_xfer.evaluation import figures
+    from nnunet_xfer.evaluation.report import comparison_labels, write_comparison
+    base, env = fake_tree
+    evaluation = evaluate_dataset("990", out=tmp_path / "a")
+    other = shutil.copytree(evaluation, tmp_path / "b")
+    legends = []
+    save = figures._save
+
+    def keep_legend(fig, path):
+        legends.extend(t.get_text() for legend in fig.legends for t in legend.get_texts())
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep_legend)
+    html_path = tmp_path / "cmp.html"
+    proc = run_cli("nnunet-xfer", "report", "-i", f"random={evaluation}", "-i", f"diverse={other}",
+                   "-o", str(html_path), env=env)
+    assert str(html_path) in proc.stdout
+    text = html_path.read_text(encoding="utf-8")
+    assert "comparison report" in text and ">random<" in text and ">diverse<" in text
+    assert "validate on different cases" not in text  # the same folds and cases
+    assert len(_embedded_pngs(_parse(html_path))) == 1
+    assert [p.name for p in (tmp_path / "cmp_files").glob("*.png")] == ["headline.png"]
+    # in-process: one curve per source and evaluation, each named "source — label"
+    write_comparison([("random", evaluation), ("diverse", other)], tmp_path / "in.html")
+    assert {"scratch — random", "scratch — diverse", "jigsaw — random †",
+            "jigsaw — diverse †"} <= set(legends)  # † : the fake jigsaw entry saw every case
+    # unlabelled folders take their dataset's name, numbered when equal
+    assert comparison_labels([(None, evaluation), (None, other)]) == [
+        "Dataset990_Fake (1)", "Dataset990_Fake (2)"]
+    # evaluations of other cases are overlaid with a warning, never silently
+    import pandas as pd
+    cases = pd.read_csv(other / "cases.csv", dtype={"case_id": str})
+    cases[cases.case_id != "case_011"].to_csv(other / "cases.csv", index=False)
+    write_comparison([(None, evaluation), ("fewer", other)], tmp_path / "warn.html")
+    assert "validate on different cases" in (tmp_path / "warn.html").read_text(encoding="utf-8")
+    with pytest.raises(UserError, match="not an evaluation folder"):
+        write_comparison([(None, evaluation), (None, tmp_path)], tmp_path / "x.html")
