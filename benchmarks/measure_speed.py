@@ -44,9 +44,9 @@ number by number). A ``--work`` folder is reused when its parameters match.
 
     python benchmarks/measure_speed.py --quick     # smoke run: 64² model, 1 trained fold
     python benchmarks/measure_speed.py --work /tmp/ms512 --size 512 --cases 20 \\
-        --trained-folds 5 --epochs 1 --iterations 2 --skip-dice        # timing, 512² plans
+        --trained-folds 5 --epochs 1 --iterations 2 --sections slice,omp,process,startup  # timing
     python benchmarks/measure_speed.py --work /tmp/ms128 --size 128 --cases 60 \\
-        --trained-folds 5 --epochs 20 --iterations 50 --test-cases 40 --skip-timing  # Dice
+        --trained-folds 5 --epochs 20 --iterations 50 --test-cases 40 --sections dice  # Dice
 """
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ SETTINGS = {
     "1 fold + mirroring": (True, True),
     "1 fold, no mirroring": (True, False),
 }
+#: The measurements, in the order they run (``--sections``).
+SECTIONS = ("dice", "slice", "omp", "process", "startup")
 QUICK = dict(size=64, cases=8, folds=5, trained_folds=1, epochs=1, iterations=2, slices=2,
              test_cases=2, repeats=1, process_repeats=1)
 FULL = dict(size=512, cases=20, folds=5, trained_folds=5, epochs=1, iterations=2, slices=3,
@@ -456,7 +458,11 @@ def process_level(model: dict, slices, work: Path, repeats: int, settings: list[
 
 def startup_phases(model: dict, slices, work: Path, repeats: int, settings: list[str]) -> str:
     run = work / "runs"
+    run.mkdir(parents=True, exist_ok=True)
     case_csv = run / "cases_1.csv"
+    if not case_csv.is_file():  # written by process_level when it ran first
+        case, image, _m = slices[0]
+        case_csv.write_text(f"case_id,image\n{case},{image}\n")
     env = {**nnunet_env(work), "nnUNet_results": model["results"]}
     rows = []
     for name in settings:
@@ -513,8 +519,9 @@ def main() -> None:
     ap.add_argument("--log-epochs", type=int, default=None,
                     help="give each built checkpoint the training log of this many epochs, as "
                          "a full nnU-Net run leaves (default 1000; 0 with --quick)")
-    ap.add_argument("--skip-dice", action="store_true")
-    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="what to measure, comma-separated (default: all of "
+                         f"{','.join(SECTIONS)})")
     ap.add_argument("--process-settings", default=None,
                     help="indices of the settings timed as processes (default 0,3: the default "
                          "and the fastest; 3 with --quick)")
@@ -529,6 +536,10 @@ def main() -> None:
     if not a.quick and min(a.repeats, a.process_repeats) < 5:
         ap.error("--repeats and --process-repeats must be >= 5 for figures to quote "
                  "(--quick for a smoke run)")
+    sections = set(a.sections.split(",")) - {""}
+    if sections - set(SECTIONS):
+        ap.error(f"--sections: unknown {', '.join(sorted(sections - set(SECTIONS)))}; "
+                 f"use {','.join(SECTIONS)}")
     if a.slices < 2:
         ap.error("--slices must be >= 2 (per slice = (N-slice run - 1-slice run) / (N - 1))")
 
@@ -551,17 +562,21 @@ def main() -> None:
     slices = write_slices(work / "heldout", max(a.slices, a.test_cases), a.size, seed=1000)
     print(f"model: {model['how']}; results {model['results']}", flush=True)
 
-    if not a.skip_dice:
+    chosen = [list(SETTINGS)[int(i)] for i in a.process_settings.split(",") if i]
+    if "dice" in sections:
         print("\n" + dice_costs(model, slices[:a.test_cases], a.trained_folds, a.folds),
               flush=True)
-    if not a.skip_timing:
+    if sections - {"dice"}:
         print(f"\nload before timing: {load_now()}", flush=True)
+    if "slice" in sections:
         print("\n" + per_slice(model, slices[:a.slices], work, a.repeats), flush=True)
+    if "omp" in sections:
         print("\n" + omp_policy(model, slices[:a.slices], work, a.process_repeats,
                                 list(SETTINGS)[3]), flush=True)
-        chosen = [list(SETTINGS)[int(i)] for i in a.process_settings.split(",") if i]
+    if "process" in sections:
         print("\n" + process_level(model, slices[:a.slices], work, a.process_repeats, chosen),
               flush=True)
+    if "startup" in sections:
         print("\n" + startup_phases(model, slices[:a.slices], work, a.process_repeats, chosen),
               flush=True)
     print(f"\nload average at the end: {load_now()} (1/5/15 min)")
