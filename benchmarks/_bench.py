@@ -24,10 +24,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -130,11 +134,12 @@ class Timings:
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
-                warmup: int = 1) -> Timings:
-    """Call every candidate once per round for ``repeats`` rounds (≥ 5), rotating the order by one
-    each round, after ``warmup`` untimed rounds; record each call's process CPU and wall time."""
-    if repeats < 5:
-        raise ValueError(f"repeats must be >= 5 for a believable comparison, got {repeats}")
+                warmup: int = 1, minimum: int = 5) -> Timings:
+    """Call every candidate once per round for ``repeats`` rounds (≥ ``minimum``, 5 unless a
+    caller repeats the whole measurement itself), rotating the order by one each round, after
+    ``warmup`` untimed rounds; record each call's process CPU and wall time."""
+    if repeats < minimum:
+        raise ValueError(f"repeats must be >= {minimum} for a believable comparison, got {repeats}")
     names = list(candidates)
     out = Timings(cpu={n: [] for n in names}, wall={n: [] for n in names}, rounds=repeats)
     for r in range(-warmup, repeats):
@@ -147,6 +152,86 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
             if r >= 0:
                 out.cpu[name].append(c1 - c0)
                 out.wall[name].append(w1 - w0)
+    return out
+
+
+def load_now() -> str:
+    """The 1/5/15-minute load average now, as printed by ``uptime``."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, to paste into docs/benchmarks.md."""
+    return shlex.join(["python", *sys.argv])
+
+
+def checkout(code: Path) -> str:
+    """``<commit>`` of a git checkout, ``+uncommitted`` when its tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(code), *args], capture_output=True,
+                              text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "not a git checkout"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "nnunet_xfer")
+    return commit + (" +uncommitted changes" if dirty else "")
+
+
+def require_imports_from(code: Path, env: dict, cwd: Path, python: str = sys.executable,
+                         package: str = "nnunet_xfer") -> Path:
+    """The file ``package`` is imported from by ``python`` with ``env`` in ``cwd``; SystemExit
+    unless it lies in ``code``. ``python -m`` puts its working folder first on ``sys.path``, so a
+    child started inside another checkout imports that checkout, whatever ``PYTHONPATH`` says."""
+    out = subprocess.run([python, "-c", f"import {package}; print({package}.__file__)"],
+                         env=env, cwd=cwd, capture_output=True, text=True)
+    found = Path(out.stdout.strip() or "?").resolve()
+    if out.returncode != 0 or Path(code).resolve() not in found.parents:
+        raise SystemExit(f"{package} would be imported from {found}, not from {code} "
+                         f"(cwd {cwd}){out.stderr[-500:]}")
+    return found
+
+
+def time_child(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, str]:
+    """(CPU s, wall s, stdout) of one command. CPU is user + system time of the child and of every
+    descendant it waited for, from ``wait4`` on the child: a worker pool that is joined is
+    counted, a process left running is not. SystemExit with the command's output when it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{stdout[-2000:]}\n"
+                         f"{stderr[-2000:]}")
+    return usage.ru_utime + usage.ru_stime, wall, stdout
+
+
+def interleaved_children(candidates: dict[str, Callable[[], tuple[float, float]]],
+                         repeats: int = 5, warmup: int = 0, minimum: int = 5,
+                         report: Callable[[str], None] | None = print) -> Timings:
+    """:func:`interleaved` for candidates that time themselves (e.g. with :func:`time_child`):
+    each returns (CPU s, wall s) of one call. ``report`` gets one line per timed call and the
+    load average before each round."""
+    if repeats < minimum:
+        raise ValueError(f"repeats must be >= {minimum} for a believable comparison, got {repeats}")
+    names = list(candidates)
+    out = Timings(cpu={n: [] for n in names}, wall={n: [] for n in names}, rounds=repeats)
+    for r in range(-warmup, repeats):
+        shift = r % len(names)
+        if report:
+            report(f"round {r}{' (warm-up)' if r < 0 else ''}: load {load_now()}")
+        for name in names[shift:] + names[:shift]:
+            cpu, wall = candidates[name]()
+            if report:
+                report(f"  {name}: CPU {cpu:.2f} s, wall {wall:.2f} s")
+            if r >= 0:
+                out.cpu[name].append(cpu)
+                out.wall[name].append(wall)
     return out
 
 

@@ -1,32 +1,35 @@
 """`nnunet-xfer evaluate` end to end on a study-size fake results tree: ms per file, CPU and wall.
 
-Builds (once, reused when ``--tree`` names an existing one) an nnU-Net raw/preprocessed/results
-tree like the study's: ``--cases`` 512² slices (CT int16 + muscle-like ring label), ``--folds``
-folds, ``--sources`` × ``--sizes`` ``Xfer<Source>Trainer_n<N>`` runs with one prediction per
-validation case of every fold. The defaults are the study: 204 cases, 4 folds, 5 sources × 7 sizes
-= 7,140 predictions. Then it times ``evaluate`` as a child process (``python -m nnunet_xfer.cli``):
+Builds an nnU-Net raw/preprocessed/results tree like the study's: ``--cases`` slices of
+``--size``² (CT int16 + muscle-like ring label), ``--folds`` folds, ``--sources`` × ``--sizes``
+``Xfer<Source>Trainer_n<N>`` runs with one prediction per validation case of every fold. The
+defaults are the study: 204 cases at 512², 4 folds, 5 sources × 7 sizes = 7,140 predictions. A
+``--tree`` folder is reused only when it was built with the same parameters. Then it times
+``evaluate`` as a child process (``python -m nnunet_xfer.cli``):
 
-* ``--baseline DIR``: a checkout of the code to compare with (e.g. ``git worktree add
-  /tmp/evalbase 763821c``), run with ``PYTHONPATH=DIR``; the candidate is this checkout. Baseline
-  and candidate alternate in every round, the order rotated round by round;
+* ``--baseline DIR``: a checkout of the code to compare with (``git worktree add
+  /tmp/base763821c 763821c``), run with ``PYTHONPATH=DIR``; the candidate is this checkout (or
+  ``--candidate DIR``). Children run in an empty temporary folder, because ``python -m`` puts its
+  working folder first on ``sys.path``: started from a checkout, the "baseline" would import that
+  checkout. Each variant's import path and commit are checked and printed before timing.
+  Baseline and candidates alternate in every round, the order rotated round by round;
 * ``--workers 1,2``: the candidate at each worker count (the baseline has one process);
-* CPU time is the children's user + system time (``getrusage(RUSAGE_CHILDREN)``, workers
-  included), wall time the child's lifetime; minimum and median over ``--repeats`` rounds;
-  ms/file = CPU (or wall) ms per prediction file; the machine (cores, load average) is printed.
+  ``default`` runs it without ``--workers`` (its default: the usable cores);
+* CPU time is user + system time of evaluate and of the workers it joins (``wait4`` on the
+  child), wall time the child's lifetime; minimum and median over ``--repeats`` rounds; every
+  run must have scored every prediction file. The command line, the machine and the load
+  average before every round and at the end are printed.
 
-    .venv/bin/python benchmarks/evaluate_scale.py --cases 24 --sizes 5,10 --repeats 5 \\
-        --baseline /tmp/evalbase --workers 1,2
+    git worktree add /tmp/base763821c 763821c
+    .venv/bin/python benchmarks/evaluate_scale.py --repeats 5 --baseline /tmp/base763821c \\
+        --workers 1,2 --tree /tmp/evaluate_scale_tree
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +37,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from _bench import (checkout, command_line, interleaved_children, load_now, machine_report,
+                    require_imports_from, time_child)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_ID = 977
@@ -120,33 +125,31 @@ def build_tree(base: Path, cases: int, size: int, folds: int, sources: list[str]
 
 
 # ---------------------------------------------------------------- timing
-def _time_child(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(CPU seconds of the child and its workers, wall seconds) of one command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, wall
+TREE_JSON = "evaluate_scale.json"
 
 
-def _machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{platform.node()}: {model or platform.processor()}, {cores} usable core(s), "
-            f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, "
-            f"Python {platform.python_version()}")
+def tree_for(args) -> tuple[Path, bool]:
+    """The fake tree of these arguments: (folder, whether it is temporary). An existing
+    ``--tree`` is reused only when it was built with the same parameters (its
+    ``evaluate_scale.json``): a tree of another size would time other work under this command."""
+    params = {"cases": args.cases, "size": args.size, "folds": args.folds,
+              "sources": args.sources, "sizes": args.sizes}
+    tree = args.tree or Path(tempfile.mkdtemp(prefix="evaluate_scale_")) / "tree"
+    record = tree / TREE_JSON
+    if (tree / "results" / DATASET).is_dir():
+        built = json.loads(record.read_text()) if record.is_file() else None
+        if built != params:
+            raise SystemExit(f"{tree} holds a tree built with {built or 'unknown parameters'}, not "
+                             f"{params}; give another --tree (or remove it)")
+        print(f"reusing {tree} ({params})", flush=True)
+    else:
+        t0 = time.perf_counter()
+        n = build_tree(tree, args.cases, args.size, args.folds,
+                       [s for s in args.sources.split(",") if s],
+                       [int(s) for s in args.sizes.split(",") if s])
+        record.write_text(json.dumps(params))
+        print(f"built {tree}: {n} predictions in {time.perf_counter() - t0:.0f} s", flush=True)
+    return tree, args.tree is None
 
 
 def main() -> None:
@@ -157,90 +160,89 @@ def main() -> None:
     parser.add_argument("--sources", default=",".join(SOURCES))
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--tree", type=Path, default=None,
-                        help="folder of the fake tree (built if absent; default: temporary)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workers", default="1,2", help="candidate worker counts to time")
+                        help="folder of the fake tree (built if absent, reused only when built "
+                             "with the same parameters; default: temporary)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (>= 5)")
+    parser.add_argument("--workers", default="1,2",
+                        help="candidate worker counts to time; 'default' times the candidate "
+                             "without --workers (its own default)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="checkout of the code to compare with (run with PYTHONPATH=it)")
     parser.add_argument("--candidate", type=Path, action="append", default=None,
                         help="checkout of a candidate (default: this one); may be repeated")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
-    sources = [s for s in args.sources.split(",") if s]
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    workers = [int(w) for w in args.workers.split(",") if w]
+    workers = [w for w in args.workers.split(",") if w]
 
-    print(_machine(), flush=True)
+    print(f"command: {command_line()}  (from {Path.cwd()})")
+    print(machine_report(), flush=True)
     candidates = [c.resolve() for c in (args.candidate or [ROOT])]
-    print(f"candidates: {', '.join(map(str, candidates))}; baseline: {args.baseline}", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="evaluate_scale_"))
-    tree = args.tree or tmp / "tree"
-    if not (tree / "results" / DATASET).is_dir():
-        t0 = time.perf_counter()
-        n_files = build_tree(tree, args.cases, args.size, args.folds, sources, sizes)
-        print(f"built {tree}: {n_files} predictions in {time.perf_counter() - t0:.0f} s", flush=True)
+    tree, temporary = tree_for(args)
     n_files = sum(1 for _ in (tree / "results" / DATASET).glob("*/fold_*/validation/*.nii.gz"))
+    # children run in a folder of their own: `python -m` puts its working folder first on
+    # sys.path, so a child started in a checkout would import that checkout, not PYTHONPATH's
+    work = Path(tempfile.mkdtemp(prefix="evaluate_scale_run_"))
     env = {**os.environ, "nnUNet_raw": str(tree / "raw"),
            "nnUNet_preprocessed": str(tree / "preprocessed"),
            "nnUNet_results": str(tree / "results"), "MPLBACKEND": "Agg"}
 
-    def command(code: Path, out: Path, n_workers: int | None) -> tuple[list[str], dict]:
-        cmd = [args.python, "-m", "nnunet_xfer.cli", "evaluate", "-d", str(DATASET_ID),
-               "-o", str(out)]
-        if n_workers is not None:
-            cmd += ["--workers", str(n_workers)]
-        return cmd, {**env, "PYTHONPATH": str(code)}
-
-    variants: dict[str, tuple[Path, int | None]] = {}
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    variants: dict[str, tuple[Path, str | None]] = {}
     if args.baseline is not None:
         variants["baseline (1 process)"] = (args.baseline.resolve(), None)
     for code in candidates:
         tag = "candidate" if len(candidates) == 1 else f"candidate {code.name}"
         for w in workers:
-            variants[f"{tag} --workers {w}"] = (code, w)
-    names = list(variants)
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
-    print(f"{n_files} prediction files; {args.repeats} rounds, order rotated each round", flush=True)
-    for r in range(args.repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            code, w = variants[name]
-            out = tmp / "eval_out"
-            shutil.rmtree(out, ignore_errors=True)
-            cpu, wall = _time_child(*command(code, out, w))
-            times[name].append((cpu, wall))
-            print(f"  round {r}: {name}: CPU {cpu:.2f} s, wall {wall:.2f} s", flush=True)
-    shutil.rmtree(tmp / "eval_out", ignore_errors=True)
+            label = ("(default workers)" if w == "default" else f"--workers {w}"
+                     + (" (its default here)" if w == str(usable) else ""))
+            variants[f"{tag} {label}"] = (code, None if w == "default" else w)
+    for name, (code, _w) in variants.items():
+        found = require_imports_from(code, {**env, "PYTHONPATH": str(code)}, work, args.python)
+        print(f"{name}: {code} at {checkout(code)} (imports {found.parent})", flush=True)
 
-    print(f"\n{n_files} files; CPU = user + system of evaluate and its workers\n")
+    def run(name: str):
+        code, w = variants[name]
+        out = work / "eval_out"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [args.python, "-m", "nnunet_xfer.cli", "evaluate", "-d", str(DATASET_ID),
+               "-o", str(out)] + (["--workers", w] if w is not None else [])
+        cpu, wall, _ = time_child(cmd, {**env, "PYTHONPATH": str(code)}, work)
+        rows = sum(1 for _ in open(out / "cases.csv")) - 1
+        if rows != n_files:
+            raise SystemExit(f"{name} evaluated {rows} predictions, not {n_files}")
+        return cpu, wall
+
+    print(f"{n_files} prediction files; {args.repeats} rounds, order rotated each round",
+          flush=True)
+    times = interleaved_children({n: (lambda n=n: run(n)) for n in variants}, args.repeats,
+                                 report=lambda line: print(line, flush=True))
+    load_end = load_now()
+    shutil.rmtree(work, ignore_errors=True)
+    if temporary:
+        shutil.rmtree(tree.parent, ignore_errors=True)
+
+    names = list(variants)
+    print(f"\n{n_files} files; CPU = user + system of evaluate and its workers (wait4)\n")
     print("| variant | CPU s min | CPU s median | wall s min | wall s median "
-          "| CPU ms/file (min) | wall ms/file (min) | files per CPU-s (min CPU) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| CPU ms/file (min) | wall ms/file (min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
-        cpu = [c for c, _ in times[name]]
-        wall = [w for _, w in times[name]]
-        print(f"| {name} | {min(cpu):.2f} | {statistics.median(cpu):.2f} | {min(wall):.2f} | "
-              f"{statistics.median(wall):.2f} | {1000 * min(cpu) / n_files:.2f} | "
-              f"{1000 * min(wall) / n_files:.2f} | {n_files / min(cpu):.0f} |")
+        s = times.summary(name)
+        print(f"| {name} | {s['cpu_min']:.2f} | {s['cpu_median']:.2f} | {s['wall_min']:.2f} | "
+              f"{s['wall_median']:.2f} | {1000 * s['cpu_min'] / n_files:.2f} | "
+              f"{1000 * s['wall_min'] / n_files:.2f} |")
     if args.baseline is not None:
-        base = times[names[0]]
+        base = times.summary(names[0])
+        print("\nspeed-up over the baseline (baseline time / candidate time; > 1: faster)\n")
+        print("| variant | CPU, by min | CPU, by median | wall, by min | wall, by median |")
+        print("|---|---:|---:|---:|---:|")
         for name in names[1:]:
-            ratio_min = min(c for c, _ in base) / min(c for c, _ in times[name])
-            ratio_med = (statistics.median(c for c, _ in base)
-                         / statistics.median(c for c, _ in times[name]))
-            wall_min = min(w for _, w in base) / min(w for _, w in times[name])
-            print(f"\n{name}: files per CPU-second {ratio_min:.2f}x the baseline by minimum, "
-                  f"{ratio_med:.2f}x by median; wall time {wall_min:.2f}x faster by minimum")
-    if len(workers) > 1:
-        for code in candidates:
-            tag = "candidate" if len(candidates) == 1 else f"candidate {code.name}"
-            w1 = min(w for _, w in times[f"{tag} --workers {workers[0]}"])
-            for w in workers[1:]:
-                wn = min(x for _, x in times[f"{tag} --workers {w}"])
-                print(f"{tag}: wall time --workers {workers[0]} / --workers {w}: "
-                      f"{w1 / wn:.2f} (minimum)")
-    print(f"\nmachine at the end: load average {os.getloadavg()[0]:.2f}")
-    if args.tree is None:
-        shutil.rmtree(tmp, ignore_errors=True)
+            s = times.summary(name)
+            print(f"| {name} | {base['cpu_min'] / s['cpu_min']:.2f}x | "
+                  f"{base['cpu_median'] / s['cpu_median']:.2f}x | "
+                  f"{base['wall_min'] / s['wall_min']:.2f}x | "
+                  f"{base['wall_median'] / s['wall_median']:.2f}x |")
+    print(f"\nload average at the end: {load_end} (1/5/15 min)")
 
 
 if __name__ == "__main__":

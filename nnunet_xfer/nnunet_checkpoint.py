@@ -44,11 +44,14 @@ def _reason(error: Exception) -> str:
     return key.removeprefix("WeightsUnpickler error: ")[:200]
 
 
-def open_nnunet_checkpoint(path: Path, advice: str = "") -> dict:
+def open_nnunet_checkpoint(path: Path, advice: str = "", mmap: bool = False) -> dict:
     """Load ``path`` with ``weights_only=True`` (numpy scalars admitted); return the checkpoint.
 
     :class:`UserError` in one line when the file is not a checkpoint this unpickler can open
     (planted code, a truncated write, another format): it will not be handed to nnU-Net.
+    ``mmap``: map the tensors instead of reading them (torch's zip format; an older file is read
+    whole), so that a caller that needs only ``network_weights`` never reads the optimizer
+    state, which is as large. The restricted unpickler checks the whole pickle either way.
     """
     import warnings
 
@@ -57,7 +60,12 @@ def open_nnunet_checkpoint(path: Path, advice: str = "") -> dict:
     try:
         with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on the way
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as e:
+                if not (mmap and "mmap" in str(e)):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means: not a plain nnU-Net checkpoint
         raise UserError(f"{path} will not be loaded: it is not a plain nnU-Net checkpoint "
                         f"({_reason(e)}){advice}") from None

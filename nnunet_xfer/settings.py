@@ -6,7 +6,7 @@ variable is listed in :data:`XFER_VARIABLES`, with one truthy rule for flags.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
@@ -109,3 +109,24 @@ def choice(name: str, options: tuple[str, ...], environ: Mapping[str, str] | Non
     if value is not None and value not in options:
         raise UserError(f"{name}={value!r}: use one of {', '.join(options)}")
     return value
+
+
+#: OpenMP's wait policy for our inference processes (see :func:`prefer_passive_omp_wait`).
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
+def prefer_passive_omp_wait(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Make torch's OpenMP threads sleep rather than spin while they wait for each other, unless
+    the user set ``OMP_WAIT_POLICY`` already; True when our setting is the one in force.
+
+    Spinning threads on a CPU shared with other work (a clinic PC, a loaded server) each burn a
+    core waiting for a thread that is not running: on the project's loaded 2-core machine one
+    slice took 10-50× the time (docs/benchmarks.md). OpenMP reads the variable when torch loads
+    it, so this binds only when called before the first ``import torch``.
+    """
+    import sys
+    env = os.environ if environ is None else environ
+    if env.get(OMP_WAIT_POLICY):
+        return False
+    env[OMP_WAIT_POLICY] = "PASSIVE"
+    return "torch" not in sys.modules

@@ -73,7 +73,9 @@ class MeasureConfig:
     ``cases``: convert's manifest without a mask column (``case_id,image`` + ``slice_index`` or
     ``vertebra_mask,vertebra_label``; optional ``height_m,sex,weight_kg``). ``dataset``,
     ``trainer``, ``plans``, ``configuration``, ``folds`` (None: every finished fold, ensembled),
-    ``device`` and ``checkpoint`` name the model as ``nnUNetv2_predict`` does. ``l3="auto"`` picks
+    ``device`` and ``checkpoint`` name the model as ``nnUNetv2_predict`` does; ``mirroring`` False
+    skips nnU-Net's test-time mirroring (``--disable_tta``; docs/measure.md gives its measured cost
+    and speed). ``l3="auto"`` picks
     L3 with TotalSegmentator for cases whose row gives no slice. ``low_smi_cutoffs``:
     ``prado2008`` or ``martin2013`` adds low-SMI verdicts. ``heights``: a CSV of heights for
     cases whose row and DICOM give none.
@@ -92,6 +94,7 @@ class MeasureConfig:
     heights: Path | None = None
     allow_non_hu: bool = False
     checkpoint: str = CHECKPOINT_FINAL
+    mirroring: bool = True
 
 
 @dataclass
@@ -223,7 +226,7 @@ def measure_studies(config: MeasureConfig, *, overwrite: bool = False,
     if c.l3 == "auto":
         l3_auto.require_totalseg()
     predictor = SlicePredictor(c.dataset, c.trainer, c.plans, c.configuration,
-                               _parse_folds(c.folds), c.device, c.checkpoint)
+                               _parse_folds(c.folds), c.device, c.checkpoint, c.mirroring)
     claim.check_inputs([predictor.run])  # the model's folder
     device_name = str(predictor.device)
 
@@ -231,7 +234,8 @@ def measure_studies(config: MeasureConfig, *, overwrite: bool = False,
         return l3_auto.run_totalsegmentator(volume, device_name)
 
     report = on_error or warn
-    model_name = f"{predictor.dataset}/{predictor.run.name} folds {','.join(predictor.folds)}"
+    model_name = (f"{predictor.dataset}/{predictor.run.name} folds {','.join(predictor.folds)}"
+                  + ("" if predictor.mirroring else ", no test-time mirroring"))
     rows, pictures, failed = [], {}, {}
     with owned_output(claim) as tmp:
         # disable=None: a bar on a terminal, none in logs and pipes

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging import Image
 from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 from nnunet_xfer.evaluation.metrics import dice
+from nnunet_xfer.study_grid import parse_trainer_name
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DATASET_JSON, DEFAULT_CONFIGURATION,
                                 DEFAULT_PLANS, RUN_PLANS_JSON,
                                 DatasetLayout, fold_folder_name)
@@ -46,13 +48,23 @@ class SlicePrediction:
     fold_dice: dict[str, float] = field(default_factory=dict)
 
 
+#: What the predictor keeps of a checkpoint (the optimizer state, as large as the weights, is
+#: never read).
+_KEPT = ("init_args", "trainer_name", "inference_allowed_mirroring_axes")
+
+
 def load_checkpoint(path: Path) -> dict:
-    """An nnU-Net checkpoint opened with ``torch.load(weights_only=True)``; one-line refusal."""
-    obj = open_nnunet_checkpoint(Path(path))
+    """The weights and facts of an nnU-Net checkpoint opened with ``torch.load(weights_only=True)``
+    (tensors mapped, the weights copied into memory); one-line refusal."""
+    obj = open_nnunet_checkpoint(Path(path), mmap=True)
     if not {"init_args", "trainer_name"} <= set(obj):
         raise UserError(f"{path} will not be loaded: it holds no nnU-Net checkpoint "
                         f"(no init_args / trainer_name)")
-    return obj
+    # copies, so nothing refers to the mapped file once this returns (a retrained fold may
+    # overwrite it while measure runs)
+    weights = {k: v.clone() if hasattr(v, "clone") else v
+               for k, v in obj["network_weights"].items()}
+    return {**{k: obj[k] for k in _KEPT if k in obj}, "network_weights": weights}
 
 
 def resolve_device(device: str | None):
@@ -100,6 +112,31 @@ def find_trainer_class(name: str):
     return found
 
 
+def build_network(trainer: str, plans_manager, configuration_manager, n_in: int, n_out: int):
+    """The inference network of ``trainer`` for these plans (deep supervision off).
+
+    Our ``Xfer*`` trainers keep nnU-Net's ``build_network_architecture`` (a test guards this), so
+    their network is built from the plans directly: neither nnU-Net's trainer module (which
+    imports seaborn and scikit-learn) nor its search through every trainer module is imported,
+    about 1-3 s of ``measure``'s start-up. Any other trainer is found and asked as nnU-Net does.
+    """
+    if parse_trainer_name(trainer) is not None:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        cm = configuration_manager
+        # allow_init=False: no He initialisation of weights the checkpoint replaces
+        return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                      cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                                      allow_init=False, deep_supervision=False)
+    build = find_trainer_class(trainer).build_network_architecture
+    if "plans_manager" in inspect.signature(build).parameters:
+        return build(plans_manager, configuration_manager, n_in, n_out,
+                     enable_deep_supervision=False)
+    cm = configuration_manager  # nnU-Net's older signature, still accepted by its own predictor
+    return build(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                 cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                 enable_deep_supervision=False)
+
+
 def _runs_listing(layout: DatasetLayout, configuration: str) -> str:
     runs = [f.name for f, _t, _p in layout.run_folders(configuration)]
     return ", ".join(runs[:8]) + (" …" if len(runs) > 8 else "") if runs else "none"
@@ -120,11 +157,15 @@ class SlicePredictor:
 
     ``dataset`` id or name, ``trainer``, ``plans`` and ``configuration`` name the run folder as
     ``nnUNetv2_predict -d -tr -p -c`` does; ``folds`` None means every finished fold.
+    ``mirroring`` False turns nnU-Net's test-time mirroring off (``nnUNetv2_predict
+    --disable_tta``): one network pass per tile instead of four in 2D.
     """
 
     def __init__(self, dataset: str | int, trainer: str, plans: str = DEFAULT_PLANS,
                  configuration: str = DEFAULT_CONFIGURATION, folds: list[str | int] | None = None,
-                 device: str | None = None, checkpoint: str = CHECKPOINT_FINAL):
+                 device: str | None = None, checkpoint: str = CHECKPOINT_FINAL,
+                 mirroring: bool = True):
+        settings.prefer_passive_omp_wait()  # before torch loads OpenMP: see its docstring
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -188,15 +229,8 @@ class SlicePredictor:
             raise UserError(f"{run.name} takes {n_in} input channels; measure gives it one CT slice")
         self.label_manager = plans_manager.get_label_manager(dataset_json)
         self.muscle_label = self._muscle_label(dataset_json, run)
-        trainer_class = find_trainer_class(trainer)
-        n_out = self.label_manager.num_segmentation_heads
-        build = trainer_class.build_network_architecture
-        if "plans_manager" in inspect.signature(build).parameters:
-            network = build(plans_manager, cm, n_in, n_out, enable_deep_supervision=False)
-        else:  # nnU-Net's older signature, still accepted by its own predictor
-            network = build(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                            cm.network_arch_init_kwargs_req_import, n_in, n_out,
-                            enable_deep_supervision=False)
+        network = build_network(trainer, plans_manager, cm, n_in,
+                                self.label_manager.num_segmentation_heads)
         for f, params in zip(folds, parameters):
             try:
                 network.load_state_dict(params)
@@ -205,13 +239,15 @@ class SlicePredictor:
                                 f"({str(e).splitlines()[0][:120]}); it was trained on other plans")
         self.device = resolve_device(device)
         with contextlib.redirect_stdout(io.StringIO()):
-            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
+                                        use_mirroring=bool(mirroring),
                                         perform_everything_on_device=self.device.type == "cuda",
                                         device=self.device, verbose=False, allow_tqdm=False)
             predictor.manual_initialization(network.to(self.device), plans_manager, cm, parameters,
                                             dataset_json, trainer, mirror_axes)
         self.predictor = predictor
         self.folds = folds
+        self.mirroring = bool(mirroring)
         self.parameters = parameters
         self.plans, self.configuration, self.trainer = plans, configuration, trainer
         self.dataset = layout.name

@@ -70,6 +70,52 @@ def test_ensemble_is_nnunets_own_prediction(predictor, model_env, phantom_dir):
     assert ours.mask.any() and ours.fold_dice["1"] < 1.0   # the perturbed fold differs
 
 
+def test_one_fold_without_mirroring_is_nnunets_own_prediction(model_env, phantom_dir, tmp_path):
+    """-f 0 --no-mirroring: the predictor holds fold 0 only and nnU-Net's mirroring is off; its
+    mask is nnU-Net's with the same fold and --disable_tta (and with mirroring, nnU-Net's
+    mirrored one); the CLI measures that mask and records the setting in the gallery."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    path = phantom_dir / "images" / "L3-0003.nii.gz"
+    image = sitk.ReadImage(str(path))
+    fast = SlicePredictor(501, TRAINER, device="cpu", folds=["0"], mirroring=False)
+    assert fast.folds == ["0"] and len(fast.parameters) == 1
+    assert fast.predictor.use_mirroring is False and fast.mirroring is False
+    ours = fast.predict(image)
+    assert ours.fold_masks == {}                       # one fold: no fold-agreement check
+    ref_arr, ref_props = SimpleITKIO().read_images([str(path)])
+    run = Path(model_env["nnUNet_results"]) / "Dataset501_L3" / RUN
+    masks = {}
+    for mirror in (False, True):
+        ref = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=mirror, verbose=False,
+                              allow_tqdm=False)
+        ref.initialize_from_trained_model_folder(str(run), use_folds=(0,))
+        seg = ref.predict_single_npy_array(ref_arr, {"spacing": ref_props["spacing"]})
+        masks[mirror] = seg.reshape(ours.mask.shape) == 1
+    np.testing.assert_array_equal(ours.mask, masks[False])
+    mirrored = SlicePredictor(501, TRAINER, device="cpu", folds=["0"]).predict(image).mask
+    np.testing.assert_array_equal(mirrored, masks[True])
+
+    csv = studies_csv(tmp_path / "s.csv", [{"case_id": "c", "image": str(path)}])
+    _measure(csv, tmp_path / "out", "-f", "0", "--no-mirroring", env=model_env)
+    row = _table(tmp_path / "out").loc["c"]
+    assert row["muscle_pixels"] == int(ours.mask.sum()) and pd.isna(row["fold_dice"])
+    gallery = (tmp_path / "out" / "gallery.html").read_text(encoding="utf-8")
+    assert "folds 0, no test-time mirroring" in gallery
+
+
+def test_our_trainers_build_their_network_as_nnunet_does():
+    """predict.build_network builds our trainers' networks from the plans without importing
+    nnU-Net's trainer module: valid while none of them overrides build_network_architecture."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_xfer.study_grid import parse_trainer_name
+    from nnunet_xfer.trainers.xfer_trainer_family import build_family
+    for name, cls in build_family().items():
+        assert parse_trainer_name(name) is not None, name
+        assert cls.build_network_architecture is nnUNetTrainer.build_network_architecture, name
+
+
 # ---------------------------------------------------------------- Done when: real CT
 @needs_real
 def test_measure_real_volume_and_dicom_series(model_env, predictor, tmp_path):
