@@ -250,23 +250,36 @@ def _margin(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a margin in [0, 1), got {text!r}")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a margin in [0, 1], got {text!r}")
     return value
+
+
+def _old_margin(text: str) -> float:
+    raise argparse.ArgumentTypeError(
+        "--wi-margin was replaced by --ni-margin: the human-level rule now compares disagreements "
+        "(1 - Dice, RMS DTA), human level when their ratio to the observers' is below 1 + margin "
+        "(default 0.25; docs/definitions.md#human-level)")
+
+
+_DISAGREEMENT_LABELS = {"dice": "1-Dice", "rms_dta_mm": "RMS DTA"}
 
 
 def _print_verdicts(verdicts: list[dict]) -> None:
     for v in verdicts:
-        wi = "; ".join(f"WI {m} {w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]" for m, w in v["wi"].items())
+        ratio = "; ".join(f"{_DISAGREEMENT_LABELS.get(m, m)} ratio {w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}]"
+                          for m, w in v["ratio"].items())
         print(f"  {v['label']}: {'human level' if v['human_level'] else 'not human level'} "
-              f"({wi}; rule: {v['rule']})")
+              f"({ratio}; Holm p {v['p_holm']:.3g}; {v['n_cases']} cases)")
+    if verdicts:  # the rule of the group with the most cases (the others: fewer, said above)
+        print(f"  rule: {max(verdicts, key=lambda v: v['n_cases'])['rule']}")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from nnunet_xfer.evaluation.fold_evaluation import evaluate
     result = evaluate(dataset=a.dataset, plans=a.plans, configuration=a.configuration,
                       out=a.output, observers=a.observers, overwrite=a.overwrite,
-                      workers=a.workers, margin=a.wi_margin)
+                      workers=a.workers, margin=a.ni_margin)
     print(f"evaluated {result.n_rows} case(s) of {result.n_runs} run(s), {result.n_failed} "
           f"failed; {len(result.incomplete)} run(s) incomplete; wrote {result.out}")
     _print_verdicts([{**v, "label": f"{v['source']} n={v['size_tag']} ({v['plans']})"}
@@ -277,9 +290,10 @@ def _add_evaluation_options(p) -> None:
     p.add_argument("--workers", type=_workers, default=None,
                    help="processes scoring the cases (default: the available cores); "
                         "the output does not depend on it")
-    p.add_argument("--wi-margin", type=_margin, default=None,
-                   help="human level when the Williams index CI's lower end is >= 1 - this "
-                        "(default 0.05)")
+    p.add_argument("--ni-margin", type=_margin, default=None,
+                   help="human level when the model's disagreement with the observers is, with "
+                        "95%% confidence, below (1 + this) x theirs with each other (default 0.25)")
+    p.add_argument("--wi-margin", type=_old_margin, default=None, help=argparse.SUPPRESS)
 
 
 def _add_evaluate(sub) -> None:
@@ -290,7 +304,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
     p.add_argument("--observers", type=Path, default=None,
-                   help="observer folder: add human-level verdicts by the Williams index")
+                   help="observer folder (>= 3 observers): add the human-level verdicts")
     _add_evaluation_options(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier evaluation in OUTPUT (nothing else is deleted)")
@@ -302,19 +316,17 @@ def _cmd_observers(a: argparse.Namespace) -> None:
     study = run_observer_study(reference=a.reference, observers=a.observers,
                                predictions=a.predictions, name=a.name, out=a.output,
                                label=a.label, images=a.images, overwrite=a.overwrite,
-                               workers=a.workers, margin=a.wi_margin)
+                               workers=a.workers, margin=a.ni_margin)
     print(f"observer study of {len(study.cases)} case(s); wrote {study.out}")
-    by_rater: dict[str, dict] = {}
+    from nnunet_xfer.evaluation.raters import verdict_of
+    by_rater: dict[str, list[dict]] = {}
     for r in study.williams:
-        v = by_rater.setdefault(r["rater"], {"label": r["rater"], "wi": {}, "human_level": True,
-                                             "rule": r["rule"]})
-        v["wi"][r["metric"]] = [r["wi"], r["ci_low"], r["ci_high"]]
-        v["human_level"] = v["human_level"] and r["human_level"]
-    _print_verdicts(list(by_rater.values()))
+        by_rater.setdefault(r["rater"], []).append(r)
+    _print_verdicts([{"label": rater, **verdict_of(rows)} for rater, rows in by_rater.items()])
 
 
 def _add_observers(sub) -> None:
-    p = sub.add_parser("observers", help="inter-observer study with Williams index and STAPLE")
+    p = sub.add_parser("observers", help="inter-observer study: human-level test and STAPLE")
     p.add_argument("--reference", type=Path, required=True, help="reference masks folder")
     p.add_argument("--observers", type=Path, required=True, help="one sub-folder per observer")
     p.add_argument("--predictions", type=Path, default=None, help="model predictions folder")

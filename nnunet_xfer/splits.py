@@ -252,9 +252,10 @@ def _check_subsets(subsets, path: Path, splits: list[dict], splits_path: Path,
         if folds is not None and fold not in folds:
             continue
         train, val = set(splits[fold]["train"]), set(splits[fold]["val"])
+        ordered = sorted(per_size.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
         if ORDERS_KEY in subsets:
             _check_order((subsets[ORDERS_KEY] or {}).get(key), path, fold, train, per_size, fix)
-        for size, ids in sorted(per_size.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+        for size, ids in ordered:
             shared = set(ids) & val
             if shared:
                 raise UserError(f"{path}: the n={size} subset of fold {fold} lists validation "
@@ -265,6 +266,13 @@ def _check_subsets(subsets, path: Path, splits: list[dict], splits_path: Path,
                 raise UserError(f"{path}: the n={size} subset of fold {fold} lists case(s) that are "
                                 f"not training cases of fold {fold} in {splits_path} "
                                 f"({_ids(outside)}); re-run `{fix}`")
+        for (small, small_ids), (large, large_ids) in zip(ordered, ordered[1:]):
+            outside = set(small_ids) - set(large_ids)
+            if outside:
+                raise UserError(f"{path}: the n={small} subset of fold {fold} is not inside its "
+                                f"n={large} subset ({_ids(outside)} only in n={small}): subsets must "
+                                f"be nested, or the sizes compare different cases; re-run `{fix}` "
+                                f"(never edit subsets.json by hand)")
 
 
 def _check_order(order, path: Path, fold: int, train: set, per_size: dict, fix: str) -> None:
@@ -349,7 +357,8 @@ def verify_dataset(layout: "DatasetLayout | str | int", folds: Sequence[int] | N
     The preprocessed ``splits_final.json`` (the folds nnU-Net trains on), if present, must equal
     the raw one (the folds ``convert`` drew the subsets from); each ``subsets.json`` must carry the
     digest of those folds (a file without a digest is checked by content only); every subset lies
-    inside its fold's training cases and shares nothing with its validation cases. With ``folds``
+    inside its fold's training cases, shares nothing with its validation cases and lies inside
+    the fold's next larger subset (nested). With ``folds``
     only those folds' subsets are checked; with ``sizes`` each size must be one the dataset was
     converted with and fit each fold. Refuses in one line naming both files and the command that
     fixes it.

@@ -231,8 +231,9 @@ def fake_results_tree(base: Path, n_cases: int = 12, size: int = 128, seed: int 
 
     Predictions are the reference ring ± smooth boundary noise (FAKE_RUNS); XferJigsawTrainer_n5
     lacks fold 1, XferJigsawTrainer_n10 lacks the prediction of one fold-0 case and predicts
-    nothing for another (a failed case); the jigsaw store entry lists every case. Observers
-    (3, on 6 cases) are the reference ± 1 px noise. Returns the nnU-Net environment variables.
+    nothing for another (a failed case); every jigsaw fold's ``debug.json`` records that the store
+    entry it loaded saw every case (``scope`` all). Observers (3, on 6 cases) are the reference
+    ± 1 px noise. Returns the nnU-Net environment variables.
     """
     import json
 
@@ -267,12 +268,18 @@ def fake_results_tree(base: Path, n_cases: int = 12, size: int = 128, seed: int 
                     pred[:] = False
                 write_slice(val / f"{c}.nii.gz", pred.astype(np.uint8), as_3d=True)
             (val / "summary.json").write_text("{}")
-    store = res / "nnunet_xfer_pretrained" / "nnUNetPlans__2d"
-    store.mkdir(parents=True)
-    (store / "jigsaw.json").write_text(json.dumps({"source": "jigsaw", "data": str(pre),
-                                                   "case_ids": cases}))
-    (store / "cls.json").write_text(json.dumps({"source": "cls", "data": "imagenet",
-                                                "case_ids": []}))
+            if trainer.startswith("XferJigsaw"):  # the entry this fold loaded, as trainers record it
+                (val.parent / "debug.json").write_text(json.dumps({"xfer_info": {"transfer": {
+                    "reloaded": True, "entry": "jigsaw.pth", "scope": "all", "fold": None,
+                    "data": str(pre), "case_ids": cases, "sha256": "0" * 64}}}))
+    # the store as it is at evaluation time: per-fold jigsaw entries that saw only their fold's
+    # training cases. They are not what the runs loaded; evaluate must not read them.
+    for f, split in enumerate(splits):
+        store = res / "nnunet_xfer_pretrained" / "nnUNetPlans__2d" / f"fold_{f}"
+        store.mkdir(parents=True)
+        (store / "jigsaw.json").write_text(json.dumps({"source": "jigsaw", "data": str(pre),
+                                                       "scope": "fold", "fold": f,
+                                                       "case_ids": split["train"]}))
     for o in range(3):
         for c in cases[:6]:
             obs = ring_mask(size, (28, 50), shapes[c] + rng.normal(0, 1.0, (2, 4)))

@@ -1,8 +1,9 @@
-"""Agreement statistics: Bland–Altman, ICC(2,1), coefficient of variation, Pearson r, Williams index.
+"""Agreement statistics: Bland–Altman, ICC(2,1), coefficient of variation, Pearson r, and the
+human-level test of a rater against observers on the disagreement scale.
 
 Used for muscle measures (SMA, SMD) of predictions against a reference, and for the observer study.
 Pairs or cases with a NaN are left out (a failed segmentation has SMD NaN); the returned ``n`` says
-how many were used.
+how many were used. The human-level rule and why: docs/definitions.md#human-level.
 """
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ from nnunet_xfer.errors import UserError
 
 #: Multiplier of the SD of differences for the 95% limits of agreement (Bland & Altman 1986).
 LOA_Z = 1.96
-#: Human level: the lower end of the Williams index's CI must reach 1 − this margin.
-HUMAN_LEVEL_MARGIN = 0.05
-#: Observers needed for a human-level verdict: with 2 there is one observer pair, and how much
-#: observers disagree among themselves cannot be resampled.
+#: Human level: the rater's disagreement with the observers may exceed the observers' disagreement
+#: with each other by less than this fraction (non-inferiority margin on their ratio; the 80–125 %
+#: rule of ratio endpoints, docs/definitions.md#human-level).
+HUMAN_LEVEL_MARGIN = 0.25
+#: One-sided level of each non-inferiority test: the upper end of a two-sided 95 % interval.
+ALPHA = 0.025
+#: Observers needed: with 2 there is one observer pair, and how much observers disagree among
+#: themselves cannot be resampled.
 MIN_OBSERVERS_FOR_VERDICT = 3
+#: Bootstrap draws of the human-level test: enough that a Holm step over 40 groups
+#: (α / 40 = 0.000625) can be passed (the smallest p is 1 / (draws + 1)).
+N_BOOT = 10000
+#: Redraw rounds for degenerate bootstrap draws before giving up.
+_MAX_REDRAWS = 1000
 
 
 def _paired(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -104,54 +114,85 @@ def agreement_stats(pred, ref) -> dict:
                 cv_percent=coefficient_of_variation(pred, ref), pearson_r=pearson_r(pred, ref))
 
 
-def within_observer_variability(ci_high: float) -> bool:
-    """The published reading of the Williams index: the CI includes 1 or lies above it
-    (``ci_high ≥ 1``). A wider interval (fewer cases or observers) makes it easier to meet, so it
-    is reported beside, not used as, the human-level verdict (:func:`human_level`)."""
-    return bool(ci_high >= 1.0)
+def within_observer_variability(ci_low: float) -> bool:
+    """The published reading of the Williams index on the disagreement scale: the interval of the
+    disagreement ratio includes 1 or lies below it (``ci_low ≤ 1``; for Dice exactly "the WI's
+    interval includes 1 or lies above it"). A wider interval (fewer cases or observers) makes it
+    easier to meet, so it is reported beside, not used as, the human-level verdict."""
+    return bool(ci_low <= 1.0)
 
 
-def human_level(ci_low: float, n_observers: int, margin: float = HUMAN_LEVEL_MARGIN) -> bool:
-    """The human-level verdict: the lower end of the two-level CI is at least ``1 − margin``.
-
-    A non-inferiority rule: the rater's agreement with the observers is, with 95% confidence, at
-    least ``1 − margin`` of their agreement with each other. Fewer cases or observers widen the
-    interval and so make the verdict harder, never easier. Needs
-    :data:`MIN_OBSERVERS_FOR_VERDICT` observers (False with fewer) and a defined CI.
-    """
-    return bool(n_observers >= MIN_OBSERVERS_FOR_VERDICT and ci_low >= 1.0 - margin)
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): the i-th smallest of m p-values times
+    (m − i + 1), made monotone and capped at 1. Reject where adjusted p ≤ α: the family-wise
+    error rate is then at most α."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
 
 
 def verdict_rule(n_cases: int, n_observers: int, margin: float = HUMAN_LEVEL_MARGIN,
-                 ci: float = 0.95) -> str:
-    """The verdict rule in words, with the numbers of cases and observers it rests on."""
-    rule = (f"human level if the lower end of the {ci:.0%} CI of the Williams index (bootstrap "
-            f"over {n_cases} case(s) and {n_observers} observer(s)) is >= {1 - margin:g}, for "
-            f"Dice and for 1/RMS DTA")
-    if n_observers < MIN_OBSERVERS_FOR_VERDICT:
-        rule += f"; no verdict with fewer than {MIN_OBSERVERS_FOR_VERDICT} observers"
-    return rule
+                 n_tests: int = 1, alpha: float = ALPHA) -> str:
+    """The verdict rule in words, with the numbers of cases, observers and tests it rests on."""
+    family = (f"Holm-adjusted over the {n_tests} raters/groups tested together"
+              if n_tests > 1 else "a single test")
+    return (f"human level if the rater's disagreement with the observers (1 − Dice, and RMS DTA) "
+            f"is non-inferior to the observers' disagreement with each other: their ratio < "
+            f"{1 + margin:g} (margin {margin:g}), one-sided p ≤ {alpha:g} for both metrics (two-level "
+            f"bootstrap over {n_cases} case(s) and {n_observers} observer(s)), {family}")
 
 
-def williams_index(rater_vs_obs: np.ndarray, obs_vs_obs: np.ndarray, n_boot: int = 1000,
-                   seed: int = 0, ci: float = 0.95, resample_observers: bool = True,
-                   margin: float = HUMAN_LEVEL_MARGIN) -> dict:
-    """Williams index of a rater R against observers O1..On, with a two-level bootstrap CI.
+def _redraw_degenerate(draw, valid, n_boot: int) -> tuple[np.ndarray, int]:
+    """Draw ``n_boot`` index rows with ``draw(k)``; redraw the rows that ``valid`` rejects until all
+    pass. Returns the rows and how many draws were redrawn (counted, never dropped silently)."""
+    rows = draw(n_boot)
+    redrawn = 0
+    bad = ~valid(rows)
+    for _ in range(_MAX_REDRAWS):
+        if not bad.any():
+            return rows, redrawn
+        redrawn += int(bad.sum())
+        rows[bad] = draw(int(bad.sum()))
+        bad = ~valid(rows)
+    raise UserError("the observers' bootstrap finds no resample with an observer pair; every case "
+                    "needs at least two observers who read it")
 
-    ``rater_vs_obs[c, j]`` = agreement a(R, Oj) on case c; ``obs_vs_obs[c, p]`` = a(Oj, Ok) for the
-    observer pairs p in ``itertools.combinations(range(n), 2)`` order. Agreement must grow with
-    agreement: Dice as it is, distances as 1/RMS (the caller converts). WI = mean_j a(R,Oj) /
-    mean_{j<k} a(Oj,Ok), each mean taken over cases and columns, NaN entries (an observer who did
-    not read that case) left out.
 
-    The CI (percentile method, ``n_boot`` draws, seeded) resamples cases with replacement and, with
-    ``resample_observers``, the observers too: a draw weighs observer j by how often it was drawn
-    and pair (j, k) by the product of both counts, so a pair needs two different observers (draws
-    of a single observer carry no pair and are skipped). Few observers thus widen the interval as
-    few cases do. ``resample_observers=False`` gives the one-level interval over cases only.
+def _ratio(rater: np.ndarray, observers: np.ndarray) -> np.ndarray:
+    """rater / observers, with 0 / 0 = 1 (no disagreement on either side) and x / 0 = inf."""
+    rater, observers = np.broadcast_arrays(np.asarray(rater, float), np.asarray(observers, float))
+    out = np.full(rater.shape, np.inf)
+    pos = observers > 0
+    out[pos] = rater[pos] / observers[pos]
+    out[~pos & (rater == 0)] = 1.0
+    return out
 
-    Returns ``wi, ci_low, ci_high, within_observer_variability`` (published rule, ``ci_high ≥ 1``),
-    ``human_level`` (:func:`human_level`), ``n_cases, n_observers``.
+
+def disagreement_ratio(rater_vs_obs: np.ndarray, obs_vs_obs: np.ndarray,
+                       margin: float = HUMAN_LEVEL_MARGIN, n_boot: int = N_BOOT, seed: int = 0,
+                       ci: float = 0.95, alpha: float = ALPHA) -> dict:
+    """The human-level test of a rater R against observers O1..On (n ≥ 3) on one disagreement.
+
+    ``rater_vs_obs[c, j]`` = d(R, Oj) on case c, ``obs_vs_obs[c, p]`` = d(Oj, Ok) for the pairs p
+    in ``itertools.combinations(range(n), 2)`` order, d a disagreement that is 0 for identical
+    masks (1 − Dice; RMS DTA in mm); NaN where an observer did not read a case (left out).
+
+    ratio = mean_{c,j} d(R, Oj) / mean_{c,j<k} d(Oj, Ok): 1 when R disagrees with the observers as
+    much as they disagree with each other. H0: ratio ≥ 1 + margin; the one-sided bootstrap
+    p-value is (1 + #draws with ratio ≥ 1 + margin) / (n_boot + 1). Each draw resamples the cases
+    and the observers with replacement (two levels: an observer drawn twice weighs twice, a pair
+    by the product of its observers' weights); a draw of a single observer has no pair, so it is
+    redrawn, and the number redrawn is returned (``n_redrawn``). A draw where the observers agree
+    perfectly has ratio inf (1 when R agrees perfectly too), counted in ``n_zero_baseline``.
+
+    Returns ``ratio, rater_disagreement, observer_disagreement, ci_low, ci_high`` (percentile,
+    level ``ci``), ``p_value``, ``human_level`` (p ≤ alpha: the verdict of a single test; a family
+    of tests adjusts it with :func:`holm`), ``within_observer_variability``, ``n_cases,
+    n_observers, n_boot, n_redrawn, n_zero_baseline``. UserError with fewer than 3 observers.
     """
     r = np.asarray(rater_vs_obs, dtype=np.float64)
     o = np.asarray(obs_vs_obs, dtype=np.float64)
@@ -159,47 +200,76 @@ def williams_index(rater_vs_obs: np.ndarray, obs_vs_obs: np.ndarray, n_boot: int
         raise ValueError(f"need [cases, observers] and [cases, pairs] arrays with the same cases, "
                          f"got {r.shape} and {o.shape}")
     n_obs = r.shape[1]
-    if n_obs < 2 or o.shape[1] < 1:
-        raise UserError(f"Williams index needs at least 2 observers to compare against, got "
-                        f"{n_obs}; add observers (one sub-folder each)")
+    if n_obs < MIN_OBSERVERS_FOR_VERDICT:
+        raise UserError(f"the human-level test needs at least {MIN_OBSERVERS_FOR_VERDICT} "
+                        f"observers to compare against, got {n_obs}: with fewer, how much "
+                        f"observers disagree among themselves cannot be resampled; add observers "
+                        f"(one sub-folder each)")
     pairs = np.array(list(itertools.combinations(range(n_obs), 2)))
-    if resample_observers and o.shape[1] != len(pairs):
+    if o.shape[1] != len(pairs):
         raise ValueError(f"{n_obs} observers make {len(pairs)} pairs, got {o.shape[1]} pair columns")
+    if np.nanmin(np.concatenate([r.ravel(), o.ravel(), [0.0]])) < 0:
+        raise ValueError("a disagreement is never negative (pass 1 − Dice, or a distance)")
     r_cnt, o_cnt = ~np.isnan(r), ~np.isnan(o)
-    used = r_cnt.any(axis=1) | o_cnt.any(axis=1)
+    used = r_cnt.any(axis=1) & o_cnt.any(axis=1)
     r_val, o_val = np.where(r_cnt, r, 0.0)[used], np.where(o_cnt, o, 0.0)[used]
     r_cnt, o_cnt = r_cnt[used].astype(np.float64), o_cnt[used].astype(np.float64)
     n_cases = int(used.sum())
-
-    def ratio(num_r, den_r, num_o, den_o):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (num_r / den_r) / (num_o / den_o)
-
-    wi = float(ratio(r_val.sum(), r_cnt.sum(), o_val.sum(), o_cnt.sum())) if n_cases else math.nan
-    result = dict(wi=wi, ci_low=math.nan, ci_high=math.nan, within_observer_variability=False,
-                  human_level=False, n_cases=n_cases, n_observers=n_obs)
+    result = dict(ratio=math.nan, rater_disagreement=math.nan, observer_disagreement=math.nan,
+                  ci_low=math.nan, ci_high=math.nan, p_value=1.0, human_level=False,
+                  within_observer_variability=False, n_cases=n_cases, n_observers=n_obs,
+                  n_boot=int(n_boot), n_redrawn=0, n_zero_baseline=0)
+    if n_cases == 0:
+        return result
+    d_r, d_o = r_val.sum() / r_cnt.sum(), o_val.sum() / o_cnt.sum()
+    result.update(ratio=float(_ratio(d_r, d_o)), rater_disagreement=float(d_r),
+                  observer_disagreement=float(d_o))
     if n_cases < 2:
         return result
+
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n_cases, size=(n_boot, n_cases))
-    counts = np.zeros((n_boot, n_cases))
-    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
-    if resample_observers:
-        draws = np.random.default_rng([seed, 1]).integers(0, n_obs, size=(n_boot, n_obs))
-        w_obs = np.zeros((n_boot, n_obs))
-        np.add.at(w_obs, (np.arange(n_boot)[:, None], draws), 1.0)
+    case_rows = lambda k: rng.integers(0, n_cases, size=(k, n_cases))  # noqa: E731
+    obs_rows = lambda k: rng.integers(0, n_obs, size=(k, n_obs))  # noqa: E731
+
+    def weights(rows: np.ndarray, size: int) -> np.ndarray:
+        w = np.zeros((rows.shape[0], size))
+        np.add.at(w, (np.arange(rows.shape[0])[:, None], rows), 1.0)
+        return w
+
+    def has_pair(rows: np.ndarray) -> np.ndarray:
+        return (rows != rows[:, :1]).any(axis=1)
+
+    draws, n_redrawn = _redraw_degenerate(obs_rows, has_pair, n_boot)
+    w_obs = weights(draws, n_obs)
+    w_pair = w_obs[:, pairs[:, 0]] * w_obs[:, pairs[:, 1]]
+    counts = weights(case_rows(n_boot), n_cases)
+
+    def denominators(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ((c @ r_cnt) * w_obs).sum(axis=1), ((c @ o_cnt) * w_pair).sum(axis=1)
+
+    # Missing reads can leave a draw without a read of the rater or of any observer pair: such a
+    # draw's cases are redrawn as well (and counted).
+    r_den, o_den = denominators(counts)
+    for _ in range(_MAX_REDRAWS):
+        bad = (r_den <= 0) | (o_den <= 0)
+        if not bad.any():
+            break
+        n_redrawn += int(bad.sum())
+        counts[bad] = weights(case_rows(int(bad.sum())), n_cases)
+        r_den, o_den = denominators(counts)
     else:
-        w_obs = np.ones((n_boot, n_obs))
-    w_pair = w_obs[:, pairs[:, 0]] * w_obs[:, pairs[:, 1]] if len(pairs) == o.shape[1] \
-        else np.ones((n_boot, o.shape[1]))
+        raise UserError("the observers' bootstrap finds no resample with an observer pair; every "
+                        "case needs at least two observers who read it")
     # Per draw: sum over cases (weighted by how often drawn) and columns (by observer weights).
-    boot = ratio(((counts @ r_val) * w_obs).sum(axis=1), ((counts @ r_cnt) * w_obs).sum(axis=1),
-                 ((counts @ o_val) * w_pair).sum(axis=1), ((counts @ o_cnt) * w_pair).sum(axis=1))
-    boot = boot[np.isfinite(boot)]
-    if boot.size == 0:
-        return result
-    alpha = (1.0 - ci) / 2.0
-    ci_low, ci_high = (float(v) for v in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
-    return {**result, "ci_low": ci_low, "ci_high": ci_high,
-            "within_observer_variability": within_observer_variability(ci_high),
-            "human_level": human_level(ci_low, n_obs, margin)}
+    boot_r = ((counts @ r_val) * w_obs).sum(axis=1) / r_den
+    boot_o = ((counts @ o_val) * w_pair).sum(axis=1) / o_den
+    boot = _ratio(boot_r, boot_o)
+    alpha_ci = (1.0 - ci) / 2.0
+    big = np.finfo(np.float64).max  # inf (observers agreeing perfectly) ranks last, finitely
+    ends = np.percentile(np.minimum(boot, big), [100 * alpha_ci, 100 * (1 - alpha_ci)])
+    ci_low, ci_high = (float(v) if v < big / 2 else math.inf for v in ends)
+    p_value = float((1 + np.count_nonzero(boot >= 1.0 + margin)) / (n_boot + 1))
+    return {**result, "ci_low": ci_low, "ci_high": ci_high, "p_value": p_value,
+            "human_level": bool(p_value <= alpha),
+            "within_observer_variability": within_observer_variability(ci_low),
+            "n_redrawn": int(n_redrawn), "n_zero_baseline": int(np.count_nonzero(boot_o <= 0))}

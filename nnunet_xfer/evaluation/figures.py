@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -213,7 +214,9 @@ def gallery(panels: list[dict], path: Path) -> Path:
 
 
 def williams(rows: pd.DataFrame, path: Path, label_column: str = "rater") -> Path:
-    """Forest plot of Williams indices with 95% CI per rater and metric; 1 = observer level."""
+    """Forest plot of the human-level test per rater and metric: the disagreement ratio (rater vs
+    observers over observers vs each other) with its 95% CI; 1 = observer level, the dashed red line
+    the non-inferiority bound 1 + margin; green = human level (Holm-adjusted verdict)."""
     metrics_present = [m for m in ("dice", "rms_dta_mm") if m in set(rows.metric)]
     fig, axes = plt.subplots(1, len(metrics_present),
                              figsize=(5.5 * len(metrics_present), 0.35 * rows[label_column].nunique() + 1.8),
@@ -221,15 +224,24 @@ def williams(rows: pd.DataFrame, path: Path, label_column: str = "rater") -> Pat
     for ax, m in zip(axes[0], metrics_present):
         sub = rows[rows.metric == m].reset_index(drop=True)
         y = np.arange(len(sub))[::-1]
-        within = sub.within_observer_variability.astype(bool).to_numpy()
-        ax.errorbar(sub.wi, y, xerr=[sub.wi - sub.ci_low, sub.ci_high - sub.wi], fmt="none",
-                    ecolor="0.4", capsize=3)
-        ax.scatter(sub.wi, y, c=np.where(within, "tab:green", "tab:red"), zorder=3)
+        human = sub.human_level.astype(bool).to_numpy()
+        ratio = sub.ratio.to_numpy(float)
+        low, high = sub.ci_low.to_numpy(float), sub.ci_high.to_numpy(float)
+        ax.errorbar(ratio, y, xerr=[ratio - low, high - ratio], fmt="none", ecolor="0.4", capsize=3)
+        ax.scatter(ratio, y, c=np.where(human, "tab:green", "tab:red"), zorder=3)
         ax.axvline(1.0, color="k", ls="--", lw=1)
+        for bound in sorted(set(1.0 + sub.margin.astype(float))):
+            ax.axvline(bound, color="tab:red", ls=":", lw=1.2)
+        ax.set_xscale("log")  # a ratio: 0.5 and 2 equally far from 1
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_yticks(y)
         ax.set_yticklabels(sub[label_column].astype(str))
-        ax.set_xlabel("Williams index (95% CI)")
-        ax.set_title(f"{'Dice' if m == 'dice' else '1 / RMS DTA'}: green = within observer variability",
-                     fontsize=9)
+        ax.set_xlabel("ratio of disagreements (95% CI)")
+        ax.set_title(f"{'1 − Dice' if m == 'dice' else 'RMS DTA'}: green = human level, "
+                     f"dotted = 1 + margin", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("disagreement with the observers / the observers' disagreement with each other",
+                 fontsize=10)
     return _save(fig, path)

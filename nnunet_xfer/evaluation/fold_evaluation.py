@@ -30,7 +30,7 @@ from nnunet_xfer.evaluation.scoring import CaseJob, measure_keys, score_job
 from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV,
                                 EVAL_SUMMARY_JSON,
                                 DatasetLayout, fold_folder_name,
-                                read_cases, record_path,
+                                read_cases,
                                 validation_folder)
 from nnunet_xfer.sources import PRETRAINED_SOURCES, SOURCES
 from nnunet_xfer.splits import verify_dataset
@@ -138,48 +138,55 @@ def fold_predictions(runs: list[Run], folds: list[dict]) -> tuple[list[Predictio
     return predictions, missing
 
 
-def pretraining_records(layout: DatasetLayout, plans: str, configuration: str,
-                        folds: int, all_cases: list[str]) -> dict:
-    """``{source: {"shared": record, "folds": {k: record}}}`` of the store entries for these plans.
-
-    A record is ``{"data", "scope", "case_ids"}``: the cases of this dataset its pretraining saw.
-    A fold's own entry (``fold_<k>/<source>.json``) wins over the shared one. ``scope == "all"``,
-    or no ``case_ids`` list with a ``data`` naming this dataset, means every case.
-    """
-    def read(path: Path) -> dict | None:
-        if not path.is_file():
-            return None
-        try:
-            meta = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError, OSError):
-            raise UserError(f"{path} is not valid JSON; re-run `nnunet-xfer pretrain` for it "
-                            f"(or remove it)") from None
-        if not isinstance(meta, dict):
-            return None
-        ids = meta.get("case_ids")
-        data = str(meta.get("data", ""))
-        if meta.get("scope") == "all" or (not isinstance(ids, list) and layout.name in data):
-            ids = list(all_cases)
-        elif not isinstance(ids, list):
-            ids = []
-        return {"data": data, "scope": meta.get("scope"), "case_ids": sorted(map(str, ids))}
-
-    found = {}
-    for source in PRETRAINED_SOURCES:
-        shared = read(record_path(layout.store_entry(source, plans, configuration)))
-        per_fold = {k: r for k in range(folds) if (r := read(record_path(
-            layout.store_entry(source, plans, configuration, fold=k)))) is not None}
-        if shared is not None or per_fold:
-            found[source] = {"shared": shared, "folds": per_fold}
-    return found
+def xfer_record(run: Run, fold: int, key: str) -> dict | None:
+    """``xfer_info[key]`` of a run's fold's ``debug.json`` (read defensively: None when the file,
+    the key or a dict there is missing)."""
+    try:
+        info = json.loads((run.fold_folder(fold) / DEBUG_JSON).read_text()).get("xfer_info") or {}
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    record = info.get(key) if isinstance(info, dict) else None
+    return record if isinstance(record, dict) else None
 
 
-def _seen_in_pretraining(records: dict, source: str, fold: int) -> set[str]:
-    entry = records.get(source)
-    if not entry:
-        return set()
-    record = entry["folds"].get(fold) or entry["shared"]
-    return set(record["case_ids"]) if record else set()
+def transfer_record(run: Run, fold: int) -> dict | None:
+    """The store entry a run's fold loaded, as the trainer recorded it in ``debug.json``
+    (``xfer_info.transfer``: entry path, sha256, scope, the case ids it saw); None when the fold
+    recorded none."""
+    return xfer_record(run, fold, "transfer")
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """What the pretraining of one run's fold saw of this dataset: ``seen`` (None: unknown) and
+    where that comes from: ``none`` (no pretraining), ``debug.json`` (the run's own record of the
+    entry it loaded) or ``missing`` (a pretrained source whose fold recorded nothing)."""
+
+    seen: frozenset[str] | None
+    origin: str
+    record: dict | None = None
+
+
+def run_pretraining(run: Run, fold: int, all_cases: list[str]) -> Pretraining:
+    """The cases of this dataset that the entry loaded by ``run``'s fold saw, from that fold's
+    ``debug.json`` (:func:`transfer_record`), never from the store as it is now: its case ids;
+    every case for ``scope`` all without ids; none for ``scope`` fold without ids (the trainer
+    refuses an entry that saw a validation case of its fold)."""
+    if run.source not in PRETRAINED_SOURCES:
+        return Pretraining(frozenset(), "none")
+    record = transfer_record(run, fold)
+    if record is None:
+        return Pretraining(None, "missing")
+    ids = record.get("case_ids")
+    if isinstance(ids, list):
+        seen = frozenset(map(str, ids))
+    elif record.get("scope") == "all":
+        seen = frozenset(all_cases)
+    elif record.get("scope") == "fold":
+        seen = frozenset()
+    else:
+        return Pretraining(None, "missing", record)
+    return Pretraining(seen, "debug.json", record)
 
 
 def explicit_schedule(run: Run, folds: list[int]) -> str | None:
@@ -188,13 +195,8 @@ def explicit_schedule(run: Run, folds: list[int]) -> str | None:
     used the default schedule or recorded none."""
     found = []
     for fold in folds:
-        path = run.fold_folder(fold) / DEBUG_JSON
-        try:
-            info = json.loads(path.read_text()).get("xfer_info") or {}
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-            continue
-        schedule = info.get("schedule") if isinstance(info, dict) else None
-        if isinstance(schedule, dict) and schedule.get("explicit") is True:
+        schedule = xfer_record(run, fold, "schedule")
+        if schedule is not None and schedule.get("explicit") is True:
             text = ", ".join(f"{k}={v}" for k, v in sorted(schedule.items()) if k != "explicit")
             if text not in found:
                 found.append(text or "explicit")
@@ -224,16 +226,18 @@ def score_predictions(predictions: list[Prediction], images: dict[str, Path],
     return scored  # type: ignore[return-value]
 
 
-def case_rows(predictions: list[Prediction], scored: list[dict], pretraining: dict[str, dict],
-              images: dict[str, Path], labels: dict[str, Path]) -> pd.DataFrame:
+def case_rows(predictions: list[Prediction], scored: list[dict],
+              pretraining: dict[tuple[Run, int], Pretraining], images: dict[str, Path],
+              labels: dict[str, Path]) -> pd.DataFrame:
     """``cases.csv``: one row per prediction, run and fold facts beside its scores."""
     rows = []
     for p, s in zip(predictions, scored):
-        seen = _seen_in_pretraining(pretraining.get(p.run.plans, {}), p.run.source, p.fold)
+        pre = pretraining[(p.run, p.fold)]
         rows.append({"case_id": p.case, "source": p.run.source, "n": int(p.n),
                      "size_tag": p.run.size_tag, "fold": p.fold, "plans": p.run.plans,
                      "configuration": p.run.configuration, "trainer": p.run.trainer, **s,
-                     "in_pretraining": p.case in seen, "image": str(images[p.case]),
+                     "in_pretraining": pre.seen is not None and p.case in pre.seen,
+                     "pretraining_record": pre.origin, "image": str(images[p.case]),
                      "reference": str(labels[p.case]), "prediction": str(p.path)})
     return pd.DataFrame(rows, columns=case_columns())
 
@@ -243,7 +247,7 @@ def case_columns() -> list[str]:
     return ["case_id", "source", "n", "size_tag", "fold", "plans", "configuration", "trainer",
             *METRIC_COLUMNS, "failed", "worst_distance_mm",
             *[f"{k}_{w}" for k in measure_keys() for w in ("ref", "pred")],
-            "in_pretraining", "image", "reference", "prediction"]
+            "in_pretraining", "pretraining_record", "image", "reference", "prediction"]
 
 
 # ---------------------------------------------------------------- 4. summarise
@@ -276,13 +280,20 @@ def _mean_n(values) -> int | float:
 
 
 def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
-              schedules: dict[tuple[str, str], str | None] | None = None) -> list[dict]:
+              schedules: dict[tuple[str, str], str | None] | None = None,
+              expected_cases: list[str] | None = None,
+              pretraining_images: dict[tuple[str, str], dict[int, int]] | None = None) -> list[dict]:
     """Per source × size × plans over all folds: metric statistics with failures counted,
-    missing predictions, pretraining overlap, explicit schedules, SMA/SMD agreement."""
-    lost = defaultdict(int)
+    missing folds and predictions, whether the group has every validation case
+    (``expected_cases``: those of every fold), pretraining overlap, how many images of this
+    dataset its pretraining saw per fold (``pretraining_images`` by trainer and plans), explicit
+    schedules, SMA/SMD agreement."""
+    lost, lost_folds = defaultdict(int), defaultdict(int)
     for gap in missing or []:
+        lost_folds[(gap["trainer"], gap["plans"])] += len(gap["missing_folds"])
         for cases_lost in gap["missing_predictions"].values():
             lost[(gap["trainer"], gap["plans"])] += len(cases_lost)
+    expected = set(expected_cases) if expected_cases is not None else None
     groups = []
     for key, g in cases.groupby(GROUP, sort=False):
         entry = dict(zip(GROUP, key))
@@ -292,8 +303,14 @@ def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
             "n": _mean_n(g.n), "n_per_fold": sorted(set(g.n.astype(int))),
             "folds": sorted(set(g.fold.astype(int))), "n_cases": int(len(g)),
             "n_failed": int(g.failed.sum()),
+            "n_missing_folds": int(sum(lost_folds[(t, entry["plans"])] for t in trainers)),
             "n_missing_predictions": int(sum(lost[(t, entry["plans"])] for t in trainers)),
+            "n_expected_cases": len(expected) if expected is not None else None,
+            "complete_cases": expected is None or set(g.case_id) == expected,
             "n_in_pretraining": int(g.in_pretraining.sum()),
+            "n_pretraining_unknown": int((g.pretraining_record == "missing").sum()),
+            "pretraining_images_per_fold": sorted({n for t in trainers for n in (
+                pretraining_images or {}).get((t, entry["plans"]), {}).values()}),
             "explicit_schedule": " | ".join(explicit) if explicit else None,
             "metrics": {m: metric_stats(g[m], g.failed, g.worst_distance_mm, m)
                         for m in METRIC_COLUMNS},
@@ -347,9 +364,10 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
     ``out`` defaults to ``$nnUNet_results/<Dataset>/nnunet_xfer_evaluation``; one that equals or
     holds an nnU-Net dataset folder is refused, and an existing one is replaced only with
     ``overwrite`` when it holds nothing but an earlier evaluation. With ``observers`` (one
-    sub-folder per observer, masks named by case) also the Williams index of every
-    source × size against the observers and its human-level verdict (``margin``: see
-    :func:`~nnunet_xfer.evaluation.agreement.human_level`). ``workers`` processes
+    sub-folder per observer, masks named by case) also the human-level test of every
+    source × size against the observers (``margin``: see
+    :func:`~nnunet_xfer.evaluation.agreement.disagreement_ratio`), Holm-adjusted over the
+    groups. ``workers`` processes
     (default: the available cores) score the cases; the output does not depend on their number.
     UserError when no case could be evaluated.
     """
@@ -379,8 +397,8 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
                         f"validation (`nnUNetv2_train ... --val`) first")
     scored = score_predictions(predictions, images, labels, heights, workers,
                                desc=f"evaluate {layout.name}")
-    pretraining = {p: pretraining_records(layout, p, configuration, len(folds), sorted(labels))
-                   for p in sorted({r.plans for r in runs})}
+    pretraining = {(p.run, p.fold): None for p in predictions}
+    pretraining = {key: run_pretraining(key[0], key[1], sorted(labels)) for key in pretraining}
     cases = case_rows(predictions, scored, pretraining, images, labels)
     folds_of: dict[Run, set[int]] = defaultdict(set)
     for p in predictions:
@@ -392,7 +410,9 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
         "plans": plans_seen, "mixed_plans": len(plans_seen) > 1,
         "n_runs": len(runs), "n_rows": len(cases), "n_failed": int(cases.failed.sum()),
         "failure_rule": FAILURE_RULE,
-        "groups": summarize(cases, missing, schedules),
+        "groups": summarize(cases, missing, schedules,
+                            sorted(c for split in folds for c in split["val"]),
+                            _pretraining_images(pretraining, sorted(labels))),
         "missing": missing,
         "pretraining_overlap": _overlap_summary(pretraining),
         "heights_known": len(heights),
@@ -403,8 +423,13 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
             observer_groups(cases), obs_files, labels, workers, margin)
         williams = _williams_table(table)
         summary["human_level"] = verdicts
+        # the cases the tests rest on: observer cases that have predictions (the most of any
+        # group; each verdict states its own), not every observer case
         summary["verdict_rule"] = agreement.verdict_rule(
-            summary["observers"]["n_cases"], summary["observers"]["n_observers"], margin)
+            max((v["n_cases"] for v in verdicts), default=0),
+            summary["observers"]["n_observers"], margin, len(verdicts))
+    summary["case_sets_differ"] = not all(g["complete_cases"] for g in summary["groups"])
+    summary["fold_training_sizes"] = [len(split["train"]) for split in folds]
     write_evaluation(out, cases, summary, williams, overwrite)
     return Evaluation(out=out, n_rows=len(cases), n_runs=len(runs),
                       n_failed=int(cases.failed.sum()), incomplete=missing, verdicts=verdicts)
@@ -428,18 +453,39 @@ def _heights(raw: Path, layout: DatasetLayout) -> dict[str, float]:
     return {c: float(h) for c, h in zip(table["case_id"], heights) if np.isfinite(h)}
 
 
-def _overlap_summary(pretraining: dict) -> dict:
-    """Per plans and source: the data, scope and cases of this dataset its pretraining saw
-    (shared entry and per-fold entries together)."""
-    result = {}
-    for plans, per_source in pretraining.items():
-        result[plans] = {}
-        for source, entry in per_source.items():
-            records = ([entry["shared"]] if entry["shared"] else []) + list(entry["folds"].values())
-            ids = sorted(set().union(*(r["case_ids"] for r in records)))
-            result[plans][source] = {
-                "data": records[0]["data"], "scope": records[0]["scope"], "n_cases": len(ids),
-                "case_ids": ids,
-                "folds": {str(k): len(r["case_ids"]) for k, r in entry["folds"].items()}}
-    return result
+def _pretraining_images(pretraining: dict[tuple[Run, int], Pretraining],
+                        all_cases: list[str]) -> dict[tuple[str, str], dict[int, int]]:
+    """Per trainer and plans: how many images of this dataset each fold's pretraining saw."""
+    counts: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+    cases = set(all_cases)
+    for (run, fold), pre in pretraining.items():
+        if pre.seen is not None:
+            counts[(run.trainer, run.plans)][fold] = len(pre.seen & cases)
+    return counts
 
+
+def _overlap_summary(pretraining: dict[tuple[Run, int], Pretraining]) -> dict:
+    """Per plans and trainer of a pretrained source: the entries its folds loaded (from their
+    ``debug.json``), their data and scope, the cases of this dataset they saw, per fold, and the
+    folds that recorded nothing."""
+    result: dict = {}
+    for (run, fold), pre in sorted(pretraining.items(), key=lambda kv: (kv[0][0].trainer, kv[0][1])):
+        if pre.origin == "none":
+            continue
+        entry = result.setdefault(run.plans, {}).setdefault(run.trainer, {
+            "source": run.source, "entries": [], "data": [], "scope": [], "case_ids": [],
+            "folds": {}, "unknown_folds": []})
+        if pre.seen is None:
+            entry["unknown_folds"].append(fold)
+            continue
+        record = pre.record or {}
+        for key, value in (("entries", record.get("entry") or record.get("checkpoint")),
+                           ("data", record.get("data")), ("scope", record.get("scope"))):
+            if value is not None and str(value) not in entry[key]:
+                entry[key].append(str(value))
+        entry["case_ids"] = sorted(set(entry["case_ids"]) | pre.seen)
+        entry["folds"][str(fold)] = len(pre.seen)
+    for per_trainer in result.values():
+        for entry in per_trainer.values():
+            entry["n_cases"] = len(entry["case_ids"])
+    return result

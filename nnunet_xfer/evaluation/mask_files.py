@@ -297,17 +297,24 @@ def _load_nifti(path: Path, remember: bool = True) -> Slice:
     return read
 
 
-def _label_error(path: Path, arr: np.ndarray, label: int) -> UserError:
+#: What to do about a multi-label mask, by the command that reads it (its real option).
+LABEL_HINT = "use --label to pick the muscle label"
+LABEL_MAP_HINT = "use --label-map to name the muscle label(s), e.g. --label-map 1 or --label-map 1,86-89"
+PREDICTION_HINT = ("a prediction of a muscle dataset holds 0 and 1 only: predict with this "
+                   "dataset's own model")
+
+
+def _label_error(path: Path, arr: np.ndarray, label: int, hint: str = LABEL_HINT) -> UserError:
     values = np.unique(arr)
     if not np.all(np.equal(np.mod(values, 1), 0)):
         return UserError(f"{path}: mask has non-integer values; give a label image")
     extra = [v for v in values.astype(np.int64).tolist() if v not in (0, label)]
     shown = ", ".join(map(str, extra[:5])) + (", ..." if len(extra) > 5 else "")
-    return UserError(f"{path}: mask has label values other than 0/{label} ({shown});"
-                     " use --label to pick the muscle label")
+    return UserError(f"{path}: mask has label values other than 0/{label} ({shown}); {hint}")
 
 
-def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path) -> np.ndarray:
+def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
+                  hint: str = LABEL_HINT) -> np.ndarray:
     """``arr == label`` after checking the values: integers only, and (unless ``allow_others``)
     none but 0 and ``label``. Integer arrays are checked by their minimum and maximum (one pass
     each), the rest by counting; the set of values is listed only in the error message."""
@@ -322,7 +329,7 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path) -
         mask = arr == label
         if allow_others or np.count_nonzero(mask) + np.count_nonzero(arr == 0) == arr.size:
             return mask
-        raise _label_error(path, arr, label)
+        raise _label_error(path, arr, label, hint)
     mask = arr == label
     if not allow_others and np.count_nonzero(mask) + np.count_nonzero(arr == 0) == arr.size:
         return mask
@@ -330,22 +337,23 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path) -
         integral = bool(np.all(np.mod(arr, 1) == 0))
     if integral and allow_others:
         return mask
-    raise _label_error(path, arr, label)
+    raise _label_error(path, arr, label, hint)
 
 
-def load_mask(path: str | Path, label: int = 1, other_labels: bool | None = None) -> Slice:
+def load_mask(path: str | Path, label: int = 1, other_labels: bool | None = None,
+              hint: str = LABEL_HINT) -> Slice:
     """Read a mask file as a boolean array (True where the value equals ``label``) and its grid.
 
     ``other_labels`` says whether values other than 0 and ``label`` may be present (and are then
     ignored). The default (None) allows them only when a non-default ``label`` was chosen: a plain
     muscle mask must be binary 0/1, so a multi-label map read with label 1 raises a UserError that
-    names the file and suggests ``--label`` (pass ``other_labels=True`` to pick label 1 from a
-    multi-label map).
+    names the file and says what to do (``hint``: the calling command's own option; pass
+    ``other_labels=True`` to pick label 1 from a multi-label map).
     """
     path = Path(path)
     arr, geometry = _load_nifti(path)
     allow_others = (label != 1) if other_labels is None else other_labels
-    return Slice(mask_of_label(arr, label, allow_others, path), geometry)
+    return Slice(mask_of_label(arr, label, allow_others, path, hint), geometry)
 
 
 def read_slice(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
@@ -357,10 +365,10 @@ def read_slice(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
     return arr, geometry.spacing
 
 
-def read_mask(path: str | Path, label: int = 1,
-              other_labels: bool | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+def read_mask(path: str | Path, label: int = 1, other_labels: bool | None = None,
+              hint: str = LABEL_HINT) -> tuple[np.ndarray, tuple[float, float]]:
     """:func:`load_mask` as (boolean array, (row, col) spacing in mm)."""
-    mask, geometry = load_mask(path, label, other_labels)
+    mask, geometry = load_mask(path, label, other_labels, hint)
     return mask, geometry.spacing
 
 

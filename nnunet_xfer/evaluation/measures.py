@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from nnunet_xfer.atomic import atomic_write_csv
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import (check_same_geometry, images_for_cases, list_cases,
-                                               read_mask, read_slice)
+from nnunet_xfer.evaluation.mask_files import (LABEL_MAP_HINT, check_same_geometry,
+                                               images_for_cases, list_cases, read_mask,
+                                               read_slice)
 
 IMAT_HU = (-190.0, -30.0)
 #: Muscle HU range of the published sarcopenia convention (Mitsiopoulos 1998; Prado 2008).
@@ -185,7 +186,7 @@ def _check_image(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -
 
 def _read_labels(path: Path, labels: list[int] | None) -> tuple[np.ndarray, tuple[float, float]]:
     if labels is None:
-        return read_mask(path)
+        return read_mask(path, hint=LABEL_MAP_HINT)
     arr, spacing = read_slice(path)
     values = np.unique(arr)
     if not np.all(np.equal(np.mod(values, 1), 0)):

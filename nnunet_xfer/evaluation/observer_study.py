@@ -1,10 +1,10 @@
-"""The ``observers`` command: an inter-observer study with Williams index, STAPLE and measures.
+"""The ``observers`` command: an inter-observer study with the human-level test, STAPLE and measures.
 
 Raters are the reference, every observer (one sub-folder each, files named by case) and,
 optionally, a model (a predictions folder or an nnU-Net fold/trainer folder with ``validation/``).
 Only cases that the reference, every observer and the model all have are studied; the cases left
 out are listed in ``summary.json`` so partial coverage is never silent. Rater files, geometry
-checks, pairwise tables and Williams rows live in :mod:`nnunet_xfer.evaluation.raters`.
+checks, pairwise tables and the human-level rows live in :mod:`nnunet_xfer.evaluation.raters`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from nnunet_xfer.evaluation.mask_files import (check_geometry, images_for_cases,
 from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
 from nnunet_xfer.evaluation.parallel import available_workers
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SEED, Masks,
-                                           check_rater_geometry, load_masks, observer_files,
+                                           case_worst, check_rater_geometry, holm_verdicts,
+                                           load_masks, observer_files, observer_rows,
                                            pairwise_table, prediction_files, williams_rows,
                                            with_worst)
 from nnunet_xfer.evaluation.scoring import mask_measures
@@ -41,7 +42,7 @@ FAILURE_RULE = ("a failed comparison (exactly one mask empty) enters the mean of
 
 @dataclass
 class ObserverStudy:
-    """What :func:`observer_study` wrote: the folder and the Williams rows with their verdicts."""
+    """What :func:`observer_study` wrote: the folder and the human-level rows with their verdicts."""
 
     out: Path
     cases: list[str]
@@ -136,15 +137,13 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
     observer_names = list(obs_files)
     pairwise = pairwise_table(masks, case_ids, list(itertools.combinations(raters, 2)), workers,
                               desc="pairwise")
-    worst = {c: masks[REFERENCE][c].geometry.diagonal_mm for c in case_ids}
+    worst = case_worst(masks, case_ids)
 
-    williams = []
-    if len(observer_names) >= 3:  # an observer against the others needs ≥ 2 others
-        for o in observer_names:
-            others = [x for x in observer_names if x != o]
-            williams += williams_rows(pairwise, o, others, case_ids, margin=margin)
+    # one family: each observer against the others (≥ 4 observers), the reference and the model
+    williams = observer_rows(pairwise, observer_names, case_ids, worst, margin)
     for r in [REFERENCE] + ([name] if predictions is not None else []):
-        williams += williams_rows(pairwise, r, observer_names, case_ids, margin=margin)
+        williams += williams_rows(pairwise, r, observer_names, case_ids, worst, margin=margin)
+    williams = holm_verdicts(williams, margin=margin)
 
     with owned_output(out, COMMAND, overwrite) as tmp:
         (tmp / STAPLE_FOLDER).mkdir()
@@ -167,7 +166,8 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
             "cases": case_ids, "excluded_cases": {r: v for r, v in excluded.items() if v},
             "case_rule": "cases present for the reference, every observer and the model",
             "label": label, "williams": williams, "n_boot": N_BOOT, "seed": SEED,
-            "verdict_rule": agreement.verdict_rule(len(case_ids), len(observer_names), margin),
+            "verdict_rule": agreement.verdict_rule(len(case_ids), len(observer_names), margin,
+                                                   len({r["rater"] for r in williams})),
             "failure_rule": FAILURE_RULE,
             "vs_reference": _mean_by_rater(pairwise, REFERENCE, worst),
             "vs_staple": {str(r): _means(g, worst) for r, g in staple.groupby("rater")},

@@ -35,18 +35,20 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max
 margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+.tablewrap{max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .note{background:#fff7e0;border-left:4px solid #e0b000;padding:.4em .8em;margin:.6em 0}
 .muted{color:#666;font-size:.9em}
 """
 
-_WI_LABELS = {"dice": "Dice", "rms_dta_mm": "1/RMS DTA"}
+_WI_LABELS = {"dice": "1 − Dice", "rms_dta_mm": "RMS DTA"}
 
 
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.3g}", border=0,
-                      escape=True)
+    return ('<div class="tablewrap">'
+            + df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.3g}", border=0,
+                         escape=True) + "</div>")
 
 
 def _note(text: str) -> str:
@@ -85,27 +87,52 @@ def _agreement_text(a: dict | None) -> tuple[str, str]:
     return num(a.get("icc_2_1"), ".3f"), bias
 
 
+def _n_text(g: dict) -> str:
+    return f"{g['n']:g}" if isinstance(g["n"], (int, float)) else str(g["n"])
+
+
+def _missing_text(g: dict) -> str:
+    parts = [f"{k} {what}" for k, what in ((g.get("n_missing_folds", 0), "fold(s)"),
+                                           (g.get("n_missing_predictions", 0), "case(s)")) if k]
+    return ", ".join(parts) or "–"
+
+
 def summary_table(groups: list[dict]) -> pd.DataFrame:
-    """The per source × size table of summary.json, formatted for reading."""
+    """Segmentation per source × size of summary.json, formatted for reading (the muscle measures
+    and provenance of the same rows: :func:`measures_table`; two tables so that both fit the
+    page)."""
     rows = []
     for g in groups:
-        sma_icc, sma_ba = _agreement_text(g.get("agreement", {}).get("sma_cm2"))
-        smd_icc, smd_ba = _agreement_text(g.get("agreement", {}).get("smd_hu"))
         m = g["metrics"]
         rows.append({
-            "source": source_label(g["source"]),
-            "n": f"{g['n']:g}" if isinstance(g["n"], (int, float)) else g["n"],
-            "size": g["size_tag"], "plans": g["plans"], "folds": ",".join(map(str, g["folds"])),
-            "cases": g["n_cases"], "failed": g["n_failed"],
-            "missing": g.get("n_missing_predictions", 0),
+            "source": source_label(g["source"]), "n": _n_text(g), "size": g["size_tag"],
+            "cases": g["n_cases"], "failed": g["n_failed"], "missing": _missing_text(g),
             "Dice mean ± SD": _fmt(m.get("dice"), "mean"),
             "Dice median [IQR]": _fmt(m.get("dice"), "median"),
             "RMS DTA mm mean ± SD": _fmt(m.get("rms_dta_mm"), "mean"),
             "RMS DTA median [IQR]": _fmt(m.get("rms_dta_mm"), "median"),
             "HD95 mm": _fmt(m.get("hd95_mm"), "median"), "NSD 2 mm": _fmt(m.get("nsd"), "mean"),
+        })
+    return pd.DataFrame(rows)
+
+
+def measures_table(groups: list[dict]) -> pd.DataFrame:
+    """SMA/SMD agreement and provenance (plans, folds, pretraining, schedule) per source × size."""
+    rows = []
+    for g in groups:
+        sma_icc, sma_ba = _agreement_text(g.get("agreement", {}).get("sma_cm2"))
+        smd_icc, smd_ba = _agreement_text(g.get("agreement", {}).get("smd_hu"))
+        seen = g.get("pretraining_images_per_fold") or []
+        rows.append({
+            "source": source_label(g["source"]), "n": _n_text(g), "size": g["size_tag"],
             "SMA ICC": sma_icc, "SMA bias [LoA] cm²": sma_ba,
             "SMD ICC": smd_icc, "SMD bias [LoA] HU": smd_ba,
-            "in pretraining": g.get("n_in_pretraining", 0),
+            "plans": g["plans"], "folds": ",".join(map(str, g["folds"])),
+            "pretraining images / fold": "–" if not seen else "–".join(
+                str(v) for v in sorted({min(seen), max(seen)})),
+            "validation cases in pretraining": g.get("n_in_pretraining", 0)
+            if not g.get("n_pretraining_unknown") else f"{g.get('n_in_pretraining', 0)} "
+            f"(+{g['n_pretraining_unknown']} unknown)",
             "schedule": g.get("explicit_schedule") or "default",
         })
     return pd.DataFrame(rows)
@@ -177,7 +204,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                     f"per point)." if band else
                     "No observer results in this folder (run evaluate with --observers for "
                     "the observers' band).") + "</p>")
-    legend = _legend_notes(groups)
+    legend = _legend_notes(groups, summary)
     if legend:
         parts.append("<ul class='muted'>" + "".join(f"<li>{html.escape(t)}</li>" for t in legend)
                      + "</ul>")
@@ -185,24 +212,38 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         parts.append(_note("Only one training-set size was evaluated, so the curve is a point."))
 
     parts.append("<h2>Summary per source task and training-set size</h2>")
+    partial = [g for g in groups if g.get("complete_cases") is False]
+    if partial:
+        parts.append(_note("Rows rest on different cases: " + ", ".join(
+            f"{source_label(g['source'])} n={g['size_tag']} has {g['n_cases']} of "
+            f"{g.get('n_expected_cases', '?')} validation cases ({_missing_text(g)} missing)"
+            for g in partial) + "; the others have all. Differences between these rows are "
+            "partly differences between cases."))
     parts.append(_table(summary_table(groups)))
+    parts.append("<h3>Muscle measures and provenance</h3>")
+    parts.append(_table(measures_table(groups)))
     if summary.get("human_level"):
-        parts.append("<h2>Human level (Williams index against the observers)</h2>")
+        parts.append("<h2>Human level (disagreement with the observers)</h2>")
         hl = pd.DataFrame([{
             "source": source_label(v["source"]), "n": v["n"], "size": v["size_tag"],
             "plans": v["plans"], "cases": v["n_cases"],
             "observers": v.get("n_observers", len(observers.get("names", []))),
-            **{f"WI {_WI_LABELS.get(k, k)} [95% CI]": f"{w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}]"
-               for k, w in v["wi"].items()},
-            "CI reaches 1 (published)": "yes" if v.get("within_observer_variability") else "no",
-            "human level": "yes" if v["human_level"] else "no",
-            "verdict rule": v.get("rule", "CI includes 1 or lies above it")}
+            **{f"{_WI_LABELS.get(k, k)} ratio [95% CI]": f"{w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}]"
+               for k, w in (v.get("ratio") or {}).items()},
+            "Holm p": f"{v['p_holm']:.3g}" if v.get("p_holm") is not None else "–",
+            "CI reaches 1": "yes" if v.get("within_observer_variability") else "no",
+            "human level": "yes" if v["human_level"] else "no"}
             for v in summary["human_level"]])
         parts.append(_table(hl))
         if summary.get("verdict_rule"):
             parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}. '
-                         "The interval resamples cases and observers (two levels), so fewer "
-                         "cases or observers widen it and make the verdict harder.</p>")
+                         "Ratio: the model's disagreement with the observers over the observers' "
+                         "disagreement with each other (1 = as the observers). The interval "
+                         "resamples cases and observers (two levels), so fewer cases or observers "
+                         "widen it and make the verdict harder; the groups are tested together, so "
+                         "each p is Holm-adjusted over them. \"CI reaches 1\": the published "
+                         "reading (the interval includes 1 or lies below it), which wider "
+                         "intervals make easier, so it is not the verdict.</p>")
         wrows = pd.read_csv(folder / EVAL_OBSERVERS_WILLIAMS_CSV) if (
             folder / EVAL_OBSERVERS_WILLIAMS_CSV).is_file() else pd.DataFrame()
         obs_rows = pd.DataFrame(observers.get("williams", []))
@@ -215,7 +256,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         if forest:
             figs["williams"] = figures.williams(pd.concat(forest, ignore_index=True),
                                                 fig_dir / "williams.png")
-            parts.append(_img(figs["williams"], "Williams index"))
+            parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
 
     parts.append("<h2>Muscle measures of the best run (Bland–Altman)</h2>")
     best = best_group(groups)
@@ -261,9 +302,12 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                      "for every validation case.</p>")
 
     overlap = summary.get("pretraining_overlap", {})
-    rows = [{"plans": p, "source": source_label(s), "data": v["data"],
-             "scope": v.get("scope") or "–", "cases of this dataset used": v["n_cases"]}
-            for p, per in overlap.items() for s, v in per.items()]
+    rows = [{"plans": p, "trainer": t, "source": source_label(v.get("source", "?")),
+             "data": "; ".join(v.get("data") or []) or "–",
+             "scope": ", ".join(v.get("scope") or []) or "–",
+             "cases of this dataset seen": v.get("n_cases", 0),
+             "folds without a record": ",".join(map(str, v.get("unknown_folds") or [])) or "–"}
+            for p, per in overlap.items() for t, v in per.items()]
     parts.append("<h2>Pretraining data overlap</h2>")
     seen = [g for g in groups if g.get("n_in_pretraining")]
     if seen:
@@ -272,26 +316,71 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
             + ", ".join(f"{source_label(g['source'])} n={g['size_tag']} ({g['plans']}): "
                         f"{g['n_in_pretraining']} of {g['n_cases']}" for g in seen)
             + ". Their results are optimistic; pretrain per fold (the default) to avoid it."))
-    parts.append(_table(pd.DataFrame(rows)) + "<p class='muted'>Cases used in pretraining are "
-                 "flagged in cases.csv (column in_pretraining).</p>" if rows else
-                 "<p>No pretrained store entries found for these plans.</p>")
+    parts.append(_table(pd.DataFrame(rows)) + "<p class='muted'>From each run's own record of "
+                 "the store entry it loaded (fold_k/debug.json, xfer_info.transfer), never from "
+                 "the store as it is now. Cases used in pretraining are flagged in cases.csv "
+                 "(column in_pretraining; pretraining_record says where that comes from).</p>"
+                 if rows else "<p>No run of a pretrained source.</p>")
     return parts
 
 
-def _legend_notes(groups: list[dict]) -> list[str]:
-    """What the legend marks of the headline figure mean, for the groups that carry them."""
+def _what_runs_saw(groups: list[dict], summary: dict) -> str | None:
+    """The legend line saying how many images of this dataset each source's runs saw: N labelled
+    ones for every run, and for sources whose pretraining read this dataset's images also those
+    (without labels), with the dataset's real numbers."""
+    extra: dict[str, set[int]] = {}
+    for g in groups:
+        counts = [c for c in g.get("pretraining_images_per_fold") or [] if c]
+        if counts:
+            extra.setdefault(g["source"], set()).update(counts)
+    if not extra:
+        return None
+    fold_sizes = sorted(set(summary.get("fold_training_sizes") or []))
+    every = set().union(*extra.values()) <= set(fold_sizes) if fold_sizes else False
+    counts = sorted(set().union(*extra.values()))
+    per_fold = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    names = ", ".join(source_label(s) for s in extra)
+    others = [source_label(s) for s in dict.fromkeys(g["source"] for g in groups)
+              if s not in extra]
+    text = (f"What each point saw of this dataset: every run trained on its n labelled slices; "
+            f"the pretraining of {names} also saw {per_fold} images of this dataset per fold "
+            f"without labels" + (" (every training image of its fold)" if every else "")
+            + f", so their n=N point rests on N labelled + {per_fold} unlabelled images")
+    return text + (f", while {', '.join(others)} saw N." if others else ".")
+
+
+def _legend_notes(groups: list[dict], summary: dict | None = None) -> list[str]:
+    """What the legend marks of the headline figure mean, for the groups that carry them, what
+    each run saw of this dataset, and which points rest on other cases than the rest."""
     notes = []
     seen = [g for g in groups if g.get("n_in_pretraining")]
     if seen:
         notes.append(f"{figures.MARK_PRETRAINING} pretraining saw validation cases: "
                      + ", ".join(f"{source_label(g['source'])} n={g['size_tag']} "
                                  f"({g['n_in_pretraining']} of {g['n_cases']})" for g in seen))
+    unknown = [g for g in groups if g.get("n_pretraining_unknown")]
+    if unknown:
+        notes.append("pretraining unknown (the run's debug.json records no store entry, e.g. a "
+                     "run of an older nnunet-xfer): "
+                     + ", ".join(f"{source_label(g['source'])} n={g['size_tag']} "
+                                 f"({g['n_pretraining_unknown']} of {g['n_cases']} cases)"
+                                 for g in unknown))
     explicit = [g for g in groups if g.get("explicit_schedule")]
     if explicit:
         notes.append(f"{figures.MARK_SCHEDULE} explicit fine-tuning options (not the default "
                      "schedule every source shares): "
                      + "; ".join(f"{source_label(g['source'])} n={g['size_tag']}: "
                                  f"{g['explicit_schedule']}" for g in explicit))
+    saw = _what_runs_saw(groups, summary or {})
+    if saw:
+        notes.append(saw)
+    partial = [g for g in groups if g.get("complete_cases") is False]
+    if partial:
+        notes.append("points on other cases than the rest (missing folds or predictions), so "
+                     "compare them with care: "
+                     + ", ".join(f"{source_label(g['source'])} n={g['size_tag']} "
+                                 f"({g['n_cases']} of {g.get('n_expected_cases', '?')} validation "
+                                 f"cases; missing {_missing_text(g)})" for g in partial))
     return notes
 
 
@@ -306,12 +395,12 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
                      + ".</p>")
         if summary.get("verdict_rule"):
             parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}'
-                         "; column within_observer_variability is the published reading (CI "
-                         "upper end ≥ 1).</p>")
+                         "; column within_observer_variability is the published reading (the "
+                         "interval of the ratio includes 1 or lies below it).</p>")
     w = pd.read_csv(folder / OBS_WILLIAMS_CSV)
     if len(w):
         figs["williams"] = figures.williams(w, fig_dir / "williams.png")
-        parts.append(_img(figs["williams"], "Williams index"))
+        parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
         parts.append(_table(w))
     else:
         parts.append(_note("williams.csv is empty."))

@@ -16,7 +16,8 @@ import numpy as np
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import measures, metrics
-from nnunet_xfer.evaluation.mask_files import check_geometry, load_mask, load_slice
+from nnunet_xfer.evaluation.mask_files import (PREDICTION_HINT, check_geometry, load_mask,
+                                               load_slice)
 
 #: Metric columns of a scored prediction (``failed``: exactly one of prediction and reference empty).
 METRIC_COLUMNS = ("dice", "rms_dta_mm", "assd_mm", "hd95_mm", "hd_mm", "nsd")
@@ -70,7 +71,7 @@ def score_case(job: CaseJob) -> list[tuple[int, dict]]:
     worst = ref.geometry.diagonal_mm
     scored = []
     for index, path in job.predictions:
-        pred = load_mask(path)
+        pred = load_mask(path, hint=PREDICTION_HINT)
         try:
             check_geometry(ref.geometry, pred.geometry, job.case)
         except UserError as e:

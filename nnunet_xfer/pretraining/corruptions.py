@@ -4,7 +4,9 @@ The network restores the original patch from a corrupted copy. The published con
 (Models Genesis' ``config.py`` and ``generate_pair``) is followed, per image:
 
 * flips (augmentation of input *and* target): while a draw is below 0.4, flip a random spatial
-  axis, at most once per axis (so 40 % of the images are flipped at least once);
+  axis, at most as many flips as axes. A flip is drawn for 40 % of the images, but the second
+  flip picks the first one's axis again half of the time and undoes it, so 32 % end up flipped
+  (24 % along one axis, 8 % along both: a 180° rotation) and 68 % unchanged;
 * local pixel shuffling inside random small blocks (texture), probability 0.5;
 * a random monotone non-linear intensity curve, half of them inverted (appearance), probability 0.9;
 * painting (context), probability 0.9: out-painting (all but random boxes → noise) 80 % of the

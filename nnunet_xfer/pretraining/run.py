@@ -6,7 +6,6 @@ fold's training cases only (``--fold K``), or explicitly on every case (``--scop
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -34,6 +33,7 @@ from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, SCOPE_FOLD
                                            save_entry)
 from nnunet_xfer.pretraining.tasks import make_task
 from nnunet_xfer.sources import DATA_TARGET, SourceSpec, pretrained_spec
+from nnunet_xfer.splits import verify_dataset
 
 DEFAULT_ITERATIONS = 20000
 DEFAULT_LR = 1e-3
@@ -145,22 +145,15 @@ def _scope(config: PretrainConfig, s: SourceSpec, dataset_name: str) -> str:
 
 
 def fold_training_cases(dataset_name: str, fold: int) -> list[str]:
-    """Fold ``fold``'s training cases, from the splits nnU-Net trains with (else the raw ones)."""
-    layout = DatasetLayout(dataset_name)
-    path = layout.preprocessed_splits if layout.preprocessed_splits.is_file() else layout.raw_splits
-    if not path.is_file():
-        raise UserError(f"no {path.name} for {dataset_name} ({layout.preprocessed_splits} or "
-                        f"{layout.raw_splits}); run `nnunet-xfer convert` first")
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-        folds = [sorted(map(str, s["train"])) for s in splits]
-    except (ValueError, UnicodeDecodeError, TypeError, KeyError):
-        raise UserError(f"{path} is not nnU-Net's splits format (a list of train/val); fix it or "
-                        f"re-run `nnunet-xfer convert --overwrite`") from None
-    if fold >= len(folds):
-        raise UserError(f"--fold {fold} does not exist: {path} has {len(folds)} folds "
-                        f"(0…{len(folds) - 1})")
-    return folds[fold]
+    """Fold ``fold``'s training cases, checked as the trainers check them
+    (``splits.verify_dataset``): the folds nnU-Net trains on must be the raw dataset's, the fold
+    must exist, and the subsets must belong to those folds. A one-line UserError otherwise (e.g.
+    nnU-Net's own 5-fold file beside convert's 4 folds: its fold 0 trains on other cases)."""
+    splits = verify_dataset(dataset_name)
+    if not 0 <= fold < len(splits):
+        raise UserError(f"--fold {fold} does not exist: {dataset_name} has {len(splits)} folds "
+                        f"(0…{len(splits) - 1})")
+    return sorted(map(str, splits[fold]["train"]))
 
 
 def _data_source(s: SourceSpec, planned: Planned, data: Path | None,
@@ -241,6 +234,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, overwrite: bool = 
         _positive(name, value)
     dataset_name = resolve_dataset_name(config.dataset)
     scope = _scope(config, s, dataset_name)
+    # the fold's training cases, its folds checked as the trainers check them, before anything
+    # (an entry, its lock) is written
+    case_ids = fold_training_cases(dataset_name, config.fold) if scope == SCOPE_FOLD else None
     if config.data is not None:
         refuse_target_data(Path(config.data), dataset_name)
     planned = load_planned(dataset_name, config.plans, config.configuration)
@@ -270,12 +266,13 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, overwrite: bool = 
                                                   fold=fold)
     with entry_lock(pth):
         remove_stale_temporaries(pth.parent)  # what a killed writer left behind
-        return _pretrain_locked(config, s, planned, pth, resume=resume, overwrite=overwrite,
-                                progress=progress)
+        return _pretrain_locked(config, s, planned, pth, case_ids, resume=resume,
+                                overwrite=overwrite, progress=progress)
 
 
-def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pth: Path, *,
-                     resume: bool, overwrite: bool, progress: bool) -> Path:
+def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pth: Path,
+                     case_ids: list[str] | None, *, resume: bool, overwrite: bool,
+                     progress: bool) -> Path:
     state_file = resume_path(pth)
     if pth.exists() and not (overwrite or resume):
         raise UserError(f"{pth} exists; pass --overwrite to replace it or --resume to continue it")
@@ -283,8 +280,6 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
         check_replaceable(pth, True)  # --overwrite replaces only an entry the store wrote
 
     dev = _device(config.device)
-    case_ids = (fold_training_cases(config.dataset, config.fold) if config.scope == SCOPE_FOLD
-                else None)
     data_source = _data_source(s, planned, config.data, case_ids)
     defining = config.defining()
 

@@ -172,9 +172,13 @@ class XferTransferTrainer(XferTrainerBase):
         sha256 = file_sha256(pth)
         fingerprint = architecture_fingerprint(net)
         mark_transferred(self.optimizer, transfer_parts, self.xfer_schedule, self.num_epochs)
+        # what evaluate marks with † (cases of this dataset the entry saw): read from here, the
+        # entry this very run loaded, never from whatever the store holds at evaluation time
+        seen = sorted(map(str, meta.get("case_ids") or []))
         self.xfer_info["transfer"] = {
             "reloaded": True, "checkpoint": str(pth), "entry": str(pth), "scope": scope,
-            "fold": fold, "n_pretraining_cases": len(meta.get("case_ids") or []), "sha256": sha256,
+            "fold": fold, "dataset": meta.get("dataset"), "data": meta.get("data"),
+            "case_ids": seen, "n_pretraining_cases": len(seen), "sha256": sha256,
             "sha256_recorded": meta.get("sha256"), "source_task": meta.get("source", self.source),
             "trained_prefixes": meta.get("trained_prefixes"),
             "fingerprint_checkpoint": meta.get("architecture_fingerprint"),

@@ -60,6 +60,12 @@ window.addEventListener('load', function () {
         function (row) { return row.style.display !== 'none'; }).map(
         function (row) { return row.getAttribute('data-case'); });
   }
+  r.viewport = document.documentElement.clientWidth;
+  r.tables = Array.prototype.map.call(document.querySelectorAll('table'), function (t) {
+    var b = t.getBoundingClientRect();
+    return {right: b.right, width: b.width, room: t.parentElement.clientWidth,
+            first: t.tHead ? t.tHead.rows[0].cells[t.tHead.rows[0].cells.length - 1].textContent : ''};
+  });
   r.blocked = window.__probe.blocked;
   var pre = document.createElement('pre');
   pre.id = 'nnunet-xfer-probe';
@@ -76,14 +82,16 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def probe(page: Path, tmp_path: Path) -> dict:
-    """Load a probe copy of ``page`` (beside it, so relative files resolve) and read its results."""
+def probe(page: Path, tmp_path: Path, width: int = 1280) -> dict:
+    """Load a probe copy of ``page`` (beside it, so relative files resolve) in a window ``width``
+    pixels wide and read its results."""
     text = page.read_text(encoding="utf-8")
     text = re.sub(r"<head>", "<head>" + PROBE_HEAD, text, count=1)
     text = text.replace("</body>", PROBE_BODY + "</body>")
     copy = page.with_name(f"probe_{page.name}")
     copy.write_text(text, encoding="utf-8")
-    proc = _chromium("--dump-dom", copy.as_uri(), profile=tmp_path / "profile")
+    proc = _chromium("--dump-dom", f"--window-size={width},1000", copy.as_uri(),
+                     profile=tmp_path / "profile")
     found = re.search(r'<pre id="nnunet-xfer-probe">(.*?)</pre>', proc.stdout, re.S)
     assert found, f"no probe results; chromium said: {proc.stderr[-2000:]}"
     import html
@@ -157,8 +165,13 @@ def test_evaluation_report_in_a_browser(fake_tree, tmp_path):
     run_cli("nnunet-xfer", "evaluate", "-d", "990", "-o", str(evaluation), "--observers",
             str(base / "observers"), env=env)
     run_cli("nnunet-xfer", "report", "-i", str(evaluation), "-o", str(report), env=env)
-    r = probe(report, tmp_path)
+    r = probe(report, tmp_path, width=1400)
     assert r["images"] >= 3 and r["decoded"] == r["images"]
+    # every table fits the page at 1400 px: none is wider than the column it sits in (issue 19:
+    # the summary table's right-hand columns were cut off)
+    assert r["viewport"] == 1400 and len(r["tables"]) >= 4
+    for t in r["tables"]:
+        assert t["right"] <= r["viewport"] and t["width"] <= t["room"] + 1, t
     assert r["blocked"] == [] and [u for u in r["resources"] if not u.startswith(("data:", "file:"))] == []
     shot = screenshot(report, tmp_path)
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 50

@@ -502,6 +502,12 @@ def test_models_genesis_frequencies_as_published():
     m = 200_000
     _close(float(draws.flipped.float().mean()), 0.4, m, "flipped at least once")
     _close(float(((draws.flips >= 0).sum(1) == 2).float().mean()), 0.16, m, "flipped twice")
+    # as applied: the second draw picks the first axis again half of the time and undoes it, so
+    # 0.24 + 0.08 = 0.32 of the images end up flipped (docs/pretraining.md states this rate)
+    corner = corruptions.apply_flips(torch.arange(4.0).view(1, 1, 2, 2).expand(m, 1, 2, 2),
+                                     draws.flips)[:, 0, 0, 0]
+    _close(float((corner != 0).float().mean()), 0.32, m, "flipped as applied")
+    _close(float((corner == 3).float().mean()), 0.08, m, "flipped along both axes")
     _close(float(draws.shuffle.float().mean()), 0.5, m, "shuffle draws")
     _close(float(draws.nonlinear.float().mean()), 0.9, m, "non-linear draws")
     _close(float((draws.paint & ~draws.inpaint).float().mean()), 0.72, m, "out-painting draws")

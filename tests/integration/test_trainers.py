@@ -320,6 +320,8 @@ def test_rec_trainer_starts_from_checkpoint(rec_run):
     assert (fold / "checkpoint_final.pth").is_file()
     info = json.loads((fold / "debug.json").read_text())["xfer_info"]["transfer"]
     assert info["checkpoint"] == str(rec_run["pth"]) and info["sha256"] == file_sha256(rec_run["pth"])
+    # what evaluate's † mark reads: the entry's scope and the case ids it saw, recorded by the run
+    assert (info["scope"], info["fold"], info["dataset"], info["case_ids"]) == ("fold", 0, DATASET_NAME, [])
     assert info["n_transferred"] == counts["encoder"] + counts["decoder"]
     assert sorted(info["not_transferred"]) == sorted(k for k in initial if part_of(k, NNUNET_PARTS) == "head")
     assert "nnunet_xfer: loaded source 'rec'" in log_text(fold)
@@ -406,6 +408,56 @@ def test_default_transfer_trains_exactly_like_scratch(preprocessed_dataset, tmp_
     assert rec.xfer_info["seed"] == 7
     state = scratch.network.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in rec.network.state_dict().items())
+
+
+def _schedule_control():
+    """``benchmarks/schedule_control.py`` as a module."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import schedule_control
+    finally:
+        sys.path.pop(0)
+    return schedule_control
+
+
+def test_schedule_control_runs_in_the_current_store_format(preprocessed_dataset, results, monkeypatch,
+                                                           one_torch_thread):
+    """The benchmark's own store entry passes the trainers' checks, and its arms are paired: the
+    identity arm (the transfer path handed scratch's initial weights) equals scratch exactly, so
+    both arms share subset, data order and augmentation. One seed of 1 epoch × 2 iterations."""
+    control = _schedule_control()
+    for var in ("nnUNet_xfer_seed", "nnUNet_xfer_epochs", "nnUNet_xfer_iterations", *control.SCHEDULE_VARS):
+        monkeypatch.setenv(var, "1")  # so that monkeypatch restores what the benchmark sets
+        monkeypatch.delenv(var)
+    runs = control.run_arms(DATASET_NAME, [5], seeds=1,
+                            base_env={"nnUNet_xfer_epochs": "1", "nnUNet_xfer_iterations": "2"})
+    by_arm = {r["arm"]: r for r in runs}
+    assert set(by_arm) == set(control.ARMS)
+    assert by_arm["transfer"]["transferred"] and by_arm["identity"]["transferred"]  # the transfer path ran
+    assert by_arm["scratch"]["transferred"] is None
+    assert by_arm["identity"]["dice"] == by_arm["scratch"]["dice"]
+    assert by_arm["transfer"]["train"] == by_arm["scratch"]["train"]
+    analysis = control.analyse(runs, [5])
+    assert analysis["per_n"][5]["identity_max_abs"] == 0.0
+    assert analysis["pooled"]["verdict"] == "inconclusive"  # one seed has no interval
+    assert "| 5 | identity |" in control.table(runs, [5], list(control.ARMS), analysis)
+
+
+def test_schedule_control_paired_interval_and_verdicts():
+    """The paired t interval equals scipy's, and the verdict follows the interval and the margin."""
+    from scipy import stats
+    control = _schedule_control()
+    a = [0.71, 0.74, 0.69, 0.75, 0.72, 0.70]
+    b = [0.70, 0.75, 0.69, 0.73, 0.72, 0.71]
+    p = control.paired_difference(a, b, margin=0.03)
+    d = [x - y for x, y in zip(a, b)]
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=sum(d) / len(d), scale=stats.sem(d))
+    assert (p["ci_low"], p["ci_high"]) == pytest.approx((low, high))
+    assert p["verdict"] == "equivalent" and -0.03 <= p["ci_low"] <= p["ci_high"] <= 0.03
+    assert control.paired_difference(a, b, margin=0.005)["verdict"] == "inconclusive"
+    shifted = control.paired_difference([x + 0.1 for x in a], b, margin=0.03)
+    assert shifted["verdict"] == "different" and shifted["ci_low"] > 0
+    assert control.paired_difference(a[:1], b[:1])["verdict"] == "inconclusive"
 
 
 # ----------------------------------------------------------------------------- first contact

@@ -620,6 +620,43 @@ def test_size_larger_than_the_fold_is_blamed_on_the_cases(bound):
         verify_dataset(DatasetLayout.of(601), folds=[0], sizes=[50])
 
 
+def test_subsets_that_are_not_nested_are_refused_everywhere(bound):
+    """A hand-broken n=5 ⊄ n=10 (issue 19): the trainers' check and verify_dataset (what
+    `experiment` and `evaluate` call) refuse it in one line naming both sizes."""
+    from nnunet_xfer.layout import DatasetLayout
+    from nnunet_xfer.splits import verify_dataset
+    out, pre = bound
+    subsets = json.loads((out / "subsets.json").read_text())
+    n5, n10 = subsets["folds"]["2"]["5"], subsets["folds"]["2"]["10"]
+    splits = json.loads((out / "splits_final.json").read_text())
+    outsider = sorted(set(splits[2]["train"]) - set(n10))[0]
+    n5[0] = outsider  # still a training case of fold 2, but no longer inside n=10
+    (out / "subsets.json").write_text(json.dumps(subsets))
+    for check in (lambda: _fold_subset(out, pre, 2, 5), lambda: _fold_subset(out, pre, 2, 10),
+                  lambda: verify_dataset(DatasetLayout.of(601)),
+                  lambda: verify_dataset(DatasetLayout.of(601), folds=[2], sizes=[5, 10])):
+        with pytest.raises(UserError, match=r"n=5 subset of fold 2 is not inside its n=10") as err:
+            check()
+        assert outsider in str(err.value) and "\n" not in str(err.value)
+    verify_dataset(DatasetLayout.of(601), folds=[0, 1, 3])  # the other folds are still fine
+
+
+def test_pretrain_fold_checks_the_folds_like_the_trainers(bound, results):
+    """`pretrain --fold K` with nnU-Net's own 5-fold file beside convert's 4 folds, and with a fold
+    that does not exist: refused before anything is written (no entry, no lock, no folder)."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    from nnunet_xfer.pretraining.run import PretrainConfig, pretrain
+    out, pre = bound
+    with pytest.raises(UserError, match=r"--fold 4 does not exist.*4 folds"):
+        pretrain(PretrainConfig(dataset="601", source="rec", fold=4))
+    ids = sorted(json.loads((out / "dataset.json").read_text())["nnunet_xfer"]["cases"])
+    (pre / "splits_final.json").write_text(json.dumps(generate_crossval_split(ids, 12345, 5)))
+    for fold in (0, 4):
+        with pytest.raises(UserError, match=r"differ from .*splits_final\.json"):
+            pretrain(PretrainConfig(dataset="601", source="rec", fold=fold))
+    assert not (results / out.name).exists()
+
+
 # ----------------------------------------------------------------------------- --selection
 def _selection(path: Path, splits: list[dict], cut: int | None = None, **change) -> Path:
     from nnunet_xfer.dataset_conversion.selection import selection_record

@@ -204,7 +204,7 @@ def test_observers_refuse_a_shifted_prediction(env, tmp_path):
 
 # ---------------------------------------------------------------- mask contents
 @pytest.mark.parametrize("content,dtype,match", [
-    ("label_2", np.uint8, "--label"),
+    ("label_2", np.uint8, "other than 0/1 .*this dataset's own model"),
     ("half", np.float32, "non-integer"),
     ("nan", np.float32, "non-integer"),
     ("negative", np.int16, "other than 0/1"),

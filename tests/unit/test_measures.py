@@ -225,7 +225,8 @@ def test_measure_cli_multilabel_needs_label(measure_inputs, option):
     labels[2:6, 2:6], labels[8:10, 3:9] = 1, 2
     write_slice(m["masks"] / "pt_a.nii.gz", labels)
     err = _cli_error(m)
-    assert "--label" in err and "pt_a.nii.gz" in err
+    # the message names measure's real option (issue 19: it said --label, which measure hides)
+    assert "use --label-map" in err and "pt_a.nii.gz" in err
     run_cli("nnunet-xfer", "measure", "--images", str(m["images"]), "--masks", str(m["masks"]),
             "-o", str(m["out"]), *option)
     table = pd.read_csv(m["out"]).set_index("case_id")

@@ -1,4 +1,4 @@
-"""Observer study: Williams index verdicts, STAPLE, measures, CLI and bad inputs."""
+"""Observer study: human-level verdicts, STAPLE, measures, CLI and bad inputs."""
 from __future__ import annotations
 
 import json
@@ -47,12 +47,21 @@ def test_williams_copy_within_and_eroded_outside_observer_variability(copy_and_e
         model = w[w.rater == name].set_index("metric")
         assert set(model.index) == {"dice", "rms_dta_mm"}
         assert model.within_observer_variability.tolist() == [expected, expected]
-        assert (model.ci_low <= model.wi).all() and (model.wi <= model.ci_high).all()
+        assert model.human_level.tolist() == [expected, expected]
+        assert (model.ci_low <= model.ratio).all() and (model.ratio <= model.ci_high).all()
     eroded = pd.read_csv(copy_and_eroded["eroded"] / "williams.csv").set_index(["rater", "metric"])
-    assert eroded.loc[("eroded", "dice"), "ci_high"] < 1.0
-    assert eroded.loc[("eroded", "rms_dta_mm"), "ci_high"] < 1.0
-    # with 4 observers each one is also scored against the other 3 (and the reference against all)
+    assert eroded.loc[("eroded", "dice"), "ci_low"] > 1.25
+    assert eroded.loc[("eroded", "rms_dta_mm"), "ci_low"] > 1.25
+    # with 4 observers each one is also scored against the other 3 (and the reference against
+    # all): one family of 6 raters, Holm-adjusted. Each observer disagrees with the others about
+    # as they do among themselves (ratio near 1), though 8 cases and a panel of 3 leave its
+    # interval too wide for a verdict: few cases and observers never make the verdict easier
     assert {f"obs_{k}" for k in range(4)} | {"reference"} <= set(eroded.index.get_level_values(0))
+    assert (eroded.n_tests == 6).all() and (eroded.p_holm >= eroded.p_value).all()
+    observers = eroded.loc[[f"obs_{k}" for k in range(4)]]
+    assert observers.ratio.between(0.85, 1.2).all() and (observers.ci_high > 1.1).all()
+    summary = json.loads((copy_and_eroded["eroded"] / "summary.json").read_text())
+    assert "Holm-adjusted over the 6 raters" in summary["verdict_rule"]
 
 
 def test_pairwise_staple_and_measures(copy_and_eroded, observer_study_data):
@@ -108,12 +117,16 @@ def test_cli_fold_folder_predictions_partial_coverage_and_overwrite(observer_stu
 
 def test_bad_inputs(observer_study_data, tmp_path):
     ref, obs = observer_study_data / "reference", observer_study_data / "observers"
-    one = tmp_path / "one_observer"
-    shutil.copytree(obs / "obs_0", one / "obs_0")
-    proc = run_cli("nnunet-xfer", "observers", "--reference", str(ref), "--observers", str(one),
+    two = tmp_path / "two_observers"
+    for o in ("obs_0", "obs_1"):
+        shutil.copytree(obs / o, two / o)
+    proc = run_cli("nnunet-xfer", "observers", "--reference", str(ref), "--observers", str(two),
                    "-o", str(tmp_path / "o1"), check=False)
-    assert proc.returncode == 2 and "at least 2 observers" in proc.stderr
+    assert proc.returncode == 2 and "at least 3 observers" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("nnunet-xfer", "observers", "--reference", str(ref), "--observers", str(obs),
+                   "-o", str(tmp_path / "o1"), "--wi-margin", "0.05", check=False)
+    assert proc.returncode == 2 and "--ni-margin" in proc.stderr  # the old option names the new
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty"):
@@ -135,7 +148,7 @@ def test_bad_inputs(observer_study_data, tmp_path):
         observer_study(ref, obs, predictions=labels2, out=tmp_path / "o5")
     # --label 2 on masks labelled 2 gives the same agreement as label 1 on the 0/1 masks
     twice = lambda m: m.astype(np.uint8) * 2  # noqa: E731
-    for o in ("obs_0", "obs_1"):
+    for o in ("obs_0", "obs_1", "obs_2"):
         for p in sorted((obs / o).iterdir()):
             m, spacing = io.read_mask(p)
             write_slice(tmp_path / "obs2" / o / p.name, twice(m), spacing)
@@ -145,20 +158,19 @@ def test_bad_inputs(observer_study_data, tmp_path):
     pw2, pw1 = (pd.read_csv(d / "pairwise.csv") for d in (as2, as1))
     key = ["case_id", "rater_a", "rater_b"]
     both = pw2.merge(pw1, on=key, suffixes=("_2", "_1"))
-    assert len(both) == 8 * 6 and np.allclose(both.dice_2, both.dice_1)
+    assert len(both) == 8 * 10 and np.allclose(both.dice_2, both.dice_1)
     assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "o5"))
 
 
-def test_rms_agreement_conventions():
-    from nnunet_xfer.evaluation.raters import _agreement, rms_floor
+def test_disagreement_conventions():
+    """1 − Dice; RMS DTA in mm with a failed comparison at the image diagonal; identical masks 0."""
+    from nnunet_xfer.evaluation.raters import disagreement
     rms = np.array([[0.0, 0.5, np.nan], [2.0, 4.0, 1.0]])
-    floor = rms_floor(rms)
-    assert floor == 0.5
-    a = _agreement(rms, "rms_dta_mm", floor)
-    # identical masks score as the closest non-identical pair, a failed comparison scores 0
-    assert a[0].tolist() == [2.0, 2.0, 0.0] and a[1].tolist() == [0.5, 0.25, 1.0]
-    assert rms_floor(np.zeros(3)) == 1.0
-    assert _agreement(np.array([0.3, 0.9]), "dice", floor).tolist() == [0.3, 0.9]
+    failed = np.isnan(rms)
+    d = disagreement(rms, failed, 90.0, "rms_dta_mm")
+    assert d[0].tolist() == [0.0, 0.5, 90.0] and d[1].tolist() == [2.0, 4.0, 1.0]
+    assert disagreement(np.array([0.3, 1.0]), np.zeros(2, bool), 90.0, "dice").tolist() == \
+        pytest.approx([0.7, 0.0])
 
 
 def test_williams_on_project_phantom(tmp_path):
@@ -175,5 +187,5 @@ def test_williams_on_project_phantom(tmp_path):
         out = observer_study(refs, cohort / "observers", predictions=tmp_path / name, name=name,
                              out=tmp_path / f"out_{name}")
         w = pd.read_csv(out / "williams.csv")
-        verdicts = w[w.rater == name].within_observer_variability.tolist()
+        verdicts = w[w.rater == name].human_level.tolist()
         assert verdicts == ([True, True] if name == "copy" else [False, False])

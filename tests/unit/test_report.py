@@ -122,22 +122,21 @@ def test_legend_names_schedules_pretraining_overlap_and_mixed_plans(fake_tree, t
     monkeypatch.setenv("nnUNet_results", str(results))
     dataset = results / "Dataset990_Fake"
     shutil.rmtree(dataset / "nnunet_xfer_evaluation", ignore_errors=True)
+    splits = json.loads((Path(env["nnUNet_raw"]) / "Dataset990_Fake" / "splits_final.json")
+                        .read_text())
+    # fold 0 of jigsaw n10 loaded its fold's own entry (its training cases only), fold 1 the
+    # entry of every case (the fake tree's record)
     (dataset / "XferJigsawTrainer_n10__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
         json.dumps({"xfer_info": {"schedule": {"explicit": True, "lr_factor": 0.1,
-                                               "warmup_fraction": 0.05, "freeze_epochs": 0}}}))
+                                               "warmup_fraction": 0.05, "freeze_epochs": 0},
+                                  "transfer": {"scope": "fold", "fold": 0,
+                                               "case_ids": splits[0]["train"]}}}))
     (dataset / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
         json.dumps({"xfer_info": {"schedule": {"explicit": False, "lr_factor": 1.0}}}))
     (dataset / "XferJigsawTrainer_n5__nnUNetPlans__2d" / "fold_0" / "debug.json").write_text(
-        "{not json")  # read defensively
+        "{not json")  # read defensively: what its pretraining saw is unknown
     shutil.copytree(dataset / "XferScratchTrainer_n5__nnUNetPlans__2d",
                     dataset / "XferScratchTrainer_n5__OtherPlans__2d")
-    # fold 0's own jigsaw entry saw only fold 0's training cases: it wins over the shared one
-    splits = json.loads((Path(env["nnUNet_raw"]) / "Dataset990_Fake" / "splits_final.json")
-                        .read_text())
-    fold0 = dataset / "nnunet_xfer_pretrained" / "nnUNetPlans__2d" / "fold_0"
-    fold0.mkdir()
-    (fold0 / "jigsaw.json").write_text(json.dumps({"scope": "fold",
-                                                    "case_ids": splits[0]["train"]}))
     out = evaluate_dataset("990", out=tmp_path / "eval")
     summary = json.loads((out / "summary.json").read_text())
     groups = {(g["source"], g["size_tag"], g["plans"]): g for g in summary["groups"]}
@@ -154,6 +153,29 @@ def test_legend_names_schedules_pretraining_overlap_and_mixed_plans(fake_tree, t
     assert "explicit fine-tuning options" in text and "lr_factor=0.1" in text
     assert "mixes plans (OtherPlans, nnUNetPlans)" in text
     assert "† pretraining saw validation cases" in text and "jigsaw n=10 (6 of 11)" in text
+    assert "pretraining unknown" in text and "jigsaw n=5 (6 of 6 cases)" in text
+    # what each point saw, with this dataset's numbers: 6 training images per fold, 12 in all
+    assert ("the pretraining of jigsaw also saw 6–12 images of this dataset per fold without "
+            "labels") in text and "while scratch, nnU-Net default saw N" in text
+    # rows on other cases than the rest are flagged
+    assert "Rows rest on different cases" in text and "jigsaw n=5 has 6 of 12" in text
+
+
+def test_legend_says_what_each_run_saw():
+    """rec/jigsaw `_nN` runs also saw every training image of their fold without labels (the
+    dataset's own numbers); the other sources saw N."""
+    from nnunet_xfer.evaluation.report import _legend_notes
+    groups = [{"source": "scratch", "size_tag": "5", "pretraining_images_per_fold": [0]},
+              {"source": "rec", "size_tag": "5", "pretraining_images_per_fold": [150, 151]},
+              {"source": "jigsaw", "size_tag": "5", "pretraining_images_per_fold": [151, 150]},
+              {"source": "cls", "size_tag": "5", "pretraining_images_per_fold": [0]}]
+    notes = _legend_notes(groups, {"fold_training_sizes": [150, 151, 150, 151]})
+    assert notes == ["What each point saw of this dataset: every run trained on its n labelled "
+                     "slices; the pretraining of reconstruction, jigsaw also saw 150–151 images of "
+                     "this dataset per fold without labels (every training image of its fold), so "
+                     "their n=N point rests on N labelled + 150–151 unlabelled images, while "
+                     "scratch, classification saw N."]
+    assert _legend_notes(groups[:1] + groups[3:], {}) == []
 
 
 def test_comparison_overlays_labelled_evaluations(fake_tree, tmp_path, monkeypatch):
