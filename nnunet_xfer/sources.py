@@ -3,6 +3,10 @@
 One :class:`SourceSpec` per source. ``scratch`` is a spec without a pretraining task. Every other
 module asks the registry (``spec(name)``) instead of comparing source names. Adding a source means
 adding a spec here (and, for a new kind of task, its task class in ``pretraining/tasks.py``).
+
+The registry also holds the *reference rows* of every evaluation (``reference=True``): no-learning
+baselines such as ``threshold`` that ``evaluate`` scores on every validation case beside the
+models. They are not sources: no trainer, never in a grid, never a "best source".
 """
 from __future__ import annotations
 
@@ -56,6 +60,9 @@ class SourceSpec:
     metric_name: str | None = None
     #: extra keys recorded in the store's json (e.g. number of classes)
     extra_metadata: tuple[str, ...] = field(default=())
+    #: a no-learning reference row of every evaluation (``threshold``), not a source: no
+    #: trainer, no grid, never a best-source choice; ``evaluate`` computes its masks
+    reference: bool = False
 
     @property
     def pretrained(self) -> bool:
@@ -99,14 +106,24 @@ REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("jigsaw", "jigsaw", "self-supervised jigsaw puzzles", task="jigsaw",
                data=DATA_TARGET, default_parts=("encoder",), metric_name="jigsaw_accuracy",
                extra_metadata=("permutations", "min_hamming_distance")),
+    SourceSpec("threshold", "threshold (no learning)", "muscle HU range (−29…+150 HU) inside the "
+               "body, no learning (docs/definitions.md#the-threshold-baseline)", task=None,
+               data=DATA_NONE, default_parts=(), reference=True),
 )}
 
-#: Source names in the order the study reports them.
-SOURCES: tuple[str, ...] = tuple(REGISTRY)
+#: Source names in the order the study reports them (the trainer family's sources).
+SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if not s.reference)
+#: Reference rows every evaluation scores beside the models (no learning).
+REFERENCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.reference)
 #: Sources that fine-tune from a store entry.
 PRETRAINED_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.pretrained)
 #: Label of nnU-Net's own default trainer when a report shows it beside ours.
 NNUNET_DEFAULT_LABEL = "nnU-Net default"
+
+
+def is_reference(name: str) -> bool:
+    """True for a reference row of the evaluation (``threshold``), False for a model's source."""
+    return name in REGISTRY and REGISTRY[name].reference
 
 
 def spec(name: str) -> SourceSpec:
@@ -138,5 +155,7 @@ def check_names(names) -> list[str]:
     if not names:
         raise UserError(f"no source task given; choose from {','.join(SOURCES)}")
     for n in names:
-        spec(n)
+        if spec(n).reference:
+            raise UserError(f"{n!r} is a no-learning reference that evaluate scores by itself, not "
+                            f"a source to train; choose from {','.join(SOURCES)}")
     return names

@@ -5,7 +5,7 @@ Source tasks themselves live in the registry (``nnunet_xfer.sources``); file nam
 """
 from __future__ import annotations
 
-from nnunet_xfer.sources import REGISTRY, SOURCES, spec
+from nnunet_xfer.sources import SOURCES, spec
 
 #: Nested training-subset sizes of the study (the default of ``convert`` and ``experiment``).
 SIZES: tuple[int, ...] = (5, 10, 25, 50, 75, 100, 125)
@@ -30,7 +30,7 @@ def parse_trainer_name(name: str) -> tuple[str, int | None] | None:
         return None
     head, tag = name[len("Xfer"):].split("Trainer_n", 1)
     source = head.lower()
-    if source not in REGISTRY or tag not in SIZE_TAGS:
+    if source not in SOURCES or tag not in SIZE_TAGS:
         return None
     return source, (None if tag == "all" else int(tag))
 

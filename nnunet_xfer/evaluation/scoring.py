@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation import measures, metrics
+from nnunet_xfer.evaluation import measures, metrics, references
 from nnunet_xfer.evaluation.mask_files import (PREDICTION_HINT, check_geometry, load_mask,
                                                load_slice)
 
@@ -33,6 +33,9 @@ class CaseJob:
     height_m: float | None
     #: (row index, prediction file) for every run that predicted this case
     predictions: tuple[tuple[int, Path], ...]
+    #: (row index, reference name) for every no-learning reference row of this case
+    #: (:mod:`~nnunet_xfer.evaluation.references`): its mask is made from the image here
+    references: tuple[tuple[int, str], ...] = ()
 
 
 def mask_measures(image_hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float],
@@ -53,7 +56,8 @@ def measure_keys() -> tuple[str, ...]:
 
 
 def score_case(job: CaseJob) -> list[tuple[int, dict]]:
-    """Metrics and measures of every prediction of ``job.case`` against its reference label.
+    """Metrics and measures of every prediction of ``job.case`` against its reference label, and
+    of every no-learning reference row of it (its mask made from the image).
 
     Each result holds the metrics, ``failed``, ``worst_distance_mm`` (the image diagonal: the
     value a failed case takes in distance statistics) and the measures of reference and
@@ -69,6 +73,15 @@ def score_case(job: CaseJob) -> list[tuple[int, dict]]:
     spacing = ref.geometry.spacing
     ref_measures = mask_measures(image.array, ref.array, spacing, job.height_m)
     worst = ref.geometry.diagonal_mm
+
+    def score(mask: np.ndarray) -> dict:
+        m = metrics.segmentation_metrics(mask, ref.array, spacing)
+        pm = mask_measures(image.array, mask, spacing, job.height_m)
+        return {**{k: m[k] for k in METRIC_COLUMNS}, "failed": bool(m["failed"]),
+                "worst_distance_mm": worst,
+                **{f"{k}_ref": ref_measures[k] for k in ref_measures},
+                **{f"{k}_pred": pm[k] for k in pm}}
+
     scored = []
     for index, path in job.predictions:
         pred = load_mask(path, hint=PREDICTION_HINT)
@@ -76,12 +89,9 @@ def score_case(job: CaseJob) -> list[tuple[int, dict]]:
             check_geometry(ref.geometry, pred.geometry, job.case)
         except UserError as e:
             raise UserError(f"prediction {path} of {e}") from None
-        m = metrics.segmentation_metrics(pred.array, ref.array, spacing)
-        pm = mask_measures(image.array, pred.array, spacing, job.height_m)
-        scored.append((index, {**{k: m[k] for k in METRIC_COLUMNS}, "failed": bool(m["failed"]),
-                               "worst_distance_mm": worst,
-                               **{f"{k}_ref": ref_measures[k] for k in ref_measures},
-                               **{f"{k}_pred": pm[k] for k in pm}}))
+        scored.append((index, score(pred.array)))
+    for index, name in job.references:
+        scored.append((index, score(references.reference_mask(name, image.array))))
     return scored
 
 
