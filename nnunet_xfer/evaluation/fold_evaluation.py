@@ -142,15 +142,32 @@ def fold_predictions(runs: list[Run], folds: list[dict]) -> tuple[list[Predictio
     return predictions, missing
 
 
+def debug_record(run: Run, fold: int) -> dict:
+    """A run's fold's ``debug.json`` (nnU-Net's dump of the trainer, with our ``xfer_info``), read
+    defensively: an empty dict when the file is missing or not a JSON object."""
+    try:
+        record = json.loads((run.fold_folder(fold) / DEBUG_JSON).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def xfer_record(run: Run, fold: int, key: str) -> dict | None:
     """``xfer_info[key]`` of a run's fold's ``debug.json`` (read defensively: None when the file,
     the key or a dict there is missing)."""
-    try:
-        info = json.loads((run.fold_folder(fold) / DEBUG_JSON).read_text()).get("xfer_info") or {}
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-        return None
+    info = debug_record(run, fold).get("xfer_info") or {}
     record = info.get(key) if isinstance(info, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def training_iterations(run: Run, fold: int) -> int | None:
+    """Training iterations of a run's fold (epochs × iterations per epoch, as nnU-Net's own
+    ``debug.json`` records them); None when not recorded."""
+    record = debug_record(run, fold)
+    try:
+        return int(record["num_epochs"]) * int(record["num_iterations_per_epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def transfer_record(run: Run, fold: int) -> dict | None:
@@ -320,12 +337,15 @@ def _mean_n(values) -> int | float:
 def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
               schedules: dict[tuple[str, str], str | None] | None = None,
               expected_cases: list[str] | None = None,
-              pretraining_images: dict[tuple[str, str], dict[int, int]] | None = None) -> list[dict]:
+              pretraining_images: dict[tuple[str, str], dict[int, int]] | None = None,
+              run_facts: dict[tuple[str, str], dict[str, list]] | None = None) -> list[dict]:
     """Per source × size × plans over all folds: metric statistics with failures counted,
     missing folds and predictions, whether the group has every validation case
     (``expected_cases``: those of every fold), pretraining overlap, how many images of this
     dataset its pretraining saw per fold (``pretraining_images`` by trainer and plans), explicit
-    schedules, SMA/SMD agreement; for a model group also its paired comparison with every
+    schedules, SMA/SMD agreement, the training iterations and pretraining data kinds its runs
+    recorded (``run_facts`` by trainer and plans: ``iterations``, ``data_kinds``); for a model
+    group also its paired comparison with every
     reference row on the same cases (``vs_reference``), and ``reference`` (True for the
     no-learning reference rows)."""
     lost, lost_folds = defaultdict(int), defaultdict(int)
@@ -352,6 +372,10 @@ def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
             "pretraining_images_per_fold": sorted({n for t in trainers for n in (
                 pretraining_images or {}).get((t, entry["plans"]), {}).values()}),
             "explicit_schedule": " | ".join(explicit) if explicit else None,
+            "training_iterations": sorted({i for t in trainers for i in (run_facts or {}).get(
+                (t, entry["plans"]), {}).get("iterations", [])}),
+            "pretraining_data_kinds": sorted({k for t in trainers for k in (run_facts or {}).get(
+                (t, entry["plans"]), {}).get("data_kinds", [])}),
             "metrics": {m: metric_stats(g[m], g.failed, g.worst_distance_mm, m)
                         for m in METRIC_COLUMNS},
             "agreement": {m: agreement.agreement_stats(g[f"{m}_pred"].to_numpy(float),
@@ -451,6 +475,10 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
     for p in predictions:
         folds_of[p.run].add(p.fold)
     schedules = {(r.trainer, r.plans): explicit_schedule(r, sorted(folds_of[r])) for r in runs}
+    run_facts = {(r.trainer, r.plans): {
+        "iterations": sorted({i for k in folds_of[r] if (i := training_iterations(r, k))}),
+        "data_kinds": sorted({str(kind) for k in folds_of[r] if (kind := (
+            pretraining[(r, k)].record or {}).get("data_kind"))})} for r in runs}
     plans_seen = sorted(set(models.plans))
     summary = {
         "dataset": layout.name, "configuration": configuration, "plans_filter": plans,
@@ -461,7 +489,7 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
         "failure_rule": FAILURE_RULE,
         "groups": summarize(cases, missing, schedules,
                             sorted(c for split in folds for c in split["val"]),
-                            _pretraining_images(pretraining, sorted(labels))),
+                            _pretraining_images(pretraining, sorted(labels)), run_facts),
         "missing": missing,
         "pretraining_overlap": _overlap_summary(pretraining),
         "heights_known": len(heights),
@@ -515,21 +543,23 @@ def _pretraining_images(pretraining: dict[tuple[Run, int], Pretraining],
 
 def _overlap_summary(pretraining: dict[tuple[Run, int], Pretraining]) -> dict:
     """Per plans and trainer of a pretrained source: the entries its folds loaded (from their
-    ``debug.json``), their data and scope, the cases of this dataset they saw, per fold, and the
+    ``debug.json``), their data, its kind (``sources.DATA_KINDS``) and scope, the cases of this dataset they saw, per fold, and the
     folds that recorded nothing."""
     result: dict = {}
     for (run, fold), pre in sorted(pretraining.items(), key=lambda kv: (kv[0][0].trainer, kv[0][1])):
         if pre.origin == "none":
             continue
         entry = result.setdefault(run.plans, {}).setdefault(run.trainer, {
-            "source": run.source, "entries": [], "data": [], "scope": [], "case_ids": [],
+            "source": run.source, "entries": [], "data": [], "data_kind": [], "scope": [],
+            "case_ids": [],
             "folds": {}, "unknown_folds": []})
         if pre.seen is None:
             entry["unknown_folds"].append(fold)
             continue
         record = pre.record or {}
         for key, value in (("entries", record.get("entry") or record.get("checkpoint")),
-                           ("data", record.get("data")), ("scope", record.get("scope"))):
+                           ("data", record.get("data")), ("data_kind", record.get("data_kind")),
+                           ("scope", record.get("scope"))):
             if value is not None and str(value) not in entry[key]:
                 entry[key].append(str(value))
         entry["case_ids"] = sorted(set(entry["case_ids"]) | pre.seen)

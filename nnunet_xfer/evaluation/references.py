@@ -54,8 +54,9 @@ def reference_groups(groups: list[dict]) -> list[dict]:
     return [g for g in groups if is_reference(g["source"])]
 
 
-def paired_difference(values: np.ndarray, ci: float = 0.95) -> dict:
-    """Mean of per-case differences with its two-sided ``ci`` t interval; ``n`` cases (NaN-free).
+def mean_interval(values: np.ndarray, ci: float = 0.95) -> dict:
+    """Mean of per-case values (or paired differences) with its two-sided ``ci`` t interval over the
+    ``n`` finite values.
 
     Fewer than 2 cases give a mean without an interval (NaN ends)."""
     d = np.asarray(values, dtype=np.float64)
@@ -70,7 +71,7 @@ def paired_difference(values: np.ndarray, ci: float = 0.95) -> dict:
     return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def _scores(rows: pd.DataFrame, metric: str) -> pd.Series:
+def case_scores(rows: pd.DataFrame, metric: str) -> pd.Series:
     """One metric per (fold, case), failed cases at their worst value."""
     values = with_worst(rows[metric], rows.failed, rows.worst_distance_mm, metric)
     return pd.Series(values, index=pd.MultiIndex.from_arrays(
@@ -88,9 +89,9 @@ def versus_references(model_rows: pd.DataFrame, cases: pd.DataFrame) -> dict:
         ref_rows = cases[cases.source == name]
         entry: dict = {}
         for metric, better in COMPARED.items():
-            model, ref = _scores(model_rows, metric), _scores(ref_rows, metric)
+            model, ref = case_scores(model_rows, metric), case_scores(ref_rows, metric)
             common = model.index.intersection(ref.index)
-            entry[metric] = paired_difference((model[common] - ref[common]).to_numpy())
+            entry[metric] = mean_interval((model[common] - ref[common]).to_numpy())
         entry["beats"] = all(
             entry[m]["n"] > 1 and (entry[m]["ci_low"] > 0 if better > 0 else entry[m]["ci_high"] < 0)
             for m, better in COMPARED.items())
