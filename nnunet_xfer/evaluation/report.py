@@ -20,6 +20,8 @@ import pandas as pd
 from nnunet_xfer.atomic import add_to_marker, atomic_write_text, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
+from nnunet_xfer.evaluation.findings import best_group, headline, source_text
+from nnunet_xfer.evaluation.references import model_groups
 from nnunet_xfer.evaluation.outputs import check_output_folder
 from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
                                 OBS_MEASURES_AGREEMENT_CSV,
@@ -40,6 +42,7 @@ th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f
 td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .note{background:#fff7e0;border-left:4px solid #e0b000;padding:.4em .8em;margin:.6em 0}
 .muted{color:#666;font-size:.9em}
+.headline{background:#eef5ff;border-left:4px solid #3a78c2;padding:.5em .9em;margin:.8em 0}
 """
 
 _WI_LABELS = {"dice": "1 − Dice", "rms_dta_mm": "RMS DTA"}
@@ -138,15 +141,6 @@ def measures_table(groups: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_group(groups: list[dict]) -> dict | None:
-    """The run with the highest mean Dice (ties: lower mean RMS DTA)."""
-    scored = [g for g in groups if g["metrics"].get("dice", {}).get("n")]
-    if not scored:
-        return None
-    rms = lambda g: g["metrics"].get("rms_dta_mm", {}).get("mean") or float("inf")  # noqa: E731
-    return max(scored, key=lambda g: (g["metrics"]["dice"]["mean"], -rms(g)))
-
-
 def _group_rows(cases: pd.DataFrame, g: dict) -> pd.DataFrame:
     return cases[cases["source"].eq(g["source"]) & (cases.size_tag.astype(str) == str(g["size_tag"]))
                  & (cases.plans == g["plans"])]
@@ -172,14 +166,19 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                          figs: dict) -> list[str]:
     parts: list[str] = []
     groups = summary.get("groups", [])
+    models = model_groups(groups)
     observers = summary.get("observers")
+    parts.append(f'<p class="headline"><b>What this evaluation found.</b> '
+                 f"{html.escape(headline(summary))}</p>")
     parts.append(f"<p>Dataset <b>{html.escape(str(summary.get('dataset', '?')))}</b>, configuration "
                  f"{html.escape(str(summary.get('configuration', '?')))}: {summary.get('n_runs', 0)} "
-                 f"run(s), {len(cases)} evaluated case × run rows, "
-                 f"{len({g['source'] for g in groups})} source task(s), "
-                 f"{len({g['size_tag'] for g in groups})} training-set size(s).</p>")
+                 f"run(s), {summary.get('n_rows', len(cases))} evaluated case × run rows, "
+                 f"{len({g['source'] for g in models})} source task(s), "
+                 f"{len({g['size_tag'] for g in models})} training-set size(s); beside them the "
+                 f"no-learning threshold baseline on every validation case "
+                 f"({html.escape(', '.join(summary.get('references') or []) or 'none')}).</p>")
 
-    plans_seen = sorted({g["plans"] for g in groups})
+    plans_seen = sorted({g["plans"] for g in models})
     if len(plans_seen) > 1:
         parts.append(_note(f"This report mixes plans ({', '.join(plans_seen)}): the curves and "
                            f"rows come from different networks, so differences between them are "
@@ -192,10 +191,11 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
     figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band,
                                         band_counts=band_counts)
     parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size"))
-    counts = sorted({int(g["n_cases"]) for g in groups})
+    counts = sorted({int(g["n_cases"]) for g in models})
     parts.append('<p class="muted">Mean ± SD across all validation cases of all folds ('
                  + (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}")
-                 + " cases per point). " + html.escape(summary.get("failure_rule", ""))
+                 + " cases per point). Dashed black line: the threshold baseline (muscle HU "
+                 "inside the body, no learning) on every validation case. " + html.escape(summary.get("failure_rule", ""))
                  + (". Numbers beside points: failed cases. " if summary.get("failure_rule") else
                     " ")
                  + (f"Grey band: range of the {band_counts[0]} observers' mean agreement with the "
@@ -208,7 +208,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
     if legend:
         parts.append("<ul class='muted'>" + "".join(f"<li>{html.escape(t)}</li>" for t in legend)
                      + "</ul>")
-    if len({g['size_tag'] for g in groups}) < 2:
+    if len({g['size_tag'] for g in models}) < 2:
         parts.append(_note("Only one training-set size was evaluated, so the curve is a point."))
 
     parts.append("<h2>Summary per source task and training-set size</h2>")
