@@ -60,9 +60,9 @@ class Settings:
     sizes: tuple[int, ...] = (5, 10, 25, 50)
     folds: tuple[int, ...] = (0, 1, 2)
     diverse_sizes: tuple[int, ...] = (5, 10)
-    epochs: int = 8
+    epochs: int = 6
     iterations: int = 40
-    pretrain_iterations: int = 300
+    pretrain_iterations: int = 200
 
 
 FULL = Settings()
