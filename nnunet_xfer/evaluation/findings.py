@@ -61,7 +61,8 @@ def schedule_sentence(groups: list[dict]) -> str | None:
     fraction = its[-1] / NNUNET_DEFAULT_ITERATIONS
     default = f"nnU-Net's default of {NNUNET_DEFAULT_ITERATIONS:,} (1000 epochs × 250)"
     if fraction < SMOKE_TEST_FRACTION:
-        return (f"This is a smoke test: each model trained {text} iterations, {fraction:.2%} of "
+        share = f"{fraction:.2%}" if fraction >= 1e-4 else "< 0.01%"
+        return (f"This is a smoke test: each model trained {text} iterations, {share} of "
                 f"{default}; the numbers show that the pipeline works, not how the sources "
                 f"compare when trained in full.")
     if fraction < 1:
@@ -92,10 +93,11 @@ def headline(summary: dict) -> str:
         name = ref["source"]
         beats = [g for g in best if (g.get("vs_reference", {}).get(name) or {}).get("beats")]
         others = [g for g in best if g not in beats]
-        verdict = ("it beats it at every n" if not others else
-                   "it beats it at no n" if not beats else
-                   f"it beats it at n = {_n_list(beats)}, not at n = {_n_list(others)}")
-        parts.append(f"Against the {source_label(name)} baseline (Dice {_mean(ref, 'dice'):.3f}, "
+        verdict = ("the best model beats it at every n" if not others else
+                   "the best model beats it at no n" if not beats else
+                   f"the best model beats it at n = {_n_list(beats)}, not at n = "
+                   f"{_n_list(others)}")
+        parts.append(f"Against the {name} baseline (no learning; Dice {_mean(ref, 'dice'):.3f}, "
                      f"RMS DTA {_mean(ref, 'rms_dta_mm'):.2f} mm on {ref['n_cases']} case(s)), "
                      f"{verdict}, by the paired rule ({summary.get('reference_rule', 'see docs')}).")
     verdicts = {(v["source"], str(v["size_tag"]), v["plans"]): v
