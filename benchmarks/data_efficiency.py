@@ -60,8 +60,8 @@ class Settings:
     sizes: tuple[int, ...] = (5, 10, 25, 50)
     folds: tuple[int, ...] = (0, 1, 2)
     diverse_sizes: tuple[int, ...] = (5, 10)
-    epochs: int = 6
-    iterations: int = 40
+    epochs: int = 4
+    iterations: int = 30
     pretrain_iterations: int = 200
 
 
