@@ -17,24 +17,25 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import (atomic_write_csv, atomic_write_text, check_replaceable,
-                                 owned_output, refuse_protected)
+from nnunet_xfer.atomic import atomic_write_csv, atomic_write_text, check_replaceable, owned_output
 from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg, write_nifti_mask
 from nnunet_xfer.clinical.predict import SlicePredictor
 from nnunet_xfer.clinical.qc import gallery_html, overlay_lines, overlay_png, write_png
 from nnunet_xfer.clinical.studies import Study, load_study, read_studies
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.errors import UserError, warn
+from nnunet_xfer.imaging import label_file
 from nnunet_xfer.evaluation.measures import (MEASURE_KEYS, MUSCLE_HU, check_finite_in_mask,
-                                             muscle_measures, quality_flags, read_heights)
+                                             flag_line, muscle_measures, quality_flags,
+                                             read_heights)
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
                                 GALLERY_HTML, MASKS_FOLDER, MEASURES_CSV, QC_FOLDER, SEG_ENDING,
                                 SEG_FOLDER)
@@ -124,16 +125,17 @@ def _parse_folds(folds) -> list[str] | None:
 def _measure_one(study: Study, predictor: SlicePredictor, tmp: Path, cutoffs: str | None,
                  model_name: str) -> tuple[dict, bytes]:
     cid = study.case_id
-    prediction = predictor.predict(study.slice_image)
-    values = study.values
+    canonical, turn = study.canonical()  # the network, the measures and the picture see this
+    prediction = predictor.predict(canonical)
+    values = canonical.array
     check_finite_in_mask(values, prediction.mask, cid, study.spec.image)
-    sx, sy = study.slice_image.GetSpacing()[:2]
+    sx, sy = canonical.spacing[:2]
     m = muscle_measures(values, prediction.mask, (sy, sx), study.height_m)
     fold_dice = list(prediction.fold_dice.values())
-    flags = quality_flags(values, prediction.mask, m, study.slice_thickness_mm, fold_dice or None)
-    if "empty_mask" in flags:
-        warnings.warn(f"case {cid}: the model found no muscle on the slice; flagged empty_mask",
-                      stacklevel=3)
+    flags = quality_flags(values, prediction.mask, m, study.slice_thickness_mm,
+                          fold_dice or None) + study.flags
+    if flags:
+        warn(flag_line(cid, flags))
     bmi = (study.weight_kg / study.height_m ** 2
            if study.weight_kg is not None and study.height_m is not None else math.nan)
     row = {
@@ -150,18 +152,17 @@ def _measure_one(study: Study, predictor: SlicePredictor, tmp: Path, cutoffs: st
     }
     if cutoffs:
         row.update(low_muscle(cutoffs, study.sex, m["smi_cm2_m2"], m["smd_hu"], bmi))
-    png = overlay_png(study.slice_image, prediction.mask, overlay_lines(row))
+    png = overlay_png(canonical, prediction.mask, overlay_lines(row))
     row["qc_png"] = f"{QC_FOLDER}/{cid}.png"
     row["mask_file"] = (f"{SEG_FOLDER}/{cid}{SEG_ENDING}" if study.dicom is not None
-                        else f"{MASKS_FOLDER}/{cid}.nii.gz")
+                        else f"{MASKS_FOLDER}/{label_file(cid)}")
+    stored = np.ascontiguousarray(turn.undo(prediction.mask))  # back in the input's own geometry
     try:
         write_png(tmp / row["qc_png"], png)
         if study.dicom is not None:
-            write_dicom_seg(tmp / row["mask_file"], study.dicom.path, prediction.mask,
-                            model_name, cid)
+            write_dicom_seg(tmp / row["mask_file"], study.dicom.path, stored, model_name, cid)
         else:
-            write_nifti_mask(tmp / row["mask_file"], study.volume, study.slice_index,
-                             prediction.mask)
+            write_nifti_mask(tmp / row["mask_file"], study.volume, study.slice_index, stored)
     except BaseException:  # a failed case leaves none of its files
         for name in (row["qc_png"], row["mask_file"]):
             (tmp / name).unlink(missing_ok=True)
@@ -185,37 +186,39 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
     TotalSegmentator for cases whose row gives no slice. ``low_smi_cutoffs``: ``prado2008`` or
     ``martin2013`` adds low-SMI verdicts. Writes ``out/`` with ``measures.csv``,
     ``gallery.html``, ``qc/<case>.png`` and per case ``seg/<case>.dcm`` (DICOM input) or
-    ``masks/<case>.nii.gz``. ``on_error`` receives each failed case's one-line message.
+    ``masks/<case>.nii.gz``, each on the input's own grid and in its orientation (the network
+    and the measures see the canonical slice, docs/measure.md#orientation). ``on_error`` receives each failed case's one-line message.
     """
     if l3 not in ("manifest", "auto"):
         raise UserError(f"--l3 {l3!r}: use 'auto' (TotalSegmentator) or leave it out (manifest)")
     if low_smi_cutoffs is not None and low_smi_cutoffs not in CUTOFFS:
         raise UserError(f"--low-smi-cutoffs {low_smi_cutoffs!r}: use one of {', '.join(CUTOFFS)}")
-    out = Path(out)
-    refuse_protected(out)
-    check_replaceable(out, "measure", overwrite)
     specs = read_studies(Path(cases))
+    claim = check_replaceable(out, "measure", overwrite, inputs=[
+        cases, heights, *(p for s in specs for p in (s.image, s.mask, s.vertebra_mask))])
+    out = claim.path
     height_of = read_heights(Path(heights)) if heights is not None else {}
     if l3 == "auto":
         l3_auto.require_totalseg()
     predictor = SlicePredictor(dataset, trainer, plans, configuration, _parse_folds(folds),
                                device, checkpoint)
+    claim.check_inputs([predictor.run])  # the model's folder
     device_name = str(predictor.device)
 
     def auto(volume):
         return l3_auto.run_totalsegmentator(volume, device_name)
 
-    report = on_error or (lambda msg: warnings.warn(msg, stacklevel=3))
+    report = on_error or warn
     model_name = f"{predictor.dataset}/{predictor.run.name} folds {','.join(predictor.folds)}"
     rows, pictures, failed = [], {}, {}
-    with owned_output(out, "measure", overwrite) as tmp:
+    with owned_output(claim) as tmp:
         # disable=None: a bar on a terminal, none in logs and pipes
         for spec in tqdm(specs, desc="measure", unit="case", disable=None):
             try:
                 study = load_study(spec, allow_non_hu, auto if l3 == "auto" else None, height_of)
                 row, png = _measure_one(study, predictor, tmp, low_smi_cutoffs, model_name)
                 for note in study.notes:
-                    warnings.warn(f"case {spec.case_id}: {note}", stacklevel=2)
+                    warn(f"case {spec.case_id}: {note}")
                 pictures[spec.case_id] = png
             except UserError as e:
                 message = str(e)

@@ -3,7 +3,8 @@
 The DICOM-SEG is a binary segmentation with one segment (SNOMED CT "Skeletal muscle") and one
 frame, referencing the source CT instance of the measured slice and its series and study, so it
 opens over the CT in 3D Slicer, OHIF or a PACS. The NIfTI mask lies on the input volume's grid
-(only the measured slice is non-zero), so it overlays the volume in any viewer.
+(only the measured slice is non-zero), so it overlays the volume in any viewer. Both take the
+mask in the input's own stored orientation (rows and columns as the file stores them).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import Image
 
 SEG_SERIES_NUMBER = 9301
 SEG_SERIES_DESCRIPTION = "nnunet-xfer skeletal muscle at L3"
@@ -34,6 +36,10 @@ def write_dicom_seg(path: Path, source_file: Path, mask: np.ndarray, model: str,
         if not str(source.get(keyword, "")).strip():
             raise UserError(f"case {case}: {source_file} has no {keyword}; a DICOM-SEG cannot "
                             f"reference it")
+    # highdicom copies the patient module and accepts DICOM's M/F/O only: any other spelling
+    # (``m``, ``female``) would stop the case, so it becomes the DICOM value or empty (unknown)
+    sex = str(source.get("PatientSex", "") or "").strip().upper()
+    source.PatientSex = {"MALE": "M", "FEMALE": "F"}.get(sex, sex if sex in ("M", "F", "O") else "")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (int(source.Rows), int(source.Columns)):
         raise UserError(f"case {case}: mask {mask.shape} does not match {source_file} "
@@ -60,17 +66,16 @@ def write_dicom_seg(path: Path, source_file: Path, mask: np.ndarray, model: str,
     return Path(path)
 
 
-def write_nifti_mask(path: Path, volume: sitk.Image, slice_index: int | None,
+def write_nifti_mask(path: Path, volume: Image, slice_index: int | None,
                      mask: np.ndarray) -> Path:
-    """The mask on the input's grid: a 2D image for a 2D input, else the volume with one slice set."""
+    """The mask (in the volume's stored orientation) on the input's grid: a 2D image for a 2D
+    input, else the volume with one slice set."""
     mask = np.asarray(mask, dtype=np.uint8)
-    if slice_index is None or volume.GetDimension() == 2:
-        arr = mask.reshape(sitk.GetArrayViewFromImage(volume).shape)
+    if slice_index is None or volume.dimension == 2:
+        arr = mask.reshape(volume.shape)
     else:
-        arr = np.zeros(sitk.GetArrayViewFromImage(volume).shape, np.uint8)
+        arr = np.zeros(volume.shape, np.uint8)
         arr[slice_index] = mask
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(volume)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(out, str(path), useCompression=True)
+    sitk.WriteImage(volume.to_sitk(arr), str(path), useCompression=True)
     return Path(path)

@@ -16,6 +16,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import read_mask
 
 #: ``vertebrae_L3`` in TotalSegmentator v2's ``total`` task (used if its class map is not found).
 TOTALSEG_L3_LABEL = 29
@@ -62,7 +63,7 @@ def run_totalsegmentator(volume: sitk.Image, device: str | None = None) -> tuple
         with contextlib.redirect_stdout(io.StringIO()):
             totalsegmentator(src, out, ml=True, fast=True, quiet=True, device=_ts_device(device),
                              roi_subset=["vertebrae_L2", "vertebrae_L3", "vertebrae_L4"])
-        labels = sitk.ReadImage(str(out))
+        labels = read_mask(out, what="TotalSegmentator's vertebra map").to_sitk()
     if (labels.GetSize() != volume.GetSize() or labels.GetSpacing() != volume.GetSpacing()
             or labels.GetOrigin() != volume.GetOrigin()):
         labels = sitk.Resample(labels, volume, sitk.Transform(), sitk.sitkNearestNeighbor, 0,

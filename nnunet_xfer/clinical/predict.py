@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import Image
 from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
 from nnunet_xfer.evaluation.metrics import dice
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DATASET_JSON, DEFAULT_CONFIGURATION,
@@ -27,6 +28,13 @@ from nnunet_xfer.layout import (CHECKPOINT_FINAL, DATASET_JSON, DEFAULT_CONFIGUR
                                 DatasetLayout, fold_folder_name)
 
 #: The run folder's copy of the plans (nnU-Net writes it beside the folds).
+
+
+def as_image(slice_image: "Image | sitk.Image") -> Image:
+    """An :class:`~nnunet_xfer.imaging.Image` of a SimpleITK slice (an Image passes through)."""
+    if isinstance(slice_image, Image):
+        return slice_image
+    return Image.from_sitk(slice_image, Path("(slice)"))
 
 
 @dataclass
@@ -221,16 +229,31 @@ class SlicePredictor:
                         f"foreground label (or one named 'muscle')")
 
     @staticmethod
-    def nnunet_input(slice_image: sitk.Image) -> tuple[np.ndarray, dict]:
-        """The array and properties nnU-Net's SimpleITKIO gives for a 2D image file."""
-        arr = sitk.GetArrayFromImage(slice_image).astype(np.float32)
+    def nnunet_input(slice_image: "Image | sitk.Image") -> tuple[np.ndarray, dict]:
+        """The array and properties nnU-Net's SimpleITKIO gives for a 2D image file (as stored:
+        :meth:`predict` gives it the canonical slice)."""
+        image = as_image(slice_image)
+        arr = np.asarray(image.array, dtype=np.float32)
         if arr.ndim != 2:
             raise ValueError(f"expected a 2D slice, got shape {arr.shape}")
-        sx, sy = slice_image.GetSpacing()[:2]
+        sx, sy = image.spacing[:2]
         return arr[None, None], {"spacing": [max(sx, sy) * 999, abs(sy), abs(sx)]}
 
-    def predict(self, slice_image: sitk.Image) -> SlicePrediction:
-        """Muscle mask (bool, rows × cols) of one 2D slice from the ensemble, with each fold's."""
+    def predict(self, slice_image: "Image | sitk.Image") -> SlicePrediction:
+        """Muscle mask (bool, rows × cols) of one 2D slice from the ensemble, with each fold's.
+
+        The network sees the slice in canonical orientation (``Image.canonical``, as ``convert``
+        wrote its training images); the masks come back in the orientation of ``slice_image``.
+        """
+        canonical, turn = as_image(slice_image).canonical()
+        result = self._predict_canonical(canonical)
+        if turn.identity:
+            return result
+        back = {f: np.ascontiguousarray(turn.undo(m)) for f, m in result.fold_masks.items()}
+        return SlicePrediction(mask=np.ascontiguousarray(turn.undo(result.mask)), fold_masks=back,
+                               fold_dice=result.fold_dice)
+
+    def _predict_canonical(self, slice_image: Image) -> SlicePrediction:
         import torch
         from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
         from nnunetv2.inference.export_prediction import \

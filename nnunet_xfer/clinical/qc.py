@@ -1,7 +1,7 @@
 """Quality control a person can look at: a PNG overlay per case and one self-contained HTML gallery.
 
 The overlay shows the slice in a soft-tissue CT window (level 40, width 400 HU) in radiological
-view, the muscle mask's outline, and SMA/SMD in the corner. The gallery inlines every overlay as
+view (the canonical orientation of :mod:`nnunet_xfer.imaging`), the muscle mask's outline, and SMA/SMD in the corner. The gallery inlines every overlay as
 a data URI, carries a Content-Security-Policy that forbids any request, sorts by any column
 when its header is clicked, and lists the flags of :data:`nnunet_xfer.evaluation.measures.FLAGS`.
 """
@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from nnunet_xfer import imaging
 from nnunet_xfer.evaluation.measures import FLAGS
 
 #: Soft-tissue window (HU).
@@ -37,32 +37,24 @@ GALLERY_COLUMNS = (
 )
 
 
-def _display_orientation(values: np.ndarray, slice_image: sitk.Image) -> np.ndarray:
-    """Flip rows/columns so that patient right is on the left and anterior at the top."""
-    d = slice_image.GetDirection()
-    n = slice_image.GetDimension()
-    x_axis, y_axis = np.array(d[0::n][:2]), np.array(d[1::n][:2])
-    if x_axis[0] < 0:  # columns run towards patient right (LPS x decreasing)
-        values = values[:, ::-1]
-    if y_axis[1] < 0:
-        values = values[::-1, :]
-    return values
-
-
 def _outline(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, bool)
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def overlay_png(slice_image: sitk.Image, mask: np.ndarray, lines: list[str]) -> bytes:
-    """PNG bytes: the slice (soft-tissue window), the mask outline in red, ``lines`` in the corner."""
-    values = sitk.GetArrayFromImage(slice_image).astype(np.float64)
+def overlay_png(slice_image: imaging.Image, mask: np.ndarray, lines: list[str]) -> bytes:
+    """PNG bytes: the slice (soft-tissue window), the mask outline in red, ``lines`` in the corner.
+
+    Drawn as the arrays are ordered: give the canonical slice (``Image.canonical``), which is the
+    radiological view (patient right on the left, anterior at the top) for an axial slice.
+    """
+    values = np.asarray(slice_image.array, dtype=np.float64)
     lo = WINDOW_LEVEL - WINDOW_WIDTH / 2
     grey = np.clip((np.nan_to_num(values, nan=lo) - lo) / WINDOW_WIDTH, 0, 1) * 255
     rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
     rgb[_outline(mask)] = OUTLINE_RGB
-    rgb = np.ascontiguousarray(_display_orientation(rgb, slice_image))
-    sx, sy = slice_image.GetSpacing()[:2]
+    rgb = np.ascontiguousarray(rgb)
+    sx, sy = slice_image.spacing[:2]
     h, w = rgb.shape[:2]
     width_mm, height_mm = w * sx, h * sy
     # physical aspect; never below the native resolution, at least MIN_DISPLAY_PX on the long side

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnunet_xfer.dataset_conversion.readers import (ARRAY_ENDINGS, VOLUME_ENDINGS, file_ending,
-                                                    strip_ending)
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging.names import (ARRAY_ENDINGS, VOLUME_ENDINGS, channel_of, entries_by_case,
+                                       image_file)
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
 #: A case id becomes a file name: letters, digits, ``._-``; no leading dot/dash, no path parts.
@@ -67,10 +67,6 @@ def _as_float(value, column: str, case: str) -> float | None:
     return f
 
 
-#: nnU-Net's channel suffix: ``<case>_0000`` is the file name of case ``<case>``'s first channel.
-_CHANNEL_SUFFIX = re.compile(r"^(.+)_\d{4}$")
-
-
 def check_case_ids(case_ids: list[str], where: str) -> None:
     """Refuse unsafe, duplicate or clashing case ids (they become file names)."""
     seen: set[str] = set()
@@ -88,11 +84,11 @@ def check_case_ids(case_ids: list[str], where: str) -> None:
         seen.add(cid)
         folded[cid.lower()] = cid
     for cid in sorted(seen):
-        match = _CHANNEL_SUFFIX.match(cid)
-        if match and match.group(1) in seen:
-            raise UserError(f"case ids {match.group(1)!r} and {cid!r} in {where} clash: {cid!r} "
-                            f"reads as case {match.group(1)!r}'s channel file name "
-                            f"(nnU-Net's <case>_0000); rename one")
+        channel = channel_of(cid)
+        if channel and channel[0] in seen:
+            raise UserError(f"case ids {channel[0]!r} and {cid!r} in {where} clash: {cid!r} "
+                            f"reads as case {channel[0]!r}'s channel file name "
+                            f"(nnU-Net's {image_file('<case>', ending='')}); rename one")
 
 
 def _manifest_text(csv_path: Path) -> str:
@@ -168,34 +164,15 @@ def read_manifest(csv_path: Path, mask_required: bool = True) -> list[CaseSpec]:
     return specs
 
 
-def _entries(folder: Path, endings: tuple[str, ...]) -> dict[str, Path]:
-    """``case id → path`` for the files with a known ending and the (DICOM series) sub-folders."""
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_dir():
-            cid = p.name
-        elif file_ending(p) in endings:
-            cid = strip_ending(p)
-        else:
-            continue
-        if cid in found:
-            raise UserError(f"{folder} holds two entries for case {cid!r} ({found[cid].name}, "
-                            f"{p.name}); keep one")
-        found[cid] = p
-    return found
-
-
 def match_folders(images_dir: Path, masks_dir: Path) -> list[CaseSpec]:
     """Pair ``images_dir`` and ``masks_dir`` entries by file name without ending."""
     for what, folder in (("--images", images_dir), ("--masks", masks_dir)):
         if folder is None or not Path(folder).is_dir():
             raise UserError(f"{what} {folder} is not a folder; give --images DIR --masks DIR")
-    images = _entries(Path(images_dir), VOLUME_ENDINGS)
-    masks = _entries(Path(masks_dir), VOLUME_ENDINGS + ARRAY_ENDINGS)
+    images = entries_by_case(Path(images_dir), VOLUME_ENDINGS)
+    masks = entries_by_case(Path(masks_dir), VOLUME_ENDINGS + ARRAY_ENDINGS)
     if not images:
-        raise UserError(f"--images {images_dir} holds no image files (.nii.gz, .nrrd, .mha, .dcm, "
+        raise UserError(f"--images {images_dir} holds no image files ({', '.join(VOLUME_ENDINGS)} "
                         f"or DICOM series folders)")
     lonely = sorted(set(images) - set(masks))
     if lonely:

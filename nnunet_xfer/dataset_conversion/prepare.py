@@ -1,6 +1,9 @@
 """Turn one :class:`CaseSpec` into a checked 2D image slice and a 0/1 muscle mask.
 
-All bad-input checks of one case live here, so each failure names the case and the file.
+Files are read and checked by :mod:`nnunet_xfer.imaging` (format, truncation, spacing, NaN, HU,
+image/mask grid); what is the case's own lives here: which slice, and which mask values are
+muscle. The slice is written in canonical orientation (docs/conversion.md#orientation), the
+orientation ``measure`` gives the network, so a model sees every image the same way round.
 """
 from __future__ import annotations
 
@@ -12,10 +15,9 @@ import SimpleITK as sitk
 
 from nnunet_xfer.dataset_conversion.labels import format_label_values, parse_label_values
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec
-from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite, read_image, read_mask
-from nnunet_xfer.dataset_conversion.slice_selection import (check_index, extract_slice, is_volume,
-                                                            middle_slice_of_label, n_slices)
+from nnunet_xfer.dataset_conversion.slice_selection import middle_slice_of_label
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import Image, check_pair, read_image, read_mask
 
 
 @dataclass
@@ -47,40 +49,23 @@ def _shown_values(values: np.ndarray, limit: int = 12) -> str:
     return text + (f" … (+{values.size - limit} more)" if values.size > limit else "")
 
 
-def same_geometry(a: sitk.Image, b: sitk.Image) -> str | None:
-    """None when ``a`` and ``b`` share size, spacing, origin and direction; else what differs."""
-    if a.GetDimension() != b.GetDimension() or a.GetSize() != b.GetSize():
-        return f"size {a.GetSize()} vs {b.GetSize()}"
-    sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
-    if not np.allclose(sa, sb, rtol=1e-4, atol=1e-6):
-        return f"spacing {tuple(sa)} vs {tuple(sb)}"
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-3 * float(sa.max()) + 1e-4):
-        return f"origin {a.GetOrigin()} vs {b.GetOrigin()}"
-    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-4):
-        return f"direction {a.GetDirection()} vs {b.GetDirection()}"
-    return None
-
-
-def _require_same(image: sitk.Image, other: sitk.Image, what: str, path: Path, image_path: Path,
-                  case: str) -> None:
-    diff = same_geometry(image, other)
-    if diff is not None:
-        raise UserError(f"case {case}: {what} {path} does not match image {image_path} ({diff}); "
-                        f"the {what} must have the image's geometry")
-
-
-def _check_hu(image: np.ndarray, path: Path, index: int | None, case: str,
-              allow_non_hu: bool) -> None:
-    if image.dtype.kind == "f" and (not np.isfinite(image).all()
-                                    or nifti_has_nonfinite(path, index)):
-        raise UserError(f"case {case}: image {path} contains NaN or inf values in the chosen slice; "
-                        f"fix the image")
-    if allow_non_hu:
-        return
-    if image.dtype in (np.uint8, np.int8, np.bool_) or (image.min() >= 0 and image.max() <= 255):
-        raise UserError(f"case {case}: image {path} looks 8-bit / not in HU (dtype {image.dtype}, "
-                        f"values {image.min()}..{image.max()}); give CT in Hounsfield units, or "
-                        f"pass --allow-non-hu if you really mean it")
+def choose_index(spec: CaseSpec, image: Image) -> int | None:
+    """The slice of ``image`` the manifest row chooses (None: a 2D image or a one-slice volume)."""
+    cid = spec.case_id
+    if not image.is_volume:
+        if spec.slice_index not in (None, 0):
+            image.check_index(spec.slice_index, cid)
+        return None
+    if spec.slice_index is not None and spec.vertebra_mask is not None:
+        raise UserError(f"case {cid}: give slice_index or vertebra_mask, not both")
+    if spec.slice_index is not None:
+        return image.check_index(spec.slice_index, cid)
+    if spec.vertebra_mask is not None:
+        vertebra = read_mask(spec.vertebra_mask, cid, what="vertebra mask")
+        check_pair(image, vertebra, cid, "vertebra mask")
+        return middle_slice_of_label(vertebra, spec.vertebra_label, spec.vertebra_mask, cid)
+    raise UserError(f"case {cid}: image {spec.image} is a 3D volume of {image.n_slices} slices; "
+                    f"add slice_index or vertebra_mask + vertebra_label to the manifest")
 
 
 def _muscle(values: np.ndarray, labels: list[int] | None, path: Path, case: str) -> np.ndarray:
@@ -107,50 +92,39 @@ def _muscle(values: np.ndarray, labels: list[int] | None, path: Path, case: str)
     return np.isin(values, labels).astype(np.uint8)
 
 
+def _mask_values(spec: CaseSpec, image: Image, slice_image: Image, index: int | None) -> np.ndarray:
+    """The mask's values on the chosen slice, in the image's stored orientation."""
+    cid = spec.case_id
+    mask = read_mask(spec.mask, cid)
+    if not mask.geometry_known:  # a PNG/NPY array: the image's geometry
+        check_pair(slice_image, mask, cid)
+        return mask.array
+    if mask.is_volume:
+        if index is None:
+            raise UserError(f"case {cid}: mask {spec.mask} is 3D but image {spec.image} is one "
+                            f"slice; give the mask of that slice")
+        check_pair(image, mask, cid)
+        return mask.slice(index).array
+    mask_slice = mask.slice(0)
+    check_pair(slice_image, mask_slice, cid)
+    return mask_slice.array
+
+
 def prepare_case(spec: CaseSpec, labels: list[int] | None = None,
                  allow_non_hu: bool = False) -> PreparedCase:
-    """Read, select the slice, and check one case; raises :class:`UserError` naming case and file."""
-    cid = spec.case_id
-    image = read_image(spec.image, cid)
-    index: int | None = None
-    if is_volume(image):
-        if spec.slice_index is not None and spec.vertebra_mask is not None:
-            raise UserError(f"case {cid}: give slice_index or vertebra_mask, not both")
-        if spec.slice_index is not None:
-            index = check_index(image, spec.slice_index, spec.image, cid)
-        elif spec.vertebra_mask is not None:
-            vertebra = read_image(spec.vertebra_mask, cid, what="vertebra mask")
-            _require_same(image, vertebra, "vertebra mask", spec.vertebra_mask, spec.image, cid)
-            index = middle_slice_of_label(vertebra, spec.vertebra_label, spec.vertebra_mask, cid)
-        else:
-            raise UserError(f"case {cid}: image {spec.image} is a 3D volume of {n_slices(image)} "
-                            f"slices; add slice_index or vertebra_mask + vertebra_label to the "
-                            f"manifest")
-    elif spec.slice_index not in (None, 0):
-        check_index(image, spec.slice_index, spec.image, cid)
-    slice_img = extract_slice(image, index if index is not None else 0)
-    values = sitk.GetArrayViewFromImage(slice_img)
-    _check_hu(values, spec.image, index, cid, allow_non_hu)
+    """Read, select the slice, and check one case; raises :class:`UserError` naming case and file.
 
-    mask = read_mask(spec.mask, cid)
-    if isinstance(mask, np.ndarray):
-        if mask.shape != values.shape:
-            raise UserError(f"case {cid}: mask {spec.mask} has shape {mask.shape} but the image "
-                            f"slice is {values.shape} (rows x columns); use the slice's shape")
-        mask_values = mask
-    else:
-        if is_volume(mask):
-            if index is None:
-                raise UserError(f"case {cid}: mask {spec.mask} is 3D but image {spec.image} is one "
-                                f"slice; give the mask of that slice")
-            _require_same(image, mask, "mask", spec.mask, spec.image, cid)
-            mask_slice = extract_slice(mask, index)
-        else:
-            mask_slice = extract_slice(mask, 0)
-            _require_same(slice_img, mask_slice, "mask", spec.mask, spec.image, cid)
-        mask_values = sitk.GetArrayViewFromImage(mask_slice)
-    muscle = _muscle(mask_values, labels, spec.mask, cid)
-    out = sitk.GetImageFromArray(muscle)
-    out.CopyInformation(slice_img)
-    return PreparedCase(image=slice_img, mask=out, slice_index=index,
-                        muscle_pixels=int(np.count_nonzero(muscle)))
+    The slice and its mask come out in canonical orientation (voxel values unchanged).
+    """
+    cid = spec.case_id
+    image = read_image(spec.image, cid, allow_non_hu=allow_non_hu)
+    if not image.geometry_known:
+        raise UserError(f"case {cid}: image {spec.image} is a picture without pixel spacing; use "
+                        f"DICOM, NIfTI, NRRD or MHA with the true spacing")
+    index = choose_index(spec, image)
+    slice_image = image.slice(index if index is not None else 0)
+    muscle = _muscle(_mask_values(spec, image, slice_image, index), labels, spec.mask, cid)
+    canonical, turn = slice_image.canonical()
+    muscle = np.ascontiguousarray(turn.apply(muscle))
+    return PreparedCase(image=canonical.to_sitk(), mask=canonical.to_sitk(muscle),
+                        slice_index=index, muscle_pixels=int(np.count_nonzero(muscle)))

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nnunet_xfer.evaluation import agreement  # noqa: E402
-from nnunet_xfer.evaluation.mask_files import load_mask, load_slice  # noqa: E402
+from nnunet_xfer.imaging import load_mask, load_slice  # noqa: E402
 from nnunet_xfer.evaluation.raters import with_worst  # noqa: E402
 from nnunet_xfer.sources import SOURCES, is_reference, label as source_label  # noqa: E402
 

@@ -15,18 +15,16 @@ HU ranges are inclusive at both ends.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import atomic_write_csv
-from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import (LABEL_MAP_HINT, check_same_geometry,
-                                               images_for_cases, list_cases, read_mask,
-                                               read_slice)
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable
+from nnunet_xfer.errors import UserError, warn
+from nnunet_xfer.imaging import (Image, Slice, check_path_pair, images_for_cases, list_cases,
+                                 mask_of_label, read_image, read_mask)
 
 IMAT_HU = (-190.0, -30.0)
 #: Muscle HU range of the published sarcopenia convention (Mitsiopoulos 1998; Prado 2008).
@@ -60,7 +58,14 @@ FLAGS = {
     "smd_implausible": f"SMD outside {PLAUSIBLE_SMD_HU[0]:g}–{PLAUSIBLE_SMD_HU[1]:g} HU",
     "fold_disagreement": f"a fold model's Dice against the ensemble is below {MIN_FOLD_DICE:g}",
     "hu_not_calibrated": "the slice does not look like CT in HU (air not near −1000 HU)",
+    "sex_unknown": "the sex given is neither male nor female (no sex-specific cut-off applied)",
 }
+
+
+def flag_line(case: str, flags: list[str]) -> str:
+    """The printed warning of a case's quality flags (the CSV's ``flags`` column holds them too)."""
+    return (f"case {case}: " + "; ".join(FLAGS.get(f, f) for f in flags)
+            + f" (flagged {';'.join(flags)})")
 
 
 def _within(hu: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -163,35 +168,63 @@ def read_heights(path: Path) -> dict[str, float]:
     if missing:
         raise UserError(f"{path}: heights CSV lacks column(s) {', '.join(sorted(missing))};"
                         " expected case_id,height_m")
+    ids = table["case_id"].astype(str).str.strip()
+    repeated = sorted(set(ids[ids.duplicated()]))
+    if repeated:
+        raise UserError(f"{path}: case {repeated[0]} has more than one height"
+                        f"{f' (and {len(repeated) - 1} more case(s))' if len(repeated) > 1 else ''};"
+                        f" give one line per case")
     heights = pd.to_numeric(table["height_m"], errors="coerce")
     bad = table["case_id"][heights.notna() & ((heights <= 0.3) | (heights > 3.0))]
     if len(bad):
         raise UserError(f"{path}: height of case {bad.iloc[0]} is not a height in metres "
                         "(give height_m in m, e.g. 1.72)")
-    return dict(zip(table["case_id"], heights.astype(float)))
+    return dict(zip(ids, heights.astype(float)))
 
 
-def _check_image(image: np.ndarray, path: Path, case: str, allow_non_hu: bool) -> None:
-    """The HU checks ``convert`` applies to its slices, plus: pictures carry no pixel spacing."""
-    from nnunet_xfer.dataset_conversion.prepare import _check_hu  # convert's own check
-    if Path(path).name.lower().endswith(".png"):
-        if not allow_non_hu:
-            raise UserError(f"case {case}: image {path} is a picture (no HU, no pixel spacing); give "
-                            f"CT in Hounsfield units (NIfTI, NRRD, MHA), or pass --allow-non-hu if "
-                            f"you really mean it (areas then assume 1 mm pixels)")
-        warnings.warn(f"case {case}: {Path(path).name} has no pixel spacing; areas assume 1 mm pixels",
-                      stacklevel=3)
-    _check_hu(image, Path(path), None, case, allow_non_hu)
+def _warn_no_spacing(image: Image, case: str) -> None:
+    """A picture (``--allow-non-hu``) carries no pixel spacing: areas assume 1 mm pixels."""
+    if not image.geometry_known:
+        warn(f"case {case}: {image.path.name} has no pixel spacing; areas assume 1 mm pixels")
 
 
-def _read_labels(path: Path, labels: list[int] | None) -> tuple[np.ndarray, tuple[float, float]]:
+def _muscle_of(mask: Image, labels: list[int] | None, case: str) -> Slice:
+    """The boolean muscle slice of a mask file and its grid: 0/1 values, or ``labels``."""
+    arr, geometry = mask.plane(case)
     if labels is None:
-        return read_mask(path, hint=LABEL_MAP_HINT)
-    arr, spacing = read_slice(path)
-    values = np.unique(arr)
-    if not np.all(np.equal(np.mod(values, 1), 0)):
-        raise UserError(f"{path}: mask has non-integer values; give a label image")
-    return np.isin(arr, labels), spacing
+        return Slice(mask_of_label(arr, 1, False, mask.path, option="--label-map"), geometry)
+    if arr.dtype.kind == "f" and not np.all(np.equal(np.mod(arr, 1), 0)):
+        raise UserError(f"{mask.path}: mask has non-integer values; give a label image")
+    return Slice(np.isin(arr, labels), geometry)
+
+
+def read_case(image_path: Path, mask_path: Path, case: str, labels: list[int] | None = None,
+              allow_non_hu: bool = False) -> tuple[Image, np.ndarray]:
+    """One case of ``measure --images/--masks``: the image slice in canonical orientation and its
+    boolean muscle mask, after the reader's checks (``nnunet_xfer.imaging``) and the pair check
+    (shape, spacing, origin, direction; a PNG/NPY file has no grid to compare)."""
+    image = read_image(image_path, case, allow_non_hu=allow_non_hu)
+    mask_image = read_mask(mask_path, case)
+    plane, muscle = image.plane(case), _muscle_of(mask_image, labels, case)
+    if image.geometry_known and mask_image.geometry_known:
+        check_path_pair(plane.geometry, muscle.geometry, case, mask_path, "mask")
+    elif plane.array.shape != muscle.array.shape:
+        raise UserError(f"case {case}: mask {mask_path} has shape {muscle.array.shape} but image "
+                        f"{image_path} is {plane.array.shape} (rows x columns); use the image's shape")
+    _warn_no_spacing(image, case)
+    canonical, turn = image.canonical()
+    mask = np.ascontiguousarray(turn.apply(muscle.array.reshape(image.shape)))
+    return canonical, mask.reshape(canonical.plane(case).array.shape)
+
+
+def is_measure_csv(path: Path) -> bool:
+    """Whether ``path`` is a CSV ``measure --images/--masks`` wrote (its header line is ours)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline().strip()
+    except OSError:
+        return False
+    return header == ",".join(MEASURE_COLUMNS)
 
 
 def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | None = None,
@@ -199,42 +232,36 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
                    allow_non_hu: bool = False) -> pd.DataFrame:
     """Muscle measures of every mask in ``masks`` (e.g. ``nnUNetv2_predict`` output) → ``out_csv``.
 
-    Images are ``<case>_0000.nii.gz`` (nnU-Net style) or ``<case>.nii.gz`` (also .nii/.mha/.nrrd),
-    in HU, paired with the masks by exact case id (:func:`~nnunet_xfer.evaluation.mask_files.images_for_cases`); masks are
-    ``<case>.<ending>`` with the same shape and spacing. ``label_map``: the mask values that are
-    muscle (None: masks must be binary 0/1). ``heights`` is an optional CSV ``case_id,height_m``
-    for SMI. Images failing convert's HU checks are refused unless ``allow_non_hu``; NaN/inf in
-    the muscle is refused; an empty mask is warned about and flagged. Writes one row per mask,
-    columns :data:`MEASURE_COLUMNS`, atomically, and returns the table.
+    Images, in HU, are named by case as nnU-Net names them or by the bare case id (any ending the
+    reader knows), paired with the masks by exact case id (:func:`~nnunet_xfer.imaging.images_for_cases`);
+    masks are ``<case>.<ending>`` on the image's grid (shape, spacing, origin, direction).
+    ``label_map``: the mask values that are muscle (None: masks must be binary 0/1). ``heights``
+    is an optional CSV ``case_id,height_m`` for SMI. Files are read by
+    :func:`nnunet_xfer.imaging.read_image` (truncated files, invalid spacing, NaN/inf and, unless
+    ``allow_non_hu``, 8-bit pictures are refused); an empty mask is warned about and flagged.
+    Writes one row per mask, columns :data:`MEASURE_COLUMNS`, atomically, and returns the table.
     """
-    out_csv = Path(out_csv)
-    if out_csv.exists() and not overwrite:
-        raise UserError(f"{out_csv}: exists; pass --overwrite to replace it")
-    mask_files = list_cases(Path(masks), "masks", channel_suffix=False)
-    image_files = images_for_cases(Path(images), list(mask_files))
+    claim = check_replaceable(out_csv, "measure", overwrite, folder=False,
+                              written=is_measure_csv, inputs=(images, masks, heights))
+    mask_paths = list_cases(Path(masks), "masks", channel_suffix=False)
+    image_files = images_for_cases(Path(images), list(mask_paths))
     height_of = read_heights(Path(heights)) if heights is not None else {}
-    from nnunet_xfer.dataset_conversion.readers import nifti_has_nonfinite
 
-    rows = []
+    rows, flagged = [], []
     # disable=None: a bar on a terminal, none in logs and pipes (keeps errors one line there)
-    for case, mask_path in tqdm(mask_files.items(), desc="measure", unit="case", disable=None):
+    for case, mask_path in tqdm(mask_paths.items(), desc="measure", unit="case", disable=None):
         image_path = image_files[case]
-        image, image_spacing = read_slice(image_path)
-        mask, mask_spacing = _read_labels(mask_path, label_map)
-        check_same_geometry(image_spacing, image.shape, mask_spacing, mask.shape, case)
-        if mask.any() and nifti_has_nonfinite(image_path, None):  # ITK reads NaN as 0
-            import nibabel as nib
-            raw = np.asarray(nib.load(str(image_path)).dataobj).T.reshape(image.shape)
-            check_finite_in_mask(raw, mask, case, image_path)
-        check_finite_in_mask(image, mask, case, image_path)
-        _check_image(image, image_path, case, allow_non_hu)
-        m = muscle_measures(image, mask, image_spacing, height_of.get(case))
-        flags = quality_flags(image, mask, m)
-        if "empty_mask" in flags:
-            warnings.warn(f"case {case}: mask {mask_path.name} is empty (no muscle); flagged "
-                          f"empty_mask in the CSV", stacklevel=2)
+        image, mask = read_case(image_path, mask_path, case, label_map, allow_non_hu)
+        values, geometry = image.plane(case)
+        check_finite_in_mask(values, mask, case, image_path)
+        m = muscle_measures(values, mask, geometry.spacing, height_of.get(case))
+        flags = quality_flags(values, mask, m)
+        if flags:
+            flagged.append(flag_line(case, flags))
         rows.append({"case_id": case, **{k: m[k] for k in MEASURE_KEYS},
                      "muscle_pixels": int(mask.sum()), "flags": ";".join(flags)})
     table = pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
-    atomic_write_csv(out_csv, table)
+    atomic_write_csv(claim, table)
+    for line in flagged:  # about what was written (a refused run writes nothing to warn about)
+        warn(line)
     return table

@@ -16,12 +16,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from nnunet_xfer.atomic import owned_output
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, metrics
-from nnunet_xfer.evaluation.mask_files import (check_geometry, images_for_cases, list_cases,
-                                               load_slice)
-from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
+from nnunet_xfer.evaluation.outputs import write_json
 from nnunet_xfer.evaluation.parallel import available_workers
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SEED, Masks,
                                            case_worst, check_rater_geometry, holm_verdicts,
@@ -29,6 +27,8 @@ from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SE
                                            pairwise_table, prediction_files, williams_rows,
                                            with_worst)
 from nnunet_xfer.evaluation.scoring import mask_measures
+from nnunet_xfer.imaging import (check_geometry, images_for_cases, label_file, list_cases,
+                                 load_slice, read_mask)
 from nnunet_xfer.layout import (EVAL_SUMMARY_JSON, OBS_MEASURES_AGREEMENT_CSV, OBS_MEASURES_CSV,
                                 OBS_PAIRWISE_CSV,
                                 OBS_STAPLE_CSV, OBS_WILLIAMS_CSV)
@@ -58,11 +58,9 @@ def staple_consensus(observer_masks: list[np.ndarray]) -> np.ndarray:
 
 def _write_like(mask: np.ndarray, reference_file: Path, out_file: Path) -> None:
     """Write ``mask`` with the reference file's geometry (NIfTI)."""
-    ref = sitk.ReadImage(str(reference_file))
-    arr = mask.astype(np.uint8).reshape(sitk.GetArrayViewFromImage(ref).shape)
-    img = sitk.GetImageFromArray(arr)
-    img.CopyInformation(ref)
-    sitk.WriteImage(img, str(out_file), useCompression=True)
+    ref = read_mask(reference_file)
+    arr = mask.astype(np.uint8).reshape(ref.shape)
+    sitk.WriteImage(ref.to_sitk(arr), str(out_file), useCompression=True)
 
 
 def measures_tables(masks: Masks, images: dict[str, Path], case_ids: list[str]
@@ -112,8 +110,9 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
                        workers: int | None = None, margin: float | None = None) -> ObserverStudy:
     """:func:`observer_study`, returning what it found (the CLI prints the verdicts)."""
     margin = agreement.HUMAN_LEVEL_MARGIN if margin is None else float(margin)
-    out = check_output_folder(out, COMMAND, overwrite,
+    claim = check_replaceable(out, COMMAND, overwrite,
                               inputs=(reference, observers, predictions, images))
+    out = claim.path
     workers = available_workers() if workers is None else max(1, int(workers))
     reference = Path(reference)
     ref_files = list_cases(reference, "reference masks")
@@ -145,21 +144,21 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
         williams += williams_rows(pairwise, r, observer_names, case_ids, worst, margin=margin)
     williams = holm_verdicts(williams, margin=margin)
 
-    with owned_output(out, COMMAND, overwrite) as tmp:
+    with owned_output(claim) as tmp:
         (tmp / STAPLE_FOLDER).mkdir()
         staple_rows = []
         for c in case_ids:
             consensus = staple_consensus([masks[o][c].array for o in observer_names])
-            _write_like(consensus, ref_files[c], tmp / STAPLE_FOLDER / f"{c}.nii.gz")
+            _write_like(consensus, ref_files[c], tmp / STAPLE_FOLDER / label_file(c))
             for r in raters:
                 m = masks[r][c]
                 mt = metrics.segmentation_metrics(m.array, consensus, m.geometry.spacing)
                 staple_rows.append({"case_id": c, "rater": r, **{k: mt[k] for k in METRIC_COLUMNS},
                                     "failed": bool(mt["failed"])})
         staple = pd.DataFrame(staple_rows)
-        pairwise.to_csv(tmp / OBS_PAIRWISE_CSV, index=False)
-        pd.DataFrame(williams).to_csv(tmp / OBS_WILLIAMS_CSV, index=False)
-        staple.to_csv(tmp / OBS_STAPLE_CSV, index=False)
+        atomic_write_csv(tmp / OBS_PAIRWISE_CSV, pairwise)
+        atomic_write_csv(tmp / OBS_WILLIAMS_CSV, pd.DataFrame(williams))
+        atomic_write_csv(tmp / OBS_STAPLE_CSV, staple)
         summary = {
             "raters": raters, "observers": observer_names,
             "model": name if predictions is not None else None,
@@ -174,8 +173,8 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
         }
         if image_files is not None:
             table, stats = measures_tables(masks, image_files, case_ids)
-            table.to_csv(tmp / OBS_MEASURES_CSV, index=False)
-            stats.to_csv(tmp / OBS_MEASURES_AGREEMENT_CSV, index=False)
+            atomic_write_csv(tmp / OBS_MEASURES_CSV, table)
+            atomic_write_csv(tmp / OBS_MEASURES_AGREEMENT_CSV, stats)
             summary["measures_agreement"] = stats.to_dict("records")
         write_json(tmp / EVAL_SUMMARY_JSON, summary)
     return ObserverStudy(out=out, cases=case_ids, williams=williams)

@@ -16,8 +16,7 @@ import numpy as np
 
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import measures, metrics, references
-from nnunet_xfer.evaluation.mask_files import (PREDICTION_HINT, check_geometry, load_mask,
-                                               load_slice)
+from nnunet_xfer.imaging import PREDICTION_HINT, check_geometry, load_mask, load_slice
 
 #: Metric columns of a scored prediction (``failed``: exactly one of prediction and reference empty).
 METRIC_COLUMNS = ("dice", "rms_dta_mm", "assd_mm", "hd95_mm", "hd_mm", "nsd")

@@ -9,6 +9,10 @@ CT slices come normalised exactly as nnU-Net normalises them: nnU-Net's preproce
 arrays only; the label arrays are never opened) or other CT images normalised with the plans'
 normalisation scheme and the dataset's intensity properties. Natural images are converted to the
 network's input channels, randomly resized-cropped to the patch size and z-scored.
+
+CT images are read by :func:`nnunet_xfer.imaging.read_image` and used in canonical orientation,
+as ``convert`` writes the target's slices. Whether ``--data`` is the target is decided by content
+before any source is built (:mod:`nnunet_xfer.pretraining.identity`).
 """
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.layout import DATASET_JSON, image_file
+from nnunet_xfer.imaging.names import (CT_ENDINGS, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING, has_ending,
+                                       strip_ending)
+from nnunet_xfer.layout import DATASET_JSON, image_file, label_file
 from nnunet_xfer.sources import (DATA_KIND_KEY, DATA_KIND_MEDICAL, DATA_KIND_NATURAL, DATA_KINDS,
                                   DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION)
 
-CT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE = 255
 #: RandomResizedCrop area range for natural images (torchvision's classification default).
 CROP_SCALE = (0.08, 1.0)
@@ -133,10 +137,10 @@ class PreprocessedSlices(Source):
         return state
 
 
-def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def _files(root: Path, endings: tuple[str, ...]) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+    return sorted(p for p in root.rglob("*") if p.is_file() and has_ending(p, endings))
 
 
 def _normaliser(scheme: str, props: dict):
@@ -168,32 +172,26 @@ class CTPreparation(NamedTuple):
 class CTImages(Source):
     """Other unlabelled CT images (NIfTI/MHA/NRRD, 2D or 3D; axial slices), nnU-Net-normalised.
 
-    Slices are resampled in-plane to the configuration's spacing and normalised with the plans'
-    scheme (``CTNormalization``: clip to the dataset's 0.5–99.5 percentiles, subtract its mean,
+    Read by the image reader (HU required) in canonical orientation. Slices are resampled in-plane
+    to the configuration's spacing and normalised with the plans' scheme (``CTNormalization``: clip to the dataset's 0.5–99.5 percentiles, subtract its mean,
     divide by its std). All slices are held in memory as float32.
     """
 
     def __init__(self, root: Path, patch: tuple[int, int], min_side: int,
                  spacing: tuple[float, float], scheme: str, props: dict):
-        import SimpleITK as sitk
+        from nnunet_xfer.imaging import read_image
         ct = CTPreparation(tuple(spacing), scheme, props)
         if not root.exists():
             raise UserError(f"--data {root} does not exist")
-        files = _files(root, CT_SUFFIXES)
+        files = _files(root, CT_ENDINGS)
         if not files:
-            raise UserError(f"--data {root} holds no CT images ({', '.join(CT_SUFFIXES)})")
+            raise UserError(f"--data {root} holds no CT images ({', '.join(CT_ENDINGS)})")
         norm = _normaliser(ct.scheme, ct.props)
         self.patch, self.volumes, self.ids = patch, [], []
         for f in files:
-            try:
-                img = sitk.ReadImage(str(f))
-            except RuntimeError as e:
-                raise UserError(f"cannot read CT image {f} ({str(e).strip().splitlines()[-1]}); "
-                                f"fix or remove it") from None
-            if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() not in (2, 3):
-                raise UserError(f"{f} is not a single-channel 2D/3D CT image")
-            arr = sitk.GetArrayFromImage(img).astype(np.float32)
-            sp = img.GetSpacing()[::-1][-2:]  # (y, x) spacing of the array's last two axes
+            image, _ = read_image(f, what="CT image").canonical()
+            arr = image.array.astype(np.float32)
+            sp = image.spacing[::-1][-2:]  # (row, col) spacing of the array's last two axes
             arr = ct.resample(arr[None] if arr.ndim == 2 else arr, sp)
             _check_size(arr.shape[-2:], min_side, f"CT image {f}")
             self.volumes.append(norm.run(arr))
@@ -289,22 +287,23 @@ class NaturalSegmentation(Source):
         images, masks = root / "JPEGImages", root / "SegmentationClass"
         if not images.is_dir():
             raise UserError(f"--data {root}: no JPEGImages/ folder (expected Pascal-VOC layout)")
-        if not masks.is_dir() or not any(masks.glob("*.png")):
+        if not masks.is_dir() or not any(masks.glob(f"*{VOC_MASK_ENDING}")):
             raise UserError(f"--data {root}: no masks in SegmentationClass/ (palette PNGs); "
                             f"a VOC folder without masks cannot be used for seg pretraining")
         split = root / "ImageSets" / "Segmentation" / "train.txt"
         if split.is_file():
             names = [n.strip() for n in split.read_text().split() if n.strip()]
         else:
-            names = sorted(p.stem for p in masks.glob("*.png"))
+            names = sorted(p.stem for p in masks.glob(f"*{VOC_MASK_ENDING}"))
         self.pairs, self.ids, labels = [], [], set()
         for n in names:
-            img = next((images / (n + s) for s in (".jpg", ".jpeg", ".png")
+            img = next((images / (n + s) for s in VOC_IMAGE_ENDINGS
                         if (images / (n + s)).is_file()), None)
-            mask = masks / f"{n}.png"
+            mask = masks / f"{n}{VOC_MASK_ENDING}"
             if img is None or not mask.is_file():
                 raise UserError(f"--data {root}: image or mask of {n!r} missing "
-                                f"(JPEGImages/{n}.jpg, SegmentationClass/{n}.png)")
+                                f"(JPEGImages/{n}{VOC_IMAGE_ENDINGS[0]}, "
+                                f"SegmentationClass/{n}{VOC_MASK_ENDING})")
             labels.update(np.unique(np.asarray(_pil_image(mask))).tolist())
             self.pairs.append((img, mask))
             self.ids.append(n)
@@ -338,8 +337,8 @@ class NaturalSegmentation(Source):
         self.data_kind = (declared if declared in DATA_KINDS
                           else DATA_KIND_MEDICAL if self.is_ct else DATA_KIND_NATURAL)
         self.pairs, self.ids = [], []
-        for lab in sorted((root / "labelsTr").glob(f"*{ending}")):
-            case = lab.name[:-len(ending)]
+        for lab in sorted((root / "labelsTr").glob(label_file("*", ending))):
+            case = strip_ending(lab, (ending,))
             imgs = [root / "imagesTr" / image_file(case, c, ending) for c in range(n_ch)]
             if not all(i.is_file() for i in imgs):
                 raise UserError(f"--data {root}: images of case {case} missing in imagesTr/")
@@ -451,52 +450,18 @@ NATURAL_DATA = {DATA_NATURAL_SEGMENTATION: NaturalSegmentation, DATA_NATURAL_CLA
 
 
 # ----------------------------------------------------------------------------- not the target
-def _pixel_digest(path: Path) -> str | None:
-    """sha256 of a medical image's voxel array (dtype and shape included), None if unreadable."""
-    import hashlib
-
-    import SimpleITK as sitk
-    try:
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError:
-        return None
-    arr = np.ascontiguousarray(np.squeeze(arr))
-    return hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes()).hexdigest()
-
-
-def _image_size(path: Path) -> tuple[int, ...] | None:
-    """A medical image's size from its header alone (axes of length 1 dropped)."""
-    import SimpleITK as sitk
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    return tuple(n for n in reader.GetSize() if n != 1)
-
-
-def _target_files(layout) -> list[Path]:
-    files = []
-    for folder in (layout.images_dir, layout.labels_dir):
-        if folder.is_dir():
-            files += sorted(p for p in folder.iterdir() if p.is_file())
-    return files
-
-
 def refuse_target_data(data: Path, dataset_name: str) -> None:
-    """Refuse ``--data`` that is the target dataset itself, in one line.
+    """Refuse ``--data`` that names the target dataset, in one line, before anything is read.
 
-    The target is recognised by its folders (raw, preprocessed, results, or inside one of them),
-    by its name or id given as ``--data``, by a folder named like it, and by content: a file under
-    ``--data`` whose bytes, or whose voxel array (medical formats), equal one of the target's
-    raw images or labels.
+    The target is recognised here by its folders (raw, preprocessed, results, or inside one of
+    them), by its name or id given as ``--data``, and by a folder named like it; by content (the
+    voxels of any image, whatever its type or format) in
+    :func:`nnunet_xfer.pretraining.identity.refuse_target_content`.
     """
     import os
 
-    from nnunet_xfer.layout import DatasetLayout
-    from nnunet_xfer.pretraining.store import file_sha256
     from nnunet_xfer import settings
+    from nnunet_xfer.layout import DatasetLayout
 
     layout = DatasetLayout(dataset_name)
     text = str(data)
@@ -516,37 +481,6 @@ def refuse_target_data(data: Path, dataset_name: str) -> None:
                 break
         if what is None and real.name == dataset_name:
             what = f"a folder named {dataset_name}"
-    if what is None and real is not None:
-        targets = _target_files(layout)
-        by_size: dict[int, list[Path]] = {}
-        for t in targets:
-            by_size.setdefault(t.stat().st_size, []).append(t)
-        candidates = [real] if real.is_file() else sorted(
-            p for p in real.rglob("*") if p.is_file() and not p.name.startswith("."))
-        target_bytes: dict[str, Path] = {}
-        target_pixels: dict[str, Path] | None = None
-        target_sizes: set = set()
-        for f in candidates:
-            size = f.stat().st_size
-            if size in by_size:
-                if not target_bytes:
-                    target_bytes = {file_sha256(t): t for t in targets}
-                match = target_bytes.get(file_sha256(f))
-                if match is not None:
-                    what = f"{f} has the same content as the target's {match.name}"
-                    break
-            if f.name.lower().endswith(CT_SUFFIXES):
-                if target_pixels is None:
-                    medical = [t for t in targets if t.name.lower().endswith(CT_SUFFIXES)]
-                    target_sizes = {_image_size(t) for t in medical} - {None}
-                    target_pixels = {d: t for t in medical for d in [_pixel_digest(t)] if d}
-                if _image_size(f) not in target_sizes:
-                    continue  # the voxels cannot be equal: spare reading them
-                digest = _pixel_digest(f)
-                if digest in target_pixels:
-                    what = (f"{f} has the same voxels as the target's "
-                            f"{target_pixels[digest].name}")
-                    break
     if what is not None:
         raise UserError(f"--data {data} is the target dataset {dataset_name} ({what}); a source "
                         f"task must not learn from the target's own images or labels: choose "

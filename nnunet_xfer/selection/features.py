@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import read_slice
+from nnunet_xfer.imaging import load_slice
 
 #: The histogram's HU range and bin width (docs/conversion.md#choosing-the-slices-to-annotate-nnunet-xfer-select).
 HISTOGRAM_HU = (-250.0, 250.0)
@@ -41,8 +41,8 @@ def histogram_features(images: Mapping[str, Path]) -> np.ndarray:
     """One :func:`intensity_histogram` row per image, in the mapping's order."""
     rows = []
     for case, path in images.items():
-        array, spacing = read_slice(path)
-        rows.append(intensity_histogram(array, spacing))
+        array, geometry = load_slice(path)
+        rows.append(intensity_histogram(array, geometry.spacing))
     return np.vstack(rows) if rows else np.zeros((0, 0))
 
 
@@ -99,7 +99,8 @@ def encoder_features(images: Mapping[str, Path], dataset: str, source: str, plan
     rows = []
     with torch.inference_mode():
         for case, path in images.items():
-            array, spacing = read_slice(path)
+            array, geometry = load_slice(path, canonical=True)  # as the network sees it
+            spacing = geometry.spacing
             image = sitk.GetImageFromArray(array)
             image.SetSpacing((float(spacing[1]), float(spacing[0])))
             data, props = SlicePredictor.nnunet_input(image)

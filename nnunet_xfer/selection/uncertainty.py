@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import read_slice
 from nnunet_xfer.evaluation.metrics import dice
+from nnunet_xfer.imaging import load_slice
 
 
 def mask_disagreement(masks: Sequence[np.ndarray]) -> float:
@@ -32,8 +32,8 @@ def ensemble_disagreement(images: Mapping[str, Path],
     mask of one slice (see :func:`predictor_masks`)."""
     scores = {}
     for case, path in images.items():
-        array, spacing = read_slice(path)
-        scores[case] = mask_disagreement(fold_masks(array, spacing))
+        array, geometry = load_slice(path, canonical=True)  # as the network sees it
+        scores[case] = mask_disagreement(fold_masks(array, geometry.spacing))
     return scores
 
 

@@ -8,7 +8,8 @@ Only trainers of pretrained sources derive from it; scratch trainers carry none 
   ``_freeze_epochs``, or a variant's ``fine_tune``) it makes one param group per network part
   (see ``xfer_schedule``); ``debug.json`` records which in ``xfer_info["schedule"]``.
 * The constructor refuses a missing store entry (:meth:`_check_source`) before nnU-Net starts,
-  unless the run continues from its own checkpoint.
+  unless the run continues from its own checkpoint, and an entry whose pretraining saw an image
+  of this dataset it must not have seen, found by voxel values (:meth:`_check_images_seen`).
 * :meth:`on_train_start` loads the source checkpoint into the network only for a fresh run
   (no checkpoint loaded, epoch 0), so continuing never reloads the source, ``--val`` never needs
   the store, and inference (which only calls ``build_network_architecture``) never touches it.
@@ -25,9 +26,10 @@ from nnunet_xfer.architectures.parts import network_parts
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DEBUG_JSON, INITIAL_CHECKPOINT
 from nnunet_xfer.architectures import is_torchvision_network
-from nnunet_xfer.pretraining.store import (architecture_fingerprint, check_entry, file_sha256,
-                                           load_entry, pretrain_command, read_record, recreate_command,
-                                           trainer_entry)
+from nnunet_xfer.pretraining.identity import FINGERPRINTS_KEY, shared_images
+from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, architecture_fingerprint,
+                                           check_entry, file_sha256, load_entry, pretrain_command,
+                                           read_record, recreate_command, trainer_entry)
 from nnunet_xfer.trainers.xfer_schedule import (NNUNET_SCHEDULE, FineTuneSchedule, PartPolyLRScheduler,
                                                 is_frozen, mark_transferred, part_param_groups)
 from nnunet_xfer.trainers.xfer_trainer_base import XferTrainerBase, refuse, shorten_keys
@@ -69,10 +71,38 @@ class XferTransferTrainer(XferTrainerBase):
             raise refuse(f"no pretrained '{self.source}' checkpoint at {entry.path}; run: {entry.command}")
         run = self._xfer_run
         try:  # tampered or stale entries too are refused before nnU-Net creates the fold folder
-            check_entry(entry.path, read_record(entry.path), run.dataset, self._xfer_plans,
-                        run.configuration, fold=entry.fold)
+            meta = read_record(entry.path)
+            check_entry(entry.path, meta, run.dataset, self._xfer_plans, run.configuration,
+                        fold=entry.fold)
+            self._check_images_seen(entry, meta)
         except UserError as e:
             raise refuse(e) from None
+
+    def _check_images_seen(self, entry, meta: dict) -> None:
+        """Refuse an entry whose pretraining saw an image it must not have seen, by content
+        (``pretraining.identity``): any image of the dataset for an entry shared by all folds,
+        the fold's validation images for a per-fold entry; ``--scope all`` says it saw them."""
+        run = self._xfer_run
+        if entry.scope == SCOPE_ALL:
+            return
+        external = entry.scope == SCOPE_EXTERNAL
+        if FINGERPRINTS_KEY not in meta:
+            if external and meta.get("data") and not meta.get("weights_file"):
+                raise UserError(f"pretrained checkpoint {entry.path} does not list the images it "
+                                f"was trained on (written by an older nnunet-xfer), so it cannot "
+                                f"be checked against {run.dataset}'s images; recreate it with: "
+                                f"{recreate_command(entry.path, meta, run.dataset, self._xfer_plans, run.configuration)}")
+            return
+        chosen = self._xfer_chosen
+        forbidden = None if external or chosen is None else chosen.val
+        shared = shared_images(meta, run.dataset, forbidden)
+        if shared:
+            what = (f"images of {run.dataset} itself" if external
+                    else f"validation images of fold {entry.fold}")
+            raise UserError(f"pretrained checkpoint {entry.path} was trained on {len(shared)} "
+                            f"{what} ({', '.join(shared[:2])}{' …' if len(shared) > 2 else ''}), "
+                            f"found by their voxel values; pretrain it again on data without "
+                            f"them: {recreate_command(entry.path, meta, run.dataset, self._xfer_plans, run.configuration)}")
 
     def _torchvision_plans(self) -> bool:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager

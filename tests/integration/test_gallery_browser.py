@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from conftest import run_cli
 from nnunet_xfer.clinical.qc import gallery_html, overlay_lines, overlay_png
+from nnunet_xfer.imaging import read_image, read_mask
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)
@@ -119,8 +119,8 @@ def gallery(phantom_dir, tmp_path) -> Path:
     rows, pictures = [], {}
     sma = {"L3-0000": 150.0, "L3-0001": 90.5, "L3-0002": math.nan, "L3-0003": 201.0}
     for case, value in sma.items():
-        image = sitk.ReadImage(str(phantom_dir / "images" / f"{case}.nii.gz"))
-        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_dir / "masks" / f"{case}.nii.gz")))
+        image = read_image(phantom_dir / "images" / f"{case}.nii.gz")
+        mask = read_mask(phantom_dir / "masks" / f"{case}.nii.gz").array
         row = {"case_id": case, "sma_cm2": value, "smd_hu": 35.0, "imat_cm2": 4.0,
                "smi_cm2_m2": value / 3, "sma_mask_cm2": value, "fold_dice_min": 0.9,
                "slice_index": 0, "flags": "sma_implausible" if value < 100 else ""}
@@ -180,8 +180,8 @@ def test_evaluation_report_in_a_browser(fake_tree, tmp_path):
 def test_overlay_png_is_a_picture_of_the_slice(phantom_dir):
     """The overlay: soft-tissue window, red outline on the mask's border, text box in the corner."""
     from PIL import Image
-    image = sitk.ReadImage(str(phantom_dir / "images" / "L3-0000.nii.gz"))
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_dir / "masks" / "L3-0000.nii.gz")))
+    image = read_image(phantom_dir / "images" / "L3-0000.nii.gz")
+    mask = read_mask(phantom_dir / "masks" / "L3-0000.nii.gz").array
     png = overlay_png(image, mask.astype(bool), ["L3-0000", "SMA 1.0 cm2"])
     with Image.open(io.BytesIO(png)) as im:
         rgb = np.asarray(im.convert("RGB"))

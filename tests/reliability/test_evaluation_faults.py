@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from conftest import fake_results_tree, run_cli, write_slice
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation import mask_files
+from nnunet_xfer import imaging
 from nnunet_xfer.evaluation.fold_evaluation import evaluate, evaluate_dataset
 from nnunet_xfer.evaluation.observer_study import observer_study
 from nnunet_xfer.evaluation.report import write_report
@@ -180,7 +180,7 @@ def test_evaluate_refuses_a_prediction_on_another_grid(env, tmp_path, fault, mat
 def test_evaluate_accepts_the_same_grid(env, tmp_path, variant):
     """Float noise far below a pixel, or a 2D file (no slice position) at the same place, pass."""
     pred = env["results"] / PRED
-    mask, geometry = mask_files.load_mask(pred)
+    mask, geometry = imaging.load_mask(pred)
     if variant == "jitter_below_tolerance":
         _rewrite(pred, origin=(1e-4, -1e-4, 0.0))
     else:
@@ -221,9 +221,9 @@ def test_evaluate_refuses_bad_mask_values(env, tmp_path, content, dtype, match):
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint16])
 def test_evaluate_accepts_binary_masks_of_any_type(env, tmp_path, dtype):
     pred = env["results"] / PRED
-    before = mask_files.load_mask(pred).array
+    before = imaging.load_mask(pred).array
     _rewrite(pred, dtype=dtype)
-    assert np.array_equal(mask_files.load_mask(pred).array, before)
+    assert np.array_equal(imaging.load_mask(pred).array, before)
     out = evaluate_dataset("990", out=tmp_path / "out", workers=1)
     assert len(pd.read_csv(out / "cases.csv")) > 0
 
@@ -255,7 +255,7 @@ def test_same_header_other_content_is_read_exactly(env, tmp_path):
     for k, a in enumerate(shapes):
         a[0, k:k + 5, 3:9] = 1
         write_slice(folder / f"m{k}.nii.gz", a[0], as_3d=True)
-    read = [mask_files.load_mask(folder / f"m{k}.nii.gz").array for k in range(3)]
+    read = [imaging.load_mask(folder / f"m{k}.nii.gz").array for k in range(3)]
     assert all(np.array_equal(r, a[0].astype(bool)) for r, a in zip(read, shapes))
 
 

@@ -10,14 +10,19 @@ few iterations on the CPU.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +43,15 @@ def _one_thread(one_torch_thread):
     """Every test here on one torch thread."""
 
 
-def pretrain(resume: bool = False, overwrite: bool = False, **kw) -> Path:
+def pretrain(resume: bool = False, overwrite: bool = False, keep_state: bool = False,
+             **kw) -> Path:
     from nnunet_xfer.pretraining.run import PretrainConfig, pretrain as run
     kw.setdefault("dataset", DATASET_NAME)
     kw.setdefault("device", "cpu")
     kw.setdefault("iterations", 1)
     kw.setdefault("batch_size", 2)
-    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=False)
+    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=False,
+               keep_state=keep_state)
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -60,7 +67,7 @@ def genuine(preprocessed_dataset, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("nnUNet_results", str(out))
         torch.set_num_threads(1)
-        pretrain(source="rec", fold=0, iterations=2)
+        pretrain(source="rec", fold=0, iterations=2, keep_state=True)
     return out
 
 
@@ -201,12 +208,34 @@ def test_hostile_resume_state_through_the_cli(store_copy, results, tmp_path, bad
 ITERATION = re.compile(r"(\d+)/100000")
 
 
-def _start(results: Path, log: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "nnUNet_results": str(results), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
+def _start(results: Path, log: Path, *extra: str, workers: int = 0) -> subprocess.Popen:
+    """pretrain in its own process group, stderr on a terminal (a pty, so its bar shows the
+    iterations) copied into ``log``; ``workers`` DataLoader processes."""
+    env = {**os.environ, "nnUNet_results": str(results), "OMP_NUM_THREADS": "1",
+           "nnUNet_n_proc_DA": str(workers)}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # tqdm needs a width
+    proc = subprocess.Popen(
         [str(BIN / "nnunet-xfer"), "pretrain", "-d", str(DATASET_ID), "-s", "rec", "--fold", "0",
          "--iterations", "100000", "--batch-size", "2", "--device", "cpu", *extra],
-        stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+        stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+
+    def copy() -> None:
+        with open(log, "wb") as f:
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not data:
+                    break
+                f.write(data)
+                f.flush()
+        os.close(master)
+    log.write_bytes(b"")
+    threading.Thread(target=copy, daemon=True).start()
+    return proc
 
 
 def _wait_for_iterations(proc: subprocess.Popen, log: Path, n: int, timeout: float = 300) -> None:
@@ -226,13 +255,22 @@ def _hidden_leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_state_and_resume_continues(preprocessed_dataset, results, tmp_path, sig):
+@pytest.mark.parametrize("sig, group, workers", [
+    (signal.SIGTERM, False, 0), (signal.SIGINT, False, 0),
+    # what experiment and SLURM send: the whole process group, DataLoader workers included (a
+    # worker died first: traceback, exit 1)
+    (signal.SIGTERM, True, 2)])
+def test_signal_saves_the_state_and_resume_continues(preprocessed_dataset, results, tmp_path, sig,
+                                                     group, workers):
     log = tmp_path / "stderr.txt"
-    proc = _start(results, log, "--checkpoint-every", "100000")
+    proc = _start(results, log, "--checkpoint-every", "100000", workers=workers)
     _wait_for_iterations(proc, log, 2)
-    proc.send_signal(sig)
-    assert proc.wait(timeout=120) == 128 + sig
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig, log.read_text(errors="replace")[-3000:]
+    time.sleep(0.5)  # the copy of the terminal's last bytes
     text = log.read_text(errors="replace")
     last = text.strip().splitlines()[-1]
     assert "Traceback" not in text and "interrupted by" in last and "--resume" in last, text[-2000:]
@@ -481,3 +519,54 @@ def test_seg_on_the_target_through_the_cli(preprocessed_dataset, raw_dataset, re
                    str(raw_dataset), check=False, env={"nnUNet_results": str(results)})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "is the target dataset" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- identity by content
+def _copy_of_the_target(raw: Path, dest: Path, how: str) -> Path:
+    """The target's raw dataset copied under another name with other types (images float32,
+    labels int16: issue 19's reproduction), or stored the other way round (RAS rows)."""
+    dest.mkdir(parents=True)
+    shutil.copy2(raw / "dataset.json", dest / "dataset.json")
+    for sub, pixel in (("imagesTr", sitk.sitkFloat32), ("labelsTr", sitk.sitkInt16)):
+        (dest / sub).mkdir()
+        for f in sorted((raw / sub).iterdir()):
+            image = sitk.Cast(sitk.ReadImage(str(f)), pixel)
+            if how == "reoriented":
+                image = sitk.DICOMOrient(sitk.JoinSeries(image), "RAS")[:, :, 0]
+            sitk.WriteImage(image, str(dest / sub / f.name))
+    return dest
+
+
+@pytest.mark.parametrize("how", ["float32", "reoriented"])
+def test_seg_on_a_copy_of_the_target_in_other_types_is_refused(preprocessed_dataset, results,
+                                                                 tmp_path, how):
+    """Issue 19: `pretrain -s seg --data` on a float32 copy of the target (labels int16) wrote
+    an `external` entry trained on every target label; fingerprints of voxel values catch it."""
+    raw = Path(os.environ["nnUNet_raw"]) / DATASET_NAME
+    copy = _copy_of_the_target(raw, tmp_path / "MyData", how)
+    assert sitk.ReadImage(str(next((copy / "imagesTr").iterdir()))).GetPixelIDTypeAsString() \
+        == "32-bit float"
+    with pytest.raises(UserError, match=r"is the target dataset Dataset501_L3 .*same voxels as "
+                                        r"the target's case") as e:
+        pretrain(source="seg", data=copy)
+    one_line(e)
+    assert not DatasetLayout(DATASET_NAME).store_entry("seg").exists()
+
+
+def test_seg_entry_records_the_fingerprints_of_what_it_saw(preprocessed_dataset, results, tmp_path):
+    from nnunet_xfer.imaging import content_fingerprints
+    from nnunet_xfer.pretraining.identity import FINGERPRINTS_KEY
+    voc = tmp_path / "voc"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "SegmentationClass").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"{k}.png")
+        mask = np.zeros((48, 48), np.uint8)
+        mask[5:20, 5 + k:30] = 1 + k % 2
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"{k}.png")
+    pth = pretrain(source="seg", data=voc)
+    recorded = read_record(pth)[FINGERPRINTS_KEY]
+    want = {fp for f in sorted(voc.rglob("*.png")) for fp in content_fingerprints(f)}
+    assert set(recorded) == want and len(want) == 6

@@ -207,3 +207,71 @@ def test_nnunetv2_train_refuses_fast_in_one_line(results, trainer, expected):
     assert proc.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert run_folders(results) == []
+
+
+# ----------------------------------------------------------------------------- identity by content
+def _entry_that_saw(source: str, cases: list[str], tmp_path: Path, **meta) -> Path:
+    """A store entry whose record lists the fingerprints of ``cases``' images, as a pretraining
+    on a float32 copy of them (another type and name than the dataset's) would record them."""
+    import numpy as np
+    import SimpleITK as sitk
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_xfer.imaging import content_fingerprints, image_file
+    from nnunet_xfer.pretraining.identity import FINGERPRINTS_KEY
+    from nnunet_xfer.pretraining.store import entry_provenance, save_entry
+    layout = DatasetLayout(DATASET_NAME)
+    seen = []
+    for case in cases:
+        image = sitk.ReadImage(str(layout.images_dir / image_file(case)))
+        copy = tmp_path / "copy" / f"photo_{case}.nrrd"
+        copy.parent.mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(copy))
+        seen += content_fingerprints(copy)
+    pm = PlansManager(str(layout.plans_json()))
+    state = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, 2,
+                                                     True).state_dict()
+    fold = 1 if spec(source).reads_target_images else None
+    prov = entry_provenance(DATASET_NAME, scope="fold" if fold is not None else "external",
+                            fold=fold, case_ids=[] if fold is None else meta.pop("case_ids", []))
+    record = {"source": source, "trained_prefixes": ["encoder."], "data": str(tmp_path / "copy"),
+              **prov, **meta}
+    if seen or FINGERPRINTS_KEY in meta:
+        record[FINGERPRINTS_KEY] = meta.get(FINGERPRINTS_KEY, sorted(seen))
+    return save_entry(entry_of(source), state, None, record, overwrite=True)
+
+
+def _fold1() -> dict:
+    import json
+    return json.loads(DatasetLayout(DATASET_NAME).raw_splits.read_text())[1]
+
+
+@pytest.mark.parametrize("source, which, refused", [
+    ("seg", "train", "images of Dataset501_L3 itself"),     # shared entry: no image of the dataset
+    ("seg", "val", "images of Dataset501_L3 itself"),
+    ("cls", "train", "images of Dataset501_L3 itself"),
+    ("rec", "val", "validation images of fold 1"),           # per-fold entry: not its validation
+    ("rec", "train", None),                                  # its own training cases: fine
+])
+def test_entry_that_saw_a_dataset_image_is_refused_by_content(results, tmp_path, source, which,
+                                                                refused):
+    """Issue 19: a copy of the target in another type and format is recognised by voxel values."""
+    cases = _fold1()[which][:2]
+    _entry_that_saw(source, cases, tmp_path)
+    name = trainer_name(source, 5)
+    if refused is None:
+        assert build(name).xfer_info["source"] == source
+        return
+    text = refusal(name)
+    assert refused in text and "found by their voxel values" in text and "2 " in text
+    assert f"case {cases[0]}" in text and "nnunet-xfer pretrain" in text
+    assert run_folders(results) == []
+
+
+def test_external_entry_without_its_image_list_is_refused(results, tmp_path):
+    _entry_that_saw("seg", [], tmp_path)          # trained on --data, but lists no fingerprints
+    text = refusal(trainer_name("seg", 5))
+    assert "does not list the images it was trained on" in text and "--overwrite" in text
+    _entry_that_saw("seg", [], tmp_path, image_fingerprints=[])   # lists them: none was ours
+    assert build(trainer_name("seg", 5)).xfer_info["source"] == "seg"

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from conftest import REAL_CT, run_cli
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation.mask_files import (case_id_from_filename, check_same_geometry,
-                                               list_cases, read_mask, read_slice)
+from nnunet_xfer.imaging import (case_id_from_filename, check_same_geometry, list_cases, load_mask,
+                                 load_slice)
 from nnunet_xfer.evaluation.measures import (MEASURE_COLUMNS, MEASURE_KEYS, PLAUSIBLE_SMA_CM2,
                                              hu_looks_calibrated, muscle_measures, quality_flags)
 
@@ -117,7 +117,8 @@ def write_slice(path: Path, arr: np.ndarray, spacing_rowcol=(0.8, 0.7), as_3d=Fa
 @pytest.mark.parametrize("as_3d", [False, True])
 def test_read_slice_returns_row_col_spacing(tmp_path, as_3d):
     arr = np.arange(12, dtype=np.int16).reshape(3, 4)
-    got, spacing = read_slice(write_slice(tmp_path / "a.nii.gz", arr, (0.8, 0.7), as_3d))
+    got, geometry = load_slice(write_slice(tmp_path / "a.nii.gz", arr, (0.8, 0.7), as_3d))
+    spacing = geometry.spacing
     np.testing.assert_array_equal(got, arr)
     assert spacing == pytest.approx((0.8, 0.7))
 
@@ -126,19 +127,20 @@ def test_read_slice_rejects_a_volume(tmp_path):
     path = tmp_path / "vol.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16)), str(path))
     with pytest.raises(UserError, match="vol.nii.gz"):
-        read_slice(path)
+        load_slice(path)
 
 
 def test_read_mask_label_rules(tmp_path):
     labels = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
     path = write_slice(tmp_path / "multi.nii.gz", labels)
     with pytest.raises(UserError, match=r"multi\.nii\.gz.*2.*--label"):
-        read_mask(path)
-    mask, _ = read_mask(path, label=2)
+        load_mask(path)
+    mask, _ = load_mask(path, label=2)
     np.testing.assert_array_equal(mask, labels == 2)
-    mask, _ = read_mask(path, label=1, other_labels=True)
+    mask, _ = load_mask(path, label=1, other_labels=True)
     np.testing.assert_array_equal(mask, labels == 1)
-    binary, spacing = read_mask(write_slice(tmp_path / "bin.nii.gz", (labels == 1).astype(np.uint8)))
+    binary, geometry = load_mask(write_slice(tmp_path / "bin.nii.gz", (labels == 1).astype(np.uint8)))
+    spacing = geometry.spacing
     np.testing.assert_array_equal(binary, labels == 1)
     assert binary.dtype == bool and spacing == pytest.approx((0.8, 0.7))
 
@@ -256,9 +258,10 @@ TS = REAL_CT / "totalseg_example"
 
 @pytest.mark.skipif(not (TS / "example_ct_L3_hu.nii.gz").exists(), reason="shared/real_ct not present")
 def test_real_totalseg_l3_measures_are_plausible():
-    image, spacing = read_slice(TS / "example_ct_L3_hu.nii.gz")
-    labels, mask_spacing = read_slice(TS / "example_ct_L3_mask_ts_fast.nii.gz")
-    check_same_geometry(spacing, image.shape, mask_spacing, labels.shape, "example_ct_L3")
+    image, geometry = load_slice(TS / "example_ct_L3_hu.nii.gz")
+    labels, mask_geometry = load_slice(TS / "example_ct_L3_mask_ts_fast.nii.gz")
+    spacing = geometry.spacing
+    check_same_geometry(spacing, image.shape, mask_geometry.spacing, labels.shape, "example_ct_L3")
     assert spacing == (3.0, 3.0)
     muscle = np.isin(labels, [1, 2, 3, 4])   # autochthon and iliopsoas, left/right; 5 = vertebra
     m = muscle_measures(image, muscle, spacing, height_m=1.75)
@@ -290,8 +293,9 @@ def test_measure_cli_on_the_phantom_cohort(phantom_dir, tmp_path):
     differ = table.index[table["sma_cm2"] < table["sma_mask_cm2"]]
     assert len(differ) > 0
     case = differ[0]
-    image, spacing = read_slice(phantom_dir / "images" / f"{case}.nii.gz")
-    mask, _ = read_mask(phantom_dir / "masks" / f"{case}.nii.gz")
+    image, geometry = load_slice(phantom_dir / "images" / f"{case}.nii.gz")
+    spacing = geometry.spacing
+    mask, _ = load_mask(phantom_dir / "masks" / f"{case}.nii.gz")
     outside = int(np.count_nonzero(mask & ((image < -29) | (image > 150))))
     assert outside > 0
     assert table.loc[case, "sma_mask_cm2"] - table.loc[case, "sma_cm2"] == pytest.approx(

@@ -13,14 +13,15 @@ from conftest import run_cli, write_slice
 from scipy import ndimage
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation import mask_files as io
+from nnunet_xfer.imaging import load_mask
 from nnunet_xfer.evaluation.observer_study import observer_study
 
 
 def _derived(study: Path, dest: Path, transform) -> Path:
     """A rater folder made by transforming every reference mask."""
     for p in sorted((study / "reference").iterdir()):
-        m, spacing = io.read_mask(p)
+        m, geometry = load_mask(p)
+        spacing = geometry.spacing
         write_slice(dest / p.name, transform(m).astype(np.uint8), spacing)
     return dest
 
@@ -138,7 +139,7 @@ def test_bad_inputs(observer_study_data, tmp_path):
         observer_study(ref, obs, predictions=shifted, out=tmp_path / "o3")
 
     spaced = _derived(observer_study_data, tmp_path / "spacing", lambda m: m)
-    m, _ = io.read_mask(ref / "case_005.nii.gz")
+    m, _ = load_mask(ref / "case_005.nii.gz")
     write_slice(spaced / "case_005.nii.gz", m.astype(np.uint8), (0.9, 0.8))
     with pytest.raises(UserError, match="case_005.*spacing"):
         observer_study(ref, obs, predictions=spaced, out=tmp_path / "o4")
@@ -150,7 +151,8 @@ def test_bad_inputs(observer_study_data, tmp_path):
     twice = lambda m: m.astype(np.uint8) * 2  # noqa: E731
     for o in ("obs_0", "obs_1", "obs_2"):
         for p in sorted((obs / o).iterdir()):
-            m, spacing = io.read_mask(p)
+            m, geometry = load_mask(p)
+            spacing = geometry.spacing
             write_slice(tmp_path / "obs2" / o / p.name, twice(m), spacing)
     as2 = observer_study(labels2, tmp_path / "obs2", predictions=labels2, out=tmp_path / "o6",
                          label=2)
@@ -182,7 +184,8 @@ def test_williams_on_project_phantom(tmp_path):
     for name, transform in (("copy", lambda m: m), ("eroded", lambda m: ndimage.binary_erosion(
             m, np.ones((3, 3), bool), iterations=3))):
         for p in sorted(refs.iterdir()):
-            m, spacing = io.read_mask(p)
+            m, geometry = load_mask(p)
+            spacing = geometry.spacing
             write_slice(tmp_path / name / p.name, transform(m).astype(np.uint8), spacing)
         out = observer_study(refs, cohort / "observers", predictions=tmp_path / name, name=name,
                              out=tmp_path / f"out_{name}")

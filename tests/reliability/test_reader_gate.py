@@ -1,0 +1,237 @@
+"""One gate in (issue 17 items 1, 2, 5): every command reads images through one validated reader.
+
+Reproductions that each command accepted before: ``convert`` wrote a half-zero slice from a
+``.nii.gz`` cut to half its bytes, a ``.nii`` cut mid-data or a truncated mask; ``measure
+--images/--masks`` measured with zero, negative or NaN spacing (SMA 3.64 cm² for a true 148.1)
+and a mask shifted 50 mm or flipped; ``observers`` measured NaN inside the muscle (SMD 0 HU) and
+zero spacing; a mask that is not a regular file was skipped. And the orientation: one L3 slice
+stored as a DICOM series and as a RAS NIfTI gave two different masks (Dice 0.875) and SMAs
+(91.7 vs 90.5 cm²) through ``measure``; now both give one mask and one SMA.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from clinical_data import TRAINER, studies_csv
+from conftest import REAL_CT, run_cli
+from nnunet_xfer import cli
+from nnunet_xfer.dataset_conversion.convert import convert
+from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation.observer_study import observer_study
+
+SIZE = 32
+
+
+def hu(seed: int, shape=(SIZE, SIZE)) -> np.ndarray:
+    arr = np.random.default_rng(seed).integers(-200, 200, shape).astype(np.int16)
+    arr[0] = -1000                                      # air: a CT, not a picture
+    return arr
+
+
+def muscle(shape=(SIZE, SIZE)) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    m[8:20, 10:24] = 1
+    return m
+
+
+def write(arr: np.ndarray, path: Path, spacing=(0.75, 0.75), origin=None, direction=None) -> Path:
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(tuple(spacing) + (2.5,) * (arr.ndim - 2))
+    if origin is not None:
+        img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def cut(path: Path, keep: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def pixdim(path: Path, dx: float, dy: float) -> Path:
+    data = bytearray(path.read_bytes())
+    data[80:88] = struct.pack("<2f", dx, dy)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def run(capsys, *args: str) -> tuple[int, str]:
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- convert
+def _truncated_image(t: Path) -> dict:
+    return {"image": str(cut(write(hu(1), t / "half.nii.gz"), 0.5))}
+
+
+def _image_cut_mid_data(t: Path) -> dict:
+    return {"image": str(cut(write(hu(1), t / "cut.nii"), 0.75))}
+
+
+def _truncated_mask(t: Path) -> dict:
+    return {"mask": str(cut(write(muscle(), t / "mask.nii.gz"), 0.6))}
+
+
+@pytest.mark.parametrize("spoil, name", [(_truncated_image, "half.nii.gz"),
+                                         (_image_cut_mid_data, "cut.nii"),
+                                         (_truncated_mask, "mask.nii.gz")])
+def test_convert_refuses_a_truncated_file_and_writes_nothing(tmp_path, nn_dirs, spoil, name):
+    rows = [{"case_id": f"c{i}", "image": str(write(hu(i), tmp_path / "i" / f"c{i}.nii.gz")),
+             "mask": str(write(muscle(), tmp_path / "m" / f"c{i}.nii.gz"))} for i in range(4)]
+    rows[2].update(spoil(tmp_path))
+    csv = tmp_path / "cases.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    with pytest.raises(UserError, match=rf"case c2: .*{name}.* is truncated or damaged") as e:
+        convert(cases_csv=csv, dataset_id=611, name="Cut", sizes=[2], n_folds=2)
+    assert "\n" not in str(e.value)
+    raw, _pre = nn_dirs
+    assert list(raw.iterdir()) == []
+
+
+# ---------------------------------------------------------------- measure --images/--masks
+def _pair(tmp_path: Path, **mask_geometry) -> tuple[Path, Path]:
+    write(hu(3), tmp_path / "img" / "c1.nii.gz", origin=(10.0, 20.0), direction=(1, 0, 0, 1))
+    geometry = {"origin": (10.0, 20.0), "direction": (1, 0, 0, 1), **mask_geometry}
+    write(muscle(), tmp_path / "msk" / "c1.nii.gz", **geometry)
+    return tmp_path / "img", tmp_path / "msk"
+
+
+@pytest.mark.parametrize("fault, phrase", [
+    ("zero_spacing", "invalid pixel spacing (0, 0)"),
+    ("negative_spacing", "invalid pixel spacing (-0.75, 0.75)"),
+    ("nan_spacing", "invalid pixel spacing (nan, 0.75)"),
+    ("mask_shifted_50mm", "lies 50 mm from"),
+    ("mask_flipped", "row direction"),
+    ("mask_not_a_file", "is not a regular file"),
+    ("image_truncated", "is truncated or damaged"),
+])
+def test_measure_masks_refuses_bad_geometry_and_files(tmp_path, capsys, fault, phrase):
+    images, masks = _pair(tmp_path, **{"mask_shifted_50mm": {"origin": (60.0, 20.0)},
+                                       "mask_flipped": {"direction": (1, 0, 0, -1)}}.get(fault, {}))
+    image = images / "c1.nii.gz"
+    if fault.endswith("_spacing"):
+        image.unlink()
+        value = {"zero": (0.0, 0.0), "negative": (-0.75, 0.75), "nan": (float("nan"), 0.75)}
+        pixdim(write(hu(3), images / "c1.nii", origin=(10.0, 20.0)), *value[fault.split("_")[0]])
+    elif fault == "mask_not_a_file":
+        write(hu(4), images / "c2.nii.gz", origin=(10.0, 20.0))
+        os.mkfifo(masks / "c2.nii.gz")                 # reading it would block forever
+    elif fault == "image_truncated":
+        cut(image, 0.5)
+    out = tmp_path / "m.csv"
+    code, err = run(capsys, "measure", "--images", str(images), "--masks", str(masks), "-o",
+                    str(out))
+    assert code == 2 and phrase in err, err
+    assert len(err.strip().splitlines()) == 1 and ("c1" in err or "c2" in err)
+    assert not out.exists()
+
+
+def test_measure_masks_measures_the_true_spacing(tmp_path, capsys):
+    """The control: the same pair with its spacing intact is measured at 0.75 mm pixels."""
+    images, masks = _pair(tmp_path)
+    code, err = run(capsys, "measure", "--images", str(images), "--masks", str(masks), "-o",
+                    str(tmp_path / "m.csv"))
+    assert code == 0, err
+    row = pd.read_csv(tmp_path / "m.csv").iloc[0]
+    assert row["sma_mask_cm2"] == pytest.approx(muscle().sum() * 0.75 ** 2 / 100)
+
+
+# ---------------------------------------------------------------- observers
+def _observer_study(root: Path) -> dict:
+    for rater in ("reference", "observers/a", "observers/b"):
+        write(muscle(), root / rater / "c1.nii.gz")
+        write(muscle(), root / rater / "c2.nii.gz")
+    for case in ("c1", "c2"):
+        write(hu(5), root / "images" / f"{case}.nii.gz")
+    return {"reference": root / "reference", "observers": root / "observers",
+            "images": root / "images"}
+
+
+@pytest.mark.parametrize("fault, phrase", [
+    ("nan_in_muscle", "NaN or inf"),
+    ("zero_spacing_image", "invalid pixel spacing"),
+    ("zero_spacing_mask", "invalid pixel spacing"),
+    ("truncated_mask", "truncated or damaged"),
+])
+def test_observers_refuse_nan_in_the_muscle_and_zero_spacing(tmp_path, fault, phrase):
+    paths = _observer_study(tmp_path / "study")
+    if fault == "nan_in_muscle":
+        arr = hu(5).astype(np.float32)
+        arr[10, 12] = np.nan                            # inside the muscle
+        write(arr, paths["images"] / "c2.nii.gz")
+    elif fault == "zero_spacing_image":
+        (paths["images"] / "c2.nii.gz").unlink()
+        pixdim(write(hu(5), paths["images"] / "c2.nii"), 0.0, 0.0)
+    elif fault == "zero_spacing_mask":
+        (paths["observers"] / "b" / "c2.nii.gz").unlink()
+        pixdim(write(muscle(), paths["observers"] / "b" / "c2.nii"), 0.0, 0.0)
+    else:
+        cut(paths["observers"] / "a" / "c1.nii.gz", 0.5)
+    with pytest.raises(UserError, match=phrase) as e:
+        observer_study(paths["reference"], paths["observers"], images=paths["images"],
+                       out=tmp_path / "out")
+    assert "\n" not in str(e.value) and ("c1" in str(e.value) or "c2" in str(e.value))
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- one orientation
+TS = REAL_CT / "totalseg_example"
+needs_real = pytest.mark.skipif(not (TS / "example_ct_as_dicom").is_dir(),
+                                reason="shared/real_ct/totalseg_example not present")
+
+
+def _physical_mask(path: Path, index: int) -> np.ndarray:
+    """Slice ``index`` of a mask file (NIfTI volume, or a one-frame DICOM-SEG on an LPS-stored
+    instance) with rows and columns in LPS order, by SimpleITK's own reorientation."""
+    if path.suffix == ".dcm":
+        import highdicom as hd
+        seg = hd.seg.segread(path)
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[u[2] for u in seg.get_source_image_uids()],
+            segment_numbers=[1])[0, ..., 0]
+        return frame.astype(bool)          # the source instance's rows and columns: LPS
+    volume = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+    assert volume.GetDirection()[8] == 1.0    # the slice axis kept its order
+    return sitk.GetArrayFromImage(volume)[index].astype(bool)
+
+
+@needs_real
+def test_dicom_and_nifti_storage_of_one_slice_give_one_mask_and_one_sma(model_env, tmp_path):
+    """example_ct.nii.gz (RAS rows) and example_ct_as_dicom/ (LPS rows) hold the same voxels;
+    slice 72 measured from both: the same mask in physical space, the same SMA."""
+    csv = studies_csv(tmp_path / "studies.csv", [
+        {"case_id": "nifti", "image": str(TS / "example_ct.nii.gz"), "slice_index": 72},
+        {"case_id": "dicom", "image": str(TS / "example_ct_as_dicom"), "slice_index": 72}])
+    out = tmp_path / "out"
+    run_cli("nnunet-xfer", "measure", "--cases", str(csv), "-o", str(out), "-d", "501", "-tr",
+            TRAINER, "--device", "cpu", env=model_env)
+    t = pd.read_csv(out / "measures.csv", dtype={"case_id": str}).set_index("case_id")
+    assert (t["status"] == "ok").all()
+    assert t.loc["dicom", "mask_file"].endswith(".dcm")          # DICOM in, DICOM-SEG out
+    nifti = _physical_mask(out / t.loc["nifti", "mask_file"], 72)
+    dicom = _physical_mask(out / t.loc["dicom", "mask_file"], 72)
+    np.testing.assert_array_equal(nifti, dicom)
+    assert nifti.any()
+    for k in ("sma_cm2", "smd_hu", "sma_mask_cm2", "muscle_pixels"):
+        assert t.loc["nifti", k] == t.loc["dicom", k], k
+    # the NIfTI mask lies on the input's grid, in its own (RAS) storage order
+    stored = sitk.ReadImage(str(out / t.loc["nifti", "mask_file"]))
+    ct = sitk.ReadImage(str(TS / "example_ct.nii.gz"))
+    assert stored.GetDirection() == ct.GetDirection() and stored.GetSize() == ct.GetSize()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stored)[72][::-1, ::-1], dicom)
