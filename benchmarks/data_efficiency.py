@@ -231,7 +231,7 @@ def point_table(cases: pd.DataFrame, summary: dict, baseline: str = "scratch") -
     groups = {(g["source"], str(g["size_tag"])): g for g in summary["groups"]}
     rows = []
     for (source, tag), g in cases.groupby(["source", "size_tag"], sort=False):
-        if is_reference(source):
+        if is_reference(source) or not str(tag).isdigit():  # the curve's points only (no "all")
             continue
         row = {"source": source, "n": int(tag), "cases": len(g)}
         base = cases[(cases.source == baseline) & (cases.size_tag == tag)]
@@ -328,6 +328,16 @@ def markdown(points: pd.DataFrame, threshold: dict, band: dict | None, selection
     return "\n".join(lines) + "\n"
 
 
+def _n_axis(ax, ns: list[int]) -> None:
+    """A log axis of n with a tick at each n and room for the offset markers."""
+    ax.set_xscale("log")
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlim(min(ns) / 1.35, max(ns) * 1.35)
+    ax.set_xlabel("annotated training slices n")
+
+
 def figure(points: pd.DataFrame, threshold: dict, band: dict | None, selection: pd.DataFrame,
            path: Path, title: str) -> Path:
     """Dice and RMS DTA against n (95 % intervals), the threshold line and the observers' band;
@@ -364,11 +374,7 @@ def figure(points: pd.DataFrame, threshold: dict, band: dict | None, selection: 
             ax.errorbar(selection.n.to_numpy(float) * 1.09, y, yerr=err, marker="o", mfc="white",
                         ms=6, capsize=3, lw=1, ls=":", color=source_color("scratch"),
                         label="scratch, diverse selection")
-        ax.set_xscale("log")
-        ax.set_xticks(ns)
-        ax.set_xticklabels([str(n) for n in ns])
-        ax.minorticks_off()
-        ax.set_xlabel("annotated training slices n")
+        _n_axis(ax, ns)
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     ax = axes[2]
@@ -384,11 +390,7 @@ def figure(points: pd.DataFrame, threshold: dict, band: dict | None, selection: 
         ax.errorbar(x, [d["mean"] for d in v],
                     yerr=np.array([[d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]] for d in v]).T,
                     marker="o", ms=5, capsize=3, lw=1.5, color=source_color(s), label=label(s))
-    ax.set_xscale("log")
-    ax.set_xticks(ns)
-    ax.set_xticklabels([str(n) for n in ns])
-    ax.minorticks_off()
-    ax.set_xlabel("annotated training slices n")
+    _n_axis(ax, ns)
     ax.set_ylabel("Dice − scratch's Dice (same cases)")
     ax.set_title("paired difference against scratch (95% CI)", fontsize=10)
     ax.grid(alpha=0.3)
