@@ -557,7 +557,8 @@ def _add_experiment(sub) -> None:
 
 def _cmd_demo(a: argparse.Namespace) -> None:
     from nnunet_xfer.demo import demo_summary, run_demo
-    print(demo_summary(run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite)))
+    print(demo_summary(run_demo(out=a.output, quick=a.quick, overwrite=a.overwrite,
+                                observer_model_name=a.observer_model)))
 
 
 def _add_demo(sub) -> None:
@@ -567,6 +568,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny version (used by the tests)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo's output folder (and its Dataset990_XferDemo)")
+    p.add_argument("--observer-model", default=None, metavar="TRAINER",
+                   help="the model of the observer study, e.g. XferScratchTrainer_n10 (default: "
+                        "the best by mean Dice, as the report picks it)")
     p.set_defaults(func=_cmd_demo)
 
 

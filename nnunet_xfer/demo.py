@@ -1,14 +1,18 @@
 """`nnunet-xfer demo`: the whole pipeline on a synthetic cohort, CPU only, through the real CLIs.
 
-Stages: phantom → convert → nnUNetv2_plan_and_preprocess → pretrain → nnUNetv2_train grid →
-evaluate (with the observers) → report → observer study → its report, then the table of Dice and
-RMS DTA per source and n with the observers' range and the human-level verdicts. Every stage is a subprocess
+Stages: phantom (with a synthetic segmentation source task) → convert →
+nnUNetv2_plan_and_preprocess → pretrain (rec on fold 0's training images, seg on the source task)
+→ nnUNetv2_train grid → evaluate (with the observers, beside the threshold baseline) → report →
+observer study of the best model by the report's own criterion (or the one named) → its report,
+then the table of Dice and RMS DTA per source and n with the threshold baseline, whether each model
+beats it, the observers' range and the human-level verdicts. Every stage is a subprocess
 of the same commands a user types (the experiment's step runner executes them), so the demo is
 also the smoke test of the installation. nnU-Net's folders go under the output folder unless
 ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` are all set already.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 from nnunet_xfer import settings as env_settings
 from nnunet_xfer import atomic
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.evaluation.findings import best_group
 from nnunet_xfer.experiment import (
     Grid,
     ResultsTable,
@@ -41,6 +46,7 @@ from nnunet_xfer.layout import (
     TEMP_PREFIX,
     parse_run_folder_name,
 )
+from nnunet_xfer.sources import spec
 from nnunet_xfer.study_grid import trainer_name
 from nnunet_xfer.trainers import trainer_environment
 
@@ -61,15 +67,20 @@ class DemoSettings:
     epochs: int
     iterations: int
     pretrain_iterations: int
+    #: slices of the phantom's segmentation source task (``seg``'s data); 0: none written
+    source_cases: int = 0
 
 
-#: Sized to finish in <= 10 min on 2 CPU cores with models that clearly beat chance.
+#: Sized to stay near 5 min on 2 idle CPU cores: scratch, a self-supervised source and the
+#: synthetic segmentation source (the study's strongest kind), two sizes, fold 0.
 FULL = DemoSettings(cases=40, size=128, observers=10, observer_cases=40,
-                    sources=("scratch", "rec", "jigsaw"), sizes=(5, 10), epochs=3,
-                    iterations=20, pretrain_iterations=10)
+                    sources=("scratch", "rec", "seg"), sizes=(5, 10), epochs=3,
+                    iterations=20, pretrain_iterations=10, source_cases=30)
 #: The tiny version the tests run (< 2.5 min).
 QUICK = DemoSettings(cases=24, size=64, observers=3, observer_cases=24, sources=("scratch", "rec"),
                      sizes=(5,), epochs=1, iterations=2, pretrain_iterations=5)
+#: Folder of the phantom's segmentation source task in the demo's output folder.
+SOURCE_TASK = "source_task"
 
 
 def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = None) -> dict:
@@ -85,6 +96,8 @@ def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = N
                 "MPLBACKEND": "Agg",
                 "nnUNet_xfer_epochs": str(settings.epochs),
                 "nnUNet_xfer_iterations": str(settings.iterations)})
+    if "seg" in settings.sources:  # pretrain -s seg --data: the phantom's source task
+        env[spec("seg").data_env] = str(out.resolve() / SOURCE_TASK)
     return env
 
 
@@ -95,20 +108,25 @@ def demo_grid(out: Path, settings: DemoSettings) -> Grid:
                 pretrain_iterations=settings.pretrain_iterations)
 
 
-def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]]:
-    """(stage, steps) in order; the training grid and its evaluation come from the experiment."""
+def demo_steps(out: Path, settings: DemoSettings,
+               model: str | None = None) -> list[tuple[str, list[Step]]]:
+    """(stage, steps) in order; the training grid and its evaluation come from the experiment.
+
+    ``model``: the trainer of the observer study (default the last source at the largest n;
+    :func:`run_demo` replaces it by :func:`observer_model` once the evaluation exists)."""
     out = out.resolve()
     phantom = out / "phantom"
     sizes = ",".join(str(n) for n in settings.sizes)
     grid = grid_steps(demo_grid(out, settings), DEMO_NAME, torchvision=False)
     by_kind = lambda *kinds: [s for s in grid if s.kind in kinds]  # noqa: E731
-    model = trainer_name(settings.sources[-1], max(settings.sizes))
-    study = out / "observer_study"
+    model = model or trainer_name(settings.sources[-1], max(settings.sizes))
+    source_task = (("--source-task", str(out / SOURCE_TASK), "--source-cases",
+                    str(settings.source_cases)) if settings.source_cases else ())
     return [
         ("phantom", [Step("phantom", "phantom", (
             "nnunet-xfer", "phantom", str(phantom), "--cases", str(settings.cases), "--size",
             str(settings.size), "--observers", str(settings.observers), "--observer-cases",
-            str(settings.observer_cases), "--seed", "0"))]),
+            str(settings.observer_cases), "--seed", "0", *source_task))]),
         ("convert", [Step("convert", "convert", (
             "nnunet-xfer", "convert", "--cases", str(phantom / CASES_CSV), "-d", str(DEMO_ID),
             "-n", DEMO_NAME.split("_", 1)[1], "--sizes", sizes))]),
@@ -117,20 +135,51 @@ def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]
         ("pretrain", by_kind("pretrain")),
         ("train", by_kind("train")),
         ("evaluate + report", by_kind("evaluate", "report")),
-        ("observer study + report", [
-            Step("observers", "observers", (
-                "nnunet-xfer", "observers", "--reference", str(phantom / "masks"),
-                "--observers", str(phantom / "observers"), "--images", str(phantom / "images"),
-                "--predictions", str(ShellLayout(DEMO_NAME).run_folder(model)),
-                "--name", model, "-o", str(study))),
-            Step("observer report", "report", (
-                "nnunet-xfer", "report", "-i", str(study), "-o", str(study / REPORT_HTML)),
-                needs=("observers",))]),
+        (OBSERVER_STAGE, observer_steps(out, model)),
     ]
 
 
+#: The last stage: the observer study of one model and its report.
+OBSERVER_STAGE = "observer study + report"
+
+
+def observer_steps(out: Path, model: str) -> list[Step]:
+    """The observer study of trainer ``model``'s fold-0 predictions, and its report."""
+    out = out.resolve()
+    phantom, study = out / "phantom", out / "observer_study"
+    return [
+        Step("observers", "observers", (
+            "nnunet-xfer", "observers", "--reference", str(phantom / "masks"),
+            "--observers", str(phantom / "observers"), "--images", str(phantom / "images"),
+            "--predictions", str(ShellLayout(DEMO_NAME).run_folder(model)),
+            "--name", model, "-o", str(study))),
+        Step("observer report", "report", (
+            "nnunet-xfer", "report", "-i", str(study), "-o", str(study / REPORT_HTML)),
+            needs=("observers",))]
+
+
+def observer_model(evaluation: Path, named: str | None = None) -> tuple[str, str]:
+    """(trainer, why) of the demo's observer study: ``named`` when given (it must be a trained
+    model of the demo), else the best model by the report's own criterion
+    (:func:`~nnunet_xfer.evaluation.findings.best_group`: highest mean Dice, ties lower RMS DTA)."""
+    summary = json.loads((Path(evaluation) / EVAL_SUMMARY_JSON).read_text())
+    trained = {trainer_name(g["source"], g["size_tag"]): g for g in summary.get("groups", [])
+               if not g.get("reference")}
+    if named is not None:
+        if named not in trained:
+            raise UserError(f"--observer-model {named} is not a model of this demo; choose one "
+                            f"of {', '.join(sorted(trained))}")
+        return named, "named with --observer-model"
+    best = best_group(summary.get("groups", []))
+    if best is None:
+        raise UserError(f"the demo's evaluation {evaluation} has no model with a scored case")
+    return (trainer_name(best["source"], best["size_tag"]),
+            f"the best by mean Dice ({best['metrics']['dice']['mean']:.3f}) over "
+            f"{best['n_cases']} validation cases, as the report picks it")
+
+
 #: What the demo writes into its output folder while it runs.
-DEMO_OWNED = (DEMO_LOG, "phantom", "observer_study", *NNUNET_VARS)
+DEMO_OWNED = (DEMO_LOG, "phantom", SOURCE_TASK, "observer_study", *NNUNET_VARS)
 
 
 def _claim_output(out: Path, overwrite: bool) -> atomic.Claim:
@@ -198,15 +247,20 @@ class DemoResult:
     observer_study: Path
     models: Path
     table: ResultsTable
+    #: the trainer of the observer study, and why it was chosen
+    observer_model: str = ""
+    observer_model_reason: str = ""
 
 
 def run_demo(out: Path = Path("demo_output"), quick: bool = False,
-             overwrite: bool = False) -> DemoResult:
+             overwrite: bool = False, observer_model_name: str | None = None) -> DemoResult:
     """Run the demo into ``out``, printing each stage's wall time as it ends.
 
     Returns the stage times, the output paths and the table of Dice / RMS DTA per source and n
-    with the observers' range and the human-level verdicts. A failing stage stops the demo with a
-    :class:`UserError` naming the stage and the log file.
+    with the threshold baseline, the observers' range and the human-level verdicts. The observer
+    study takes ``observer_model_name`` (a trainer of the demo) or else the best model by the
+    report's criterion. A failing stage stops the demo with a :class:`UserError` naming the stage
+    and the log file.
     """
     settings = QUICK if quick else FULL
     claim = _claim_output(Path(out), overwrite)
@@ -224,7 +278,13 @@ def run_demo(out: Path = Path("demo_output"), quick: bool = False,
           f"log: {log}", flush=True)
     times: dict[str, float] = {}
     start = time.monotonic()
+    evaluation = Path(env["nnUNet_results"]) / DEMO_NAME / EVALUATION_FOLDER
+    model, why = "", ""
     for stage, steps in demo_steps(out, settings):
+        if stage == OBSERVER_STAGE:  # the model is known once the evaluation exists
+            model, why = observer_model(evaluation, observer_model_name)
+            print(f"observer study of {model}: {why}", flush=True)
+            steps = observer_steps(out, model)
         t0 = time.monotonic()
         results = run_steps(steps, log, env=env, keep_going=False, desc=stage)
         times[stage] = time.monotonic() - t0
@@ -235,11 +295,10 @@ def run_demo(out: Path = Path("demo_output"), quick: bool = False,
         print(f"[{time.monotonic() - start:6.1f} s] {stage}: {times[stage]:.1f} s", flush=True)
     times["total"] = time.monotonic() - start
     atomic.write_marker(out, "demo")  # finished: every file it wrote, listed
-    results_root = Path(env["nnUNet_results"])
-    evaluation = results_root / DEMO_NAME / EVALUATION_FOLDER
     return DemoResult(times=times, report=evaluation / REPORT_HTML, evaluation=evaluation,
                       observer_study=out.resolve() / "observer_study" / REPORT_HTML,
-                      models=results_root / DEMO_NAME, table=results_table(evaluation))
+                      models=evaluation.parent, table=results_table(evaluation),
+                      observer_model=model, observer_model_reason=why)
 
 
 def demo_summary(result: DemoResult) -> str:
@@ -248,7 +307,9 @@ def demo_summary(result: DemoResult) -> str:
             f"report:              {result.report}\n"
             f"tables:              {result.evaluation / EVAL_CASES_CSV}, "
             f"{result.evaluation / EVAL_SUMMARY_JSON}\n"
-            f"observer study:      {result.observer_study}\n"
+            f"observer study:      {result.observer_study}"
+            + (f" ({result.observer_model}: {result.observer_model_reason})"
+               if result.observer_model else "") + "\n"
             f"trained models:      {result.models}\n\n"
             f"fold 0's validation cases, mean per source and n (a smoke test, not the study's "
             f"result):\n{format_table(result.table)}")

@@ -5,6 +5,10 @@ is nnU-Net's own trainer, reported beside ours (no trainer family, never in a gr
 module asks the registry (``spec(name)``) instead of comparing source names. Adding a source means
 adding a spec here (and, for a new kind of task, its task class in ``pretraining/tasks.py``, or
 for a new checkpoint layout its reader in ``pretraining/external_weights.py``).
+
+The registry also holds the *reference rows* of every evaluation (``reference=True``): no-learning
+baselines such as ``threshold`` that ``evaluate`` scores on every validation case beside the
+models. They are not sources: no trainer, never in a grid, never a "best source".
 """
 from __future__ import annotations
 
@@ -80,6 +84,10 @@ class SourceSpec:
     #: the nnU-Net trainer it is trained with when it has no ``Xfer`` family (nnU-Net's own)
     trainer: str | None = None
 
+    #: a no-learning reference row of every evaluation (``threshold``), not a source: no
+    #: trainer, no grid, never a best-source choice; ``evaluate`` computes its masks
+    reference: bool = False
+
     @property
     def imports_weights(self) -> bool:
         """True when ``pretrain`` imports a published checkpoint (``--weights FILE``) for it."""
@@ -92,8 +100,9 @@ class SourceSpec:
 
     @property
     def has_family(self) -> bool:
-        """True when it is trained by ``Xfer<Source>Trainer_n<N>`` classes (all but nnU-Net's own)."""
-        return self.trainer is None
+        """True when it is trained by ``Xfer<Source>Trainer_n<N>`` classes (all but nnU-Net's own
+        and the no-learning references)."""
+        return self.trainer is None and not self.reference
 
     @property
     def reads_target_images(self) -> bool:
@@ -158,16 +167,26 @@ REGISTRY: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("nnunet", "nnU-Net default", "nnU-Net's own trainer and network (nnUNetTrainer)",
                task=None, data=DATA_NONE, default_parts=(), color="tab:brown", in_study=False,
                trainer="nnUNetTrainer"),
+    SourceSpec("threshold", "threshold (no learning)", "muscle HU range (−29…+150 HU) inside the "
+               "body, no learning (docs/definitions.md#the-threshold-baseline)", task=None,
+               data=DATA_NONE, default_parts=(), color="black", in_study=False, reference=True),
 )}
 
 #: Sources of the ``Xfer<Source>Trainer_n<N>`` family, in the order the study reports them.
 SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.has_family)
 #: The paper's sources: the default grid of ``experiment``.
 STUDY_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if REGISTRY[n].in_study)
+#: Reference rows every evaluation scores beside the models (no learning).
+REFERENCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.reference)
 #: Sources that fine-tune from a store entry.
 PRETRAINED_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.pretrained)
 #: Sources whose store entry is a published checkpoint imported with ``--weights FILE``.
 IMPORTED_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.imports_weights)
+
+
+def is_reference(name: str) -> bool:
+    """True for a reference row of the evaluation (``threshold``), False for a model's source."""
+    return name in REGISTRY and REGISTRY[name].reference
 
 
 def spec(name: str) -> SourceSpec:
@@ -212,6 +231,9 @@ def check_names(names) -> list[str]:
     if not names:
         raise UserError(f"no source task given; choose from {','.join(SOURCES)}")
     for n in names:
+        if spec(n).reference:
+            raise UserError(f"{n!r} is a no-learning reference that evaluate scores by itself, not "
+                            f"a source to train; choose from {','.join(SOURCES)}")
         if not spec(n).has_family:
             raise UserError(f"source {n!r} is trained with nnU-Net's own {spec(n).trainer}, not "
                             f"by a grid; choose from {','.join(SOURCES)}")

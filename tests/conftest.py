@@ -184,6 +184,16 @@ def scratch_run(preprocessed_dataset, nnunet_env) -> Path:
             / "XferScratchTrainer_n5__nnUNetPlans__2d" / "fold_0")
 
 
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the folder is not a package)."""
+    import importlib
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     """Copy a folder for a test that modifies it."""
     shutil.copytree(src, dst)

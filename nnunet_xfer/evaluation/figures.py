@@ -18,7 +18,8 @@ import pandas as pd  # noqa: E402
 from nnunet_xfer.evaluation import agreement  # noqa: E402
 from nnunet_xfer.imaging import load_mask, load_slice  # noqa: E402
 from nnunet_xfer.evaluation.raters import with_worst  # noqa: E402
-from nnunet_xfer.sources import color as source_color, label as source_label, rank  # noqa: E402
+from nnunet_xfer.sources import (color as source_color, is_reference,  # noqa: E402
+                                 label as source_label, rank)
 
 #: CT display window of the gallery (HU), the usual soft-tissue window for L3 muscle.
 WINDOW_HU = (-160.0, 240.0)
@@ -46,7 +47,9 @@ def curve_label(source: str, plans: str, multi_plans: bool, marks: str = "") -> 
 
 def headline(groups: list[dict], path: Path, band: dict | None = None,
              center: str = "mean", band_counts: tuple[int, int] | None = None) -> Path:
-    """Dice and RMS DTA against training-set size per source (log x), the observers as a band.
+    """Dice and RMS DTA against training-set size per source (log x), the observers as a band,
+    each no-learning reference group (``reference`` true: the threshold baseline) as a dashed
+    horizontal line at its mean.
 
     ``center`` is ``mean`` (error bars ± SD) or ``median`` (error bars = IQR) across cases.
     Failed cases are in every point (at their worst value); their number is written beside the
@@ -54,6 +57,8 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
     Groups carrying a ``series`` label (one evaluation folder of several, ``report -i A -i B``)
     get a line style per series, named in the legend.
     """
+    references = [g for g in groups if g.get("reference")]
+    groups = [g for g in groups if not g.get("reference")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     all_n = sorted({float(g["n"]) for g in groups})
     plans_seen = sorted({g["plans"] for g in groups})
@@ -67,6 +72,13 @@ def headline(groups: list[dict], path: Path, band: dict | None = None,
                     if band_counts else "")
             ax.axhspan(lo, hi if hi > lo else lo + 1e-3, color="0.8", alpha=0.6, lw=0,
                        label="observers vs reference" + what)
+        for ref in references:  # a no-learning reference: a line at its mean over its cases
+            mean = (ref["metrics"].get(metric) or {}).get("mean")
+            if mean is not None and np.isfinite(mean):
+                series = f" — {ref['series']}" if ref.get("series") else ""
+                ax.axhline(mean, color="k", ls="--", lw=1.2, zorder=1,
+                           label=f"{source_label(ref['source'])}, mean of {ref['n_cases']} "
+                                 f"cases{series}")
         by_key: dict[tuple, list[dict]] = {}
         for g in groups:
             by_key.setdefault((g["source"], g["plans"], g.get("series") or ""), []).append(g)
@@ -167,7 +179,8 @@ def boxes(cases: pd.DataFrame, path: Path) -> Path:
             sel = sel[np.isfinite(sel)]
             data.append(sel if len(sel) else np.array([np.nan]))
             colors.append(source_color(k.source))
-            labels.append(f"{k.source}\nn={k.size_tag if k.size_tag != 'all' else f'{k.n:g}'}")
+            labels.append(f"{k.source}\n(no learning)" if is_reference(k.source) else
+                          f"{k.source}\nn={k.size_tag if k.size_tag != 'all' else f'{k.n:g}'}")
         bp = ax.boxplot(data, patch_artist=True, widths=0.6, showfliers=True)
         for patch, c in zip(bp["boxes"], colors):
             patch.set_facecolor(c)
@@ -206,34 +219,63 @@ def gallery(panels: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def williams(rows: pd.DataFrame, path: Path, label_column: str = "rater") -> Path:
+def williams(rows: pd.DataFrame, path: Path, label_column: str = "rater",
+             group_column: str | None = None) -> Path:
     """Forest plot of the human-level test per rater and metric: the disagreement ratio (rater vs
-    observers over observers vs each other) with its 95% CI; 1 = observer level, the dashed red line
-    the non-inferiority bound 1 + margin; green = human level (Holm-adjusted verdict)."""
+    observers over observers vs each other) with its 95% CI on a log axis; 1 = observer level, the
+    dotted red line the verdict's threshold 1 + margin. Colour = the verdict actually used
+    (``human_level``: the Holm-adjusted non-inferiority test), green human level, red not.
+
+    ``group_column`` (e.g. models / observers): the rows of each group form a block of their own,
+    in order of first appearance, separated by a line and named at the block's top."""
     metrics_present = [m for m in ("dice", "rms_dta_mm") if m in set(rows.metric)]
-    fig, axes = plt.subplots(1, len(metrics_present),
-                             figsize=(5.5 * len(metrics_present), 0.35 * rows[label_column].nunique() + 1.8),
+    groups = (list(dict.fromkeys(rows[group_column].astype(str))) if group_column else [""])
+    # y of each rater: top to bottom, one empty row (the separator) between blocks
+    positions: dict[tuple[str, str], float] = {}
+    y, tops = 0.0, {}
+    for group in groups:
+        block = rows[rows[group_column].astype(str) == group] if group_column else rows
+        tops[group] = y
+        for rater in dict.fromkeys(block[label_column].astype(str)):
+            positions[(group, rater)] = y
+            y += 1
+        y += 1  # the gap before the next block
+    height = max(1.0, y - 1)
+    fig, axes = plt.subplots(1, len(metrics_present), figsize=(5.5 * len(metrics_present),
+                                                              0.35 * height + 1.8),
                              squeeze=False, sharey=True)
     for ax, m in zip(axes[0], metrics_present):
         sub = rows[rows.metric == m].reset_index(drop=True)
-        y = np.arange(len(sub))[::-1]
+        keys = zip(sub[group_column].astype(str) if group_column else [""] * len(sub),
+                   sub[label_column].astype(str))
+        yy = -np.array([positions[k] for k in keys])
         human = sub.human_level.astype(bool).to_numpy()
         ratio = sub.ratio.to_numpy(float)
         low, high = sub.ci_low.to_numpy(float), sub.ci_high.to_numpy(float)
-        ax.errorbar(ratio, y, xerr=[ratio - low, high - ratio], fmt="none", ecolor="0.4", capsize=3)
-        ax.scatter(ratio, y, c=np.where(human, "tab:green", "tab:red"), zorder=3)
+        ax.errorbar(ratio, yy, xerr=[ratio - low, high - ratio], fmt="none", ecolor="0.4",
+                    capsize=3)
+        ax.scatter(ratio, yy, c=np.where(human, "tab:green", "tab:red"), zorder=3)
         ax.axvline(1.0, color="k", ls="--", lw=1)
         for bound in sorted(set(1.0 + sub.margin.astype(float))):
             ax.axvline(bound, color="tab:red", ls=":", lw=1.2)
+        for group in groups[1:]:
+            ax.axhline(-(tops[group] - 1), color="0.5", lw=0.8)
+        if group_column:
+            for group in groups:
+                ax.annotate(group, (0.01, -tops[group] + 0.45), xycoords=("axes fraction", "data"),
+                            fontsize=8, fontweight="bold", color="0.3", va="bottom")
         ax.set_xscale("log")  # a ratio: 0.5 and 2 equally far from 1
         ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_yticks(y)
-        ax.set_yticklabels(sub[label_column].astype(str))
+        ax.set_yticks([-v for v in positions.values()])
+        ax.set_yticklabels([rater for _, rater in positions])
+        ax.set_ylim(-(height + 0.2), 1.0 if group_column else 0.8)
         ax.set_xlabel("ratio of disagreements (95% CI)")
-        ax.set_title(f"{'1 − Dice' if m == 'dice' else 'RMS DTA'}: green = human level, "
-                     f"dotted = 1 + margin", fontsize=9)
+        margins = sorted(set(sub.margin.astype(float)))
+        ax.set_title(f"{'1 − Dice' if m == 'dice' else 'RMS DTA'}: green = human level "
+                     f"(the verdict), dotted = threshold 1 + {'/'.join(f'{v:g}' for v in margins)}",
+                     fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("disagreement with the observers / the observers' disagreement with each other",
                  fontsize=10)

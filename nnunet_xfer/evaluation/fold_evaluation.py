@@ -5,8 +5,10 @@ of the registry's sources with their own nnU-Net trainer, e.g. ``nnUNetTrainer``
 :func:`fold_predictions` (every fold of the dataset's ``splits_final.json``: its validation
 predictions, and what is missing) →
 :func:`score_predictions` (metrics and measures against ``$nnUNet_raw/<Dataset>``, over
-``workers`` processes) → :func:`summarize` (per source × size × plans over all folds) and
-:func:`write_evaluation` (``cases.csv``, ``summary.json``, ``observers_williams.csv``).
+``workers`` processes; beside them the no-learning reference rows, ``threshold``, of every
+validation case: :mod:`~nnunet_xfer.evaluation.references`) → :func:`summarize` (per
+source × size × plans over all folds, each model group compared with the reference rows case by
+case) and :func:`write_evaluation` (``cases.csv``, ``summary.json``, ``observers_williams.csv``).
 Never imports the trainers.
 """
 from __future__ import annotations
@@ -33,7 +35,9 @@ from nnunet_xfer.layout import (DEBUG_JSON, EVAL_CASES_CSV, EVAL_OBSERVERS_WILLI
                                 DatasetLayout, fold_folder_name,
                                 read_cases,
                                 validation_folder)
-from nnunet_xfer.sources import PRETRAINED_SOURCES, REGISTRY, rank
+from nnunet_xfer.evaluation.references import (BEATS_RULE, REFERENCE_PLANS, REFERENCE_SIZE,
+                                               REFERENCE_TRAINER, versus_references)
+from nnunet_xfer.sources import PRETRAINED_SOURCES, REFERENCES, REGISTRY, is_reference, rank
 from nnunet_xfer.splits import verify_dataset
 from nnunet_xfer.study_grid import parse_trainer_name
 
@@ -135,15 +139,32 @@ def fold_predictions(runs: list[Run], folds: list[dict]) -> tuple[list[Predictio
     return predictions, missing
 
 
+def debug_record(run: Run, fold: int) -> dict:
+    """A run's fold's ``debug.json`` (nnU-Net's dump of the trainer, with our ``xfer_info``), read
+    defensively: an empty dict when the file is missing or not a JSON object."""
+    try:
+        record = json.loads((run.fold_folder(fold) / DEBUG_JSON).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def xfer_record(run: Run, fold: int, key: str) -> dict | None:
     """``xfer_info[key]`` of a run's fold's ``debug.json`` (read defensively: None when the file,
     the key or a dict there is missing)."""
-    try:
-        info = json.loads((run.fold_folder(fold) / DEBUG_JSON).read_text()).get("xfer_info") or {}
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-        return None
+    info = debug_record(run, fold).get("xfer_info") or {}
     record = info.get(key) if isinstance(info, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def training_iterations(run: Run, fold: int) -> int | None:
+    """Training iterations of a run's fold (epochs × iterations per epoch, as nnU-Net's own
+    ``debug.json`` records them); None when not recorded."""
+    record = debug_record(run, fold)
+    try:
+        return int(record["num_epochs"]) * int(record["num_iterations_per_epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def transfer_record(run: Run, fold: int) -> dict | None:
@@ -201,22 +222,47 @@ def explicit_schedule(run: Run, folds: list[int]) -> str | None:
 
 
 # ---------------------------------------------------------------- 3. score cases
+@dataclass(frozen=True)
+class ReferenceRow:
+    """One no-learning reference row (``threshold``) of one validation ``case`` of ``fold``."""
+
+    name: str
+    fold: int
+    case: str
+
+
+def reference_rows(folds: list[dict]) -> list[ReferenceRow]:
+    """A row of every reference of the registry for every validation case of every fold."""
+    return [ReferenceRow(name, k, c) for name in REFERENCES for k, split in enumerate(folds)
+            for c in split["val"]]
+
+
 def score_predictions(predictions: list[Prediction], images: dict[str, Path],
                       labels: dict[str, Path], heights: dict[str, float],
-                      workers: int = 1, desc: str | None = None) -> list[dict]:
-    """Metrics and measures of every prediction, in the order given, whatever ``workers``.
+                      workers: int = 1, desc: str | None = None,
+                      references: list[ReferenceRow] = ()) -> list[dict]:
+    """Metrics and measures of every prediction, then of every reference row, in the order
+    given, whatever ``workers``.
 
-    Work goes out by case (its image and reference are read once for all its predictions).
+    Work goes out by case (its image and reference are read once for all its predictions and
+    reference rows).
     """
     by_case: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+    refs_of: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for i, p in enumerate(predictions):
         if p.case not in labels or p.case not in images:
             raise UserError(f"case {p.case} of {p.path} has no image/label in the raw dataset; "
                             f"predict only the dataset's own cases")
         by_case[p.case].append((i, p.path))
-    jobs = [CaseJob(c, images[c], labels[c], heights.get(c), tuple(preds))
-            for c, preds in by_case.items()]
-    scored: list[dict | None] = [None] * len(predictions)
+    for i, r in enumerate(references, start=len(predictions)):
+        if r.case not in labels or r.case not in images:
+            raise UserError(f"validation case {r.case} of fold {r.fold} has no image/label in the "
+                            f"raw dataset; re-run `nnunet-xfer convert`")
+        refs_of[r.case].append((i, r.name))
+    jobs = [CaseJob(c, images[c], labels[c], heights.get(c), tuple(by_case.get(c, ())),
+                    tuple(refs_of.get(c, ())))
+            for c in dict.fromkeys([*by_case, *refs_of])]
+    scored: list[dict | None] = [None] * (len(predictions) + len(references))
     for rows in ordered_map(score_job, jobs, workers, desc=desc):
         for index, values in rows:
             scored[index] = values
@@ -225,8 +271,10 @@ def score_predictions(predictions: list[Prediction], images: dict[str, Path],
 
 def case_rows(predictions: list[Prediction], scored: list[dict],
               pretraining: dict[tuple[Run, int], Pretraining], images: dict[str, Path],
-              labels: dict[str, Path]) -> pd.DataFrame:
-    """``cases.csv``: one row per prediction, run and fold facts beside its scores."""
+              labels: dict[str, Path], references: list[ReferenceRow] = (),
+              configuration: str = "2d") -> pd.DataFrame:
+    """``cases.csv``: one row per prediction, run and fold facts beside its scores, then one
+    per reference row (``scored`` holds the predictions' scores, then the reference rows')."""
     rows = []
     for p, s in zip(predictions, scored):
         pre = pretraining[(p.run, p.fold)]
@@ -236,6 +284,13 @@ def case_rows(predictions: list[Prediction], scored: list[dict],
                      "in_pretraining": pre.seen is not None and p.case in pre.seen,
                      "pretraining_record": pre.origin, "image": str(images[p.case]),
                      "reference": str(labels[p.case]), "prediction": str(p.path)})
+    for r, s in zip(references, scored[len(predictions):]):
+        rows.append({"case_id": r.case, "source": r.name, "n": REFERENCE_SIZE,
+                     "size_tag": str(REFERENCE_SIZE), "fold": r.fold, "plans": REFERENCE_PLANS,
+                     "configuration": configuration, "trainer": REFERENCE_TRAINER, **s,
+                     "in_pretraining": False, "pretraining_record": "none",
+                     "image": str(images[r.case]), "reference": str(labels[r.case]),
+                     "prediction": ""})
     return pd.DataFrame(rows, columns=case_columns())
 
 
@@ -278,12 +333,17 @@ def _mean_n(values) -> int | float:
 def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
               schedules: dict[tuple[str, str], str | None] | None = None,
               expected_cases: list[str] | None = None,
-              pretraining_images: dict[tuple[str, str], dict[int, int]] | None = None) -> list[dict]:
+              pretraining_images: dict[tuple[str, str], dict[int, int]] | None = None,
+              run_facts: dict[tuple[str, str], dict[str, list]] | None = None) -> list[dict]:
     """Per source × size × plans over all folds: metric statistics with failures counted,
     missing folds and predictions, whether the group has every validation case
     (``expected_cases``: those of every fold), pretraining overlap, how many images of this
     dataset its pretraining saw per fold (``pretraining_images`` by trainer and plans), explicit
-    schedules, SMA/SMD agreement."""
+    schedules, SMA/SMD agreement, the training iterations and pretraining data kinds its runs
+    recorded (``run_facts`` by trainer and plans: ``iterations``, ``data_kinds``); for a model
+    group also its paired comparison with every
+    reference row on the same cases (``vs_reference``), and ``reference`` (True for the
+    no-learning reference rows)."""
     lost, lost_folds = defaultdict(int), defaultdict(int)
     for gap in missing or []:
         lost_folds[(gap["trainer"], gap["plans"])] += len(gap["missing_folds"])
@@ -308,21 +368,29 @@ def summarize(cases: pd.DataFrame, missing: list[dict] | None = None,
             "pretraining_images_per_fold": sorted({n for t in trainers for n in (
                 pretraining_images or {}).get((t, entry["plans"]), {}).values()}),
             "explicit_schedule": " | ".join(explicit) if explicit else None,
+            "training_iterations": sorted({i for t in trainers for i in (run_facts or {}).get(
+                (t, entry["plans"]), {}).get("iterations", [])}),
+            "pretraining_data_kinds": sorted({k for t in trainers for k in (run_facts or {}).get(
+                (t, entry["plans"]), {}).get("data_kinds", [])}),
             "metrics": {m: metric_stats(g[m], g.failed, g.worst_distance_mm, m)
                         for m in METRIC_COLUMNS},
             "agreement": {m: agreement.agreement_stats(g[f"{m}_pred"].to_numpy(float),
                                                        g[f"{m}_ref"].to_numpy(float))
                           for m in ("sma_cm2", "smd_hu")},
+            "reference": is_reference(entry["source"]),
         })
+        if not entry["reference"]:
+            entry["vs_reference"] = versus_references(g, cases)
         groups.append(entry)
     groups.sort(key=group_order)
     return groups
 
 
 def observer_groups(cases: pd.DataFrame) -> list[tuple[dict, list[tuple[str, Path]]]]:
-    """(group key, [(case, prediction)]) of every source × size × plans, for the observer verdicts."""
+    """(group key, [(case, prediction)]) of every model's source × size × plans, for the observer
+    verdicts (reference rows are not tested)."""
     groups = []
-    for key, g in cases.groupby(GROUP, sort=False):
+    for key, g in cases[~cases.source.map(is_reference)].groupby(GROUP, sort=False):
         per_case = g.drop_duplicates("case_id")
         entry = {**dict(zip(GROUP, key)), "n": _mean_n(g.n)}
         groups.append((entry, [(c, Path(p)) for c, p in zip(per_case.case_id, per_case.prediction)]))
@@ -394,24 +462,33 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
                         f"{layout.results} has a fold_<k>/validation/ with predictions for the "
                         f"folds of {layout.raw_splits.name}; let nnU-Net finish training and "
                         f"validation (`nnUNetv2_train ... --val`) first")
+    references = reference_rows(folds)
     scored = score_predictions(predictions, images, labels, heights, workers,
-                               desc=f"evaluate {layout.name}")
+                               desc=f"evaluate {layout.name}", references=references)
     pretraining = {(p.run, p.fold): None for p in predictions}
     pretraining = {key: run_pretraining(key[0], key[1], sorted(labels)) for key in pretraining}
-    cases = case_rows(predictions, scored, pretraining, images, labels)
+    cases = case_rows(predictions, scored, pretraining, images, labels, references,
+                      configuration)
+    models = cases[~cases.source.map(is_reference)]
     folds_of: dict[Run, set[int]] = defaultdict(set)
     for p in predictions:
         folds_of[p.run].add(p.fold)
     schedules = {(r.trainer, r.plans): explicit_schedule(r, sorted(folds_of[r])) for r in runs}
-    plans_seen = sorted(set(cases.plans))
+    run_facts = {(r.trainer, r.plans): {
+        "iterations": sorted({i for k in folds_of[r] if (i := training_iterations(r, k))}),
+        "data_kinds": sorted({str(kind) for k in folds_of[r] if (kind := (
+            pretraining[(r, k)].record or {}).get("data_kind"))})} for r in runs}
+    plans_seen = sorted(set(models.plans))
     summary = {
         "dataset": layout.name, "configuration": configuration, "plans_filter": plans,
         "plans": plans_seen, "mixed_plans": len(plans_seen) > 1,
-        "n_runs": len(runs), "n_rows": len(cases), "n_failed": int(cases.failed.sum()),
+        "n_runs": len(runs), "n_rows": len(models), "n_failed": int(models.failed.sum()),
+        "n_reference_rows": len(references), "references": list(REFERENCES),
+        "reference_rule": BEATS_RULE,
         "failure_rule": FAILURE_RULE,
         "groups": summarize(cases, missing, schedules,
                             sorted(c for split in folds for c in split["val"]),
-                            _pretraining_images(pretraining, sorted(labels))),
+                            _pretraining_images(pretraining, sorted(labels)), run_facts),
         "missing": missing,
         "pretraining_overlap": _overlap_summary(pretraining),
         "heights_known": len(heights),
@@ -430,8 +507,8 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
     summary["case_sets_differ"] = not all(g["complete_cases"] for g in summary["groups"])
     summary["fold_training_sizes"] = [len(split["train"]) for split in folds]
     write_evaluation(claim, cases, summary, williams, overwrite)
-    return Evaluation(out=out, n_rows=len(cases), n_runs=len(runs),
-                      n_failed=int(cases.failed.sum()), incomplete=missing, verdicts=verdicts)
+    return Evaluation(out=out, n_rows=len(models), n_runs=len(runs),
+                      n_failed=int(models.failed.sum()), incomplete=missing, verdicts=verdicts)
 
 
 def evaluate_dataset(dataset: str, plans: str | None = None, configuration: str = "2d",
@@ -465,21 +542,23 @@ def _pretraining_images(pretraining: dict[tuple[Run, int], Pretraining],
 
 def _overlap_summary(pretraining: dict[tuple[Run, int], Pretraining]) -> dict:
     """Per plans and trainer of a pretrained source: the entries its folds loaded (from their
-    ``debug.json``), their data and scope, the cases of this dataset they saw, per fold, and the
+    ``debug.json``), their data, its kind (``sources.DATA_KINDS``) and scope, the cases of this dataset they saw, per fold, and the
     folds that recorded nothing."""
     result: dict = {}
     for (run, fold), pre in sorted(pretraining.items(), key=lambda kv: (kv[0][0].trainer, kv[0][1])):
         if pre.origin == "none":
             continue
         entry = result.setdefault(run.plans, {}).setdefault(run.trainer, {
-            "source": run.source, "entries": [], "data": [], "scope": [], "case_ids": [],
+            "source": run.source, "entries": [], "data": [], "data_kind": [], "scope": [],
+            "case_ids": [],
             "folds": {}, "unknown_folds": []})
         if pre.seen is None:
             entry["unknown_folds"].append(fold)
             continue
         record = pre.record or {}
         for key, value in (("entries", record.get("entry") or record.get("checkpoint")),
-                           ("data", record.get("data")), ("scope", record.get("scope"))):
+                           ("data", record.get("data")), ("data_kind", record.get("data_kind")),
+                           ("scope", record.get("scope"))):
             if value is not None and str(value) not in entry[key]:
                 entry[key].append(str(value))
         entry["case_ids"] = sorted(set(entry["case_ids"]) | pre.seen)

@@ -25,8 +25,8 @@ import pandas as pd
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, metrics
 from nnunet_xfer.evaluation.parallel import ordered_map
-from nnunet_xfer.evaluation.scoring import PREDICTION_HINT
-from nnunet_xfer.imaging import Slice, check_geometry, has_slice_files, list_cases, load_mask
+from nnunet_xfer.imaging import (PREDICTION_HINT, Slice, check_geometry, has_slice_files, list_cases,
+                                 load_mask)
 from nnunet_xfer.layout import VALIDATION_FOLDER, fold_folder_name
 
 REFERENCE = "reference"

@@ -20,10 +20,12 @@ import pandas as pd
 from nnunet_xfer.atomic import add_to_marker, atomic_write_text, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
+from nnunet_xfer.evaluation.findings import best_group, headline
+from nnunet_xfer.evaluation.references import model_groups
 from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
                                 OBS_MEASURES_AGREEMENT_CSV,
                                 OBS_WILLIAMS_CSV)
-from nnunet_xfer.sources import label as source_label
+from nnunet_xfer.sources import DATA_KINDS, label as source_label
 
 COMMAND = "report"
 #: The HTML's generator tag: an existing file without it was not written by this command.
@@ -39,6 +41,7 @@ th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f
 td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .note{background:#fff7e0;border-left:4px solid #e0b000;padding:.4em .8em;margin:.6em 0}
 .muted{color:#666;font-size:.9em}
+.headline{background:#eef5ff;border-left:4px solid #3a78c2;padding:.5em .9em;margin:.8em 0}
 """
 
 #: The files of an evaluation or observer-study folder a report reads (its inputs).
@@ -90,13 +93,38 @@ def _agreement_text(a: dict | None) -> tuple[str, str]:
 
 
 def _n_text(g: dict) -> str:
+    if g.get("reference"):
+        return "–"  # learned from no annotated slice: not a point of the curve
     return f"{g['n']:g}" if isinstance(g["n"], (int, float)) else str(g["n"])
+
+
+def _vs_reference_text(g: dict) -> tuple[str, str]:
+    """(Δ Dice vs the threshold [95% CI], beats it: yes/no) of a model group; ``–`` for the
+    reference row itself or without a comparison."""
+    vs = (g.get("vs_reference") or {}).get("threshold")
+    if g.get("reference") or not vs:
+        return "–", "–"
+    d = vs.get("dice") or {}
+    if not d.get("n"):
+        return "–", "–"
+    interval = (f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                if d.get("ci_low") is not None and d["ci_low"] == d["ci_low"] else "")
+    return f"{d['mean']:+.3f}{interval}", "yes" if vs.get("beats") else "no"
 
 
 def _missing_text(g: dict) -> str:
     parts = [f"{k} {what}" for k, what in ((g.get("n_missing_folds", 0), "fold(s)"),
                                            (g.get("n_missing_predictions", 0), "case(s)")) if k]
     return ", ".join(parts) or "–"
+
+
+def folds_text(folds) -> str:
+    """A fold list as a reader takes it: ``fold 0`` (never a bare ``0``, read as a count),
+    ``folds 0, 1, 2``; ``–`` when empty."""
+    folds = [str(f) for f in folds or []]
+    if not folds:
+        return "–"
+    return f"fold {folds[0]}" if len(folds) == 1 else f"folds {', '.join(folds)}"
 
 
 def summary_table(groups: list[dict]) -> pd.DataFrame:
@@ -106,6 +134,7 @@ def summary_table(groups: list[dict]) -> pd.DataFrame:
     rows = []
     for g in groups:
         m = g["metrics"]
+        vs_dice, beats = _vs_reference_text(g)
         rows.append({
             "source": source_label(g["source"]), "n": _n_text(g), "size": g["size_tag"],
             "cases": g["n_cases"], "failed": g["n_failed"], "missing": _missing_text(g),
@@ -114,6 +143,7 @@ def summary_table(groups: list[dict]) -> pd.DataFrame:
             "RMS DTA mm mean ± SD": _fmt(m.get("rms_dta_mm"), "mean"),
             "RMS DTA median [IQR]": _fmt(m.get("rms_dta_mm"), "median"),
             "HD95 mm": _fmt(m.get("hd95_mm"), "median"), "NSD 2 mm": _fmt(m.get("nsd"), "mean"),
+            "Δ Dice vs threshold [95% CI]": vs_dice, "beats threshold": beats,
         })
     return pd.DataFrame(rows)
 
@@ -129,7 +159,9 @@ def measures_table(groups: list[dict]) -> pd.DataFrame:
             "source": source_label(g["source"]), "n": _n_text(g), "size": g["size_tag"],
             "SMA ICC": sma_icc, "SMA bias [LoA] cm²": sma_ba,
             "SMD ICC": smd_icc, "SMD bias [LoA] HU": smd_ba,
-            "plans": g["plans"], "folds": ",".join(map(str, g["folds"])),
+            "plans": g["plans"], "folds": folds_text(g["folds"]),
+            "pretraining data": "; ".join(DATA_KINDS.get(k, k) for k in
+                                          g.get("pretraining_data_kinds") or []) or "–",
             "pretraining images / fold": "–" if not seen else "–".join(
                 str(v) for v in sorted({min(seen), max(seen)})),
             "validation cases in pretraining": g.get("n_in_pretraining", 0)
@@ -138,15 +170,6 @@ def measures_table(groups: list[dict]) -> pd.DataFrame:
             "schedule": g.get("explicit_schedule") or "default",
         })
     return pd.DataFrame(rows)
-
-
-def best_group(groups: list[dict]) -> dict | None:
-    """The run with the highest mean Dice (ties: lower mean RMS DTA)."""
-    scored = [g for g in groups if g["metrics"].get("dice", {}).get("n")]
-    if not scored:
-        return None
-    rms = lambda g: g["metrics"].get("rms_dta_mm", {}).get("mean") or float("inf")  # noqa: E731
-    return max(scored, key=lambda g: (g["metrics"]["dice"]["mean"], -rms(g)))
 
 
 def _group_rows(cases: pd.DataFrame, g: dict) -> pd.DataFrame:
@@ -174,14 +197,19 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                          figs: dict) -> list[str]:
     parts: list[str] = []
     groups = summary.get("groups", [])
+    models = model_groups(groups)
     observers = summary.get("observers")
+    parts.append(f'<p class="headline"><b>What this evaluation found.</b> '
+                 f"{html.escape(headline(summary))}</p>")
     parts.append(f"<p>Dataset <b>{html.escape(str(summary.get('dataset', '?')))}</b>, configuration "
                  f"{html.escape(str(summary.get('configuration', '?')))}: {summary.get('n_runs', 0)} "
-                 f"run(s), {len(cases)} evaluated case × run rows, "
-                 f"{len({g['source'] for g in groups})} source task(s), "
-                 f"{len({g['size_tag'] for g in groups})} training-set size(s).</p>")
+                 f"run(s), {summary.get('n_rows', len(cases))} evaluated case × run rows, "
+                 f"{len({g['source'] for g in models})} source task(s), "
+                 f"{len({g['size_tag'] for g in models})} training-set size(s); beside them the "
+                 f"no-learning threshold baseline on every validation case "
+                 f"({html.escape(', '.join(summary.get('references') or []) or 'none')}).</p>")
 
-    plans_seen = sorted({g["plans"] for g in groups})
+    plans_seen = sorted({g["plans"] for g in models})
     if len(plans_seen) > 1:
         parts.append(_note(f"This report mixes plans ({', '.join(plans_seen)}): the curves and "
                            f"rows come from different networks, so differences between them are "
@@ -194,10 +222,11 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
     figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band,
                                         band_counts=band_counts)
     parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size"))
-    counts = sorted({int(g["n_cases"]) for g in groups})
+    counts = sorted({int(g["n_cases"]) for g in models})
     parts.append('<p class="muted">Mean ± SD across all validation cases of all folds ('
                  + (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}")
-                 + " cases per point). " + html.escape(summary.get("failure_rule", ""))
+                 + " cases per point). Dashed black line: the threshold baseline (muscle HU "
+                 "inside the body, no learning) on every validation case. " + html.escape(summary.get("failure_rule", ""))
                  + (". Numbers beside points: failed cases. " if summary.get("failure_rule") else
                     " ")
                  + (f"Grey band: range of the {band_counts[0]} observers' mean agreement with the "
@@ -206,11 +235,11 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                     f"per point)." if band else
                     "No observer results in this folder (run evaluate with --observers for "
                     "the observers' band).") + "</p>")
-    legend = _legend_notes(groups, summary)
+    legend = _legend_notes(models, summary)
     if legend:
         parts.append("<ul class='muted'>" + "".join(f"<li>{html.escape(t)}</li>" for t in legend)
                      + "</ul>")
-    if len({g['size_tag'] for g in groups}) < 2:
+    if len({g['size_tag'] for g in models}) < 2:
         parts.append(_note("Only one training-set size was evaluated, so the curve is a point."))
 
     parts.append("<h2>Summary per source task and training-set size</h2>")
@@ -251,13 +280,14 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         obs_rows = pd.DataFrame(observers.get("williams", []))
         forest = []
         if len(wrows):
-            wrows["rater"] = wrows.source + " n=" + wrows.size_tag.astype(str)
-            forest.append(wrows)
+            wrows["rater"] = wrows.source.map(source_label) + " n=" + wrows.size_tag.astype(str)
+            forest.append(wrows.assign(block=f"models (Holm over {wrows.n_tests.max()})"))
         if len(obs_rows):
-            forest.append(obs_rows.assign(rater="observer " + obs_rows.rater.astype(str)))
+            forest.append(obs_rows.assign(rater="observer " + obs_rows.rater.astype(str),
+                                          block="observers, each against the others"))
         if forest:
             figs["williams"] = figures.williams(pd.concat(forest, ignore_index=True),
-                                                fig_dir / "williams.png")
+                                                fig_dir / "williams.png", group_column="block")
             parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
 
     parts.append("<h2>Muscle measures of the best run (Bland–Altman)</h2>")
@@ -386,6 +416,36 @@ def _legend_notes(groups: list[dict], summary: dict | None = None) -> list[str]:
     return notes
 
 
+#: The blocks of the observer study's forest plot and table, in order.
+_OBSERVER_BLOCKS = ("model", "reference annotation", "observers, each against the others")
+
+
+def _observer_block(rater: str, summary: dict) -> str:
+    if rater == summary.get("model"):
+        return _OBSERVER_BLOCKS[0]
+    if rater in summary.get("observers", []):
+        return _OBSERVER_BLOCKS[2]
+    return _OBSERVER_BLOCKS[1]
+
+
+def verdict_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per rater of a human-level test (``williams.csv`` rows, one per metric): its ratio
+    of disagreements with 95% CI per metric, Holm-adjusted p and verdict, with the block it
+    belongs to when ``rows`` has one. The rule is stated once, under the table, not per row."""
+    out = []
+    for rater, g in rows.groupby("rater", sort=False):
+        first = g.iloc[0]
+        row = {"rater": rater} if "block" not in g else {"rater": rater, "kind": first["block"]}
+        for r in g.itertuples(index=False):
+            row[f"{_WI_LABELS.get(r.metric, r.metric)} ratio [95% CI]"] = (
+                f"{r.ratio:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]")
+        row.update({"cases": int(first["n_cases"]), "observers": int(first["n_observers"]),
+                    "Holm p": f"{first['p_holm']:.3g}",
+                    "human level": "yes" if bool(first["human_level"]) else "no"})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
     parts = ["<h2>Observer study</h2>"]
     summary = json.loads((folder / EVAL_SUMMARY_JSON).read_text()) if (
@@ -395,15 +455,21 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
                      f"{html.escape(', '.join(summary.get('observers', [])))}"
                      + (f"; model: {html.escape(summary['model'])}" if summary.get("model") else "")
                      + ".</p>")
-        if summary.get("verdict_rule"):
-            parts.append(f'<p class="muted">Verdict rule: {html.escape(summary["verdict_rule"])}'
-                         "; column within_observer_variability is the published reading (the "
-                         "interval of the ratio includes 1 or lies below it).</p>")
     w = pd.read_csv(folder / OBS_WILLIAMS_CSV)
     if len(w):
-        figs["williams"] = figures.williams(w, fig_dir / "williams.png")
+        w["block"] = w.rater.astype(str).map(lambda r: _observer_block(r, summary))
+        order = {b: i for i, b in enumerate(_OBSERVER_BLOCKS)}
+        w = w.sort_values("block", key=lambda c: c.map(order), kind="stable")
+        figs["williams"] = figures.williams(w, fig_dir / "williams.png", group_column="block")
         parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
-        parts.append(_table(w))
+        parts.append(_table(verdict_table(w)))
+        if summary.get("verdict_rule"):
+            parts.append(f'<p class="muted">Verdict rule (every row): '
+                         f'{html.escape(summary["verdict_rule"])}. Ratio: the rater\'s '
+                         "disagreement with the observers over the observers' disagreement with "
+                         "each other (1 = as the observers). Every row's p-values, intervals and "
+                         "the published reading (interval reaching 1, "
+                         "within_observer_variability) are in williams.csv.</p>")
     else:
         parts.append(_note("williams.csv is empty."))
     if summary.get("vs_reference"):

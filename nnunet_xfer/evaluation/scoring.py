@@ -15,12 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.evaluation import measures, metrics
-from nnunet_xfer.imaging import check_geometry, load_mask, load_slice
-
-#: What to do about a prediction with labels other than 0/1 (evaluate has no label option).
-PREDICTION_HINT = ("a prediction of a muscle dataset holds 0 and 1 only: predict with this "
-                   "dataset's own model")
+from nnunet_xfer.evaluation import measures, metrics, references
+from nnunet_xfer.imaging import PREDICTION_HINT, check_geometry, load_mask, load_slice
 
 #: Metric columns of a scored prediction (``failed``: exactly one of prediction and reference empty).
 METRIC_COLUMNS = ("dice", "rms_dta_mm", "assd_mm", "hd95_mm", "hd_mm", "nsd")
@@ -36,6 +32,9 @@ class CaseJob:
     height_m: float | None
     #: (row index, prediction file) for every run that predicted this case
     predictions: tuple[tuple[int, Path], ...]
+    #: (row index, reference name) for every no-learning reference row of this case
+    #: (:mod:`~nnunet_xfer.evaluation.references`): its mask is made from the image here
+    references: tuple[tuple[int, str], ...] = ()
 
 
 def mask_measures(image_hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float],
@@ -56,7 +55,8 @@ def measure_keys() -> tuple[str, ...]:
 
 
 def score_case(job: CaseJob) -> list[tuple[int, dict]]:
-    """Metrics and measures of every prediction of ``job.case`` against its reference label.
+    """Metrics and measures of every prediction of ``job.case`` against its reference label, and
+    of every no-learning reference row of it (its mask made from the image).
 
     Each result holds the metrics, ``failed``, ``worst_distance_mm`` (the image diagonal: the
     value a failed case takes in distance statistics) and the measures of reference and
@@ -72,6 +72,15 @@ def score_case(job: CaseJob) -> list[tuple[int, dict]]:
     spacing = ref.geometry.spacing
     ref_measures = mask_measures(image.array, ref.array, spacing, job.height_m)
     worst = ref.geometry.diagonal_mm
+
+    def score(mask: np.ndarray) -> dict:
+        m = metrics.segmentation_metrics(mask, ref.array, spacing)
+        pm = mask_measures(image.array, mask, spacing, job.height_m)
+        return {**{k: m[k] for k in METRIC_COLUMNS}, "failed": bool(m["failed"]),
+                "worst_distance_mm": worst,
+                **{f"{k}_ref": ref_measures[k] for k in ref_measures},
+                **{f"{k}_pred": pm[k] for k in pm}}
+
     scored = []
     for index, path in job.predictions:
         pred = load_mask(path, hint=PREDICTION_HINT)
@@ -79,12 +88,9 @@ def score_case(job: CaseJob) -> list[tuple[int, dict]]:
             check_geometry(ref.geometry, pred.geometry, job.case)
         except UserError as e:
             raise UserError(f"prediction {path} of {e}") from None
-        m = metrics.segmentation_metrics(pred.array, ref.array, spacing)
-        pm = mask_measures(image.array, pred.array, spacing, job.height_m)
-        scored.append((index, {**{k: m[k] for k in METRIC_COLUMNS}, "failed": bool(m["failed"]),
-                               "worst_distance_mm": worst,
-                               **{f"{k}_ref": ref_measures[k] for k in ref_measures},
-                               **{f"{k}_pred": pm[k] for k in pm}}))
+        scored.append((index, score(pred.array)))
+    for index, name in job.references:
+        scored.append((index, score(references.reference_mask(name, image.array))))
     return scored
 
 

@@ -31,7 +31,8 @@ _WHERE = {
     "check_geometry": "pairs", "check_pair": "pairs", "check_path_pair": "pairs",
     "check_same_geometry": "pairs", "same_geometry": "pairs",
     "check_finite": "reader", "check_hu": "reader", "load_mask": "reader", "load_slice": "reader",
-    "mask_of_label": "reader", "quiet_itk": "reader", "read_image": "reader",
+    "PREDICTION_HINT": "reader", "mask_of_label": "reader", "quiet_itk": "reader",
+    "read_image": "reader",
     "read_mask": "reader",
 }
 

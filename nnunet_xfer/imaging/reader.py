@@ -333,13 +333,20 @@ def load_slice(path: str | Path, case: str | None = None, canonical: bool = Fals
     return (image.canonical()[0] if canonical else image).plane(case)
 
 
-def _label_error(path: Path, arr: np.ndarray, label: int, hint: str) -> UserError:
+#: What to do about a multi-label *prediction* (no option picks its label: it is a wrong model).
+PREDICTION_HINT = ("a prediction of a muscle dataset holds 0 and 1 only: predict with this "
+                   "dataset's own model")
+
+
+def _label_error(path: Path, arr: np.ndarray, label: int, option: str,
+                 hint: str | None = None) -> UserError:
     values = np.unique(arr)
     if not np.all(np.equal(np.mod(values, 1), 0)):
         return UserError(f"{path}: mask has non-integer values; give a label image")
     extra = [v for v in values.astype(np.int64).tolist() if v not in (0, label)]
     shown = ", ".join(map(str, extra[:5])) + (", ..." if len(extra) > 5 else "")
-    return UserError(f"{path}: mask has label values other than 0/{label} ({shown}); {hint}")
+    return UserError(f"{path}: mask has label values other than 0/{label} ({shown});"
+                     f" {hint or f'use {option} to pick the muscle label'}")
 
 
 def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
@@ -347,9 +354,8 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
     """``arr == label`` after checking the values: integers only, and (unless ``allow_others``)
     none but 0 and ``label``. Integer arrays are checked by their minimum and maximum (one pass
     each), the rest by counting; the set of values is listed only in the error message, with
-    what to do: ``hint``, else "use ``option`` to pick the muscle label" (the command's option
-    that picks the label)."""
-    hint = hint or f"use {option} to pick the muscle label"
+    ``option`` (the command's option that picks the label) or, where no option can, ``hint``
+    (e.g. :data:`PREDICTION_HINT`)."""
     kind = arr.dtype.kind
     if kind == "b":
         arr = arr.view(np.uint8)
@@ -361,7 +367,7 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
         mask = arr == label
         if allow_others or np.count_nonzero(mask) + np.count_nonzero(arr == 0) == arr.size:
             return mask
-        raise _label_error(path, arr, label, hint)
+        raise _label_error(path, arr, label, option, hint)
     mask = arr == label
     if not allow_others and np.count_nonzero(mask) + np.count_nonzero(arr == 0) == arr.size:
         return mask
@@ -369,7 +375,7 @@ def mask_of_label(arr: np.ndarray, label: int, allow_others: bool, path: Path,
         integral = bool(np.all(np.mod(arr, 1) == 0))
     if integral and allow_others:
         return mask
-    raise _label_error(path, arr, label, hint)
+    raise _label_error(path, arr, label, option, hint)
 
 
 def load_mask(path: str | Path, label: int = 1, other_labels: bool | None = None,
@@ -379,7 +385,7 @@ def load_mask(path: str | Path, label: int = 1, other_labels: bool | None = None
     ``other_labels`` says whether values other than 0 and ``label`` may be present (and are then
     ignored). The default (None) allows them only when a non-default ``label`` was chosen: a plain
     muscle mask must be binary 0/1, so a multi-label map read with label 1 raises a UserError that
-    names the file and suggests ``--label`` (or ``hint``: what the calling command's user should do).
+    names the file and suggests ``--label`` (or says ``hint``).
     """
     path = Path(path)
     arr, geometry = read_mask(path, case).plane(case)

@@ -208,6 +208,7 @@ class XferTransferTrainer(XferTrainerBase):
         self.xfer_info["transfer"] = {
             "reloaded": True, "checkpoint": str(pth), "entry": str(pth), "scope": scope,
             "fold": fold, "dataset": meta.get("dataset"), "data": meta.get("data"),
+            "data_kind": meta.get("data_kind"), "data_label": meta.get("data_label"),
             "case_ids": seen, "n_pretraining_cases": len(seen), "sha256": sha256,
             "sha256_recorded": meta.get("sha256"), "source_task": meta.get("source", self.source),
             "trained_prefixes": meta.get("trained_prefixes"),

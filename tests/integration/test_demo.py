@@ -51,13 +51,22 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     # it ends with the table a user came for: Dice and RMS DTA per source and n, the observers'
     # range and the human-level verdicts
     for source in ("scratch", "reconstruction"):
-        assert re.search(rf"^{source}\s+5\s+\d+.*\s(yes|no)$", proc.stdout, re.M), proc.stdout
+        assert re.search(rf"^{source}\s+5\s+\d+.*\s(yes|no)\s+(yes|no)$", proc.stdout, re.M), \
+            proc.stdout
     assert re.search(r"^observers \(3, \d+ cases, each vs the reference\): Dice \d\.\d{3}–\d\.\d{3}",
                      proc.stdout, re.M)
-    last = proc.stdout.rstrip().splitlines()[-1]  # the verdict rule, as evaluate stated it
+    lines = proc.stdout.rstrip().splitlines()
+    rule = next(ln for ln in lines if ln.startswith("human level if"))  # as evaluate stated it
     # tested on fold 0's 6 validation cases (the observers read all 24, but only those have
     # predictions)
-    assert "non-inferior" in last and "6 case(s)" in last and "3 observer(s)" in last
+    assert "non-inferior" in rule and "6 case(s)" in rule and "3 observer(s)" in rule
+    # the threshold baseline's row under the models, and in words whether each model beats it
+    assert re.search(r"^threshold \(no learning\)\s+–\s+\d+\s.*\(baseline\)", proc.stdout, re.M)
+    assert re.search(r"^  scratch n=5 (beats it|does not beat it) \(Dice [+-]", proc.stdout, re.M)
+    assert lines[-1].startswith("rule: a model beats a no-learning reference")
+    # the observer study took the best model by the report's criterion, and says so
+    assert re.search(r"observer study of Xfer(Scratch|Rec)Trainer_n5: the best by mean Dice",
+                     proc.stdout)
     html = report.read_text()
     assert html.count("<img") >= 2 and "data:image/png;base64," in html
     # finished pretraining leaves no training state behind (435 MB per entry in the full demo)

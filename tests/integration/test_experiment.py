@@ -350,8 +350,9 @@ def test_results_table_reads_evaluate_summary(tmp_path):
     assert [(r.source, r.human_level, r.rms_dta_mm) for r in table.rows] == \
         [("scratch", False, 1.234), ("rec", True, None)]
     text = format_table(table).splitlines()
-    assert text[1].split() == ["scratch", "5", "10", "(1", "failed)", "0.812", "1.23", "no"]
-    assert text[2].split() == ["reconstruction", "5", "10", "0.900", "–", "yes"]
+    # no threshold rows (an older evaluate): "beats threshold" is "–"
+    assert text[1].split() == ["scratch", "5", "10", "(1", "failed)", "0.812", "1.23", "–", "no"]
+    assert text[2].split() == ["reconstruction", "5", "10", "0.900", "–", "–", "yes"]
     assert "observers (3, 2 cases, each vs the reference): Dice 0.850–0.910, RMS DTA 0.90–1.40 mm" \
         in text
     with pytest.raises(UserError, match="run `nnunet-xfer evaluate` first"):
@@ -379,9 +380,12 @@ def test_results_table_of_a_real_evaluation(tmp_path, monkeypatch):
     assert j10.dice == pytest.approx(summary["groups"][3]["metrics"]["dice"]["mean"])
     text = format_table(table)
     # the failed case enters RMS DTA at its image diagonal (145 mm): two digits before the point
-    assert re.search(r"^jigsaw\s+10\s+11 \(1 failed\)\s+0\.\d{3}\s+\d\d\.\d\d\s+(yes|no)$", text,
-                     re.M)
-    assert re.search(r"^nnU-Net default\s+6\s+12\s+0\.\d{3}\s+\d\.\d\d\s+yes$", text, re.M)
+    # (the fake images hold only the ring in muscle HU: no model beats the threshold baseline)
+    assert re.search(r"^jigsaw\s+10\s+11 \(1 failed\)\s+0\.\d{3}\s+\d\d\.\d\d\s+no\s+(yes|no)$",
+                     text, re.M)
+    assert re.search(r"^nnU-Net default\s+6\s+12\s+0\.\d{3}\s+\d\.\d\d\s+no\s+yes$", text, re.M)
+    assert re.search(r"^threshold \(no learning\)\s+–\s+12\s.*\s\(baseline\)\s+–$", text, re.M)
+    assert "  jigsaw n=10 does not beat it (Dice " in text
     assert summary["verdict_rule"] in text and "6 case(s) and 3 observer(s)" in text
     lo, hi = summary["observers"]["band"]["dice"]
     assert f"observers (3, 6 cases, each vs the reference): Dice {lo:.3f}–{hi:.3f}" in text

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli
+from conftest import DATASET_ID, DATASET_NAME, benchmark_module, run_cli
 from nnunet_xfer.architectures.parts import NNUNET_PARTS, part_of
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DatasetLayout
@@ -415,12 +415,7 @@ def test_default_transfer_trains_exactly_like_scratch(preprocessed_dataset, tmp_
 
 def _schedule_control():
     """``benchmarks/schedule_control.py`` as a module."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    try:
-        import schedule_control
-    finally:
-        sys.path.pop(0)
-    return schedule_control
+    return benchmark_module("schedule_control")
 
 
 def test_schedule_control_runs_in_the_current_store_format(preprocessed_dataset, results, monkeypatch,

@@ -31,11 +31,13 @@ def test_cases_table(evaluated):
     assert set(COLUMNS) <= set(cases.columns)
     runs = cases.groupby(["source", "size_tag"]).size().to_dict()
     # 2 folds × 6 validation cases; jigsaw n5 lacks fold 1, jigsaw n10 lacks one prediction;
-    # SomeOtherTrainer is not a run of ours
+    # SomeOtherTrainer is not a run of ours; the threshold baseline scores every validation case
     assert runs == {("scratch", "5"): 12, ("scratch", "all"): 12, ("nnunet", "all"): 12,
-                    ("jigsaw", "5"): 6, ("jigsaw", "10"): 11}
+                    ("jigsaw", "5"): 6, ("jigsaw", "10"): 11, ("threshold", "0"): 12}
     assert set(cases.trainer) == {"XferScratchTrainer_n5", "XferScratchTrainer_nall",
-                                  "nnUNetTrainer", "XferJigsawTrainer_n5", "XferJigsawTrainer_n10"}
+                                  "nnUNetTrainer", "XferJigsawTrainer_n5", "XferJigsawTrainer_n10",
+                                  "none"}
+    cases = cases[cases.source != "threshold"]
     assert (cases[cases.size_tag == "all"].n == 6).all()  # the fold's training size
     failed = cases[cases.failed]
     assert list(zip(failed.trainer, failed.case_id)) == [("XferJigsawTrainer_n10", "case_001")]
@@ -59,7 +61,9 @@ def test_summary(evaluated):
     summary = json.loads((evaluated / "summary.json").read_text())
     groups = {(g["source"], g["size_tag"]): g for g in summary["groups"]}
     assert [(g["source"], g["size_tag"]) for g in summary["groups"]] == [
-        ("scratch", "5"), ("scratch", "all"), ("jigsaw", "5"), ("jigsaw", "10"), ("nnunet", "all")]
+        ("scratch", "5"), ("scratch", "all"), ("jigsaw", "5"), ("jigsaw", "10"), ("nnunet", "all"),
+        ("threshold", "0")]
+    assert summary["n_rows"] == 53 and summary["n_reference_rows"] == 12  # models' rows apart
     j10 = groups[("jigsaw", "10")]
     sel = cases[(cases.source == "jigsaw") & (cases.size_tag == "10")]
     assert j10["n_cases"] == 11 and j10["n_failed"] == 1 and j10["folds"] == [0, 1]
@@ -191,3 +195,86 @@ def test_refusals_and_bad_predictions(fake_tree, evaluated, tmp_path):
         with pytest.raises(UserError, match="other than 0/1.*this dataset's own model"):
             evaluate_dataset("990", out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def _threshold_and_model(cases: pd.DataFrame, source: str, size_tag: str) -> pd.DataFrame:
+    """The model group's rows beside the threshold rows of the same (fold, case)."""
+    model = cases[(cases.source == source) & (cases.size_tag == size_tag)]
+    thr = cases[cases.source == "threshold"]
+    return model.merge(thr, on=["fold", "case_id"], suffixes=("", "_thr"))
+
+
+def test_threshold_rows(evaluated, fake_tree):
+    """The no-learning baseline is a reference row of every validation case of every fold, scored
+    by its rule on the case's own image; a reference, not a source: no verdict, no Williams row."""
+    import SimpleITK as sitk
+    from scipy import stats
+
+    from nnunet_xfer.evaluation.metrics import segmentation_metrics
+    from nnunet_xfer.evaluation.threshold_baseline import threshold_segmentation
+    _, env = fake_tree
+    splits = json.loads((Path(env["nnUNet_raw"]) / "Dataset990_Fake" / "splits_final.json").read_text())
+    cases = pd.read_csv(evaluated / "cases.csv", dtype={"size_tag": str, "case_id": str})
+    thr = cases[cases.source == "threshold"]
+    assert sorted(zip(thr.fold, thr.case_id)) == sorted(
+        (k, c) for k, split in enumerate(splits) for c in split["val"])
+    assert (thr.n == 0).all() and set(thr.plans) == {"none"} and thr.prediction.isna().all()
+    assert not thr.in_pretraining.any()
+    for r in thr.head(3).itertuples():  # the rule's own mask, computed here from the image
+        image = sitk.GetArrayFromImage(sitk.ReadImage(r.image))[0]
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(r.reference))[0]
+        expected = segmentation_metrics(threshold_segmentation(image), ref, (0.8, 0.8))
+        assert r.dice == pytest.approx(expected["dice"])
+        assert r.rms_dta_mm == pytest.approx(expected["rms_dta_mm"])
+    summary = json.loads((evaluated / "summary.json").read_text())
+    groups = {(g["source"], g["size_tag"]): g for g in summary["groups"]}
+    assert groups[("threshold", "0")]["reference"] is True
+    assert "vs_reference" not in groups[("threshold", "0")]
+    assert summary["references"] == ["threshold"] and "95 % t interval" in summary["reference_rule"]
+    # each model group is compared on its own cases: jigsaw n10 has 11 (one without prediction)
+    both = _threshold_and_model(cases, "jigsaw", "10")
+    diff = both.dice - both.dice_thr
+    vs = groups[("jigsaw", "10")]["vs_reference"]["threshold"]
+    assert vs["dice"]["n"] == 11 and vs["dice"]["mean"] == pytest.approx(diff.mean())
+    low, high = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+    assert (vs["dice"]["ci_low"], vs["dice"]["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    # the failed case enters RMS DTA at its image diagonal, as everywhere else
+    rms = both.rms_dta_mm.where(~both.failed, both.worst_distance_mm) - both.rms_dta_mm_thr
+    assert vs["rms_dta_mm"]["mean"] == pytest.approx(rms.mean())
+    # the fake images hold nothing but the ring in the muscle HU range: the threshold is nearly
+    # the reference itself, and no model beats it
+    assert thr.dice.min() > 0.97
+    assert not any(g["vs_reference"]["threshold"]["beats"] for g in summary["groups"]
+                   if not g["reference"])
+    assert ("threshold", "0") not in {(v["source"], v["size_tag"]) for v in summary["human_level"]}
+    assert "threshold" not in set(pd.read_csv(evaluated / "observers_williams.csv").source)
+
+
+def test_a_model_beats_the_threshold_when_organs_share_muscle_hu(fake_tree, tmp_path, monkeypatch):
+    """A disc of muscle HU inside the ring (a kidney, bowel) fools the threshold, not the models:
+    the best model beats it by the paired rule; the verdicts follow the rule from the numbers."""
+    import SimpleITK as sitk
+
+    from conftest import ring_mask
+    _, env = fake_tree
+    raw = tmp_path / "raw"
+    shutil.copytree(Path(env["nnUNet_raw"]), raw)
+    organ = ring_mask(128, (0, 20), np.zeros((2, 1)))
+    for path in (raw / "Dataset990_Fake" / "imagesTr").glob("*.nii.gz"):
+        img = sitk.ReadImage(str(path))
+        arr = sitk.GetArrayFromImage(img)
+        arr[0][organ] = 40
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(img)
+        sitk.WriteImage(out, str(path))
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    out = evaluate_dataset("990", out=tmp_path / "eval", workers=1)
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {(g["source"], g["size_tag"]): g for g in summary["groups"]}
+    assert groups[("threshold", "0")]["metrics"]["dice"]["mean"] < 0.92
+    assert groups[("nnunet", "all")]["vs_reference"]["threshold"]["beats"] is True
+    for g in summary["groups"]:
+        if g["reference"]:
+            continue
+        vs = g["vs_reference"]["threshold"]
+        assert vs["beats"] == (vs["dice"]["ci_low"] > 0 and vs["rms_dta_mm"]["ci_high"] < 0)

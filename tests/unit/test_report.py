@@ -29,6 +29,39 @@ class _Images(HTMLParser):
         self.tables += tag == "table"
 
 
+class _Cells(HTMLParser):
+    """The rows (header and body cells as text) of the first table of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._tables, self._cell = 0, None
+
+    def handle_starttag(self, tag, attrs):
+        self._tables += tag == "table"
+        if self._tables == 1 and tag == "tr":
+            self.rows.append([])
+        if self._tables == 1 and tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+        if tag == "table":
+            self._tables += 1  # only the first table
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def _first_table(text: str) -> list[list[str]]:
+    p = _Cells()
+    p.feed(text)
+    return p.rows
+
+
 def _parse(path: Path) -> _Images:
     p = _Images()
     p.feed(path.read_text(encoding="utf-8"))
@@ -61,6 +94,13 @@ def test_full_report(fake_tree, tmp_path):
     assert "XferJigsawTrainer_n5" in text and "fold 0: case_000" in text  # the missing list
     assert "Grey band" in text and "http" not in text.replace("http-equiv", "")
     assert "Verdict rule" in text and "3 observer(s)" in text  # the rule beside the verdicts
+    # the headline in words opens the report; the threshold baseline is its own row, never a
+    # point of a curve, and each model says whether it beats it
+    assert text.index('class="headline"') < text.index("<img")
+    assert "Best source per training-set size n" in text and "Against the threshold baseline" in text
+    assert "threshold (no learning)" in text and "beats threshold" in text
+    assert "Dashed black line: the threshold baseline" in text
+    assert "folds 0, 1" in text and "fold 0<" in text  # the fold lists, never a bare 0
     with pytest.raises(UserError, match="--overwrite"):
         write_report(evaluation, html_path)
     write_report(evaluation, html_path, overwrite=True)
@@ -102,7 +142,17 @@ def test_observer_study_report_and_bad_input(observer_study_data, tmp_path):
     report = write_report(study, tmp_path / "obs.html")
     assert len(_embedded_pngs(_parse(report))) == 1
     assert (tmp_path / "obs_files" / "williams.png").is_file()
-    assert "No muscle measures" in report.read_text(encoding="utf-8")
+    text = report.read_text(encoding="utf-8")
+    assert "No muscle measures" in text
+    # a figure and a compact table: one row per rater (the reference and 4 observers), in blocks,
+    # the rule stated once under it rather than in every row
+    head, *rows = _first_table(text)
+    assert len(rows) == 5 and len({r[0] for r in rows}) == 5
+    kind = [r[head.index("kind")] for r in rows]
+    assert kind == ["reference annotation"] + ["observers, each against the others"] * 4
+    assert {"1 − Dice ratio [95% CI]", "RMS DTA ratio [95% CI]", "Holm p", "human level"} <= set(
+        head)
+    assert text.count("human level if the rater") == 1
     (tmp_path / "nothing").mkdir()
     with pytest.raises(UserError, match="cases.csv"):
         write_report(tmp_path / "nothing", tmp_path / "x.html")
