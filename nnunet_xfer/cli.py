@@ -6,6 +6,7 @@ and is printed as one line with exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import (CHECKPOINT_FINAL, DEFAULT_CONFIGURATION, DEFAULT_PLANS,
                                 image_file, label_file)
+from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
+                                              DEFAULT_PERMUTATIONS)
 from nnunet_xfer.sources import PRETRAINED_SOURCES
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
 
@@ -40,14 +43,15 @@ def _add_phantom(sub) -> None:
     p.add_argument("--observers", type=int, default=10, help="simulated observers (default 10)")
     p.add_argument("--observer-cases", type=int, default=20,
                    help="cases each observer delineates (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the cohort (default 0)")
     p.add_argument("--source-task", type=Path, metavar="DIR",
                    help="also write a segmentation source task (other subjects; organs, fat, bone; "
-                        "no muscle label) to DIR, for `pretrain -s seg --data DIR`")
+                        "no muscle label) to DIR, for `pretrain -s seg --data DIR` (default: none)")
     p.add_argument("--source-cases", type=int, default=100,
                    help="slices of the source task (default 100)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT (and DIR) written by phantom")
+                   help="replace an OUT (and DIR) that phantom wrote (refused if it holds other "
+                        "files)")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -151,7 +155,7 @@ def _add_select(sub) -> None:
     p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
                    help=f"plans of the model or store entry (default {DEFAULT_PLANS})")
     p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
-                   help=f"(default {DEFAULT_CONFIGURATION})")
+                   help=f"configuration of the model or store entry (default {DEFAULT_CONFIGURATION})")
     p.add_argument("--seed", type=int, default=None,
                    help="random: the draw's seed (default: the dataset's convert seed; "
                         f"{DEFAULT_SEED} for a pool)")
@@ -180,7 +184,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
                             lr=a.lr, permutations=a.permutations, seed=a.seed,
                             checkpoint_every=a.checkpoint_every, device=a.device)
     try:
-        path = pretrain(config, resume=a.resume, overwrite=a.overwrite)
+        path = pretrain(config, resume=a.resume, overwrite=a.overwrite, keep_state=a.keep_state)
     except PretrainInterrupted as e:
         print(f"nnunet-xfer pretrain: interrupted by {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -192,9 +196,12 @@ def _add_pretrain(sub) -> None:
     target = "/".join(n for n in PRETRAINED_SOURCES if spec(n).reads_target_images)
     p = sub.add_parser("pretrain", help="pretrain a source task for the planned network")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
-    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES)
-    p.add_argument("-p", "--plans", default=DEFAULT_PLANS)
-    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
+    p.add_argument("-s", "--source", required=True, choices=PRETRAINED_SOURCES,
+                   help=f"source task: {', '.join(PRETRAINED_SOURCES)} (docs/pretraining.md)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
+                   help=f"plans of the network to pretrain (default {DEFAULT_PLANS})")
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
+                   help=f"its configuration (default {DEFAULT_CONFIGURATION})")
     p.add_argument("--fold", type=int, default=None,
                    help=f"{target}: pretrain on this fold's training cases only (the entry "
                         "trainers of this fold load)")
@@ -206,14 +213,24 @@ def _add_pretrain(sub) -> None:
                         "target dataset")
     p.add_argument("--weights", type=Path, default=None,
                    help="torchvision weights file (cls/seg with torchvision plans)")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--permutations", type=int, default=100, help="jigsaw permutation classes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500,
-                   help="iterations between training-state checkpoints (for --resume)")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"training iterations (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per iteration (default: the plans' batch size)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"AdamW learning rate, poly decay (default {DEFAULT_LR:g})")
+    p.add_argument("--permutations", type=int, default=DEFAULT_PERMUTATIONS,
+                   help=f"jigsaw permutation classes (default {DEFAULT_PERMUTATIONS})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                   help="iterations between training-state checkpoints, for --resume "
+                        f"(default {CHECKPOINT_EVERY})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the saved training state <source>.resume.pth (or extend "
+                        "a run finished with --keep-state to more --iterations)")
+    p.add_argument("--keep-state", action="store_true",
+                   help="keep <source>.resume.pth after the run finishes, so that --resume can "
+                        "extend it later (default: removed once the entry is written)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the entry this command wrote before (nothing else)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -229,10 +246,12 @@ def _cmd_plan(a: argparse.Namespace) -> None:
 
 def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="write a torchvision-backbone plans variant")
-    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("--arch", required=True, help="e.g. fcn_resnet50, unet_resnet34")
-    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans to derive from")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS,
+                   help=f"plans to derive from (default {DEFAULT_PLANS})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a variant plan wrote before (never a plans file of yours)")
     p.set_defaults(func=_cmd_plan)
 
 
@@ -285,9 +304,10 @@ def _add_evaluation_options(p) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate every Xfer run's folds of a dataset")
-    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-p", "--plans", default=None, help="only runs with these plans (default all)")
-    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION)
+    p.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION,
+                   help=f"configuration of the runs (default {DEFAULT_CONFIGURATION})")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output folder (default $nnUNet_results/<Dataset>/nnunet_xfer_evaluation)")
     p.add_argument("--observers", type=Path, default=None,
@@ -319,8 +339,8 @@ def _add_observers(sub) -> None:
     p.add_argument("--reference", type=Path, required=True, help="reference masks folder")
     p.add_argument("--observers", type=Path, required=True, help="one sub-folder per observer")
     p.add_argument("--predictions", type=Path, default=None, help="model predictions folder")
-    p.add_argument("--name", default="model", help="rater name for --predictions")
-    p.add_argument("--images", type=Path, default=None, help="CT images (for SMD)")
+    p.add_argument("--name", default="model", help="rater name for --predictions (default model)")
+    p.add_argument("--images", type=Path, default=None, help="CT images (for SMA and SMD)")
     p.add_argument("--label", type=int, default=1, help="muscle label value (default 1)")
     p.add_argument("-o", "--output", type=Path, required=True, help="a new output folder")
     _add_evaluation_options(p)
@@ -363,8 +383,7 @@ def _measure_studies(a: argparse.Namespace) -> None:
         checkpoint=a.checkpoint, corrected=a.corrected)
     result = run_measure(
         config, overwrite=a.overwrite,
-        on_error=lambda msg: tqdm.write(f"nnunet-xfer measure: error: {msg}", file=sys.stderr),
-        on_note=lambda msg: tqdm.write(f"warning: {msg}", file=sys.stderr))
+        on_error=lambda msg: tqdm.write(f"nnunet-xfer measure: error: {msg}", file=sys.stderr))
     print(f"measured {result.n_cases - result.n_failed} of {result.n_cases} case(s): {result.out}")
     if result.failed:
         print(f"nnunet-xfer measure: {result.n_failed} of {result.n_cases} cases failed "
@@ -481,18 +500,18 @@ def _add_experiment(sub) -> None:
     from nnunet_xfer.experiment.grid import PRETRAIN_SCOPES, Grid
     default = Grid.default
     p = sub.add_parser("experiment", help="the study's grid: dry run, local run or SLURM script")
-    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-p", "--plans", default=None,
                    help=f"plans of the trainings; with --arch the plans the variant is derived "
                         f"from (default {default('plans')})")
     p.add_argument("-c", "--configuration", default=None,
-                   help=f"(default {default('configuration')})")
+                   help=f"configuration of the trainings (default {default('configuration')})")
     p.add_argument("--sources", default=None,
-                   help=f"comma-separated (default {','.join(default('sources'))})")
+                   help=f"source tasks, comma-separated (default {','.join(default('sources'))})")
     p.add_argument("--sizes", type=_sizes, default=None,
                    help=f"training-subset sizes (default {','.join(map(str, default('sizes')))})")
     p.add_argument("--folds", type=_sizes, default=None,
-                   help=f"(default {','.join(map(str, default('folds')))})")
+                   help=f"folds, comma-separated (default {','.join(map(str, default('folds')))})")
     p.add_argument("--device", default=None,
                    help=f"cuda, cpu or mps (default {default('device')})")
     p.add_argument("--observers", type=Path, default=None,
@@ -507,8 +526,10 @@ def _add_experiment(sub) -> None:
                    help="torchvision-backbone network (e.g. unet_resnet34, fcn_resnet50): plan it "
                         "and run every source on it (the paper's set-up)")
     p.add_argument("--slurm-args", default="",
-                   help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1'")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --slurm FILE")
+                   help="extra #SBATCH options for every job, e.g. '--partition=gpu --gres=gpu:1' "
+                        "(default: none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --slurm FILE that experiment wrote (never another file)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--dry-run", action="store_true", help="print every step as a shell command")
     mode.add_argument("--run", action="store_true",
@@ -524,7 +545,8 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic cohort, CPU only")
-    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"),
+                   help="output folder (default demo_output)")
     p.add_argument("--quick", action="store_true", help="tiny version (used by the tests)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo's output folder (and its Dataset990_XferDemo)")
@@ -533,14 +555,27 @@ def _add_demo(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `nnunet-xfer` parser."""
+    from nnunet_xfer import __version__
     parser = argparse.ArgumentParser(
         prog="nnunet-xfer",
         description="Transfer learning for L3 muscle segmentation inside nnU-Net v2.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_phantom, _add_convert, _add_select, _add_env, _add_pretrain, _add_plan, _add_evaluate,
                 _add_observers, _add_measure, _add_report, _add_experiment, _add_demo):
         add(sub)
     return parser
+
+
+#: Errors of the machine rather than of the input, with what to do about them.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some disk space or write elsewhere; nothing half-written was left",
+    errno.EDQUOT: "your disk quota is full: free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "check the permissions, or write elsewhere",
+    errno.EPERM: "check the permissions, or write elsewhere",
+}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -556,6 +591,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"nnunet-xfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk or the file system, not a bug: one line (no traceback)
+        if e.errno not in _ENVIRONMENT_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"nnunet-xfer {args.command}: error: {e.strerror or e}{where}; "
+              f"{_ENVIRONMENT_ERRORS[e.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # experiment --run says which signal and what it stopped
         print(f"nnunet-xfer {args.command}: interrupted" + (f": {e}" if str(e) else ""),

@@ -30,7 +30,6 @@ from nnunet_xfer.experiment.steps import ShellLayout
 from nnunet_xfer.layout import (
     CASES_CSV,
     DEMO_LOG,
-    DEMO_MARKER,
     EVAL_CASES_CSV,
     EVAL_SUMMARY_JSON,
     EVALUATION_FOLDER,
@@ -41,7 +40,6 @@ from nnunet_xfer.trainers import trainer_environment
 
 DEMO_ID = 990
 DEMO_NAME = f"Dataset{DEMO_ID}_XferDemo"
-MARKER = DEMO_MARKER
 NNUNET_VARS = env_settings.NNUNET_FOLDERS
 
 
@@ -125,25 +123,19 @@ def demo_steps(out: Path, settings: DemoSettings) -> list[tuple[str, list[Step]]
     ]
 
 
-def demo_entries() -> frozenset[str]:
-    """What the demo writes at the top of its output folder (all else there is the user's)."""
-    return frozenset({MARKER, DEMO_LOG, "phantom", "observer_study", *NNUNET_VARS})
+#: What the demo writes into its output folder while it runs.
+DEMO_OWNED = (DEMO_LOG, "phantom", "observer_study", *NNUNET_VARS)
 
 
-def _prepare(out: Path, env: dict, overwrite: bool, own_folders: bool) -> None:
-    """Refuse a used output folder (or the demo dataset in the user's folders) unless overwrite."""
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or "
-                            f"choose another -o")
-        if not (out / MARKER).exists():
-            raise UserError(f"{out} was not written by the demo (no {MARKER}); refusing to "
-                            f"delete it, choose another -o")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in demo_entries())
-        if foreign:
-            raise UserError(f"--overwrite refused: {out} holds files nnunet-xfer demo did not write "
-                            f"({atomic.shown(foreign)}); move them or choose another -o")
-        shutil.rmtree(out)
+def _claim_output(out: Path, overwrite: bool) -> atomic.Claim:
+    """The output guard's claim on ``out`` (refused unless it is new, or a folder an earlier demo
+    wrote and ``overwrite``; a user's file there is named and kept)."""
+    return atomic.check_replaceable(out, "demo", overwrite)
+
+
+def _prepare(claim: atomic.Claim, env: dict, overwrite: bool, own_folders: bool) -> None:
+    """Refuse the demo dataset in the user's folders unless overwrite; then make the output
+    folder afresh, marked as the demo's while it runs (so an interrupted demo is replaced too)."""
     if not own_folders:
         for v in NNUNET_VARS:
             root = Path(env[v])
@@ -156,8 +148,7 @@ def _prepare(out: Path, env: dict, overwrite: bool, own_folders: bool) -> None:
                                 f"replace it")
             for p in found:
                 shutil.rmtree(p)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `nnunet-xfer demo`; --overwrite may delete this folder\n")
+    atomic.take_folder(claim, owned=DEMO_OWNED)
 
 
 @dataclass(frozen=True)
@@ -180,10 +171,11 @@ def run_demo(out: Path = Path("demo_output"), quick: bool = False,
     :class:`UserError` naming the stage and the log file.
     """
     settings = QUICK if quick else FULL
-    out = Path(out)
+    claim = _claim_output(Path(out), overwrite)
+    out = claim.path
     user_folders = all(env_settings.nnunet_folder_or_none(v) is not None for v in NNUNET_VARS)
     env = demo_environment(out, settings)
-    _prepare(out, env, overwrite, own_folders=not user_folders)
+    _prepare(claim, env, overwrite, own_folders=not user_folders)
     for v in NNUNET_VARS:
         Path(env[v]).mkdir(parents=True, exist_ok=True)
     log = out.resolve() / DEMO_LOG
@@ -204,6 +196,7 @@ def run_demo(out: Path = Path("demo_output"), quick: bool = False,
                             f"{bad[0].message.splitlines()[0]}; full output in {log}")
         print(f"[{time.monotonic() - start:6.1f} s] {stage}: {times[stage]:.1f} s", flush=True)
     times["total"] = time.monotonic() - start
+    atomic.write_marker(out, "demo")  # finished: every file it wrote, listed
     results_root = Path(env["nnUNet_results"])
     evaluation = results_root / DEMO_NAME / EVALUATION_FOLDER
     return DemoResult(times=times, report=evaluation / REPORT_HTML, evaluation=evaluation,

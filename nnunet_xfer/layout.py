@@ -26,6 +26,9 @@ from nnunet_xfer.imaging.names import image_file, label_file  # noqa: F401
 
 # ---------------------------------------------------------------- nnU-Net's own names
 DATASET_JSON = "dataset.json"
+#: What nnUNetv2_plan_and_preprocess writes beside the plans (``$nnUNet_preprocessed/<Dataset>/``).
+FINGERPRINT_JSON = "dataset_fingerprint.json"
+GT_SEGMENTATIONS = "gt_segmentations"
 SPLITS_FILE = "splits_final.json"
 DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_CONFIGURATION = "2d"
@@ -67,12 +70,11 @@ EXPERIMENT_LOCK = ".nnunet_xfer_experiment.lock"
 EXPERIMENT_LOG = "nnunet_xfer_experiment.log"
 #: The HTML report ``experiment`` writes into the evaluation folder.
 REPORT_HTML = "report.html"
-#: ``demo -o DIR``: the marker that lets ``--overwrite`` delete DIR, and the log of every stage.
-DEMO_MARKER = ".nnunet_xfer_demo"
+#: ``demo -o DIR``: the log of every stage.
 DEMO_LOG = "demo.log"
 #: The manifest ``phantom`` writes (and ``convert --cases`` reads) in its output folder.
 PHANTOM_MANIFEST = "cases.csv"
-#: Marker listing what a command wrote into a folder (see ``atomic.owned_output``).
+#: Marker listing what a command wrote into a folder (see ``atomic.check_replaceable``).
 OUTPUT_MARKER = ".nnunet_xfer_output.json"
 #: Hidden temporary names start with this, so a later run can find and remove leftovers.
 TEMP_PREFIX = ".nnunet_xfer_tmp"

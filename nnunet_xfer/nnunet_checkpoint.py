@@ -2,7 +2,9 @@
 
 nnU-Net loads its checkpoints with ``torch.load(weights_only=False)``: a planted file would run
 any code its pickle names. Everything of ours that hands a checkpoint to nnU-Net (``experiment``'s
-``--c`` / ``--val``) or reads one itself (``measure``'s predictor) first opens it here with
+``--c`` / ``--val``, the ``Xfer*`` trainers' ``load_checkpoint`` under plain ``nnUNetv2_train``,
+``nnUNetv2_predict`` on an ``Xfer*`` run through the start-up hook) or reads one itself
+(``measure``'s predictor) first opens it here with
 ``weights_only=True``, admitting only the plain types nnU-Net's ``save_checkpoint`` writes besides
 tensors and dicts: numpy scalars (the logged losses and Dice values are ``np.float32``) and their
 dtypes. ``torch.device`` (in ``init_args``) and ``OrderedDict`` are admitted by torch itself.
@@ -12,6 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
+
+#: What a refusal of a run's own checkpoint adds: the file is not needed, training starts again.
+CHECKPOINT_ADVICE = "; if you did not put it there, delete it (the fold then trains from the start)"
 
 
 def _numpy_globals() -> list:
@@ -60,3 +65,47 @@ def open_nnunet_checkpoint(path: Path, advice: str = "") -> dict:
         raise UserError(f"{path} will not be loaded: it holds no nnU-Net checkpoint "
                         f"(no network_weights){advice}")
     return obj
+
+
+def _is_xfer_run(model_folder: Path) -> bool:
+    """Whether a model folder ``<Trainer>__<Plans>__<config>`` is a run of an ``Xfer*`` trainer."""
+    from nnunet_xfer.layout import parse_run_folder_name
+    parsed = parse_run_folder_name(Path(model_folder).resolve().name)
+    return parsed is not None and parsed[0].startswith("Xfer")
+
+
+def guard_predictor(module) -> None:
+    """Make ``module.nnUNetPredictor`` open an ``Xfer*`` run's checkpoints safely before nnU-Net
+    unpickles them (the start-up hook calls this when nnU-Net's predictor module is imported).
+
+    ``initialize_from_trained_model_folder`` — what ``nnUNetv2_predict``, its Python API and
+    ``nnUNetv2_predict_from_modelfolder`` all go through — first opens every fold's checkpoint
+    with :func:`open_nnunet_checkpoint`; a file it refuses stops the process with one line
+    (``SystemExit``), before nnU-Net's ``torch.load(weights_only=False)``. Runs of other trainers
+    are left to nnU-Net as they are.
+    """
+    import functools
+    cls = getattr(module, "nnUNetPredictor", None)
+    original = getattr(cls, "initialize_from_trained_model_folder", None)
+    if original is None or getattr(original, "_nnunet_xfer_guarded", False):
+        return
+
+    @functools.wraps(original)
+    def initialize_from_trained_model_folder(self, model_training_output_dir, use_folds,
+                                             checkpoint_name="checkpoint_final.pth"):
+        if _is_xfer_run(Path(model_training_output_dir)):
+            if use_folds is None:  # detected once, here, and handed on
+                use_folds = cls.auto_detect_available_folds(model_training_output_dir,
+                                                            checkpoint_name)
+            for fold in [use_folds] if isinstance(use_folds, str) else use_folds:
+                path = Path(model_training_output_dir) / f"fold_{fold}" / checkpoint_name
+                if not path.is_file():
+                    continue  # nnU-Net names the missing file itself
+                try:
+                    open_nnunet_checkpoint(path)
+                except UserError as e:
+                    raise SystemExit(f"nnunet_xfer: {e}") from None
+        return original(self, model_training_output_dir, use_folds, checkpoint_name)
+
+    initialize_from_trained_model_folder._nnunet_xfer_guarded = True
+    cls.initialize_from_trained_model_folder = initialize_from_trained_model_folder

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from nnunet_xfer.architectures.registry import ARCHITECTURES
-from nnunet_xfer.atomic import atomic_write_json
+from nnunet_xfer.atomic import atomic_write_json, check_replaceable
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DatasetLayout
 
@@ -67,32 +67,12 @@ def _resolved(configurations: dict, name: str) -> dict:
     return base
 
 
-def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlans",
-                        overwrite: bool = False) -> Path:
-    """Write ``$nnUNet_preprocessed/<Dataset>/<source_plans>_<arch>.json``; return its path."""
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    layout = DatasetLayout.of(dataset)
-    src = layout.plans_json(source_plans)
-    if not src.is_file():
-        raise UserError(f"{src} not found; run `nnUNetv2_plan_and_preprocess -d {dataset} -c 2d` "
-                        f"first")
-    plans_name = f"{source_plans}_{arch}"
-    out = layout.plans_json(plans_name)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    plans = json.loads(src.read_text())
-    dataset_json = json.loads(layout.preprocessed_dataset_json().read_text())
-    input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
-    num_classes = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
-
-    target = ARCHITECTURES[arch]
-    variant = copy.deepcopy(plans)
-    variant["plans_name"] = plans_name
+def _variant_configurations(source: dict, target, input_channels: int,
+                            num_classes: int) -> dict:
+    """The 2D configurations of ``source`` with ``target``'s network and the batch-size rule."""
     configurations = {}
-    for name in plans["configurations"]:
-        cfg = _resolved(plans["configurations"], name)
+    for name in source:
+        cfg = _resolved(source, name)
         if len(cfg["patch_size"]) != 2 or "architecture" not in cfg:
             continue  # 3D configuration: the torchvision networks are 2D
         a = cfg["architecture"]
@@ -106,6 +86,39 @@ def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlan
                                "_kw_requires_import": []}
         cfg["batch_size"] = adjusted_batch_size(cfg["batch_size"], old, new)
         configurations[name] = cfg  # data_identifier unchanged: preprocessed data reused
+    return configurations
+
+
+def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlans",
+                        overwrite: bool = False) -> Path:
+    """Write ``$nnUNet_preprocessed/<Dataset>/<source_plans>_<arch>.json``; return its path."""
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    layout = DatasetLayout.of(dataset)
+    src = layout.plans_json(source_plans)
+    if not src.is_file():
+        raise UserError(f"{src} not found; run `nnUNetv2_plan_and_preprocess -d {dataset} -c 2d` "
+                        f"first")
+    plans_name = f"{source_plans}_{arch}"
+    out = layout.plans_json(plans_name)
+    claim = check_replaceable(out, "plan", overwrite, folder=False, written=is_plans_variant,
+                              inputs=(src, layout.preprocessed_dataset_json()))
+    plans = _read_json(src, "plans file", f"nnUNetv2_plan_and_preprocess -d {dataset} -c 2d")
+    dataset_json = _read_json(layout.preprocessed_dataset_json(), "dataset.json",
+                              f"nnUNetv2_plan_and_preprocess -d {dataset} -c 2d")
+    target = ARCHITECTURES[arch]
+    try:
+        input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+        num_classes = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
+        configurations = _variant_configurations(plans["configurations"], target,
+                                                 input_channels, num_classes)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise UserError(f"{src} is not a plans file nnU-Net can read ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]}); re-create it with "
+                        f"`nnUNetv2_plan_and_preprocess -d {dataset} -c 2d`") from None
+    variant = copy.deepcopy(plans)
+    variant["plans_name"] = plans_name
     if not configurations:
         raise UserError(f"{src} has no 2D configuration; run `nnUNetv2_plan_and_preprocess "
                         f"-d {dataset} -c 2d` (the torchvision networks are 2D)")
@@ -113,4 +126,29 @@ def write_plans_variant(dataset: str, arch: str, source_plans: str = "nnUNetPlan
     variant["nnunet_xfer"] = {"architecture": arch, "source_plans": source_plans,
                               "batch_size_rule": "floor(source_batch * A_source / A_new), "
                                                  "clipped to [2, source_batch]"}
-    return atomic_write_json(out, variant, indent=4)
+    return atomic_write_json(claim, variant, indent=4)
+
+
+def is_plans_variant(path: Path) -> bool:
+    """Whether ``path`` is a plans variant ``plan`` wrote (its ``nnunet_xfer`` block says so)."""
+    try:
+        plans = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(plans, dict) and isinstance(plans.get("nnunet_xfer"), dict) \
+        and "architecture" in plans["nnunet_xfer"]
+
+
+def _read_json(path: Path, what: str, remedy: str) -> dict:
+    """A JSON object, or one line naming the file and how to make it again."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; run `{remedy}` first") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a readable {what} ({str(e).splitlines()[0][:120]}); "
+                        f"re-create it with `{remedy}`") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a {what} (a JSON object expected); re-create it with "
+                        f"`{remedy}`")
+    return obj

@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_xfer import settings
+from nnunet_xfer import errors, settings
 from nnunet_xfer.atomic import atomic_write_bytes, atomic_write_json
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DATASET_JSON, SPLITS_FILE, SUBSETS_FILE, DatasetLayout
@@ -83,9 +82,9 @@ def make_subsets(splits: list[dict], sizes: list[int], seed: int = DEFAULT_SEED,
         for n in sorted(set(sizes)):
             if n > len(order):
                 if warn:
-                    warnings.warn(f"fold {fold}: subset size {n} exceeds its {len(order)} "
-                                  f"{'selected' if orders is not None else 'training'} cases; "
-                                  f"left out of subsets.json", stacklevel=2)
+                    errors.warn(f"fold {fold}: subset size {n} exceeds its {len(order)} "
+                                f"{'selected' if orders is not None else 'training'} cases; "
+                                f"left out of subsets.json")
                 continue
             per_size[str(n)] = sorted(order[:n])
         result["folds"][str(fold)] = per_size

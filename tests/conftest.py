@@ -52,6 +52,26 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True,
     return proc
 
 
+def cli_in_process(capsys, *args: str) -> tuple[int, str]:
+    """``nnunet-xfer ARGS`` in-process (``cli.main``): (exit status, stderr)."""
+    from nnunet_xfer import cli
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def one_line_error(code: int, err: str, *words: str) -> str:
+    """Assert a refusal: exit 2, no traceback, one line besides ``warning:`` lines, holding
+    ``words``; return that line."""
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nnunet_env(tmp_path_factory) -> dict:
     """nnU-Net's folders under a session temp dir, trainer discovery and short CPU schedules."""

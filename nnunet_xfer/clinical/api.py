@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer.atomic import (atomic_write_csv, atomic_write_json, atomic_write_text,
-                                 check_replaceable, owned_output, refuse_protected)
+                                 check_replaceable, owned_output)
 from nnunet_xfer.clinical import corrections as corr
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg, write_nifti_mask
 from nnunet_xfer.clinical.dicom_sr import write_dicom_sr
@@ -40,9 +40,9 @@ from nnunet_xfer.clinical.provenance import PROVENANCE_COLUMNS, Provenance
 from nnunet_xfer.clinical.qc import gallery_html, overlay_lines, overlay_png, write_png
 from nnunet_xfer.clinical.studies import Study, load_study, read_studies
 from nnunet_xfer.dataset_conversion.manifest import BadRow
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.evaluation.measures import (IMAT_HU, MEASURE_KEYS, MUSCLE_HU,
-                                             check_finite_in_mask, muscle_measures,
+                                             check_finite_in_mask, flag_line, muscle_measures,
                                              quality_flags, read_heights)
 from nnunet_xfer.evaluation.metrics import dice
 from nnunet_xfer.imaging import label_file
@@ -233,9 +233,10 @@ def _measure_one(study: Study, run: _Run) -> tuple[dict, bytes, list[str]]:
     check_finite_in_mask(values, mask, cid, study.spec.image)
     m = muscle_measures(values, mask, (sy, sx), height)
     fold_dice = list(prediction.fold_dice.values())
-    flags = quality_flags(values, mask, m, study.slice_thickness_mm, fold_dice or None)
-    if "empty_mask" in flags:
-        notes.append("the mask holds no muscle on the slice; flagged empty_mask")
+    flags = quality_flags(values, mask, m, study.slice_thickness_mm, fold_dice or None) \
+        + study.flags
+    if flags:
+        notes.append(flag_line(cid, flags))
     bmi = (study.weight_kg / height ** 2
            if study.weight_kg is not None and height is not None else math.nan)
     row = {
@@ -343,7 +344,8 @@ def run_measure(config: MeasureConfig, *, overwrite: bool = False,
     ``config.corrected`` also ``corrections/<case>.json`` + ``.nii.gz`` and
     ``corrected_cases.csv``. ``overwrite`` replaces an earlier ``measure`` output there (nothing
     else). ``on_error`` receives each failed case's one-line message, ``on_note`` each note on a
-    measured case; both are also in the result. ``words`` words each failed case's message
+    measured case (its quality flags in words…); both default to a printed warning line
+    (:func:`nnunet_xfer.errors.warn`, which no warnings filter hides) and are also in the result. ``words`` words each failed case's message
     (:func:`measure_studies` gives :func:`api_words`).
     """
     c = config
@@ -351,16 +353,18 @@ def run_measure(config: MeasureConfig, *, overwrite: bool = False,
         raise UserError(f"--l3 {c.l3!r}: use 'auto' (TotalSegmentator) or leave it out (manifest)")
     if c.low_smi_cutoffs is not None and c.low_smi_cutoffs not in CUTOFFS:
         raise UserError(f"--low-smi-cutoffs {c.low_smi_cutoffs!r}: use one of {', '.join(CUTOFFS)}")
-    out = Path(c.out)
-    refuse_protected(out)
-    check_replaceable(out, "measure", overwrite)
     rows_in = read_studies(Path(c.cases))
     specs = {s.case_id: s for s in rows_in if not isinstance(s, BadRow)}
+    claim = check_replaceable(c.out, "measure", overwrite, inputs=[
+        c.cases, c.heights, c.corrected,
+        *(p for s in specs.values() for p in (s.image, s.mask, s.vertebra_mask))])
+    out = claim.path
     corrected = (corr.corrected_files(Path(c.corrected), list(specs))
                  if c.corrected is not None else {})
     height_of = read_heights(Path(c.heights)) if c.heights is not None else {}
     predictor = SlicePredictor(c.dataset, c.trainer, c.plans, c.configuration,
                                _parse_folds(c.folds), c.device, c.checkpoint)
+    claim.check_inputs([predictor.run])  # the model's folder
     provenance = Provenance(predictor.dataset, predictor.trainer, predictor.plans,
                             predictor.configuration, tuple(predictor.folds))
     device_name = str(predictor.device)
@@ -373,7 +377,7 @@ def run_measure(config: MeasureConfig, *, overwrite: bool = False,
     hint = "" if auto is not None else ", or pass --l3 auto"
 
     rows, pictures, failed, notes = [], {}, {}, {}
-    with owned_output(out, "measure", overwrite) as tmp:
+    with owned_output(claim) as tmp:
         run = _Run(c, predictor, provenance, tmp, corrected)
         # disable=None: a bar on a terminal, none in logs and pipes
         for spec in tqdm(rows_in, desc="measure", unit="case", disable=None):
@@ -390,17 +394,15 @@ def run_measure(config: MeasureConfig, *, overwrite: bool = False,
                 failed[cid] = message
                 rows.append({"case_id": cid, "status": "failed", "error": message,
                              "image": str(spec.image), **provenance.columns()})
-                if on_error is not None:
-                    on_error(message)
+                (on_error or warn)(message)
                 continue
             rows.append(row)
             pictures[cid] = png
-            case_notes = [f"case {cid}: {n}" for n in study.notes + case_notes]
+            case_notes = [f"case {cid}: {n}" for n in study.notes] + case_notes
             if case_notes:
                 notes[cid] = case_notes
                 for n in case_notes:
-                    if on_note is not None:
-                        on_note(n)
+                    (on_note or warn)(n)
         table = _table(rows)
         atomic_write_csv(tmp / MEASURES_CSV, table)
         if corrected:
@@ -459,8 +461,8 @@ def measure_studies(cases: Path, out: Path, dataset: str | int, trainer: str,
     The parameters are the options of ``nnunet-xfer measure --cases`` (:class:`MeasureConfig`
     says what each means). Returns a :class:`MeasureResult`: failed cases are in
     ``result.failed`` (and in the table, ``status == "failed"``), notes on measured cases in
-    ``result.notes``; nothing is printed but TotalSegmentator's own notices (also in
-    ``result.notices``). ``on_error`` / ``on_note`` are called with each as it happens. What
+    ``result.notes``, TotalSegmentator's own notices in ``result.notices``; each is also printed
+    as it happens (one ``warning:`` line on stderr), or given to ``on_error`` / ``on_note``. What
     stops the whole run raises :class:`UserError`, worded for Python (``overwrite=True``, not
     ``--overwrite``). Output as :func:`run_measure`.
     """

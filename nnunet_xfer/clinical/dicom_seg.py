@@ -38,6 +38,8 @@ def read_source(source_file: Path, case: str):
         if not str(source.get(keyword, "")).strip():
             raise UserError(f"case {case}: {source_file} has no {keyword}; a DICOM-SEG cannot "
                             f"reference it")
+    # highdicom copies the patient module and accepts DICOM's M/F/O only: any other spelling
+    # (``m``, ``female``) would stop the case, so it becomes the DICOM value or empty (unknown)
     sex = str(source.get("PatientSex", "") or "").strip().upper()
     source.PatientSex = _DICOM_SEX.get(sex, "")
     return source

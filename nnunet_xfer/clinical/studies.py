@@ -13,14 +13,13 @@ records which slice it is: its UIDs and InstanceNumber (DICOM) and its z positio
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from nnunet_xfer.dataset_conversion.manifest import BadRow, CaseSpec, read_manifest
 from nnunet_xfer.dataset_conversion.slice_selection import choose_slice
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.imaging import Image, Reorientation, read_image
 
 #: Heights outside this range (m) are not heights in metres.
@@ -65,6 +64,8 @@ class Study:
     slice_z_mm: float | None = None
     #: how the DICOM series was chosen from its folder ("" for other inputs)
     series_choice: str = ""
+    #: quality flags the study itself raises (e.g. ``sex_unknown``), added to the measured ones
+    flags: list[str] = field(default_factory=list)
 
     @property
     def case_id(self) -> str:
@@ -81,8 +82,8 @@ def read_studies(csv_path: Path) -> list[CaseSpec | BadRow]:
     a bad row as a :class:`BadRow` in its place."""
     specs = read_manifest(Path(csv_path), mask_required=False, per_row=True)
     if any(isinstance(s, CaseSpec) and s.mask is not None for s in specs):
-        warnings.warn(f"{csv_path}: the mask column is ignored; measure predicts the muscle with "
-                      f"the model", stacklevel=2)
+        warn(f"{csv_path}: the mask column is ignored; measure predicts the muscle with the "
+             f"model")
     return specs
 
 
@@ -91,6 +92,25 @@ def normalise_sex(value) -> str | None:
     if value is None:
         return None
     return _SEX.get(str(value).strip().lower())
+
+
+def patient_sex(*values) -> tuple[str, str | None]:
+    """(``M``, ``F`` or ``unknown``, the value given that was neither) from the first of
+    ``values`` (manifest, then DICOM ``PatientSex``) that is given; never raises.
+
+    Any spelling of male/female (``m``, ``Female``, ``MALE`` …) counts; an empty DICOM value, ``O``
+    or anything else is unknown and returned as the second item (the case is flagged
+    ``sex_unknown``); ``None`` values (not given) are skipped.
+    """
+    for value in values:
+        if value is None:
+            continue
+        try:
+            text = str(value).strip()
+        except Exception:  # noqa: BLE001 - an odd header value must not stop the case
+            text = "?"
+        return (normalise_sex(text) or "unknown", None if normalise_sex(text) else text)
+    return "unknown", None
 
 
 def _float_or_none(value) -> float | None:
@@ -172,8 +192,9 @@ def load_study(spec: CaseSpec, allow_non_hu: bool = False,
         raise UserError(f"case {cid}: height {height:g} ({height_source}) is not a height in "
                         f"metres; give height_m in m, e.g. 1.72")
     study.height_m, study.height_source = height, height_source
-    study.sex = normalise_sex(spec.sex) or (normalise_sex(header.get("PatientSex"))
-                                            if header is not None else None)
+    study.sex, odd = patient_sex(spec.sex, header.get("PatientSex") if header is not None else None)
+    if odd is not None:  # printed and in the CSV with the case's other flags
+        study.flags.append("sex_unknown")
     study.weight_kg = spec.weight_kg if spec.weight_kg is not None else (
         _float_or_none(header.get("PatientWeight")) if header is not None else None)
     thickness = _float_or_none(header.get("SliceThickness")) if header is not None else None

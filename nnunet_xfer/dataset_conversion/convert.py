@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -20,16 +19,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_xfer import settings
-from nnunet_xfer.atomic import atomic_write_json, remove_stale_temporaries
+from nnunet_xfer.atomic import Claim, atomic_write_json, remove_owned, remove_stale_temporaries
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec, match_folders, read_manifest
 from nnunet_xfer.dataset_conversion.prepare import parse_label_map, prepare_case
+from nnunet_xfer.dataset_conversion.raw_writer import (check_free, claim_dataset, commit,
+                                                       dataset_folder_name, folders_with_id,
+                                                       new_staging, share_cases, staging,
+                                                       write_case, write_metadata)
 from nnunet_xfer.dataset_conversion.selection import (read_selection, selection_orders,
                                                       selection_provenance)
-from nnunet_xfer.dataset_conversion.raw_writer import (check_free, commit, dataset_folder_name,
-                                                       folders_with_id, new_staging, remove_folders,
-                                                       share_cases, staging, write_case,
-                                                       write_metadata)
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.layout import SPLITS_FILE
 from nnunet_xfer.splits import ORDERS_KEY, SELECTION_KEY, make_splits, make_subsets
 from nnunet_xfer.study_grid import DEFAULT_FOLDS, DEFAULT_SEED, SIZES
@@ -84,8 +83,8 @@ def plan_targets(dataset_id: int, name: str, splits: list[dict] | None, subsets:
             raise UserError(f"per-size dataset {sub_name} would need id {sub_id} > 999; "
                             f"choose a smaller -d")
         if not all(str(n) in subsets["folds"][f] for f in folds):
-            warnings.warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
-                          f"of a fold", stacklevel=3)
+            warn(f"no per-size dataset {sub_name}: n={n} exceeds the training cases "
+                          f"of a fold")
             continue
         train = {f: subsets["folds"][f][str(n)] for f in folds}
         sub_splits = [{"train": train[f], "val": splits[int(f)]["val"]} for f in folds]
@@ -124,9 +123,10 @@ def _specs(cases_csv: Path | None, images_dir: Path | None, masks_dir: Path | No
 
 
 def _plan_preprocessed(preprocessed: Path | None, target: Target,
-                       replaced: list[Path], overwrite: bool) -> list[Path]:
-    """Preprocessed folders of ``target``'s id to remove (``--overwrite``); refuses a stale
-    ``splits_final.json`` or another dataset with this id that we cannot regenerate."""
+                       replaced: list[Path], overwrite: bool, inputs) -> list[Claim]:
+    """Claims on the preprocessed folders of ``target``'s id to remove (``--overwrite``: each may
+    hold only what nnU-Net and we made from the raw data); refuses a stale ``splits_final.json``
+    or another dataset with this id that we cannot regenerate."""
     if preprocessed is None:
         return []
     remove = []
@@ -140,7 +140,7 @@ def _plan_preprocessed(preprocessed: Path | None, target: Target,
                             f"with no raw dataset to make it again); remove it yourself or choose "
                             f"another -d")
         if overwrite:
-            remove.append(folder)
+            remove.append(claim_dataset(folder, True, inputs, preprocessed=True))
             continue
         existing = folder / SPLITS_FILE
         if existing.is_file():
@@ -208,9 +208,8 @@ def _warn_left_out(subsets: dict, splits: list[dict]) -> None:
     sizes = ",".join(map(str, short))
     what = (f"subset size n={sizes} exceeds" if len(short) == 1
             else f"subset sizes n={sizes} exceed")
-    warnings.warn(f"{what} the {'selected' if orders else 'training'} cases of fold(s) "
-                  f"{','.join(map(str, folds))} ({smallest} cases); left out of subsets.json",
-                  stacklevel=3)
+    warn(f"{what} the {'selected' if orders else 'training'} cases of fold(s) "
+         f"{','.join(map(str, folds))} ({smallest} cases); left out of subsets.json")
 
 
 def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
@@ -240,6 +239,8 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
         if root is not None:
             remove_stale_temporaries(root)  # what a killed run left
     specs = _specs(cases_csv, images_dir, masks_dir)
+    inputs = [cases_csv, images_dir, masks_dir, selection,
+              *(p for spec in specs for p in (spec.image, spec.mask, spec.vertebra_mask))]
 
     ids = [s.case_id for s in specs]
     splits = make_splits(ids, n_folds=n_folds, seed=seed) if n_folds else None
@@ -256,22 +257,23 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
     targets = plan_targets(dataset_id, name, splits, subsets, per_size_datasets)
     main_name = targets[0].name
     # every refusal happens before anything is written
-    replaced = {t.name: check_free(raw, t.dataset_id, t.name, overwrite) for t in targets}
+    claims = {t.name: check_free(raw, t.dataset_id, t.name, overwrite, inputs) for t in targets}
+    replaced = {name: [c.path for c in (target, *others) if c.found is not None]
+                for name, (target, others) in claims.items()}
     stale, notes = [], []
     for t in targets:
-        stale += _plan_preprocessed(preprocessed, t, replaced[t.name], overwrite)
+        stale += _plan_preprocessed(preprocessed, t, replaced[t.name], overwrite, inputs)
         notes += _check_results(t, bool(replaced[t.name]))
 
     rows, empty = [], []
     with staging(raw) as staged:
         main = new_staging(raw)
         staged.append(main)
-        with tqdm(specs, desc=f"convert {main_name}", unit="case") as bar:
+        with tqdm(specs, desc=f"convert {main_name}", unit="case", disable=None) as bar:
             for spec in bar:
                 rows.append(_convert_case(main, spec, labels, allow_non_hu, empty))
         if empty:
-            warnings.warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}",
-                          stacklevel=2)
+            warn(f"{len(empty)} case(s) have an empty muscle mask: {', '.join(empty)}")
         if subsets is not None:
             _warn_left_out(subsets, splits)
         cases = pd.DataFrame(rows)
@@ -292,13 +294,14 @@ def convert(cases_csv: Path | None = None, images_dir: Path | None = None,
             write_metadata(folder, t.name, cases, t.splits, t.subsets, extra)
             folders[t.name] = folder
         # the old preprocessed data goes first: a kill in between leaves no stale plans behind
-        remove_folders(stale)
+        for claim in stale:
+            remove_owned(claim)
         for t in targets:
-            commit(folders[t.name], raw / t.name, replaced[t.name])
+            commit(folders[t.name], *claims[t.name])
     for note in notes:
-        warnings.warn(note, stacklevel=2)
+        warn(note)
     result = ConversionResult(folder=raw / main_name, datasets=[raw / t.name for t in targets])
-    result.removed = [p for t in targets for p in replaced[t.name]] + stale
+    result.removed = [p for t in targets for p in replaced[t.name]] + [c.path for c in stale]
     if preprocessed is not None:
         for t in targets:
             if t.splits is not None:

@@ -17,11 +17,12 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnunet_xfer import atomic
-from nnunet_xfer.atomic import atomic_write_json, make_folder
+from nnunet_xfer.atomic import Claim, atomic_write_csv, atomic_write_json, make_folder
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging.names import NNUNET_ENDING
-from nnunet_xfer.layout import (CASES_CSV, DATASET_JSON, OUTPUT_MARKER, SPLITS_FILE, SUBSETS_FILE,
-                                TEMP_PREFIX, image_file, label_file)
+from nnunet_xfer.layout import (CASES_CSV, DATASET_JSON, FINGERPRINT_JSON, GT_SEGMENTATIONS,
+                                OUTPUT_MARKER, SPLITS_FILE, SUBSETS_FILE, TEMP_PREFIX, image_file,
+                                label_file)
 
 FILE_ENDING = NNUNET_ENDING
 CHANNEL_NAMES = {"0": "CT"}
@@ -67,7 +68,7 @@ def write_metadata(folder: Path, name: str, cases: pd.DataFrame, splits: list[di
     if splits is not None:
         atomic_write_json(folder / SPLITS_FILE, splits)
         atomic_write_json(folder / SUBSETS_FILE, subsets)
-    cases.to_csv(folder / CASES_CSV, index=False)
+    atomic_write_csv(folder / CASES_CSV, cases)
     write_marker(folder)
 
 
@@ -130,15 +131,8 @@ def written_by_convert(folder: Path) -> set[str] | None:
     ``nnunet_xfer`` block of its ``dataset.json``, which lists every case.
     """
     folder = Path(folder)
-    try:
-        marker = json.loads((folder / OUTPUT_MARKER).read_text())
-        if isinstance(marker, dict) and marker.get("command") == COMMAND:
-            return {str(f) for f in marker.get("files", [])}
-        return None
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
+    if (folder / OUTPUT_MARKER).exists():
+        return atomic.marker_files(folder, "convert")
     try:
         block = json.loads((folder / DATASET_JSON).read_text()).get("nnunet_xfer")
         cases = list(block["cases"])
@@ -150,63 +144,63 @@ def written_by_convert(folder: Path) -> set[str] | None:
     return ours
 
 
-def check_replaceable(folder: Path) -> None:
-    """Refuse to replace a dataset folder ``convert`` did not write, or one holding foreign files."""
-    if folder.is_symlink() or not folder.is_dir():
-        raise UserError(f"--overwrite refused: {folder} is not a dataset folder written by "
-                        f"nnunet-xfer convert; remove it yourself or choose another -d")
-    written = written_by_convert(folder)
-    if written is None:
-        raise UserError(f"--overwrite refused: {folder} was not written by nnunet-xfer convert; "
-                        f"remove it yourself or choose another -d")
-    foreign = [f for f in atomic.listing(folder) if f not in written]
-    if foreign:
-        raise UserError(f"--overwrite refused: {folder} holds files nnunet-xfer convert did not "
-                        f"write ({atomic.shown(foreign)}); move them or choose another -d")
+def preprocessed_files(folder: Path) -> set[str]:
+    """What nnU-Net's planning and preprocessing (and ``convert``, ``plan``) write into
+    ``$nnUNet_preprocessed/<Dataset>/``: data made from the raw dataset, removed with it.
+
+    ``dataset.json``, ``dataset_fingerprint.json``, ``splits_final.json``, every plans file (a JSON
+    whose ``plans_name`` is its file name) with the folders of its ``data_identifier``, and
+    ``gt_segmentations/``. Anything else there is a user's, and ``--overwrite`` is refused.
+    """
+    folder = Path(folder)
+    names = {DATASET_JSON, FINGERPRINT_JSON, SPLITS_FILE}
+    folders = {GT_SEGMENTATIONS}
+    for path in folder.glob("*.json"):
+        try:
+            plans = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if not (isinstance(plans, dict) and plans.get("plans_name") == path.stem
+                and isinstance(plans.get("configurations"), dict)):
+            continue
+        names.add(path.name)
+        for cfg in plans["configurations"].values():
+            ident = cfg.get("data_identifier") if isinstance(cfg, dict) else None
+            if isinstance(ident, str) and ident and "/" not in ident:
+                folders.add(ident)
+    return {f for f in atomic.listing(folder) if f in names or f.split("/", 1)[0] in folders}
 
 
-def check_free(root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> list[Path]:
-    """Existing folders with this id that would be replaced; refuses unless ``overwrite`` and
-    each of them holds only what ``convert`` wrote."""
+def claim_dataset(folder: Path, overwrite: bool, inputs=(), preprocessed: bool = False) -> Claim:
+    """The output guard's claim on a dataset folder: a raw one ``convert`` wrote (marker), or a
+    preprocessed one holding only what nnU-Net and we made from it (:func:`preprocessed_files`)."""
+    return atomic.check_replaceable(folder, "convert", overwrite, inputs=inputs,
+                                    written=preprocessed_files if preprocessed else written_by_convert,
+                                    nnunet_dataset=True)
+
+
+def check_free(root: Path, dataset_id: int, folder_name: str, overwrite: bool,
+               inputs=()) -> tuple[Claim, list[Claim]]:
+    """The claim on ``root/folder_name`` and on the other folders with this id (to be removed);
+    refuses unless ``overwrite`` when any exists, and then unless each holds only what
+    ``convert`` wrote."""
     existing = folders_with_id(root, dataset_id)
     if existing and not overwrite:
         names = [p.name for p in existing]
         what = "already exists" if names == [folder_name] else "is taken by"
         raise UserError(f"dataset id {dataset_id} {what}: {', '.join(names)} in {root}; choose "
                         f"another -d or pass --overwrite to replace it")
-    for folder in existing:
-        check_replaceable(folder)
-    return existing
+    target = claim_dataset(Path(root) / folder_name, overwrite, inputs)
+    others = [claim_dataset(p, overwrite, inputs) for p in existing if p.name != folder_name]
+    return target, others
 
 
-def _set_aside(folder: Path) -> Path:
-    """Rename ``folder`` to a hidden temporary name beside it (removed later, or by a next run)."""
-    aside = folder.with_name(f"{TEMP_PREFIX}.{os.getpid()}.old.{folder.name}")
-    folder.rename(aside)
-    return aside
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def remove_folders(folders: list[Path]) -> None:
-    """Remove ``folders`` (each first renamed aside, so no half-deleted folder keeps its name)."""
-    for aside in [_set_aside(f) for f in folders]:
-        _remove(aside)
-
-
-def commit(staged: Path, final: Path, replace: list[Path]) -> None:
-    """Move ``staged`` to ``final``, replacing the folders in ``replace`` (kept until the swap)."""
-    trash = [(old, _set_aside(old)) for old in replace]
+def commit(staged: Path, target: Claim, others: list[Claim]) -> None:
+    """Swap ``staged`` into place at ``target`` (race-free, see :mod:`nnunet_xfer.atomic`), then
+    remove the other folders with its id that convert wrote."""
     try:
-        staged.rename(final)
+        atomic.swap_into_place(staged, target)
     except OSError as e:
-        for old, aside in trash:  # put the old datasets back
-            aside.rename(old)
-        raise UserError(f"cannot create {final}: {e.strerror or e}") from None
-    for _, aside in trash:
-        _remove(aside)
+        raise UserError(f"cannot create {target.path}: {e.strerror or e}") from None
+    for claim in others:
+        atomic.remove_owned(claim)

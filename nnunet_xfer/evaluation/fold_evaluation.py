@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_xfer.atomic import owned_output
+from nnunet_xfer.atomic import Claim, atomic_write_csv, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement
-from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
+from nnunet_xfer.evaluation.outputs import write_json
 from nnunet_xfer.evaluation.parallel import available_workers, ordered_map
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, observer_files, observer_verdicts,
                                            with_worst)
@@ -327,15 +327,16 @@ def _williams_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- 5. write
-def write_evaluation(out: Path, cases: pd.DataFrame, summary: dict,
+def write_evaluation(out: Path | Claim, cases: pd.DataFrame, summary: dict,
                      williams: pd.DataFrame | None, overwrite: bool) -> Path:
-    """``cases.csv``, ``summary.json`` (and ``observers_williams.csv``) as one owned folder."""
+    """``cases.csv``, ``summary.json`` (and ``observers_williams.csv``) as one owned folder
+    (``out``: the claim taken before the work, or a path checked now)."""
     with owned_output(out, COMMAND, overwrite) as tmp:
-        cases.to_csv(tmp / EVAL_CASES_CSV, index=False)
+        atomic_write_csv(tmp / EVAL_CASES_CSV, cases)
         if williams is not None:
-            williams.to_csv(tmp / WILLIAMS_CSV, index=False)
+            atomic_write_csv(tmp / WILLIAMS_CSV, williams)
         write_json(tmp / EVAL_SUMMARY_JSON, summary)
-    return Path(out)
+    return out.path if isinstance(out, Claim) else Path(out)
 
 
 # ---------------------------------------------------------------- the command
@@ -355,13 +356,16 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
     """
     layout = DatasetLayout.of(dataset)
     out = Path(out) if out is not None else layout.evaluation_dir
-    out = check_output_folder(out, COMMAND, overwrite, inputs=(observers,))
+    claim = check_replaceable(out, COMMAND, overwrite,
+                              inputs=(observers, layout.raw))
+    out = claim.path
     workers = available_workers() if workers is None else max(1, int(workers))
     margin = agreement.HUMAN_LEVEL_MARGIN if margin is None else float(margin)
     raw = layout.existing_raw()
     labels = list_cases(layout.labels_dir, "labels")
     images = images_for_cases(layout.images_dir, sorted(labels))
     runs = find_runs(layout, plans, configuration)
+    claim.check_inputs(r.folder for r in runs)
     if not runs:
         raise UserError(f"no Xfer<Source>Trainer_n<N> or {PLAIN_TRAINER} runs with "
                         f"{'plans ' + plans + ' and ' if plans else ''}configuration "
@@ -405,7 +409,7 @@ def evaluate(dataset: str, plans: str | None = None, configuration: str = "2d",
         summary["human_level"] = verdicts
         summary["verdict_rule"] = agreement.verdict_rule(
             summary["observers"]["n_cases"], summary["observers"]["n_observers"], margin)
-    write_evaluation(out, cases, summary, williams, overwrite)
+    write_evaluation(claim, cases, summary, williams, overwrite)
     return Evaluation(out=out, n_rows=len(cases), n_runs=len(runs),
                       n_failed=int(cases.failed.sum()), incomplete=missing, verdicts=verdicts)
 

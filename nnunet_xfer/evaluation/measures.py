@@ -18,7 +18,6 @@ HU ranges are inclusive at both ends.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,8 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import atomic_write_csv
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.imaging import (Image, Slice, check_path_pair, images_for_cases, list_cases,
                                  mask_of_label, read_image, read_mask)
 
@@ -66,7 +65,14 @@ FLAGS = {
     "smd_implausible": f"SMD outside {PLAUSIBLE_SMD_HU[0]:g}–{PLAUSIBLE_SMD_HU[1]:g} HU",
     "fold_disagreement": f"a fold model's Dice against the ensemble is below {MIN_FOLD_DICE:g}",
     "hu_not_calibrated": "the slice does not look like CT in HU (air not near −1000 HU)",
+    "sex_unknown": "the sex given is neither male nor female (no sex-specific cut-off applied)",
 }
+
+
+def flag_line(case: str, flags: list[str]) -> str:
+    """The printed warning of a case's quality flags (the CSV's ``flags`` column holds them too)."""
+    return (f"case {case}: " + "; ".join(FLAGS.get(f, f) for f in flags)
+            + f" (flagged {';'.join(flags)})")
 
 
 def _within(hu: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -188,19 +194,24 @@ def read_heights(path: Path) -> dict[str, float]:
     if missing:
         raise UserError(f"{path}: heights CSV lacks column(s) {', '.join(sorted(missing))};"
                         " expected case_id,height_m")
+    ids = table["case_id"].astype(str).str.strip()
+    repeated = sorted(set(ids[ids.duplicated()]))
+    if repeated:
+        raise UserError(f"{path}: case {repeated[0]} has more than one height"
+                        f"{f' (and {len(repeated) - 1} more case(s))' if len(repeated) > 1 else ''};"
+                        f" give one line per case")
     heights = pd.to_numeric(table["height_m"], errors="coerce")
     bad = table["case_id"][heights.notna() & ((heights <= 0.3) | (heights > 3.0))]
     if len(bad):
         raise UserError(f"{path}: height of case {bad.iloc[0]} is not a height in metres "
                         "(give height_m in m, e.g. 1.72)")
-    return dict(zip(table["case_id"], heights.astype(float)))
+    return dict(zip(ids, heights.astype(float)))
 
 
 def _warn_no_spacing(image: Image, case: str) -> None:
     """A picture (``--allow-non-hu``) carries no pixel spacing: areas assume 1 mm pixels."""
     if not image.geometry_known:
-        warnings.warn(f"case {case}: {image.path.name} has no pixel spacing; areas assume 1 mm "
-                      f"pixels", stacklevel=3)
+        warn(f"case {case}: {image.path.name} has no pixel spacing; areas assume 1 mm pixels")
 
 
 def _muscle_of(mask: Image, labels: list[int] | None, case: str) -> Slice:
@@ -232,6 +243,16 @@ def read_case(image_path: Path, mask_path: Path, case: str, labels: list[int] | 
     return canonical, mask.reshape(canonical.plane(case).array.shape)
 
 
+def is_measure_csv(path: Path) -> bool:
+    """Whether ``path`` is a CSV ``measure --images/--masks`` wrote (its header line is ours)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline().strip()
+    except OSError:
+        return False
+    return header == ",".join(MEASURE_COLUMNS)
+
+
 def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | None = None,
                    label_map: list[int] | None = None, overwrite: bool = False,
                    allow_non_hu: bool = False) -> pd.DataFrame:
@@ -246,14 +267,13 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
     ``allow_non_hu``, 8-bit pictures are refused); an empty mask is warned about and flagged.
     Writes one row per mask, columns :data:`MEASURE_COLUMNS`, atomically, and returns the table.
     """
-    out_csv = Path(out_csv)
-    if out_csv.exists() and not overwrite:
-        raise UserError(f"{out_csv}: exists; pass --overwrite to replace it")
+    claim = check_replaceable(out_csv, "measure", overwrite, folder=False,
+                              written=is_measure_csv, inputs=(images, masks, heights))
     mask_paths = list_cases(Path(masks), "masks", channel_suffix=False)
     image_files = images_for_cases(Path(images), list(mask_paths))
     height_of = read_heights(Path(heights)) if heights is not None else {}
 
-    rows = []
+    rows, flagged = [], []
     # disable=None: a bar on a terminal, none in logs and pipes (keeps errors one line there)
     for case, mask_path in tqdm(mask_paths.items(), desc="measure", unit="case", disable=None):
         image_path = image_files[case]
@@ -262,11 +282,12 @@ def measure_folder(images: Path, masks: Path, out_csv: Path, heights: Path | Non
         check_finite_in_mask(values, mask, case, image_path)
         m = muscle_measures(values, mask, geometry.spacing, height_of.get(case))
         flags = quality_flags(values, mask, m)
-        if "empty_mask" in flags:
-            warnings.warn(f"case {case}: mask {mask_path.name} is empty (no muscle); flagged "
-                          f"empty_mask in the CSV", stacklevel=2)
+        if flags:
+            flagged.append(flag_line(case, flags))
         rows.append({"case_id": case, **{k: m[k] for k in MEASURE_KEYS},
                      "muscle_pixels": int(mask.sum()), "flags": ";".join(flags)})
     table = pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
-    atomic_write_csv(out_csv, table)
+    atomic_write_csv(claim, table)
+    for line in flagged:  # about what was written (a refused run writes nothing to warn about)
+        warn(line)
     return table

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from nnunet_xfer.atomic import owned_output
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import agreement, metrics
-from nnunet_xfer.evaluation.outputs import check_output_folder, write_json
+from nnunet_xfer.evaluation.outputs import write_json
 from nnunet_xfer.evaluation.parallel import available_workers
 from nnunet_xfer.evaluation.raters import (METRIC_COLUMNS, N_BOOT, REFERENCE, SEED, Masks,
                                            check_rater_geometry, load_masks, observer_files,
@@ -109,8 +109,9 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
                        workers: int | None = None, margin: float | None = None) -> ObserverStudy:
     """:func:`observer_study`, returning what it found (the CLI prints the verdicts)."""
     margin = agreement.HUMAN_LEVEL_MARGIN if margin is None else float(margin)
-    out = check_output_folder(out, COMMAND, overwrite,
+    claim = check_replaceable(out, COMMAND, overwrite,
                               inputs=(reference, observers, predictions, images))
+    out = claim.path
     workers = available_workers() if workers is None else max(1, int(workers))
     reference = Path(reference)
     ref_files = list_cases(reference, "reference masks")
@@ -144,7 +145,7 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
     for r in [REFERENCE] + ([name] if predictions is not None else []):
         williams += williams_rows(pairwise, r, observer_names, case_ids, margin=margin)
 
-    with owned_output(out, COMMAND, overwrite) as tmp:
+    with owned_output(claim) as tmp:
         (tmp / STAPLE_FOLDER).mkdir()
         staple_rows = []
         for c in case_ids:
@@ -156,9 +157,9 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
                 staple_rows.append({"case_id": c, "rater": r, **{k: mt[k] for k in METRIC_COLUMNS},
                                     "failed": bool(mt["failed"])})
         staple = pd.DataFrame(staple_rows)
-        pairwise.to_csv(tmp / OBS_PAIRWISE_CSV, index=False)
-        pd.DataFrame(williams).to_csv(tmp / OBS_WILLIAMS_CSV, index=False)
-        staple.to_csv(tmp / OBS_STAPLE_CSV, index=False)
+        atomic_write_csv(tmp / OBS_PAIRWISE_CSV, pairwise)
+        atomic_write_csv(tmp / OBS_WILLIAMS_CSV, pd.DataFrame(williams))
+        atomic_write_csv(tmp / OBS_STAPLE_CSV, staple)
         summary = {
             "raters": raters, "observers": observer_names,
             "model": name if predictions is not None else None,
@@ -172,8 +173,8 @@ def run_observer_study(reference: Path, observers: Path, predictions: Path | Non
         }
         if image_files is not None:
             table, stats = measures_tables(masks, image_files, case_ids)
-            table.to_csv(tmp / OBS_MEASURES_CSV, index=False)
-            stats.to_csv(tmp / OBS_MEASURES_AGREEMENT_CSV, index=False)
+            atomic_write_csv(tmp / OBS_MEASURES_CSV, table)
+            atomic_write_csv(tmp / OBS_MEASURES_AGREEMENT_CSV, stats)
             summary["measures_agreement"] = stats.to_dict("records")
         write_json(tmp / EVAL_SUMMARY_JSON, summary)
     return ObserverStudy(out=out, cases=case_ids, williams=williams)

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnunet_xfer.atomic import add_to_marker, atomic_write_text, owned_output
+from nnunet_xfer.atomic import add_to_marker, atomic_write_text, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation import figures
-from nnunet_xfer.evaluation.outputs import check_output_folder
 from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
                                 OBS_MEASURES_AGREEMENT_CSV,
                                 OBS_WILLIAMS_CSV)
@@ -41,6 +40,9 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .muted{color:#666;font-size:.9em}
 """
 
+#: The files of an evaluation or observer-study folder a report reads (its inputs).
+_INPUTS = frozenset({EVAL_CASES_CSV, EVAL_SUMMARY_JSON, EVAL_OBSERVERS_WILLIAMS_CSV,
+                     OBS_WILLIAMS_CSV, OBS_MEASURES_AGREEMENT_CSV})
 _WI_LABELS = {"dice": "Dice", "rms_dta_mm": "1/RMS DTA"}
 
 
@@ -338,17 +340,11 @@ def _written_by_us(path: Path) -> bool:
     return f'<meta name="generator" content="{GENERATOR}">' in head
 
 
-def _check_html(output_html: Path, overwrite: bool) -> None:
+def _check_html(output_html: Path) -> None:
     if output_html.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{output_html}: give the report a name ending in .html")
     if output_html.is_dir():
         raise UserError(f"{output_html} is a folder; give the report's .html file name")
-    if output_html.exists() or output_html.is_symlink():
-        if not overwrite:
-            raise UserError(f"{output_html} exists; pass --overwrite to replace it")
-        if output_html.is_symlink() or not _written_by_us(output_html):
-            raise UserError(f"--overwrite refused: {output_html} was not written by nnunet-xfer "
-                            f"report; move it or choose another name")
 
 
 def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
@@ -361,6 +357,49 @@ def _claim_in_owned_folder(output_html: Path, fig_dir: Path) -> None:
     add_to_marker(output_html.parent, ours)
 
 
+#: The columns of an evaluation's cases.csv the report reads.
+CASE_COLUMNS = ("case_id", "fold", "source", "size_tag", "plans", "n", "dice", "rms_dta_mm",
+                "failed", "image", "reference", "prediction", "sma_cm2_pred", "sma_cm2_ref",
+                "smd_hu_pred", "smd_hu_ref")
+#: The keys of every group of an evaluation's summary.json the report reads.
+GROUP_KEYS = ("source", "size_tag", "plans", "n", "folds", "n_cases", "n_failed", "metrics")
+
+
+def _check_evaluation(folder: Path, cases: pd.DataFrame, summary: dict) -> None:
+    """One line for an evaluation whose files were edited by hand or cut short: missing columns
+    in cases.csv, malformed groups in summary.json, or groups cases.csv does not hold."""
+    redo = "re-run `nnunet-xfer evaluate` to write it again"
+    missing = [c for c in CASE_COLUMNS if c not in cases.columns]
+    if missing:
+        raise UserError(f"{folder / EVAL_CASES_CSV} lacks column(s) {', '.join(missing)}; {redo}")
+    groups = summary["groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise UserError(f"{folder / EVAL_SUMMARY_JSON}: 'groups' is not a list of groups; {redo}")
+    held = set(zip(cases["source"].astype(str), cases["size_tag"].astype(str),
+                   cases["plans"].astype(str)))
+    for g in groups:
+        lacking = [k for k in GROUP_KEYS if k not in g]
+        if lacking or not isinstance(g["metrics"], dict):
+            raise UserError(f"{folder / EVAL_SUMMARY_JSON}: a group lacks "
+                            f"{', '.join(lacking) or 'its metrics'}; {redo}")
+        key = (str(g["source"]), str(g["size_tag"]), str(g["plans"]))
+        if key not in held:
+            raise UserError(f"{folder / EVAL_SUMMARY_JSON} names source {key[0]!r} n={key[1]} "
+                            f"({key[2]}), which {EVAL_CASES_CSV} does not hold (edited apart?); "
+                            f"{redo}")
+
+
+def _input_files(folder: Path, cases: pd.DataFrame | None) -> list[Path]:
+    """What a report reads of an evaluation or observer-study folder: its tables, and the image
+    and mask files of the gallery."""
+    files = [p for p in Path(folder).iterdir() if p.name in _INPUTS]
+    if cases is None:
+        return files
+    columns = [c for c in ("image", "reference", "prediction") if c in cases.columns]
+    return files + [Path(p) for p in pd.unique(cases[columns].to_numpy().ravel())
+                    if isinstance(p, str)]
+
+
 def _read_evaluation(folder: Path) -> tuple[pd.DataFrame, dict]:
     """cases.csv and summary.json of an ``evaluate`` folder; one line when unreadable or empty."""
     try:
@@ -370,9 +409,13 @@ def _read_evaluation(folder: Path) -> tuple[pd.DataFrame, dict]:
             pd.errors.EmptyDataError) as e:
         raise UserError(f"{folder}: cannot read the evaluation ({str(e).splitlines()[0]}); "
                         f"re-run `nnunet-xfer evaluate`") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{folder / EVAL_SUMMARY_JSON} is not an evaluation summary (a JSON "
+                        f"object expected); re-run `nnunet-xfer evaluate`")
     if not len(cases) or not summary.get("groups"):
         raise UserError(f"{folder} is an empty evaluation (no evaluated case); nothing to "
                         f"report: train and validate a run, then re-run `nnunet-xfer evaluate`")
+    _check_evaluation(folder, cases, summary)
     return cases, summary
 
 
@@ -403,23 +446,33 @@ def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) ->
             parts += _observer_sections(folder, tmp, figs)
         return parts
 
-    return _publish(output_html, overwrite, (folder,), "nnunet_xfer report", sections)
+    return _publish(output_html, overwrite, _input_files(folder, cases), "nnunet_xfer report",
+                    sections, str(folder))
 
 
-def _publish(output_html: Path, overwrite: bool, inputs: tuple[Path, ...], title: str,
-             sections) -> Path:
+def _publish(output_html: Path, overwrite: bool, inputs: list[Path], title: str,
+             sections, where: str) -> Path:
     """Write the page ``sections(figures_folder, figs)`` builds, and its figures folder, by the
-    report's output rules (see :func:`write_report`)."""
-    _check_html(output_html, overwrite)
-    fig_dir = check_output_folder(figures_folder(output_html), COMMAND, overwrite, inputs=inputs)
+    report's output rules (see :func:`write_report`): both claimed by the output guard before
+    any figure is drawn, never one of the files read (``inputs``) of the folders ``where``."""
+    _check_html(output_html)
+    html_claim = check_replaceable(output_html, COMMAND, overwrite, inputs=inputs, folder=False,
+                                   written=_written_by_us)
+    fig_claim = check_replaceable(figures_folder(output_html), COMMAND, overwrite, inputs=inputs)
     figs: dict[str, Path] = {}
-    with owned_output(fig_dir, COMMAND, overwrite) as tmp:
-        parts = sections(tmp, figs)
+    with owned_output(fig_claim) as tmp:
+        try:
+            parts = sections(tmp, figs)
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError,
+                pd.errors.ParserError) as e:  # files edited by hand beyond what the checks see
+            raise UserError(f"{where}: its files do not fit together ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:120]}); re-run `nnunet-xfer evaluate` "
+                            f"(or `nnunet-xfer observers`) to write them again") from None
         page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
                 f'<meta name="generator" content="{GENERATOR}"><title>{html.escape(title)}'
                 f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    atomic_write_text(output_html, page)
-    _claim_in_owned_folder(output_html, fig_dir)
+    atomic_write_text(html_claim, page)
+    _claim_in_owned_folder(output_html, fig_claim.path)
     return output_html
 
 
@@ -504,5 +557,7 @@ def write_comparison(inputs: list[tuple[str | None, Path]], output_html: Path,
                                          for label, folder, _c, _s in evaluations)) + "</p>"]
                 + _comparison_sections(evaluations, tmp, figs))
 
-    return _publish(output_html, overwrite, tuple(f for _l, f, _c, _s in evaluations),
-                    "nnunet_xfer comparison", sections)
+    return _publish(output_html, overwrite,
+                    [p for _l, f, c, _s in evaluations for p in _input_files(f, c)],
+                    "nnunet_xfer comparison", sections,
+                    ", ".join(str(f) for _l, f, _c, _s in evaluations))

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.nnunet_checkpoint import CHECKPOINT_ADVICE as ADVICE
 from nnunet_xfer.nnunet_checkpoint import open_nnunet_checkpoint
-
-#: What the runner adds to a refusal: the file is not needed, training starts again without it.
-ADVICE = "; if you did not put it there, delete it (the fold then trains from the start)"
 
 
 def check_checkpoint(path: Path) -> dict:

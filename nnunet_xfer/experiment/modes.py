@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_xfer.atomic import atomic_write_text
+from nnunet_xfer.atomic import atomic_write_text, check_replaceable
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.experiment.grid import Grid
 from nnunet_xfer.experiment.lock import exclusive_lock
@@ -117,13 +117,22 @@ def run(grid: Grid, grace: float | None = None) -> RunOutcome:
     return RunOutcome(p.name, results, layout.experiment_log, report, table)
 
 
+def _is_our_script(path: Path) -> bool:
+    """Whether ``path`` is a submission script ``experiment --slurm`` wrote (its second line)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [f.readline(), f.readline()]
+    except OSError:
+        return False
+    return head[0].strip() == "#!/bin/bash" and head[1].startswith("# Written by") \
+        and "nnunet-xfer experiment" in head[1]
+
+
 def write_slurm(grid: Grid, path: Path, slurm_args: str = "", overwrite: bool = False,
                 command_line: str = "") -> SlurmScript:
     """Write the grid as a SLURM submission script (``bash FILE`` submits it)."""
+    claim = check_replaceable(path, "experiment", overwrite, folder=False, written=_is_our_script)
     p = dry_run(grid)
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} exists; pass --overwrite to replace it")
-    atomic_write_text(path, render_slurm(p.steps, slurm_args, command_line))
+    path = atomic_write_text(claim, render_slurm(p.steps, slurm_args, command_line))
     path.chmod(0o755)
     return SlurmScript(path, sum(s.kind == "train" for s in p.steps))

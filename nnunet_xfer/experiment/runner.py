@@ -201,7 +201,7 @@ def run_steps(steps: list[Step], log_path: Path, env: Mapping[str, str], keep_go
                 todo.append(step)
         if len(todo) < len(steps):
             tqdm.write(f"{desc}: {len(steps) - len(todo)} of {len(steps)} already finished, skipped")
-        bar = tqdm(todo, desc=desc, unit="step", dynamic_ncols=True)
+        bar = tqdm(todo, desc=desc, unit="step", dynamic_ncols=True, disable=None)  # terminal only
         stop = False
         try:
             for step in bar:

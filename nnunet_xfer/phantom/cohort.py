@@ -10,16 +10,15 @@ Layout (paths in ``cases.csv`` are relative to OUT)::
 """
 from __future__ import annotations
 
-import csv
-import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import owned_output
-from nnunet_xfer.errors import UserError
+from nnunet_xfer.atomic import atomic_write_csv, check_replaceable, owned_output
+from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.layout import PHANTOM_MANIFEST, label_file
 from nnunet_xfer.phantom.observers import observer_mask, observer_name, observer_rng, observer_style
 from nnunet_xfer.phantom.subject import Subject, make_subject
@@ -56,7 +55,6 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
     segmentation source task are written there too (:mod:`~nnunet_xfer.phantom.source_task`),
     none of them one of the cohort's images.
     """
-    from nnunet_xfer.atomic import check_replaceable, refuse_protected
     from nnunet_xfer.phantom.source_task import COMMAND as SOURCE_COMMAND
     from nnunet_xfer.phantom.source_task import write_source_task
     out = Path(out)
@@ -66,8 +64,8 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
         raise UserError(f"--size must be at least {MIN_SIZE} pixels (got {size})")
     if n_observers < 0 or n_observer_cases < 0:
         raise UserError("--observers and --observer-cases must not be negative")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise UserError(f"{out} already exists; choose another folder or pass --overwrite")
+    claim = check_replaceable(out, "phantom", overwrite)
+    source_claim = None
     if source_task is not None:
         source_task = Path(source_task)
         a, b = out.absolute(), source_task.absolute()
@@ -76,20 +74,19 @@ def write_cohort(out: Path, n_cases: int = 40, size: int = 512, n_observers: int
                             f"(neither inside the other)")
         if source_cases < 1:
             raise UserError(f"--source-cases must be at least 1 (got {source_cases})")
-        check_replaceable(source_task, SOURCE_COMMAND, overwrite)
-        refuse_protected(source_task, "--source-task folder")
+        source_claim = check_replaceable(source_task, SOURCE_COMMAND, overwrite)
     if n_observer_cases > n_cases:
-        warnings.warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
-                      f"delineate all {n_cases} cases", stacklevel=2)
+        warn(f"--observer-cases {n_observer_cases} > --cases {n_cases}: observers "
+             f"delineate all {n_cases} cases")
         n_observer_cases = n_cases
     if n_observers == 0:
         n_observer_cases = 0
 
-    with owned_output(out, "phantom", overwrite=overwrite) as tmp:
+    with owned_output(claim) as tmp:
         digests = _fill(tmp, n_cases, size, n_observers, n_observer_cases, seed)
-    if source_task is not None:
-        write_source_task(source_task, n_cases=source_cases, size=size, seed=seed,
-                          overwrite=overwrite, exclude=digests)
+    if source_claim is not None:
+        write_source_task(source_claim, n_cases=source_cases, size=size, seed=seed,
+                          exclude=digests)
     return out
 
 
@@ -105,7 +102,8 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
     for name in names:
         (root / "observers" / name).mkdir()
     rows, digests = [], set()
-    for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0):
+    # disable=None: a bar on a terminal only
+    for i in tqdm(range(n_cases), desc="phantom", unit="case", mininterval=1.0, disable=None):
         cid = case_id(i, n_cases)
         subj: Subject = make_subject(i, size=size, seed=seed)
         write_image(subj.image, subj.spacing, root / "images" / label_file(cid))
@@ -117,8 +115,6 @@ def _fill(root: Path, n_cases: int, size: int, n_observers: int, n_observer_case
                 write_image(m, subj.spacing, root / "observers" / name / label_file(cid))
         rows.append({"case_id": cid, "image": f"images/{label_file(cid)}", "mask": f"masks/{label_file(cid)}",
                      "height_m": f"{subj.height_m:.3f}", "sex": subj.sex})
-    with open(root / PHANTOM_MANIFEST, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case_id", "image", "mask", "height_m", "sex"])
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(root / PHANTOM_MANIFEST,
+                     pd.DataFrame(rows, columns=["case_id", "image", "mask", "height_m", "sex"]))
     return digests

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_xfer.atomic import owned_output
+from nnunet_xfer.atomic import Claim, check_replaceable, owned_output
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging import fingerprint
 from nnunet_xfer.imaging.names import NNUNET_ENDING
@@ -50,21 +50,23 @@ def pixel_digest(array: np.ndarray) -> str:
     return fingerprint(array)
 
 
-def write_source_task(out: Path, n_cases: int = 100, size: int = 512, seed: int = 0,
+def write_source_task(out: Path | Claim, n_cases: int = 100, size: int = 512, seed: int = 0,
                       overwrite: bool = False, exclude: set[str] | frozenset = frozenset()) -> Path:
     """Write ``n_cases`` source-task slices of ``size``² to ``out``; returns ``out``.
 
     ``exclude`` holds :func:`pixel_digest` values of images the source must not contain (the
     target cohort's): a clash stops the run (it cannot happen with distinct streams; the check
-    makes the promise verifiable). Built in a hidden folder and renamed into place like the cohort.
+    makes the promise verifiable). Built in a hidden folder and swapped into place like the
+    cohort; ``out`` may be the output guard's claim taken before the cohort was written.
     """
-    out = Path(out)
     if n_cases < 1:
         raise UserError(f"--source-cases must be at least 1 (got {n_cases})")
-    with owned_output(out, COMMAND, overwrite=overwrite) as tmp:
+    claim = out if isinstance(out, Claim) else check_replaceable(out, COMMAND, overwrite)
+    with owned_output(claim) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
-        for i in tqdm(range(n_cases), desc="source task", unit="case", mininterval=1.0):
+        for i in tqdm(range(n_cases), desc="source task", unit="case", mininterval=1.0,
+                      disable=None):  # a bar on a terminal only
             cid = source_case_id(i, n_cases)
             subj = make_subject(i, size=size, seed=seed, stream=SOURCE_STREAM)
             if pixel_digest(subj.image) in exclude:
@@ -74,7 +76,7 @@ def write_source_task(out: Path, n_cases: int = 100, size: int = 512, seed: int 
             write_image(source_labels(subj.tissue), subj.spacing,
                         tmp / "labelsTr" / label_file(cid, FILE_ENDING))
         (tmp / DATASET_JSON).write_text(json.dumps(dataset_json(n_cases, size, seed), indent=2))
-    return out
+    return claim.path
 
 
 def dataset_json(n_cases: int, size: int, seed: int) -> dict:

@@ -44,7 +44,7 @@ def poly_lr(initial: float, iteration: int, total: int, exponent: float = 0.9) -
 
 def train(network: nn.Module, task: Task, batches: Iterator[dict], *, iterations: int, lr: float,
           device: torch.device, state: dict | None = None, checkpoint_every: int = 500,
-          save_state: Callable[[dict], None] | None = None, progress: bool = True,
+          save_state: Callable[[dict], None] | None = None, progress: bool | None = None,
           stop: Callable[[], bool] | None = None) -> dict:
     """Train ``network`` + ``task.head`` up to ``iterations``; returns the final training state.
 
@@ -85,7 +85,8 @@ def train(network: nn.Module, task: Task, batches: Iterator[dict], *, iterations
                 "metric": torch.tensor(history["metric"], dtype=torch.float64)}
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else nullcontext
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, disable=not progress,
+    bar = tqdm(range(start, iterations), initial=start, total=iterations,
+               disable=None if progress is None else not progress,  # None: on a terminal only
                desc=f"pretrain {task.name}", unit="it", dynamic_ncols=True)
     it = start
     try:

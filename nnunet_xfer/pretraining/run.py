@@ -26,20 +26,19 @@ from nnunet_xfer.pretraining import jigsaw
 from nnunet_xfer.pretraining.datasets import (NATURAL_DATA, CTImages, CTPreparation,
                                               NaturalSegmentation, PreprocessedSlices, Source,
                                               refuse_target_data)
+from nnunet_xfer.pretraining.defaults import (CHECKPOINT_EVERY, DEFAULT_ITERATIONS, DEFAULT_LR,
+                                              DEFAULT_PERMUTATIONS)
 from nnunet_xfer.pretraining.identity import (FINGERPRINTS_KEY, data_fingerprints,
                                               refuse_target_content)
 from nnunet_xfer.pretraining.loop import StateMismatch, TrainingStopped, train, window_mean
 from nnunet_xfer.pretraining.network import (Planned, build_network, default_num_workers,
                                              load_planned, trained_prefixes)
-from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, SCOPE_FOLD, check_replaceable,
+from nnunet_xfer.pretraining.store import (SCOPE_ALL, SCOPE_EXTERNAL, SCOPE_FOLD, claim_entry,
                                            entry_lock, provenance, restricted_load,
                                            save_entry)
 from nnunet_xfer.pretraining.tasks import make_task
 from nnunet_xfer.sources import DATA_TARGET, SourceSpec, pretrained_spec
 
-DEFAULT_ITERATIONS = 20000
-DEFAULT_LR = 1e-3
-CHECKPOINT_EVERY = 500
 #: Points kept of the loss curve written into the store's JSON.
 CURVE_POINTS = 100
 #: Fields of a config that a resumed run may change (how long, where, how often it saves).
@@ -65,7 +64,7 @@ class PretrainConfig:
     iterations: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    permutations: int = 100
+    permutations: int = DEFAULT_PERMUTATIONS
     seed: int = 0
     checkpoint_every: int = CHECKPOINT_EVERY
     device: str | None = None
@@ -226,9 +225,36 @@ def _stop_on_signals() -> Iterator[dict]:
             signal.signal(sig, h)
 
 
+#: What ``experiment``, SLURM and Ctrl-C send to the whole process group.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _workers_ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which saves the training
+    state and then ends them; a signal to the process group would otherwise kill a worker first
+    and the main process would stop with a traceback instead of saving."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM held back while worker processes start (they inherit the block until
+    :func:`_workers_ignore_stop_signals` runs); one that arrived meanwhile is delivered after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 # ---------------------------------------------------------------- the run
 def pretrain(config: PretrainConfig, *, resume: bool = False, overwrite: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool | None = None, keep_state: bool = False) -> Path:
     """Pretrain ``config.source`` for the network nnU-Net planned; returns the store ``.pth``.
 
     Defaults: the plans' batch size, 20000 iterations, AdamW at 1e-3 with poly decay, CUDA when
@@ -273,16 +299,17 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, overwrite: bool = 
     with entry_lock(pth):
         remove_stale_temporaries(pth.parent)  # what a killed writer left behind
         return _pretrain_locked(config, s, planned, pth, resume=resume, overwrite=overwrite,
-                                progress=progress)
+                                progress=progress, keep_state=keep_state)
 
 
 def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pth: Path, *,
-                     resume: bool, overwrite: bool, progress: bool) -> Path:
+                     resume: bool, overwrite: bool, progress: bool | None,
+                     keep_state: bool) -> Path:
     state_file = resume_path(pth)
     if pth.exists() and not (overwrite or resume):
         raise UserError(f"{pth} exists; pass --overwrite to replace it or --resume to continue it")
-    if overwrite or resume:
-        check_replaceable(pth, True)  # --overwrite replaces only an entry the store wrote
+    # --overwrite/--resume replace only an entry the store wrote, and only the one there now
+    claim = claim_entry(pth, overwrite or resume, inputs=(config.data, config.weights))
 
     dev = _device(config.device)
     case_ids = (fold_training_cases(config.dataset, config.fold) if config.scope == SCOPE_FOLD
@@ -308,8 +335,9 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
                 raise UserError(f"{state_file} has already run {int(state['iteration'])} iterations; "
                                 f"pass --iterations above that to continue")
         elif pth.exists() and not overwrite:
-            raise UserError(f"{pth} exists but has no training state {state_file.name} to resume; "
-                            f"pass --overwrite to start again")
+            raise UserError(f"{pth} exists but has no training state {state_file.name} to resume "
+                            f"(a finished run keeps it only with --keep-state); pass --overwrite "
+                            f"to start again")
         else:
             print(f"no training state {state_file} yet: starting from iteration 0", file=sys.stderr)
     start = int(state["iteration"]) if state is not None else 0
@@ -323,15 +351,18 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
     n_workers = default_num_workers()
     loader = torch.utils.data.DataLoader(data_source, batch_size=config.batch_size,
                                          num_workers=n_workers, pin_memory=dev.type == "cuda",
-                                         persistent_workers=n_workers > 0)
+                                         persistent_workers=n_workers > 0,
+                                         worker_init_fn=_workers_ignore_stop_signals)
 
     def save_state(snapshot: dict) -> None:
         atomic_torch_save(state_file, {**snapshot, "config": defining})
 
     t0 = time.perf_counter()
     with _stop_on_signals() as flag:
+        with _stop_signals_blocked():  # the workers start with them blocked, then ignore them
+            batches = iter(loader)
         try:
-            final = train(network, task, iter(loader), iterations=config.iterations, lr=config.lr,
+            final = train(network, task, batches, iterations=config.iterations, lr=config.lr,
                           device=dev, state=state, checkpoint_every=config.checkpoint_every,
                           save_state=save_state, progress=progress,
                           stop=lambda: flag["signum"] is not None)
@@ -366,5 +397,8 @@ def _pretrain_locked(config: PretrainConfig, s: SourceSpec, planned: Planned, pt
         for key in s.extra_metadata:
             holder = task if hasattr(task, key) else data_source
             meta[key] = getattr(holder, key)
-        return save_entry(pth, network.state_dict(), task.head.state_dict(), meta,
-                          overwrite=overwrite or resume)
+        out = save_entry(pth, network.state_dict(), task.head.state_dict(), meta,
+                         overwrite=overwrite or resume, claim=claim)
+    if not keep_state:
+        state_file.unlink(missing_ok=True)  # the entry is complete: its training state is not needed
+    return out

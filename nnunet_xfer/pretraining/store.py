@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from nnunet_xfer import __version__
-from nnunet_xfer.atomic import atomic_group, make_folder
+from nnunet_xfer.atomic import Claim, atomic_group, check_replaceable, make_folder
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import DatasetLayout, entry_lock_path, fold_folder_name, record_path
 
@@ -290,31 +290,28 @@ def is_our_entry(pth: Path) -> bool:
     return meta.get("format") == FORMAT and meta.get("file") == Path(pth).name
 
 
-def check_replaceable(pth: Path, overwrite: bool, hint: str = "") -> None:
-    """Refuse an existing entry unless ``overwrite``, and a file there that the store did not write."""
-    pth = Path(pth)
-    if not (pth.exists() or pth.is_symlink()):
-        return
-    if not overwrite:
-        raise UserError(f"{pth} exists; pass --overwrite to replace it{hint}")
-    if not is_our_entry(pth):
-        raise UserError(f"--overwrite refused: {pth} was not written by nnunet-xfer pretrain "
-                        f"(no store record {record_path(pth).name} of ours beside it); move it away")
+def claim_entry(pth: Path, overwrite: bool, inputs=()) -> Claim:
+    """The output guard's claim on a store entry (:func:`nnunet_xfer.atomic.check_replaceable`):
+    an existing ``.pth`` is replaced only with ``overwrite`` and only when the store wrote it
+    (:func:`is_our_entry`)."""
+    return check_replaceable(pth, "pretrain", overwrite, folder=False, written=is_our_entry,
+                             inputs=inputs)
 
 
 def save_entry(pth: Path, network_state: Mapping[str, torch.Tensor],
                head_state: Mapping[str, torch.Tensor] | None, metadata: dict,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, claim: Claim | None = None) -> Path:
     """Write ``pth`` and its ``.json`` as one unit under the entry's lock.
 
     ``metadata`` should hold ``source``, ``data``, ``iterations``, ``final_loss``, ``task_metric``
     and the provenance (:func:`provenance`); versions, the architecture fingerprint and the sha256
     of the written ``.pth`` are added here. An existing entry is replaced only with ``overwrite``
-    and only when the store wrote it.
+    and only when the store wrote it; ``claim``: the one taken when the run started (what is at
+    ``pth`` now must still be what it found).
     """
     pth = Path(pth)
     with entry_lock(pth):
-        check_replaceable(pth, overwrite, " (or --resume to continue it)")
+        claim = claim or claim_entry(pth, overwrite)
         payload = {"format": FORMAT,
                    "network": {k: v.detach().cpu() for k, v in network_state.items()},
                    "head": None if head_state is None else
@@ -337,7 +334,7 @@ def save_entry(pth: Path, network_state: Mapping[str, torch.Tensor],
         def write_json(tmp: Path) -> None:
             tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
 
-        atomic_group({pth: write_pth, record_path(pth): write_json})
+        atomic_group({pth: write_pth, record_path(pth): write_json}, claims={pth: claim})
     return pth
 
 

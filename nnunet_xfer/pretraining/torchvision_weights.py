@@ -19,6 +19,8 @@ channels, and ``Σ_c w_c * g = (Σ_c w_c) * g``.
 """
 from __future__ import annotations
 
+import sys
+
 import os
 import socket
 from pathlib import Path
@@ -36,7 +38,7 @@ from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import resolve_dataset_name
 from nnunet_xfer.pretraining.network import Planned, build_network, load_planned
-from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, check_replaceable, entry_lock,
+from nnunet_xfer.pretraining.store import (SCOPE_EXTERNAL, claim_entry, entry_lock,
                                            entry_path, file_sha256, provenance, restricted_load,
                                            save_entry)
 from nnunet_xfer.sources import DATA_KIND_NATURAL, DATA_NATURAL_CLASSES, SourceSpec, spec
@@ -116,7 +118,7 @@ def resolve_weights_file(weights, file: Path | None = None, allow_download: bool
     if not (allow_download and _online(weights.url)):
         raise UserError(f"no {cache.name} for {weights} and no network: {where}")
     try:
-        torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=True,
+        torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=sys.stderr.isatty(),
                                            check_hash=True, weights_only=True)
     except Exception as e:  # network error, or torch.hub's own hash check failed
         raise UserError(f"downloading {weights.url} failed ({type(e).__name__}: {e}); "
@@ -214,7 +216,7 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
     dataset_name = resolve_dataset_name(dataset_name)
     s = _published_spec(source)
     pth = entry_path(dataset_name, source, plans, configuration)
-    check_replaceable(pth, overwrite)
+    claim = claim_entry(pth, overwrite, inputs=(weights,))
     planned = load_planned(dataset_name, plans, configuration)
     network = build_planned_network(dataset_name, plans, configuration, planned)
     enum = published_weights(network, source)
@@ -250,6 +252,7 @@ def import_torchvision_weights(dataset_name: str, source: str, plans: str, confi
                      scope=SCOPE_EXTERNAL, fold=None, case_ids=[]),
     }
     with entry_lock(pth):
-        out = save_entry(pth, network.state_dict(), None, metadata, overwrite=overwrite)
+        out = save_entry(pth, network.state_dict(), None, metadata, overwrite=overwrite,
+                         claim=claim)
     print(f"imported {len(mapped)} tensors of {enum} from {path} into {out}")
     return out

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_xfer.atomic import atomic_write_csv, atomic_write_json
+from nnunet_xfer.atomic import atomic_write_csv, atomic_write_json, check_replaceable
 from nnunet_xfer.dataset_conversion.selection import is_selection_file, selection_record
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging import images_for_cases, list_cases
@@ -79,21 +79,12 @@ class Selection:
                                selection=Path(path).resolve())
 
     def write(self, path: Path, overwrite: bool = False) -> Path:
-        """Write the selection file; an existing file is replaced only with ``overwrite`` and
-        only when it is a selection file."""
-        _check_output(Path(path), overwrite, is_selection_file, "a selection file")
-        return atomic_write_json(Path(path), self.record())
-
-
-def _check_output(path: Path, overwrite: bool, ours, what: str) -> None:
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; give the file name of {what}")
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise UserError(f"{path} exists; pass --overwrite to replace it, or choose another name")
-        if path.is_symlink() or not ours(path):
-            raise UserError(f"--overwrite refused: {path} is not {what} written by nnunet-xfer "
-                            f"select; move it or choose another name")
+        """Write the selection file through the output guard: an existing file is replaced only
+        with ``overwrite`` and only when it is a selection file; never inside the dataset."""
+        claim = check_replaceable(Path(path), "select", overwrite, folder=False,
+                                  written=is_selection_file,
+                                  inputs=[DatasetLayout.of(self.dataset).raw])
+        return atomic_write_json(claim, self.record())
 
 
 def _dataset_seed(layout: DatasetLayout) -> int:
@@ -232,5 +223,6 @@ def _is_manifest(path: Path) -> bool:
 def write_manifest(path: Path, next_cases: NextCases, overwrite: bool = False) -> Path:
     """Write the next cases as CSV (:data:`MANIFEST_COLUMNS`); an existing file is replaced only
     with ``overwrite`` and only when it is such a manifest."""
-    _check_output(Path(path), overwrite, _is_manifest, "a manifest of cases to annotate")
-    return atomic_write_csv(Path(path), next_cases.table)
+    claim = check_replaceable(Path(path), "select", overwrite, folder=False, written=_is_manifest,
+                              inputs=[Path(p) for p in next_cases.table["image"]])
+    return atomic_write_csv(claim, next_cases.table)

@@ -9,7 +9,8 @@ Life cycle inside ``nnUNetv2_train`` (nnunetv2 2.8.1):
   cannot do it. ``nnUNet_xfer_seed`` seeds torch, numpy and random before nnU-Net builds anything.
 * ``initialize`` (nnU-Net's) builds the network and the optimiser (nnU-Net's own for every source
   unless an explicit schedule option is set, see ``xfer_transfer``).
-* ``--c`` / ``--val``: nnU-Net calls :meth:`load_checkpoint`, which marks the run as resumed.
+* ``--c`` / ``--val``: nnU-Net calls :meth:`load_checkpoint`, which opens the file with the
+  restricted unpickler first (a planted pickle is refused in one line) and marks the run resumed.
 * :meth:`do_split` returns the fold's nested subset and the fold's whole validation set.
 
 Scratch trainers are this class as it is; trainers of pretrained sources add the source checkpoint
@@ -33,6 +34,7 @@ from nnunet_xfer.architectures.parts import supports_deep_supervision
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.layout import (CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, DEBUG_JSON,
                                 SUBSET_RECORD, DatasetLayout)
+from nnunet_xfer.nnunet_checkpoint import CHECKPOINT_ADVICE, open_nnunet_checkpoint
 from nnunet_xfer.study_grid import trainer_name
 from nnunet_xfer.trainers import check_nnunet_version
 from nnunet_xfer.trainers.xfer_schedule import NNUNET_SCHEDULE, FineTuneSchedule
@@ -279,7 +281,20 @@ class XferTrainerBase(nnUNetTrainer):
                 f"each case gives about {record['patches_per_case_per_epoch']:g} patches per epoch")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's, remembering that this run resumes (so the source is not loaded again)."""
+        """nnU-Net's, on a file the restricted unpickler opened first, remembering that this run
+        resumes (so the source is not loaded again).
+
+        nnU-Net unpickles the file with ``weights_only=False`` (``--c``, ``--val``,
+        ``--val_best``): a planted ``checkpoint_latest.pth`` would run its code. A file that is
+        not tensors and plain types stops the run here, in one line, before nnU-Net touches it.
+        (nnU-Net's method takes only a file name: it is handed the name of the file checked.)
+        """
+        if isinstance(filename_or_checkpoint, (str, Path)):
+            try:
+                open_nnunet_checkpoint(Path(filename_or_checkpoint), CHECKPOINT_ADVICE)
+            except UserError as e:
+                raise refuse(e) from None
+            filename_or_checkpoint = str(filename_or_checkpoint)
         self._xfer_resumed = True
         super().load_checkpoint(filename_or_checkpoint)
 

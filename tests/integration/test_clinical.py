@@ -239,7 +239,7 @@ def test_measure_dicom_series_with_patient_data(model_env, predictor, phantom_di
     np.testing.assert_array_equal(got[0, ..., 0].astype(bool), want)
 
 
-def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path):
+def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path, capsys):
     volume, spacing = phantom_volume(phantom_dir, 3)
 
     def no_study_uid(k, ds):
@@ -247,8 +247,8 @@ def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path):
     write_ct_series(tmp_path / "series", volume, spacing, per_slice=no_study_uid)
     csv = studies_csv(tmp_path / "s.csv", [{"case_id": "anon", "image": str(tmp_path / "series"),
                                             "slice_index": 1}])
-    with pytest.warns(UserWarning, match="case anon: IM0001.dcm has no StudyInstanceUID"):
-        result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu")
+    result = measure_studies(csv, tmp_path / "out", dataset=501, trainer=TRAINER, device="cpu")
+    assert "warning: case anon: IM0001.dcm has no StudyInstanceUID" in capsys.readouterr().err
     row = result.table.set_index("case_id").loc["anon"]
     assert row["status"] == "ok" and row["mask_file"] == "masks/anon.nii.gz"
     mask = sitk.ReadImage(str(tmp_path / "out" / row["mask_file"]))

@@ -10,7 +10,6 @@ import json
 import locale
 import shutil
 import struct
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +233,7 @@ def test_slice_by_vertebra_label_and_folder_mode(tmp_path, nn_dirs):
     assert sorted(p.name for p in (out2 / "labelsTr").iterdir()) == [f"c{i}.nii.gz" for i in range(4)]
 
 
-def test_label_map_empty_mask_and_allow_non_hu(tmp_path, nn_dirs, good_rows):
+def test_label_map_empty_mask_and_allow_non_hu(tmp_path, nn_dirs, good_rows, capsys):
     rows = [dict(r) for r in good_rows]
     like = sitk.ReadImage(rows[0]["image"])
     lits = square_mask()
@@ -242,8 +241,8 @@ def test_label_map_empty_mask_and_allow_non_hu(tmp_path, nn_dirs, good_rows):
     lits[0, :] = 3  # LiTS-style map: 1 muscle, 2/3 fat
     rows[0]["mask"] = str(write(lits, tmp_path / "lits.nii.gz", like=like))
     rows[1]["mask"] = str(write(np.zeros(SHAPE, np.uint8), tmp_path / "empty.nii.gz", like=like))
-    with pytest.warns(UserWarning, match="empty muscle mask: case01"):
-        out = convert(cases_csv=manifest(tmp_path, rows), dataset_id=17, sizes=[2], label_map="1")
+    out = convert(cases_csv=manifest(tmp_path, rows), dataset_id=17, sizes=[2], label_map="1")
+    assert "warning: 1 case(s) have an empty muscle mask: case01" in capsys.readouterr().err
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "case00.nii.gz")))
     assert np.array_equal(lab, square_mask())
     rows = [dict(r) for r in good_rows]
@@ -254,11 +253,11 @@ def test_label_map_empty_mask_and_allow_non_hu(tmp_path, nn_dirs, good_rows):
 
 
 # ----------------------------------------------------------------------------- folds and subsets
-def test_folds_partition_and_subsets_nested_deterministic(tmp_path, nn_dirs):
+def test_folds_partition_and_subsets_nested_deterministic(tmp_path, nn_dirs, capsys):
     rows = [good_case(tmp_path, f"s{i:02d}", i) for i in range(22)]
     csv = manifest(tmp_path, rows)
-    with pytest.warns(UserWarning, match="n=25 exceeds"):
-        out = convert(cases_csv=csv, dataset_id=21, sizes=[10, 5, 25], seed=7)
+    out = convert(cases_csv=csv, dataset_id=21, sizes=[10, 5, 25], seed=7)
+    assert "n=25 exceeds" in capsys.readouterr().err
     splits, subsets = read_splits(out), read_subsets(out)
     ids = {r["case_id"] for r in rows}
     assert len(splits) == 4
@@ -271,10 +270,8 @@ def test_folds_partition_and_subsets_nested_deterministic(tmp_path, nn_dirs):
         assert "25" not in subsets["folds"][str(fold)]
     assert subsets["seed"] == 7
     # deterministic for a seed, different for another
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        again = convert(cases_csv=csv, dataset_id=22, sizes=[5, 10, 25], seed=7)
-        other = convert(cases_csv=csv, dataset_id=23, sizes=[5, 10, 25], seed=8, n_folds=3)
+    again = convert(cases_csv=csv, dataset_id=22, sizes=[5, 10, 25], seed=7)
+    other = convert(cases_csv=csv, dataset_id=23, sizes=[5, 10, 25], seed=8, n_folds=3)
     assert read_splits(again) == splits and read_subsets(again) == subsets
     assert read_splits(other) != splits and len(read_splits(other)) == 3
 
@@ -546,7 +543,7 @@ def test_real_ct_by_vertebra_label_and_by_index(tmp_path, nn_dirs, good_rows):
     assert np.array_equal(ref[0], sitk.GetArrayFromImage(vol)[middle])
 
 
-def test_real_ct_slice_with_label_map_and_dicom_series(tmp_path, nn_dirs, good_rows):
+def test_real_ct_slice_with_label_map_and_dicom_series(tmp_path, nn_dirs, good_rows, capsys):
     img = _need(TOTALSEG / "example_ct_L3_hu.nii.gz")
     lab = _need(TOTALSEG / "example_ct_L3_mask_ts_fast.nii.gz")
     dcm = _need(TOTALSEG / "example_ct_dicom")
@@ -554,9 +551,9 @@ def test_real_ct_slice_with_label_map_and_dicom_series(tmp_path, nn_dirs, good_r
     rows[0].update(image=str(img), mask=str(lab))
     rows[1].update(image=str(dcm), mask=str(tmp_path / "d.npy"), slice_index=10)
     np.save(tmp_path / "d.npy", np.zeros((512, 512), np.uint8))
-    with pytest.warns(UserWarning, match="empty muscle mask: case01"):
-        out = convert(cases_csv=manifest(tmp_path, rows), dataset_id=72, sizes=[2],
-                      label_map="1,2,3,4")
+    out = convert(cases_csv=manifest(tmp_path, rows), dataset_id=72, sizes=[2],
+                  label_map="1,2,3,4")
+    assert "empty muscle mask: case01" in capsys.readouterr().err
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "case00.nii.gz")))
     labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(lab)), "LPS"))[0]
     assert np.array_equal(got, np.isin(labels, [1, 2, 3, 4]))

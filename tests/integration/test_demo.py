@@ -1,6 +1,7 @@
 """`nnunet-xfer demo --quick`: the whole pipeline end to end in its own nnU-Net folders."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nnunet_xfer.demo import DEMO_NAME, MARKER, NNUNET_VARS, QUICK, demo_steps
+from nnunet_xfer.demo import DEMO_OWNED, DEMO_NAME, NNUNET_VARS, QUICK, demo_steps
+from nnunet_xfer.layout import OUTPUT_MARKER
 
 NNUNET_XFER = str(Path(sys.executable).parent / "nnunet-xfer")
 
@@ -56,6 +58,11 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     assert "Williams index" in last and "24 case(s)" in last and "3 observer(s)" in last
     html = report.read_text()
     assert html.count("<img") >= 2 and "data:image/png;base64," in html
+    # finished pretraining leaves no training state behind (435 MB per entry in the full demo)
+    assert not list(results.rglob("*.resume.pth")) and list(results.rglob("rec.pth"))
+    marker = json.loads((out / OUTPUT_MARKER).read_text())  # the demo's, listing every file
+    assert marker["command"] == "nnunet-xfer demo" and "demo.log" in marker["files"]
+    assert "owned" not in marker and "phantom/cases.csv" in marker["files"]
     assert (report.parent / "report_files" / "headline.png").stat().st_size > 1000  # own folder
     cases = pd.read_csv(evaluation / "cases.csv")
     assert set(cases["source"]) == {"scratch", "rec"}
@@ -77,7 +84,7 @@ def test_demo_refuses_to_delete_a_folder_it_did_not_write(tmp_path):
     (out / "precious.txt").write_text("keep")
     proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "--overwrite", "-o", str(out)],
                           env=_clean_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and MARKER in proc.stderr
+    assert proc.returncode == 2 and "precious.txt" in proc.stderr
     assert (out / "precious.txt").read_text() == "keep"
 
 
@@ -85,7 +92,8 @@ def test_demo_overwrite_keeps_a_users_file_in_its_own_folder(tmp_path):
     """A demo folder (marker present) with a file the user added: --overwrite refuses, names it."""
     out = tmp_path / "demo"
     (out / "phantom").mkdir(parents=True)
-    (out / MARKER).write_text("written by `nnunet-xfer demo`\n")
+    (out / OUTPUT_MARKER).write_text(json.dumps({"command": "nnunet-xfer demo", "files": [],
+                                                 "owned": list(DEMO_OWNED)}))
     (out / "thesis.txt").write_text("keep")
     proc = subprocess.run([NNUNET_XFER, "demo", "--quick", "--overwrite", "-o", str(out)],
                           env=_clean_env(), capture_output=True, text=True, timeout=60)

@@ -38,6 +38,11 @@ def folder_of(result) -> Path:
     return getattr(result, "folder", result)
 
 
+#: What nnU-Net's planner writes, as far as convert --overwrite looks (plans_name = file name).
+PLANS_STUB = json.dumps({"plans_name": "nnUNetPlans", "configurations": {
+    "2d": {"data_identifier": "nnUNetPlans_2d"}}})
+
+
 def hu(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-1000, 1200, (SIZE, SIZE)).astype(np.int16)
 
@@ -442,7 +447,7 @@ def test_convert_overwrite_removes_the_preprocessed_folder(tmp_path, nn_dirs, ro
     raw, pre = nn_dirs
     csv = manifest(tmp_path, rows)
     out = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
-    (pre / out.name / "nnUNetPlans.json").write_text("{}")  # stale plans of the old data
+    (pre / out.name / "nnUNetPlans.json").write_text(PLANS_STUB)  # stale plans of the old data
     (pre / out.name / "nnUNetPlans_2d").mkdir()
     result = convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2], overwrite=True)
     assert pre / out.name in result.removed
@@ -453,7 +458,7 @@ def test_convert_overwrite_under_another_name_replaces_its_own_dataset(tmp_path,
     raw, pre = nn_dirs
     csv = manifest(tmp_path, rows)
     old = folder_of(convert(cases_csv=csv, dataset_id=601, name="T601", sizes=[2]))
-    (pre / old.name / "nnUNetPlans.json").write_text("{}")
+    (pre / old.name / "nnUNetPlans.json").write_text(PLANS_STUB)
     result = convert(cases_csv=csv, dataset_id=601, name="Other", sizes=[2], overwrite=True)
     assert visible_and_hidden(raw) == ["Dataset601_Other"]
     assert visible_and_hidden(pre) == ["Dataset601_Other"]  # never two datasets with one id
@@ -503,7 +508,7 @@ def test_cli_convert_overwrite_says_what_it_removed(tmp_path, nn_dirs, rows):
     args = ("nnunet-xfer", "convert", "--cases", str(manifest(tmp_path, rows)), "-d", "601",
             "-n", "T601", "--sizes", "2")
     assert run_cli(*args, env=env).stdout.splitlines() == [f"wrote {raw / DATASET}"]
-    (pre / DATASET / "nnUNetPlans.json").write_text("{}")
+    (pre / DATASET / "nnUNetPlans.json").write_text(PLANS_STUB)
     lines = run_cli(*args, "--overwrite", env=env).stdout.splitlines()
     assert lines == [f"removed {raw / DATASET} (--overwrite)", f"removed {pre / DATASET} (--overwrite)",
                      f"wrote {raw / DATASET}"]

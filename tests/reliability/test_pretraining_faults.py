@@ -10,14 +10,19 @@ few iterations on the CPU.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +43,15 @@ def _one_thread(one_torch_thread):
     """Every test here on one torch thread."""
 
 
-def pretrain(resume: bool = False, overwrite: bool = False, **kw) -> Path:
+def pretrain(resume: bool = False, overwrite: bool = False, keep_state: bool = False,
+             **kw) -> Path:
     from nnunet_xfer.pretraining.run import PretrainConfig, pretrain as run
     kw.setdefault("dataset", DATASET_NAME)
     kw.setdefault("device", "cpu")
     kw.setdefault("iterations", 1)
     kw.setdefault("batch_size", 2)
-    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=False)
+    return run(PretrainConfig(**kw), resume=resume, overwrite=overwrite, progress=False,
+               keep_state=keep_state)
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -60,7 +67,7 @@ def genuine(preprocessed_dataset, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("nnUNet_results", str(out))
         torch.set_num_threads(1)
-        pretrain(source="rec", fold=0, iterations=2)
+        pretrain(source="rec", fold=0, iterations=2, keep_state=True)
     return out
 
 
@@ -201,12 +208,34 @@ def test_hostile_resume_state_through_the_cli(store_copy, results, tmp_path, bad
 ITERATION = re.compile(r"(\d+)/100000")
 
 
-def _start(results: Path, log: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "nnUNet_results": str(results), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
+def _start(results: Path, log: Path, *extra: str, workers: int = 0) -> subprocess.Popen:
+    """pretrain in its own process group, stderr on a terminal (a pty, so its bar shows the
+    iterations) copied into ``log``; ``workers`` DataLoader processes."""
+    env = {**os.environ, "nnUNet_results": str(results), "OMP_NUM_THREADS": "1",
+           "nnUNet_n_proc_DA": str(workers)}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # tqdm needs a width
+    proc = subprocess.Popen(
         [str(BIN / "nnunet-xfer"), "pretrain", "-d", str(DATASET_ID), "-s", "rec", "--fold", "0",
          "--iterations", "100000", "--batch-size", "2", "--device", "cpu", *extra],
-        stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+        stdout=subprocess.DEVNULL, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+
+    def copy() -> None:
+        with open(log, "wb") as f:
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not data:
+                    break
+                f.write(data)
+                f.flush()
+        os.close(master)
+    log.write_bytes(b"")
+    threading.Thread(target=copy, daemon=True).start()
+    return proc
 
 
 def _wait_for_iterations(proc: subprocess.Popen, log: Path, n: int, timeout: float = 300) -> None:
@@ -226,13 +255,22 @@ def _hidden_leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_state_and_resume_continues(preprocessed_dataset, results, tmp_path, sig):
+@pytest.mark.parametrize("sig, group, workers", [
+    (signal.SIGTERM, False, 0), (signal.SIGINT, False, 0),
+    # what experiment and SLURM send: the whole process group, DataLoader workers included (a
+    # worker died first: traceback, exit 1)
+    (signal.SIGTERM, True, 2)])
+def test_signal_saves_the_state_and_resume_continues(preprocessed_dataset, results, tmp_path, sig,
+                                                     group, workers):
     log = tmp_path / "stderr.txt"
-    proc = _start(results, log, "--checkpoint-every", "100000")
+    proc = _start(results, log, "--checkpoint-every", "100000", workers=workers)
     _wait_for_iterations(proc, log, 2)
-    proc.send_signal(sig)
-    assert proc.wait(timeout=120) == 128 + sig
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig, log.read_text(errors="replace")[-3000:]
+    time.sleep(0.5)  # the copy of the terminal's last bytes
     text = log.read_text(errors="replace")
     last = text.strip().splitlines()[-1]
     assert "Traceback" not in text and "interrupted by" in last and "--resume" in last, text[-2000:]

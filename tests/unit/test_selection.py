@@ -1,7 +1,7 @@
 """`select`: greedy k-centre, the strategies, nesting, determinism, and the selection file format.
 
 Pure numpy and small files: no nnU-Net run (the CLI on the converted phantom and a trained model is
-in tests/integration/test_selection.py).
+in tests/integration/test_select_command.py).
 """
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_selection_files_random_reproduces_convert_and_diverse_is_nested(raw_dat
     assert again.returncode == 2 and "--overwrite" in again.stderr
     (tmp_path / "mine.json").write_text("{}")
     mine = select("-d", str(DATASET_ID), "-o", str(tmp_path / "mine.json"), "--overwrite", check=False)
-    assert mine.returncode == 2 and "not a selection file" in mine.stderr
+    assert mine.returncode == 2 and "not written by nnunet-xfer select" in mine.stderr
     uncertain = select("-d", str(DATASET_ID), "--strategy", "uncertain", "-o", str(tmp_path / "u.json"),
                        check=False)
     assert uncertain.returncode == 2 and "--pool" in uncertain.stderr
