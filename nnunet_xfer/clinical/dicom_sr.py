@@ -11,7 +11,8 @@ segment of the case's DICOM-SEG on the source CT instance. It holds
 * with cut-offs, the low-SMI and low-SMD findings as qualitative evaluations (Yes/No), the cut-off
   and its publication as the measurement's normal range (TID 312: description and authority).
 
-The evidence (the CT instance and the SEG) is listed in the SR, so a PACS can fetch both.
+The evidence (the CT instance and the SEG) is listed in the SR, so a PACS can fetch both; the
+local coding scheme is declared in its Coding Scheme Identification Sequence.
 """
 from __future__ import annotations
 
@@ -133,6 +134,9 @@ def write_dicom_sr(path: Path, source_file: Path, seg, row: dict, provenance: Pr
         evidence=[source, seg], content=report[0], series_instance_uid=hd.UID(),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="nnunet_xfer", is_complete=True,
+        coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=CODING_SCHEME, name="nnunet_xfer local codes",
+            responsible_organization="nnunet_xfer")],
         series_description=SR_SERIES_DESCRIPTION + (" (corrected mask)" if corrected else ""))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(str(path))
