@@ -46,12 +46,12 @@ class Provenance:
                 + ("" if self.mirroring else ", no test-time mirroring"))
 
     def short(self, limit: int = LO_MAX) -> str:
-        """The model in at most ``limit`` characters for DICOM's LO values: the folds are kept,
-        the run name is shortened in its middle if it must be."""
+        """The model in at most ``limit`` characters for DICOM's LO values (ASCII: DICOM's default
+        character set): the folds are kept, the run name is cut before them if it must be."""
         text = f"{self.run} f{','.join(self.folds)}"
         if len(text) <= limit:
             return text
-        tail = f"… f{','.join(self.folds)}"
+        tail = f"... f{','.join(self.folds)}"
         return text[: max(limit - len(tail), 1)] + tail
 
     def columns(self) -> dict:
