@@ -33,7 +33,7 @@ from nnunet_xfer.atomic import (atomic_write_csv, atomic_write_json, atomic_writ
                                  check_replaceable, owned_output)
 from nnunet_xfer.clinical import corrections as corr
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg, write_nifti_mask
-from nnunet_xfer.clinical.dicom_sr import write_dicom_sr
+from nnunet_xfer.clinical.dicom_sr import is_number, write_dicom_sr
 from nnunet_xfer.clinical.l3_auto import L3Finder
 from nnunet_xfer.clinical.predict import SlicePredictor
 from nnunet_xfer.clinical.provenance import PROVENANCE_COLUMNS, Provenance
@@ -165,18 +165,11 @@ def cutoff_rules(cutoffs: str, row: dict) -> dict[str, str]:
     rule = CUTOFFS[cutoffs]
     op = "<=" if rule["inclusive"] else "<"
     out = {}
-    if _finite(row.get("smi_cutoff_cm2_m2")):
+    if is_number(row.get("smi_cutoff_cm2_m2")):
         out["smi"] = f"low SMI: SMI {op} {row['smi_cutoff_cm2_m2']:g} cm2/m2 ({row.get('sex')})"
-    if _finite(row.get("smd_cutoff_hu")):
+    if is_number(row.get("smd_cutoff_hu")):
         out["smd"] = f"low SMD: SMD {op} {row['smd_cutoff_hu']:g} HU (BMI {row['bmi_kg_m2']:.1f})"
     return out
-
-
-def _finite(value) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _parse_folds(folds) -> list[str] | None:

@@ -40,7 +40,8 @@ def _code(key: str):
     return CodedConcept(value=value, scheme_designator=CODING_SCHEME, meaning=meaning)
 
 
-def _finite(value) -> bool:
+def is_number(value) -> bool:
+    """Whether a CSV cell holds a finite number (not empty, not NaN)."""
     try:
         return value is not None and math.isfinite(float(value))
     except (TypeError, ValueError):
@@ -96,11 +97,11 @@ def write_dicom_sr(path: Path, source_file: Path, seg, row: dict, provenance: Pr
                                  properties=normal_range(key) if key else None)
 
     measurements = [measurement(codes.SCT.Area, row["sma_cm2"], ucum["cm2"])]
-    if _finite(row.get("smd_hu")):
+    if is_number(row.get("smd_hu")):
         measurements.append(measurement(codes.DCM.MeanAttenuationCoefficient, row["smd_hu"],
                                         ucum["hu"], "smd"))
     measurements.append(measurement(_code("imat"), row["imat_cm2"], ucum["cm2"]))
-    if _finite(row.get("smi_cm2_m2")):
+    if is_number(row.get("smi_cm2_m2")):
         measurements.append(measurement(_code("smi"), row["smi_cm2_m2"], ucum["cm2/m2"], "smi"))
     evaluations = []
     for key in ("low_smi", "low_smd"):

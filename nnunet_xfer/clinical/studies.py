@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnunet_xfer.dataset_conversion.manifest import BadRow, CaseSpec, read_manifest
-from nnunet_xfer.dataset_conversion.slice_selection import choose_slice
+from nnunet_xfer.dataset_conversion.slice_selection import choose_slice, int_or_none
 from nnunet_xfer.errors import UserError, warn
 from nnunet_xfer.imaging import Image, Reorientation, read_image
 
@@ -135,13 +135,6 @@ def _dicom_instance(volume: Image, index: int | None) -> tuple[Path, object] | N
     return series.instance_at(volume.position_of(index), tolerance)
 
 
-def _int_or_none(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def load_study(spec: CaseSpec, allow_non_hu: bool = False,
                auto_l3: Callable[[Image], tuple[Image, int]] | None = None,
                heights: dict[str, float] | None = None, hint: str = "") -> Study:
@@ -180,7 +173,7 @@ def load_study(spec: CaseSpec, allow_non_hu: bool = False,
         study.series_choice = volume.dicom.choice
         if found is not None:
             study.sop_instance_uid = str(found[1].get("SOPInstanceUID", "") or "")
-            study.instance_number = _int_or_none(found[1].get("InstanceNumber"))
+            study.instance_number = int_or_none(found[1].get("InstanceNumber"))
 
     height, height_source = spec.height_m, "manifest" if spec.height_m is not None else ""
     if height is None and heights and cid in heights and math.isfinite(heights[cid]):

@@ -46,8 +46,8 @@ def index_of_instance(image: Image, number: int, case: str) -> int:
     if series is None:
         raise UserError(f"case {case}: instance_number applies to DICOM series; {image.path} is "
                         f"{image.format}: give slice_index instead")
-    found = [h for h in series.headers if _int_or_none(h.get("InstanceNumber")) == int(number)]
-    numbers = sorted(n for n in (_int_or_none(h.get("InstanceNumber")) for h in series.headers)
+    found = [h for h in series.headers if int_or_none(h.get("InstanceNumber")) == int(number)]
+    numbers = sorted(n for n in (int_or_none(h.get("InstanceNumber")) for h in series.headers)
                      if n is not None)
     shown = f"{numbers[0]}–{numbers[-1]}" if numbers else "none"
     if not found:
@@ -65,7 +65,8 @@ def index_of_instance(image: Image, number: int, case: str) -> int:
     return index
 
 
-def _int_or_none(value) -> int | None:
+def int_or_none(value) -> int | None:
+    """A DICOM IS value (InstanceNumber) as an int, None when absent or not a number."""
     try:
         return int(value)
     except (TypeError, ValueError):
