@@ -20,7 +20,6 @@ way to grow the training set (docs/measure.md#corrections).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.metrics import dice
 from nnunet_xfer.imaging import Image, check_pair, is_dicom_file, read_mask
 from nnunet_xfer.imaging.names import VOLUME_ENDINGS, has_ending
+from nnunet_xfer.pretraining.store import file_sha256
 
 #: Endings of corrected masks (``.seg.nrrd`` first: 3D Slicer's segmentation file).
 CORRECTION_ENDINGS = (".seg.nrrd",) + tuple(e for e in VOLUME_ENDINGS if e != ".nhdr")
@@ -62,14 +62,6 @@ def corrected_files(folder: Path, case_ids: list[str]) -> dict[str, Path]:
                             f"({found[cid].name}, {p.name}); keep one")
         found[cid] = p
     return found
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _muscle(values: np.ndarray, path: Path, case: str) -> np.ndarray:
@@ -191,7 +183,7 @@ def audit(case: str, path: Path, model_mask: np.ndarray, corrected: np.ndarray,
     return {
         "case_id": case,
         "corrected_file": str(Path(path).resolve()),
-        "sha256": sha256_of(path),
+        "sha256": file_sha256(path),
         "file_modified": _dt.datetime.fromtimestamp(stat.st_mtime).astimezone()
         .isoformat(timespec="seconds"),
         **provenance,
