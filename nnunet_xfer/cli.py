@@ -378,9 +378,10 @@ def _cmd_measure(a: argparse.Namespace) -> None:
         return
     if a.images is None or a.masks is None:
         raise UserError("give --cases CSV (CT studies and a model), or --images DIR --masks DIR")
-    if a.dataset is not None or a.trainer is not None or a.l3 is not None or a.no_mirroring:
-        raise UserError("-d/-tr/--l3/--no-mirroring go with --cases; --images/--masks measures "
-                        "existing masks")
+    if (a.dataset is not None or a.trainer is not None or a.l3 is not None or a.corrected
+            or a.no_mirroring):
+        raise UserError("-d/-tr/--l3/--corrected/--no-mirroring go with --cases; "
+                        "--images/--masks measures existing masks")
     from nnunet_xfer.dataset_conversion.prepare import parse_label_map
     from nnunet_xfer.evaluation.measures import measure_folder
     measure_folder(images=a.images, masks=a.masks, out_csv=a.output, heights=a.heights,
@@ -390,13 +391,13 @@ def _cmd_measure(a: argparse.Namespace) -> None:
 
 def _measure_studies(a: argparse.Namespace) -> None:
     from tqdm import tqdm
-    from nnunet_xfer.clinical.api import MeasureConfig, measure_studies
+    from nnunet_xfer.clinical.api import MeasureConfig, run_measure
     config = MeasureConfig(
         cases=a.cases, out=a.output, dataset=a.dataset, trainer=a.trainer, plans=a.plans,
         configuration=a.configuration, folds=a.folds, device=a.device, l3=a.l3 or "manifest",
         low_smi_cutoffs=a.low_smi_cutoffs, heights=a.heights, allow_non_hu=a.allow_non_hu,
-        checkpoint=a.checkpoint, mirroring=not a.no_mirroring)
-    result = measure_studies(
+        checkpoint=a.checkpoint, corrected=a.corrected, mirroring=not a.no_mirroring)
+    result = run_measure(
         config, overwrite=a.overwrite,
         on_error=lambda msg: tqdm.write(f"nnunet-xfer measure: error: {msg}", file=sys.stderr))
     print(f"measured {result.n_cases - result.n_failed} of {result.n_cases} case(s): {result.out}")
@@ -411,7 +412,8 @@ def _add_measure(sub) -> None:
                                        "(from CT studies with a trained model, or from masks)")
     p.add_argument("--cases", type=Path, default=None,
                    help="CT studies: convert's manifest without a mask column (case_id,image "
-                        "[,slice_index | vertebra_mask,vertebra_label] [,height_m,sex,weight_kg])")
+                        "[,slice_index | instance_number | vertebra_mask,vertebra_label] "
+                        "[,series_uid] [,height_m,sex,weight_kg])")
     p.add_argument("--images", type=Path, default=None,
                    help=f"CT slices in HU: {image_file('<case>')} (nnU-Net style) or "
                         f"{label_file('<case>')}")
@@ -436,6 +438,9 @@ def _add_measure(sub) -> None:
     p.add_argument("--low-smi-cutoffs", choices=["prado2008", "martin2013"], default=None,
                    help="add low-SMI verdicts by these published cut-offs (docs/measure.md)")
     p.add_argument("--heights", type=Path, default=None, help="CSV with case_id,height_m")
+    p.add_argument("--corrected", type=Path, default=None, metavar="DIR",
+                   help="with --cases: edited masks <case>.nii.gz / .seg.nrrd / .dcm (DICOM-SEG) "
+                        "measured instead of the model's, each audited (default: none)")
     p.add_argument("--label-map", default=None,
                    help="mask labels that are muscle, e.g. '1' or '1,2,3,4' (default: masks must "
                         "be binary 0/1); the same option as convert's")

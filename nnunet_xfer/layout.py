@@ -86,6 +86,12 @@ QC_FOLDER = "qc"
 MASKS_FOLDER = "masks"
 SEG_FOLDER = "seg"
 SEG_ENDING = ".dcm"
+#: ``measure``: the DICOM SR of each DICOM case (``sr/<case>.dcm``).
+SR_FOLDER = "sr"
+#: ``measure --corrected``: each corrected case's audit (``<case>.json``) and mask
+#: (``<case>.nii.gz``), and the ``convert`` manifest of the corrected cases.
+CORRECTIONS_FOLDER = "corrections"
+CORRECTED_CASES_CSV = "corrected_cases.csv"
 
 
 def run_folder_name(trainer: str, plans: str = DEFAULT_PLANS,

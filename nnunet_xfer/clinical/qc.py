@@ -27,14 +27,34 @@ WINDOW_LEVEL, WINDOW_WIDTH = 40.0, 400.0
 MIN_DISPLAY_PX = 384
 OUTLINE_RGB = (255, 40, 40)
 
-#: Gallery columns: (CSV column, header, kind); kind "num" sorts numerically.
+#: Gallery columns: (CSV column, header, kind); kind "num" sorts numerically. ``slice_choice``
+#: and ``n_flags`` are made from the row (:func:`slice_choice`, the flags).
 GALLERY_COLUMNS = (
     ("case_id", "case", "text"), ("sma_cm2", "SMA cm²", "num"), ("smd_hu", "SMD HU", "num"),
     ("imat_cm2", "IMAT cm²", "num"), ("smi_cm2_m2", "SMI cm²/m²", "num"),
-    ("low_smi", "low SMI", "text"), ("sma_mask_cm2", "SMA whole mask cm²", "num"),
-    ("fold_dice_min", "min fold Dice", "num"),
-    ("slice_index", "slice", "num"), ("n_flags", "flags", "num"),
+    ("sex", "sex", "text"), ("height_m", "height m", "num"), ("bmi_kg_m2", "BMI kg/m²", "num"),
+    ("low_smi", "low SMI", "text"), ("smi_cutoff_cm2_m2", "SMI cut-off", "num"),
+    ("low_smd", "low SMD", "text"), ("sma_mask_cm2", "SMA whole mask cm²", "num"),
+    ("fold_dice_min", "min fold Dice", "num"), ("mask_source", "mask", "text"),
+    ("slice_choice", "slice", "text"), ("n_flags", "flags", "num"),
 )
+
+
+def slice_choice(row: dict) -> str:
+    """How the case's slice was chosen and which it is, in words: ``vertebra_mask: index 72,
+    InstanceNumber 73, z -120.0 mm``."""
+    parts = []
+    if row.get("slice_index") is not None and not _missing(row.get("slice_index")):
+        parts.append(f"index {int(row['slice_index'])}")
+    if row.get("instance_number") is not None and not _missing(row.get("instance_number")):
+        parts.append(f"InstanceNumber {int(row['instance_number'])}")
+    if not _missing(row.get("slice_z_mm")):
+        parts.append(f"z {float(row['slice_z_mm']):.1f} mm")
+    return f"{row.get('slice_source') or '?'}: {', '.join(parts) or 'the only slice'}"
+
+
+def _missing(v) -> bool:
+    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -79,8 +99,11 @@ def overlay_lines(row: dict) -> list[str]:
     """The corner text of a case's overlay."""
     def fmt(v, unit, digits=1):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f} {unit}"
-    return [f"{row['case_id']}", f"SMA {fmt(row.get('sma_cm2'), 'cm2')}",
-            f"SMD {fmt(row.get('smd_hu'), 'HU')}"]
+    lines = [f"{row['case_id']}", f"SMA {fmt(row.get('sma_cm2'), 'cm2')}",
+             f"SMD {fmt(row.get('smd_hu'), 'HU')}"]
+    if row.get("mask_source") == "corrected":
+        lines.append("corrected mask")
+    return lines
 
 
 # ---------------------------------------------------------------- gallery
@@ -166,7 +189,8 @@ def gallery_html(rows: list[dict], pictures: dict[str, bytes], failures: dict[st
         flags = [f for f in str(row.get("flags") or "").split(";") if f]
         cells = []
         for col, _label, kind in GALLERY_COLUMNS:
-            value = len(flags) if col == "n_flags" else row.get(col)
+            value = (len(flags) if col == "n_flags" else slice_choice(row)
+                     if col == "slice_choice" else row.get(col))
             if col == "n_flags":
                 shown = "<br>".join(f'<span title="{html.escape(FLAGS.get(f, f))}">{html.escape(f)}</span>'
                                     for f in flags) or "–"

@@ -1,11 +1,14 @@
 """CT studies to measure: the convert manifest without a mask column, and the L3 slice of each.
 
 Images are read and checked by :mod:`nnunet_xfer.imaging` (truncated files, spacing, NaN, HU, and
-for DICOM what SimpleITK would silently accept: several series in one folder, a missing slice,
-mixed orientations, a localiser or a non-axial series). The slice is picked by ``convert``'s
-rules: ``slice_index``, a vertebra label map + label, or ``--l3 auto`` (TotalSegmentator,
+for DICOM what SimpleITK would silently accept: a missing slice, mixed orientations, a localiser
+or a non-axial series; a study folder's axial CT series is chosen by the reader's rule or the
+``series_uid`` column). The slice is picked by ``convert``'s rules
+(:func:`~nnunet_xfer.dataset_conversion.slice_selection.choose_slice`): ``slice_index``,
+``instance_number``, a vertebra label map + label, or ``--l3 auto`` (TotalSegmentator,
 :mod:`nnunet_xfer.clinical.l3_auto`). Patient height, sex and weight come from the manifest, else
-from the DICOM header (``PatientSize``, ``PatientSex``, ``PatientWeight``).
+from the DICOM header (``PatientSize``, ``PatientSex``, ``PatientWeight``). :class:`Study` also
+records which slice it is: its UIDs and InstanceNumber (DICOM) and its z position (mm).
 """
 from __future__ import annotations
 
@@ -14,12 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import SimpleITK as sitk
-
-from nnunet_xfer.dataset_conversion.manifest import CaseSpec, read_manifest
-from nnunet_xfer.dataset_conversion.slice_selection import middle_slice_of_label
+from nnunet_xfer.dataset_conversion.manifest import BadRow, CaseSpec, read_manifest
+from nnunet_xfer.dataset_conversion.slice_selection import choose_slice, int_or_none
 from nnunet_xfer.errors import UserError, warn
-from nnunet_xfer.imaging import Image, Reorientation, check_pair, read_image, read_mask
+from nnunet_xfer.imaging import Image, Reorientation, read_image
 
 #: Heights outside this range (m) are not heights in metres.
 HEIGHT_RANGE_M = (0.3, 3.0)
@@ -55,6 +56,14 @@ class Study:
     weight_kg: float | None = None
     slice_thickness_mm: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: which slice: DICOM UIDs and InstanceNumber (empty for other inputs), z (mm, LPS)
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_instance_uid: str = ""
+    instance_number: int | None = None
+    slice_z_mm: float | None = None
+    #: how the DICOM series was chosen from its folder ("" for other inputs)
+    series_choice: str = ""
     #: quality flags the study itself raises (e.g. ``sex_unknown``), added to the measured ones
     flags: list[str] = field(default_factory=list)
 
@@ -68,12 +77,13 @@ class Study:
         return self.slice_image.canonical()
 
 
-def read_studies(csv_path: Path) -> list[CaseSpec]:
-    """The cases of a ``measure --cases`` manifest (convert's format; the mask column is optional)."""
-    specs = read_manifest(Path(csv_path), mask_required=False)
-    if any(s.mask is not None for s in specs):
-        warn(f"{csv_path}: the mask column is ignored; measure predicts the muscle with "
-                      f"the model")
+def read_studies(csv_path: Path) -> list[CaseSpec | BadRow]:
+    """The rows of a ``measure --cases`` manifest (convert's format; the mask column is optional),
+    a bad row as a :class:`BadRow` in its place."""
+    specs = read_manifest(Path(csv_path), mask_required=False, per_row=True)
+    if any(isinstance(s, CaseSpec) and s.mask is not None for s in specs):
+        warn(f"{csv_path}: the mask column is ignored; measure predicts the muscle with the "
+             f"model")
     return specs
 
 
@@ -121,60 +131,27 @@ def _dicom_instance(volume: Image, index: int | None) -> tuple[Path, object] | N
         return series.files[0], series.first
     if index is None:
         return None
-    position = volume.origin3() + int(index) * volume.spacing3()[2] * volume.axes3()[:, 2]
     tolerance = 0.01 * (volume.spacing[2] if volume.dimension == 3 else 1.0) + 1e-3
-    return series.instance_at(position, tolerance)
-
-
-# ---------------------------------------------------------------- slice choice
-def _l3_index(vertebra: Image, label: int, source: str, case: str) -> int:
-    """Middle slice of the vertebra label, with a plain refusal when it is not in the volume."""
-    if not (vertebra.array == label).any():
-        raise UserError(f"case {case}: no L3 in the volume ({source} has no label {label}); the "
-                        f"scan may not cover L3: check it, or give slice_index in the manifest")
-    return middle_slice_of_label(vertebra, label, Path(source), case)
-
-
-def choose_slice(spec: CaseSpec, volume: Image,
-                 auto_l3: Callable[[sitk.Image], tuple[sitk.Image, int]] | None) -> tuple[int | None, str]:
-    """(slice index, how it was chosen) of one case, by convert's rules; ``auto_l3`` for ``--l3 auto``."""
-    cid = spec.case_id
-    if not volume.is_volume:
-        if spec.slice_index not in (None, 0):
-            volume.check_index(spec.slice_index, cid)
-        return None, "2d"
-    if spec.slice_index is not None and spec.vertebra_mask is not None:
-        raise UserError(f"case {cid}: give slice_index or vertebra_mask, not both")
-    if spec.slice_index is not None:
-        return volume.check_index(spec.slice_index, cid), "slice_index"
-    if spec.vertebra_mask is not None:
-        vertebra = read_mask(spec.vertebra_mask, cid, what="vertebra mask")
-        check_pair(volume, vertebra, cid, "vertebra mask")
-        return _l3_index(vertebra, spec.vertebra_label, str(spec.vertebra_mask), cid), \
-            "vertebra_mask"
-    if auto_l3 is not None:
-        labels, label = auto_l3(volume.to_sitk())
-        vertebra = Image.from_sitk(labels, Path("(TotalSegmentator)"))
-        check_pair(volume, vertebra, cid, "TotalSegmentator's vertebra map")
-        return _l3_index(vertebra, label, "TotalSegmentator's vertebra map", cid), "l3_auto"
-    raise UserError(f"case {cid}: image {spec.image} is a 3D volume of {volume.n_slices} slices; "
-                    f"add slice_index or vertebra_mask + vertebra_label to the manifest, or pass "
-                    f"--l3 auto")
+    return series.instance_at(volume.position_of(index), tolerance)
 
 
 def load_study(spec: CaseSpec, allow_non_hu: bool = False,
-               auto_l3: Callable[[sitk.Image], tuple[sitk.Image, int]] | None = None,
-               heights: dict[str, float] | None = None) -> Study:
-    """Read one case, refuse what cannot be measured, pick its L3 slice and its patient data."""
+               auto_l3: Callable[[Image], tuple[Image, int]] | None = None,
+               heights: dict[str, float] | None = None, hint: str = "") -> Study:
+    """Read one case, refuse what cannot be measured, pick its L3 slice and its patient data.
+
+    ``auto_l3`` labels the vertebrae of a volume whose row gives no slice (``--l3 auto``);
+    ``hint`` ends the refusal of a volume without a slice choice."""
     cid = spec.case_id
-    volume = read_image(Path(spec.image), cid, allow_non_hu=allow_non_hu)
+    volume = read_image(Path(spec.image), cid, allow_non_hu=allow_non_hu,
+                        series_uid=spec.series_uid)
     if not volume.geometry_known:
         raise UserError(f"case {cid}: image {spec.image} is a picture without pixel spacing; give "
                         f"the CT as DICOM, NIfTI, NRRD or MHA")
-    index, source = choose_slice(spec, volume, auto_l3)
+    index, source = choose_slice(spec, volume, auto_l3, hint)
     slice_image = volume.slice(index if index is not None else 0)
     study = Study(spec=spec, volume=volume, slice_image=slice_image, slice_index=index,
-                  slice_source=source)
+                  slice_source=source, slice_z_mm=volume.z_mm(index or 0))
 
     found = _dicom_instance(volume, index)
     if volume.dicom is not None:
@@ -189,6 +166,14 @@ def load_study(spec: CaseSpec, allow_non_hu: bool = False,
             study.dicom = DicomSource(path=found[0], header=found[1],
                                       n_instances=len(volume.dicom.files))
     header = found[1] if found else (volume.dicom.first if volume.dicom is not None else None)
+    if volume.dicom is not None:
+        series_header = volume.dicom.first
+        study.study_uid = str(series_header.get("StudyInstanceUID", "") or "")
+        study.series_uid = volume.dicom.uid
+        study.series_choice = volume.dicom.choice
+        if found is not None:
+            study.sop_instance_uid = str(found[1].get("SOPInstanceUID", "") or "")
+            study.instance_number = int_or_none(found[1].get("InstanceNumber"))
 
     height, height_source = spec.height_m, "manifest" if spec.height_m is not None else ""
     if height is None and heights and cid in heights and math.isfinite(heights[cid]):
@@ -206,7 +191,7 @@ def load_study(spec: CaseSpec, allow_non_hu: bool = False,
     study.weight_kg = spec.weight_kg if spec.weight_kg is not None else (
         _float_or_none(header.get("PatientWeight")) if header is not None else None)
     thickness = _float_or_none(header.get("SliceThickness")) if header is not None else None
-    if thickness is None and volume.is_volume:
-        thickness = float(volume.spacing[2])  # slice spacing stands in for the thickness
+    if thickness is None:  # the slice spacing, or what a one-slice file states
+        thickness = volume.thickness_mm()
     study.slice_thickness_mm = thickness
     return study

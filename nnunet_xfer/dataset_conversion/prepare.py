@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from nnunet_xfer.dataset_conversion.labels import format_label_values, parse_label_values
 from nnunet_xfer.dataset_conversion.manifest import CaseSpec
-from nnunet_xfer.dataset_conversion.slice_selection import middle_slice_of_label
+from nnunet_xfer.dataset_conversion.slice_selection import choose_slice
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging import Image, check_pair, read_image, read_mask
 
@@ -47,25 +47,6 @@ def _shown_values(values: np.ndarray, limit: int = 12) -> str:
         return format_label_values(values.astype(np.int64), limit=limit)
     text = ", ".join(f"{v:g}" for v in values[:limit])
     return text + (f" … (+{values.size - limit} more)" if values.size > limit else "")
-
-
-def choose_index(spec: CaseSpec, image: Image) -> int | None:
-    """The slice of ``image`` the manifest row chooses (None: a 2D image or a one-slice volume)."""
-    cid = spec.case_id
-    if not image.is_volume:
-        if spec.slice_index not in (None, 0):
-            image.check_index(spec.slice_index, cid)
-        return None
-    if spec.slice_index is not None and spec.vertebra_mask is not None:
-        raise UserError(f"case {cid}: give slice_index or vertebra_mask, not both")
-    if spec.slice_index is not None:
-        return image.check_index(spec.slice_index, cid)
-    if spec.vertebra_mask is not None:
-        vertebra = read_mask(spec.vertebra_mask, cid, what="vertebra mask")
-        check_pair(image, vertebra, cid, "vertebra mask")
-        return middle_slice_of_label(vertebra, spec.vertebra_label, spec.vertebra_mask, cid)
-    raise UserError(f"case {cid}: image {spec.image} is a 3D volume of {image.n_slices} slices; "
-                    f"add slice_index or vertebra_mask + vertebra_label to the manifest")
 
 
 def _muscle(values: np.ndarray, labels: list[int] | None, path: Path, case: str) -> np.ndarray:
@@ -117,11 +98,11 @@ def prepare_case(spec: CaseSpec, labels: list[int] | None = None,
     The slice and its mask come out in canonical orientation (voxel values unchanged).
     """
     cid = spec.case_id
-    image = read_image(spec.image, cid, allow_non_hu=allow_non_hu)
+    image = read_image(spec.image, cid, allow_non_hu=allow_non_hu, series_uid=spec.series_uid)
     if not image.geometry_known:
         raise UserError(f"case {cid}: image {spec.image} is a picture without pixel spacing; use "
                         f"DICOM, NIfTI, NRRD or MHA with the true spacing")
-    index = choose_index(spec, image)
+    index, _source = choose_slice(spec, image)
     slice_image = image.slice(index if index is not None else 0)
     muscle = _muscle(_mask_values(spec, image, slice_image, index), labels, spec.mask, cid)
     canonical, turn = slice_image.canonical()

@@ -7,7 +7,10 @@ muscle.
 * SMA (cm²) = mask pixels within −29…+150 HU × pixel area;
 * SMD (HU) = mean HU of those pixels;
 * SMI (cm²/m²) = SMA / height²;
-* IMAT (cm²) = mask pixels within −190…−30 HU × pixel area;
+* IMAT (cm²) = pixels within −190…−30 HU in the muscle compartment (the mask with its holes
+  filled: fat between and inside the muscles counts whether or not the mask left it out; holes
+  larger than :data:`MAX_IMAT_HOLE_CM2` are not filled);
+* ``imat_mask_cm2``: the earlier definition, mask pixels within −190…−30 HU;
 * ``sma_mask_cm2``, ``smd_mask_hu``, ``smi_mask_cm2_m2``: the same over the whole mask (no HU range).
 
 HU ranges are inclusive at both ends.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from tqdm import tqdm
 
 from nnunet_xfer.atomic import atomic_write_csv, check_replaceable
@@ -31,14 +35,17 @@ LABEL_MAP_HINT = ("use --label-map to name the muscle label(s), e.g. --label-map
                   "--label-map 1,86-89")
 
 IMAT_HU = (-190.0, -30.0)
+#: A hole of the muscle mask larger than this (cm²) is not part of the muscle compartment: where
+#: the abdominal wall muscles close a ring, the hole is the abdominal cavity (visceral fat).
+MAX_IMAT_HOLE_CM2 = 20.0
 #: Muscle HU range of the published sarcopenia convention (Mitsiopoulos 1998; Prado 2008).
 MUSCLE_HU = (-29.0, 150.0)
 #: Columns of ``measure --images/--masks``'s CSV.
 MEASURE_COLUMNS = ("case_id", "sma_cm2", "smd_hu", "imat_cm2", "smi_cm2_m2", "sma_mask_cm2",
-                   "smd_mask_hu", "smi_mask_cm2_m2", "muscle_pixels", "flags")
+                   "smd_mask_hu", "smi_mask_cm2_m2", "imat_mask_cm2", "muscle_pixels", "flags")
 #: The measures of :func:`muscle_measures` in the order they are reported.
 MEASURE_KEYS = ("sma_cm2", "smd_hu", "imat_cm2", "smi_cm2_m2", "sma_mask_cm2", "smd_mask_hu",
-                "smi_mask_cm2_m2")
+                "smi_mask_cm2_m2", "imat_mask_cm2")
 
 # ---------------------------------------------------------------- quality-control thresholds
 #: Plausible adult L3 SMA (cm²) and SMD (HU); outside them a case is flagged for a look.
@@ -76,14 +83,31 @@ def _within(hu: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
     return (hu >= bounds[0]) & (hu <= bounds[1])
 
 
+def muscle_compartment(mask: np.ndarray, pixel_cm2: float,
+                       max_hole_cm2: float = MAX_IMAT_HOLE_CM2) -> np.ndarray:
+    """The muscle compartment of a slice: the mask with its holes (4-connected background regions
+    that do not reach the border) filled, each hole up to ``max_hole_cm2``."""
+    mask = np.asarray(mask, dtype=bool)
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    if not holes.any():
+        return mask
+    labels, n = ndimage.label(holes)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * pixel_cm2
+    small = sizes <= max_hole_cm2
+    small[0] = False
+    return mask | small[labels]
+
+
 def muscle_measures(image_hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float],
                     height_m: float | None = None,
                     muscle_hu: tuple[float, float] = MUSCLE_HU) -> dict:
     """SMA, SMD, IMAT and SMI of one slice (HU image, boolean muscle mask), see the module doc.
 
     ``spacing`` is the (row, col) pixel size in mm. SMA/SMD/SMI count the mask pixels within
-    ``muscle_hu``; ``*_mask_*`` count the whole mask. An empty mask (or no pixel in range) gives
-    areas 0 and SMD NaN; SMI is NaN when the height is unknown (None or NaN).
+    ``muscle_hu``; ``*_mask_*`` count the whole mask. IMAT counts −190…−30 HU pixels of the
+    muscle compartment (:func:`muscle_compartment`), ``imat_mask_cm2`` those of the mask only.
+    An empty mask (or no pixel in range) gives areas 0 and SMD NaN; SMI is NaN when the height
+    is unknown (None or NaN).
     ``sma_hu_refined_cm2`` is kept as an alias of ``sma_cm2`` for older callers.
     """
     image_hu = np.asarray(image_hu, dtype=np.float64)
@@ -94,16 +118,18 @@ def muscle_measures(image_hu: np.ndarray, mask: np.ndarray, spacing: tuple[float
     hu = image_hu[mask]
     muscle = hu[_within(hu, muscle_hu)]
     sma, sma_mask = muscle.size * pixel_cm2, hu.size * pixel_cm2
+    compartment = image_hu[muscle_compartment(mask, pixel_cm2)]
     known_height = height_m is not None and not math.isnan(height_m)
     h2 = float(height_m) ** 2 if known_height else math.nan
     return dict(
         sma_cm2=sma,
         smd_hu=float(muscle.mean()) if muscle.size else math.nan,
-        imat_cm2=int(np.count_nonzero(_within(hu, IMAT_HU))) * pixel_cm2,
+        imat_cm2=int(np.count_nonzero(_within(compartment, IMAT_HU))) * pixel_cm2,
         smi_cm2_m2=sma / h2 if known_height else math.nan,
         sma_mask_cm2=sma_mask,
         smd_mask_hu=float(hu.mean()) if hu.size else math.nan,
         smi_mask_cm2_m2=sma_mask / h2 if known_height else math.nan,
+        imat_mask_cm2=int(np.count_nonzero(_within(hu, IMAT_HU))) * pixel_cm2,
         sma_hu_refined_cm2=sma,
     )
 

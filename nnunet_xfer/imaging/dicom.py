@@ -1,4 +1,4 @@
-"""DICOM input: one CT file, or one axial CT series per folder, checked for what SimpleITK would
+"""DICOM input: one CT file, or the axial CT series of a folder, checked for what SimpleITK would
 silently accept.
 
 SimpleITK's series reader (GDCM) orders the instances by position and applies rescale
@@ -6,7 +6,12 @@ slope/intercept, so values are HU. It also silently leaves out a file it cannot 
 truncated instance) and stacks a series with a missing slice as if nothing were missing. So every
 DICOM file of the folder must be an instance of the one series, the instances must be evenly
 spaced, and the headers (read with pydicom, pixel data left encoded) must describe one axial CT
-series: no second series, no localiser, no other modality, no mixed or non-axial orientation.
+series: no localiser, no other modality, no mixed or non-axial orientation.
+
+A folder holding several series (a whole study) is read by :func:`choose_series`'s rule: the
+series named by ``series_uid``, else the CT series (not a localiser, axial) whose ImageType says
+ORIGINAL, PRIMARY and AXIAL, then the one with the most slices, then the thinnest; a tie is
+refused, naming the series to choose from. :attr:`DicomSeries.choice` says how it was chosen.
 """
 from __future__ import annotations
 
@@ -32,6 +37,13 @@ class DicomSeries:
     files: list[Path]
     #: pydicom Datasets read with ``stop_before_pixels``, in the order of :attr:`files`
     headers: list
+    #: how the series was chosen from its folder ("the only series", "series_uid", or the rule)
+    choice: str = "the only series"
+
+    @property
+    def uid(self) -> str:
+        """The SeriesInstanceUID ("" when the files state none)."""
+        return str(self.first.get("SeriesInstanceUID", "") or "")
 
     @property
     def first(self):
@@ -162,31 +174,115 @@ def _check_positions(series: DicomSeries, path: Path, case: str | None) -> None:
                         f"the whole series")
 
 
-def read_dicom(path: Path, case: str | None = None) -> tuple[sitk.Image, DicomSeries]:
-    """A DICOM file or series folder as a SimpleITK image (HU) and its :class:`DicomSeries`."""
+def _is_localiser(h) -> bool:
+    kinds = {str(v).upper() for v in (h.get("ImageType") or [])}
+    return bool(kinds & {"LOCALIZER", "SCOUT", "TOPOGRAM"})
+
+
+def _is_axial(h) -> bool:
+    iop = h.get("ImageOrientationPatient")
+    if iop is None:
+        return True  # nothing says otherwise; check_headers judges the chosen series
+    o = np.asarray(_numbers(iop), float)
+    return o.size == 6 and bool(np.all(np.isfinite(o))) and abs(np.cross(o[:3], o[3:])[2]) >= 0.9
+
+
+def _thickness(headers: list) -> float:
+    """SliceThickness of a series, else its smallest gap between slices (inf when unknown)."""
+    stated = _numbers(headers[0].get("SliceThickness", ""))
+    if stated and np.isfinite(stated[0]) and stated[0] > 0:
+        return stated[0]
+    z = sorted(_numbers(h.get("ImagePositionPatient", [0, 0, 0]))[-1] for h in headers)
+    gaps = [b - a for a, b in zip(z, z[1:]) if b - a > 1e-3]
+    return min(gaps) if gaps else float("inf")
+
+
+def _describe(uid: str, headers: list) -> str:
+    text = str(headers[0].get("SeriesDescription", "") or "").strip()
+    return f"{uid or '(no UID)'} ({len(headers)} slices{', ' + text if text else ''})"
+
+
+def choose_series(series: dict[str, list], path: Path, case: str | None,
+                  series_uid: str | None = None) -> tuple[str, str]:
+    """(SeriesInstanceUID, how it was chosen) of the series to read from a folder's series
+    (``uid → headers``), by the rule of the module doc."""
+    if series_uid is not None:
+        if series_uid not in series:
+            listed = "; ".join(_describe(u, h) for u, h in series.items())
+            raise UserError(f"{_case(case)}folder {path} holds no series {series_uid} (its series: "
+                            f"{listed}); check series_uid")
+        return series_uid, "series_uid"
+    if len(series) == 1:
+        return next(iter(series)), "the only series"
+    ct = {u: h for u, h in series.items()
+          if str(h[0].get("Modality", "CT") or "CT").upper() == "CT"
+          and not any(_is_localiser(x) for x in h) and _is_axial(h[0])}
+    if not ct:
+        raise UserError(f"{_case(case)}folder {path} holds {len(series)} DICOM series and none is "
+                        f"an axial CT series; point to the axial CT series")
+
+    def rank(uid: str) -> tuple:
+        h = ct[uid]
+        kinds = {str(v).upper() for v in (h[0].get("ImageType") or [])}
+        return ({"ORIGINAL", "PRIMARY", "AXIAL"} <= kinds, len(h), -_thickness(h))
+    ranked = sorted(ct, key=rank, reverse=True)
+    best = [u for u in ranked if rank(u) == rank(ranked[0])]
+    if len(best) > 1:
+        listed = "; ".join(_describe(u, ct[u]) for u in best)
+        raise UserError(f"{_case(case)}folder {path} holds {len(series)} DICOM series and "
+                        f"{len(best)} axial CT series alike by the rule (ORIGINAL/PRIMARY/AXIAL, "
+                        f"slices, thickness): {listed}; name one in the series_uid column")
+    original, n, thinnest = rank(best[0])
+    return best[0], (f"rule: of {len(series)} series the axial CT"
+                     f"{' ORIGINAL/PRIMARY/AXIAL' if original else ''} with most slices ({n}), "
+                     f"thinnest ({-thinnest:g} mm)")
+
+
+def _gdcm_files(path: Path, wanted: list[Path]) -> list[Path]:
+    """The files of one series in GDCM's slice order (the order the series reader stacks)."""
+    reader = sitk.ImageSeriesReader()
+    wanted_set = set(wanted)
+    best: list[Path] = []
+    for gid in reader.GetGDCMSeriesIDs(str(path)):
+        files = [Path(f) for f in reader.GetGDCMSeriesFileNames(str(path), gid)]
+        if len(wanted_set & set(files)) > len(wanted_set & set(best)):
+            best = [f for f in files if f in wanted_set]
+    return best
+
+
+def read_dicom(path: Path, case: str | None = None,
+               series_uid: str | None = None) -> tuple[sitk.Image, DicomSeries]:
+    """A DICOM file or series folder as a SimpleITK image (HU) and its :class:`DicomSeries`;
+    a folder of several series is read by :func:`choose_series`."""
     path = Path(path)
     if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series_ids = reader.GetGDCMSeriesIDs(str(path))
-        if not series_ids:
+        candidates = dicom_files(path)
+        if not candidates:
             raise UserError(f"{_case(case)}folder {path} holds no DICOM series; point to a DICOM "
                             f"series folder or an image file")
-        if len(series_ids) > 1:
-            raise UserError(f"{_case(case)}folder {path} holds {len(series_ids)} DICOM series; put "
-                            f"each series in its own folder and point to the axial CT series")
-        files = [Path(f) for f in reader.GetGDCMSeriesFileNames(str(path), series_ids[0])]
-        left_out = sorted(set(dicom_files(path)) - set(files))
+        by_uid: dict[str, list[tuple[Path, object]]] = {}
+        for f, h in zip(candidates, _headers(candidates, case)):
+            by_uid.setdefault(str(h.get("SeriesInstanceUID", "") or ""), []).append((f, h))
+        uid, choice = choose_series({u: [h for _f, h in fh] for u, fh in by_uid.items()}, path,
+                                    case, series_uid)
+        chosen = dict(by_uid[uid])
+        files = _gdcm_files(path, list(chosen))
+        if not files:
+            raise UserError(f"{_case(case)}folder {path} holds no DICOM series the series reader "
+                            f"can read; copy the series again")
+        left_out = sorted(set(chosen) - set(files))
         if left_out:
             raise UserError(f"{_case(case)}{left_out[0]} is truncated or damaged (a DICOM file "
                             f"the series reader cannot read){_more(left_out)}; copy the series "
                             f"again")
-        series = DicomSeries(files, _headers(files, case))
+        series = DicomSeries(files, [chosen[f] for f in files], choice)
         check_headers(series, path, case)
         _check_positions(series, path, case)
+        reader = sitk.ImageSeriesReader()
         reader.SetFileNames([str(f) for f in files])
         image = reader.Execute()
     else:
-        series = DicomSeries([path], _headers([path], case))
+        series = DicomSeries([path], _headers([path], case), "a single file")
         check_headers(series, path, case)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))

@@ -157,6 +157,9 @@ class Image:
     #: for a slice cut from a volume: the volume's position of its pixel [0, 0] and its 3x3
     #: direction (so the slice keeps its place in 3D)
     world: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: a 2D file's own statement of where its one slice lies and how thick it is (a NIfTI header's
+    #: z offset and third pixdim): (z mm or None, thickness mm or None)
+    plane_header: tuple[float | None, float | None] = (None, None)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -214,6 +217,41 @@ class Image:
             raise UserError(f"{_case(case)}slice_index {index} is out of range for {self.path}, "
                             f"which has {n} slices (valid 0..{n - 1})")
         return int(index)
+
+    def position_of(self, index: int) -> np.ndarray:
+        """Position (mm, LPS) of voxel [0, 0] of slice ``index`` (a 2D image: its origin)."""
+        return self.origin3() + int(index) * self.spacing3()[2] * self.axes3()[:, 2]
+
+    def z_mm(self, index: int = 0) -> float | None:
+        """Position along the patient's z axis (mm, LPS: towards the head) of slice ``index``
+        (a 2D image: what its file states, else None)."""
+        if not self.geometry_known:
+            return None
+        if self.dimension == 2 and self.world is None:
+            return self.plane_header[0]
+        return float(self.position_of(index)[2]) + 0.0
+
+    def thickness_mm(self) -> float | None:
+        """Slice spacing of a 3D image (one slice: the thickness its header states); a 2D image:
+        the thickness its file states, else None. DICOM's own SliceThickness is in the header."""
+        if not self.geometry_known:
+            return None
+        if self.dimension == 3:
+            return float(self.spacing[2])
+        return self.plane_header[1]
+
+    def index_at(self, position, tolerance: float | None = None) -> int | None:
+        """The slice whose voxel [0, 0] lies at ``position`` (mm), if any (within ``tolerance``,
+        default 1 % of the slice spacing)."""
+        if position is None:
+            return None
+        step = self.spacing3()[2] * self.axes3()[:, 2]
+        offset = np.asarray(position, float) - self.origin3()
+        k = int(round(float(offset @ step) / float(step @ step)))
+        tol = 0.01 * self.spacing3()[2] + 1e-3 if tolerance is None else tolerance
+        if 0 <= k < self.n_slices and np.allclose(offset, k * step, atol=tol):
+            return k
+        return None
 
     def slice(self, index: int) -> "Image":
         """Slice ``index`` (numpy ``array[index]``) as a 2D image (a 2D image: itself).
@@ -302,7 +340,8 @@ class Image:
                 world = (_floats(origin), _floats(axes.ravel()))
         out = Image(self.path, np.ascontiguousarray(arr), _floats(spacing[:dim]),
                     _floats(origin_out), _floats(direction),
-                    self.format, self.geometry_known, self.dicom, world=world)
+                    self.format, self.geometry_known, self.dicom, world=world,
+                    plane_header=self.plane_header)
         return out, turn
 
     # ------------------------------------------------------------ identity

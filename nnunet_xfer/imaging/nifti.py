@@ -49,6 +49,10 @@ class NiftiHeader:
     vox_offset: int
     slope: float
     inter: float
+    #: pixdim[3] as written, also for a 2D file (its slice thickness, if the writer stated one)
+    pixdim3: float = float("nan")
+    #: z (mm, LPS = RAS) of voxel [0, 0, 0] by the sform, else the qform (NaN: neither is set)
+    z_offset: float = float("nan")
 
     @property
     def n_voxels(self) -> int:
@@ -96,10 +100,14 @@ def parse_header(raw: bytes) -> NiftiHeader | None:
                 return None
             dims = struct.unpack(endian + "7h", raw[42:56])[:ndim]
             datatype, bitpix = struct.unpack(endian + "2h", raw[70:74])
-            pixdim = struct.unpack(endian + "7f", raw[80:108])[:ndim]
+            all_pixdim = struct.unpack(endian + "7f", raw[80:108])
             offset, slope, inter = struct.unpack(endian + "3f", raw[108:120])
-            return NiftiHeader(348, endian, tuple(dims), datatype, bitpix, tuple(pixdim),
-                               int(offset) if np.isfinite(offset) else -1, slope, inter)
+            qform, sform = struct.unpack(endian + "2h", raw[252:256])
+            z = (struct.unpack(endian + "f", raw[324:328])[0] if sform > 0 else
+                 struct.unpack(endian + "f", raw[276:280])[0] if qform > 0 else float("nan"))
+            return NiftiHeader(348, endian, tuple(dims), datatype, bitpix, all_pixdim[:ndim],
+                               int(offset) if np.isfinite(offset) else -1, slope, inter,
+                               all_pixdim[2], z)
         if len(raw) >= 540 and struct.unpack(endian + "i", raw[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "2h", raw[12:16])
             dim = struct.unpack(endian + "8q", raw[16:80])
@@ -108,8 +116,12 @@ def parse_header(raw: bytes) -> NiftiHeader | None:
             pixdim = struct.unpack(endian + "8d", raw[104:168])
             offset = struct.unpack(endian + "q", raw[168:176])[0]
             slope, inter = struct.unpack(endian + "2d", raw[176:192])
+            qform, sform = struct.unpack(endian + "2i", raw[344:352])
+            z = (struct.unpack(endian + "d", raw[488:496])[0] if sform > 0 else
+                 struct.unpack(endian + "d", raw[392:400])[0] if qform > 0 else float("nan"))
             return NiftiHeader(540, endian, tuple(dim[1:dim[0] + 1]), datatype, bitpix,
-                               tuple(pixdim[1:dim[0] + 1]), int(offset), slope, inter)
+                               tuple(pixdim[1:dim[0] + 1]), int(offset), slope, inter,
+                               pixdim[3], z)
     return None
 
 

@@ -207,7 +207,18 @@ def _read_nifti(path: Path, case: str | None, what: str) -> Image:
         with quiet_itk():
             img = sitk.ReadImage(str(path), imageIO="NiftiImageIO")
         return _from_sitk(img, path, "nifti")
-    return Image(path, read.array, info.spacing, info.origin, info.direction, "nifti")
+    return Image(path, read.array, info.spacing, info.origin, info.direction, "nifti",
+                 plane_header=_stated_plane(header, len(info.size)))
+
+
+def _stated_plane(header: nifti.NiftiHeader, dimension: int) -> tuple[float | None, float | None]:
+    """What a 2D NIfTI's header states about its slice: z offset and thickness (pixdim[3]; ITK
+    writes 1 there as a placeholder, so 1 states nothing)."""
+    if dimension != 2:
+        return None, None
+    z = header.z_offset if np.isfinite(header.z_offset) else None
+    t = header.pixdim3
+    return z, (float(t) if np.isfinite(t) and t > 0 and t != 1.0 else None)
 
 
 def _read_array_file(path: Path, case: str | None, what: str) -> Image:
@@ -231,10 +242,11 @@ def _read_array_file(path: Path, case: str | None, what: str) -> Image:
                  "npy" if file_ending(path) == ".npy" else "png", geometry_known=False)
 
 
-def _read_dicom_image(path: Path, case: str | None, what: str) -> Image:
+def _read_dicom_image(path: Path, case: str | None, what: str,
+                      series_uid: str | None = None) -> Image:
     with quiet_itk():
         try:
-            img, series = read_dicom(path, case)
+            img, series = read_dicom(path, case, series_uid)
         except RuntimeError as e:
             raise UserError(f"{_case(case)}cannot read {what} {path} ({_itk_error(e)}); it is "
                             f"truncated or damaged, or not DICOM") from None
@@ -259,14 +271,18 @@ def _read_itk(path: Path, case: str | None, what: str) -> Image:
     return _from_sitk(img, path, _FORMAT[ending])
 
 
-def _read(path: Path, case: str | None, what: str, arrays: bool) -> Image:
+def _read(path: Path, case: str | None, what: str, arrays: bool,
+          series_uid: str | None = None) -> Image:
     """Read one file or DICOM folder by its kind; every structural check but values."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{_case(case)}{what} file {path} does not exist; check the path")
     ending = file_ending(path)
+    if series_uid is not None and not path.is_dir():
+        raise UserError(f"{_case(case)}series_uid names a series of a DICOM folder, but {what} "
+                        f"{path} is a file; leave series_uid empty or point to the folder")
     if path.is_dir():
-        image = _read_dicom_image(path, case, what)
+        image = _read_dicom_image(path, case, what, series_uid)
     elif not path.is_file():
         raise UserError(f"{_case(case)}{what} {path} is not a regular file (a pipe, socket or "
                         f"device); give the {what} file itself")
@@ -291,10 +307,12 @@ def _read(path: Path, case: str | None, what: str, arrays: bool) -> Image:
 
 
 def read_image(path: Path, case: str | None = None, what: str = "image",
-               allow_non_hu: bool = False) -> Image:
+               allow_non_hu: bool = False, series_uid: str | None = None) -> Image:
     """Read and check a CT image (NIfTI, NRRD, MHA, DICOM file or series folder).
 
-    Values as stored (DICOM: rescale slope/intercept applied, i.e. HU). ``allow_non_hu`` also
+    Values as stored (DICOM: rescale slope/intercept applied, i.e. HU). A DICOM folder holding
+    several series is read by :func:`~nnunet_xfer.imaging.dicom.choose_series` (``series_uid``
+    names one). ``allow_non_hu`` also
     admits a 2D PNG (no spacing: 1 mm is assumed and :attr:`Image.geometry_known` is False) and
     8-bit values. Raises :class:`UserError` for everything the module doc lists.
     """
@@ -304,7 +322,7 @@ def read_image(path: Path, case: str | None = None, what: str = "image",
                         f"CT in Hounsfield units (DICOM, NIfTI, NRRD or MHA)"
                         + (", or pass --allow-non-hu if you really mean it (areas then assume 1 "
                            "mm pixels)" if file_ending(path) == ".png" else ""))
-    image = _read(path, case, what, arrays=allow_non_hu)
+    image = _read(path, case, what, arrays=allow_non_hu, series_uid=series_uid)
     check_finite(image.array, path, case)
     check_hu(image.array, path, case, allow_non_hu)
     return image

@@ -21,6 +21,7 @@ from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.api import CUTOFFS, MeasureConfig, low_muscle, measure_studies
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg
 from nnunet_xfer.clinical.predict import SlicePredictor
+from nnunet_xfer.clinical.provenance import Provenance
 from nnunet_xfer.evaluation.measures import MEASURE_KEYS, muscle_measures
 from nnunet_xfer.evaluation.metrics import dice
 
@@ -197,12 +198,12 @@ def test_l3_auto_uses_totalsegmentators_labels(model_env, monkeypatch, tmp_path)
     seg_file = TS / "example_seg_fast_force_split.nii.gz"
     calls = []
 
-    def fake_totalsegmentator(volume: sitk.Image, device=None):
+    def fake_run(self, volume: sitk.Image) -> sitk.Image:
         calls.append(volume.GetSize())
-        return sitk.ReadImage(str(seg_file)), 29
+        return sitk.ReadImage(str(seg_file))
 
     monkeypatch.setattr(l3_auto, "totalseg_available", lambda: True)
-    monkeypatch.setattr(l3_auto, "run_totalsegmentator", fake_totalsegmentator)
+    monkeypatch.setattr(l3_auto.L3Finder, "_run", fake_run)
     image = str(TS / "example_ct.nii.gz")
     csv = studies_csv(tmp_path / "studies.csv", [
         {"case_id": "auto", "image": image},
@@ -221,17 +222,32 @@ def test_l3_auto_uses_totalsegmentators_labels(model_env, monkeypatch, tmp_path)
 
 
 @pytest.mark.skipif(l3_auto.totalseg_available(), reason="TotalSegmentator is installed here")
-def test_l3_auto_without_totalsegmentator_says_what_to_install(model_env, phantom_dir, tmp_path):
+def test_l3_auto_row_and_a_bad_row_fail_alone(model_env, phantom_dir, tmp_path):
+    """Issue 20's 'done when': one bad row and one --l3 auto row without TotalSegmentator; every
+    other row is measured, each failure is one line, and the exit status counts them (1)."""
     volume, spacing = phantom_volume(phantom_dir, 3)
+    image = str(write_volume(tmp_path / "v.nii.gz", volume, spacing))
     csv = studies_csv(tmp_path / "s.csv", [
-        {"case_id": "v", "image": str(write_volume(tmp_path / "v.nii.gz", volume, spacing))}])
+        {"case_id": "given", "image": image, "slice_index": 1},
+        {"case_id": "auto", "image": image},
+        {"case_id": "bad_index", "image": image, "slice_index": "1.5"},
+        {"case_id": "../escape", "image": image, "slice_index": 0},
+        {"case_id": "also_given", "image": image, "instance_number": "", "slice_index": 2}])
     proc = _measure(csv, tmp_path / "out", "--l3", "auto", env=model_env, check=False)
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1, proc.stderr
-    assert "pip install 'nnunet_xfer[totalseg]'" in err[0] and "slice_index" in err[0]
-    assert "licence" in err[0]
-    assert not (tmp_path / "out").exists()
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error: case" in ln]
+    assert len(errors) == 3, proc.stderr
+    auto, bad, unsafe = errors
+    assert "case auto:" in auto and "pip install 'nnunet_xfer[totalseg]'" in auto
+    assert "licence" in auto and "slice_index" in auto
+    assert "case bad_index:" in bad and "slice_index" in bad
+    assert "case ../escape:" in unsafe and "not a safe file name" in unsafe
+    assert "3 of 5 cases failed" in proc.stderr and "Traceback" not in proc.stderr
+    t = _table(tmp_path / "out")
+    assert list(t["status"]) == ["ok", "failed", "failed", "failed", "ok"]
+    assert sorted(p.name for p in (tmp_path / "out" / "qc").iterdir()) == [
+        "also_given.png", "given.png"]
+    assert not (tmp_path / "escape.png").exists()
 
 
 # ---------------------------------------------------------------- DICOM in, DICOM-SEG out
@@ -244,7 +260,9 @@ def test_dicom_seg_round_trip_on_a_written_series(tmp_path, phantom_dir):
     ring = np.hypot(yy - 30, xx - 28)
     mask = (ring > 10) & (ring < 20)
     mask[0, :5] = True          # an asymmetric detail: flips would show
-    path = write_dicom_seg(tmp_path / "seg.dcm", files[2], mask, "test model", "c1")
+    provenance = Provenance("Dataset501_L3", TRAINER, "nnUNetPlans", "2d", ("0", "1"))
+    path = tmp_path / "seg.dcm"
+    write_dicom_seg(path, files[2], mask, provenance, "c1")
     seg = hd.seg.segread(path)
     uid = str(pydicom.dcmread(files[2]).SOPInstanceUID)
     assert [u[2] for u in seg.get_source_image_uids()] == [uid]
@@ -315,7 +333,8 @@ def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
         low_smi_cutoffs="prado2008"))
     cli = pd.read_csv(tmp_path / "cli" / "measures.csv", dtype={"case_id": str})
     api = pd.read_csv(tmp_path / "api" / "measures.csv", dtype={"case_id": str})
-    pd.testing.assert_frame_equal(cli, api)
+    assert (cli["measured_at"] <= api["measured_at"]).all()    # when each run measured
+    pd.testing.assert_frame_equal(cli.drop(columns="measured_at"), api.drop(columns="measured_at"))
     pd.testing.assert_frame_equal(result.table.reset_index(drop=True)[["case_id", "sma_cm2"]],
                                   api[["case_id", "sma_cm2"]])
     assert result.n_cases == 3 and result.n_failed == 0 and result.out == tmp_path / "api"

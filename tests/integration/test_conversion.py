@@ -374,7 +374,7 @@ def _bad(kind: str, folder: Path, rows: list[dict]) -> tuple[list[dict], str]:
     if kind == "volume_without_slice":
         vol = to_image(np.stack([hu_slice(i) for i in range(3)]))
         r["image"] = str(write(vol, folder / "vol.nii.gz"))
-        return rows, "case00.*vol.nii.gz.*slice_index or vertebra_mask"
+        return rows, "case00.*vol.nii.gz.*slice_index, instance_number or vertebra_mask"
     if kind == "slice_out_of_range":
         vol = to_image(np.stack([hu_slice(i) for i in range(3)]))
         r.update(image=str(write(vol, folder / "vol.nii.gz")), slice_index=3)

@@ -160,9 +160,12 @@ def test_dicom_seg_of_a_patient_with_an_odd_sex_spelling(tmp_path, value):
     from clinical_data import write_ct_series
 
     from nnunet_xfer.clinical.dicom_seg import write_dicom_seg
+    from nnunet_xfer.clinical.provenance import Provenance
     paths = write_ct_series(tmp_path / "ct", np.zeros((1, 16, 16)), (1.0, 1.0),
                             patient={"PatientSex": value})
-    seg = write_dicom_seg(tmp_path / "seg.dcm", paths[0], np.ones((16, 16), bool), "m", "c")
+    seg = tmp_path / "seg.dcm"
+    write_dicom_seg(seg, paths[0], np.ones((16, 16), bool),
+                    Provenance("Dataset501_L3", "T", "P", "2d", ("0",)), "c")
     assert pydicom.dcmread(seg).PatientSex in ("M", "F", "")
     assert pydicom.dcmread(paths[0]).PatientSex == value  # the source is left as it was
 
