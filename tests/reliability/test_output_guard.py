@@ -439,7 +439,7 @@ def test_observer_named_like_a_formula_is_written_inert(env, capsys, tmp_path):
     out = tmp_path / "study"
     code, err = run(capsys, *_observers_args(env, out))
     assert code == 0, err
-    for name in ("pairwise.csv", "williams.csv", "staple.csv"):
+    for name in ("pairwise.csv", "staple.csv"):  # williams.csv names observers only from 4 on
         cells = pd.read_csv(out / name, dtype=str).to_numpy().ravel()
         assert "=1+2" not in set(cells) and "'=1+2" in set(cells), name
 

@@ -185,7 +185,7 @@ def test_measure_masks_measures_the_true_spacing(tmp_path, capsys):
 
 # ---------------------------------------------------------------- observers
 def _observer_study(root: Path) -> dict:
-    for rater in ("reference", "observers/a", "observers/b"):
+    for rater in ("reference", "observers/a", "observers/b", "observers/c"):  # the test needs 3
         write(muscle(), root / rater / "c1.nii.gz")
         write(muscle(), root / rater / "c2.nii.gz")
     for case in ("c1", "c2"):

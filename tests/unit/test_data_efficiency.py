@@ -63,7 +63,7 @@ def test_selection_table_markdown_and_figure(evaluated, tmp_path):
     band = summary["observers"]["band"]
     text = de.markdown(points, line, band, table, summary["observers"])
     assert "| 5 | jigsaw | 6 |" in text and "| – | threshold (no learning) | 12 |" in text
-    assert "Observers (3, on 6 cases" in text and "| 5 | 6 |" in text and "+0.050" in text
+    assert "Observers (3, on 6 cases" in text and "| 5 | 12 |" in text and "+0.050" in text  # scratch n=5: 2 folds
     path = de.figure(points, line, band, table, tmp_path / "de.png", "fake")
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
     assert np.isfinite(pd.DataFrame(list(points.dice)).mean()).all()
