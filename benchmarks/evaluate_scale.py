@@ -27,6 +27,7 @@ defaults are the study: 204 cases at 512², 4 folds, 5 sources × 7 sizes = 7,14
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -41,6 +42,8 @@ from _bench import (checkout, command_line, interleaved_children, load_now, mach
                     require_imports_from, time_child)
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's names, whichever code is timed
+from nnunet_xfer.evaluation.references import REFERENCE_TRAINER  # noqa: E402  reference rows
 DATASET_ID = 977
 DATASET = f"Dataset{DATASET_ID}_EvalScale"
 SOURCES = ("scratch", "cls", "seg", "rec", "jigsaw")
@@ -200,6 +203,8 @@ def main() -> None:
         found = require_imports_from(code, {**env, "PYTHONPATH": str(code)}, work, args.python)
         print(f"{name}: {code} at {checkout(code)} (imports {found.parent})", flush=True)
 
+    extra: dict[str, int] = {}
+
     def run(name: str):
         code, w = variants[name]
         out = work / "eval_out"
@@ -207,9 +212,14 @@ def main() -> None:
         cmd = [args.python, "-m", "nnunet_xfer.cli", "evaluate", "-d", str(DATASET_ID),
                "-o", str(out)] + (["--workers", w] if w is not None else [])
         cpu, wall, _ = time_child(cmd, {**env, "PYTHONPATH": str(code)}, work)
-        rows = sum(1 for _ in open(out / "cases.csv")) - 1
+        with open(out / "cases.csv", newline="") as fh:
+            trainers = [row["trainer"] for row in csv.DictReader(fh)]
+        # since the no-learning reference rows (trainer "none", one per validation case) joined
+        # cases.csv, a candidate writes more rows than there are prediction files
+        rows = sum(t != REFERENCE_TRAINER for t in trainers)
         if rows != n_files:
             raise SystemExit(f"{name} evaluated {rows} predictions, not {n_files}")
+        extra[name] = len(trainers) - rows
         return cpu, wall
 
     print(f"{n_files} prediction files; {args.repeats} rounds, order rotated each round",
@@ -222,7 +232,11 @@ def main() -> None:
         shutil.rmtree(tree.parent, ignore_errors=True)
 
     names = list(variants)
-    print(f"\n{n_files} files; CPU = user + system of evaluate and its workers (wait4)\n")
+    print(f"\n{n_files} files; CPU = user + system of evaluate and its workers (wait4)")
+    for name in names:
+        if extra.get(name):
+            print(f"{name} also scored {extra[name]} no-learning reference rows (threshold)")
+    print()
     print("| variant | CPU s min | CPU s median | wall s min | wall s median "
           "| CPU ms/file (min) | wall ms/file (min) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
