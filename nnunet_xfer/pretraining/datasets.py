@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.imaging.names import (CT_ENDINGS, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING, has_ending,
-                                       strip_ending)
-from nnunet_xfer.layout import DATASET_JSON, image_file, label_file
+from nnunet_xfer.imaging.names import (CT_ENDINGS, PNG_ENDING, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING,
+                                       has_ending, strip_ending)
+from nnunet_xfer.layout import DATASET_JSON, image_file, label_file, preprocessed_image
 from nnunet_xfer.sources import (DATA_KIND_KEY, DATA_KIND_MEDICAL, DATA_KIND_NATURAL, DATA_KINDS,
                                   DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION)
 
@@ -116,12 +116,12 @@ class PreprocessedSlices(Source):
             if self.dataset_class is nnUNetDatasetBlosc2:
                 import blosc2
                 blosc2.set_nthreads(1)
-                arr = blosc2.open(urlpath=str(self.folder / f"{case}.b2nd"), mode="r",
-                                  dparams={"nthreads": 1}, mmap_mode="r")
+                arr = blosc2.open(urlpath=str(preprocessed_image(self.folder, case, "blosc2")),
+                                  mode="r", dparams={"nthreads": 1}, mmap_mode="r")
             else:
-                npy = self.folder / f"{case}.npy"
+                npy = preprocessed_image(self.folder, case, "npy")
                 arr = (np.load(npy, mmap_mode="r") if npy.is_file()
-                       else np.load(self.folder / f"{case}.npz")["data"])
+                       else np.load(preprocessed_image(self.folder, case, "npz"))["data"])
             self._open[case] = arr
         return self._open[case]
 
@@ -322,7 +322,7 @@ class NaturalSegmentation(Source):
         if not isinstance(ds, dict) or not isinstance(ds.get("labels", {}), dict):
             raise UserError(f"--data {root}: dataset.json is not an nnU-Net dataset.json "
                             f"(an object with labels)")
-        ending = ds.get("file_ending", ".png")
+        ending = ds.get("file_ending", PNG_ENDING)
         channel_names = ds.get("channel_names", ds.get("modality", {"0": ""}))
         n_ch = len(channel_names)
         labels = {k: v for k, v in ds.get("labels", {}).items()}
