@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
+from nnunet_xfer.imaging import picture_size, read_picture
 from nnunet_xfer.imaging.names import (CT_ENDINGS, PNG_ENDING, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING,
                                        has_ending, strip_ending)
 from nnunet_xfer.layout import DATASET_JSON, image_file, label_file, preprocessed_image
@@ -219,16 +220,6 @@ def _zscore(img: torch.Tensor) -> torch.Tensor:
     return (img - img.mean()) / img.std().clamp_min(1e-6)
 
 
-def _pil_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-    try:
-        im = Image.open(path)
-        im.load()
-        return im
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"cannot read image {path} ({e}); fix or remove it") from None
-
-
 def _pil_to_tensor(im, channels: int) -> torch.Tensor:
     from torchvision.transforms.v2.functional import pil_to_tensor
     im = im.convert("RGB" if channels == 3 else "L")
@@ -236,12 +227,7 @@ def _pil_to_tensor(im, channels: int) -> torch.Tensor:
 
 
 def _check_pil_size(path: Path, min_side: int) -> None:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            _check_size(im.size[::-1], min_side, f"image {path}")
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"cannot read image {path} ({e}); fix or remove it") from None
+    _check_size(picture_size(path), min_side, f"image {path}")
 
 
 class NaturalSegmentation(Source):
@@ -304,7 +290,7 @@ class NaturalSegmentation(Source):
                 raise UserError(f"--data {root}: image or mask of {n!r} missing "
                                 f"(JPEGImages/{n}{VOC_IMAGE_ENDINGS[0]}, "
                                 f"SegmentationClass/{n}{VOC_MASK_ENDING})")
-            labels.update(np.unique(np.asarray(_pil_image(mask))).tolist())
+            labels.update(np.unique(np.asarray(read_picture(mask))).tolist())
             self.pairs.append((img, mask))
             self.ids.append(n)
         labels.discard(IGNORE)
@@ -387,8 +373,8 @@ class NaturalSegmentation(Source):
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = self.pairs[i]
         if self.reader is None:
-            image = _pil_image(img)
-            m = torch.from_numpy(np.asarray(_pil_image(mask)).astype(np.int64))
+            image = read_picture(img)
+            m = torch.from_numpy(np.asarray(read_picture(mask)).astype(np.int64))
             x = _pil_to_tensor(image, self.channels)
         else:
             rw = self.reader()
@@ -442,7 +428,7 @@ class ImageClasses(Source):
     def sample(self, rng: np.random.Generator) -> dict:
         from torchvision.transforms import v2
         path, label = self.samples[int(rng.integers(len(self.samples)))]
-        x = _pil_to_tensor(_pil_image(path), self.channels)
+        x = _pil_to_tensor(read_picture(path), self.channels)
         tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=CROP_SCALE, antialias=True),
                          v2.RandomHorizontalFlip()])
         return {"image": _zscore(tf(x)), "label": label}

@@ -336,3 +336,25 @@ def test_the_spelling_check_sees_what_it_looks_for():
     for what in ("'.png'", "'_0000'", "pixdim", "'ct.nii.gz'", "'.mha'", "nibabel"):
         assert what in found, (what, found)
     assert "<case>" not in found
+
+
+@pytest.mark.parametrize("fault", ["truncated_jpeg", "not_a_picture", "pipe"])
+def test_natural_pictures_are_read_whole_by_the_one_reader(tmp_path, fault):
+    """``pretrain --data`` (VOC / ImageFolder pictures) reads through the imaging package too: a
+    JPEG cut short, a file that is no picture and a pipe are refused in one line naming the file."""
+    from PIL import Image as PILImage
+
+    from nnunet_xfer.imaging import picture_size, read_picture
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 40, 3)).astype(np.uint8)
+    PILImage.fromarray(rgb).save(good, quality=95)
+    assert picture_size(good) == (48, 40) and read_picture(good).size == (40, 48)
+    if fault == "truncated_jpeg":
+        bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    elif fault == "not_a_picture":
+        bad.write_text("case_id,image\n")
+    else:
+        os.mkfifo(bad)                                   # opening it would block forever
+    with pytest.raises(UserError, match=r"cannot read image .*bad\.jpg") as e:
+        read_picture(bad)
+    assert "\n" not in str(e.value)
