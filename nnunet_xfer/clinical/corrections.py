@@ -46,10 +46,11 @@ def corrected_files(folder: Path, case_ids: list[str]) -> dict[str, Path]:
     known = set(case_ids)
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith(".") or not has_ending(p, CORRECTION_ENDINGS):
             continue
-        if not has_ending(p, CORRECTION_ENDINGS):
-            continue
+        if not p.is_file():  # skipped, the case would be measured without its correction
+            raise UserError(f"--corrected {folder}: {p.name} is not a regular file (a folder, pipe, "
+                            f"device or broken link); put the corrected mask there or remove it")
         cid = strip_ending(p, CORRECTION_ENDINGS)
         ending = p.name[len(cid):]
         if cid not in known:

@@ -358,3 +358,23 @@ def test_natural_pictures_are_read_whole_by_the_one_reader(tmp_path, fault):
     with pytest.raises(UserError, match=r"cannot read image .*bad\.jpg") as e:
         read_picture(bad)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "folder", "broken_link"])
+def test_corrected_mask_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    """``measure --corrected``: a corrected mask named like one but not a regular file was skipped,
+    and its case measured without the correction. Now refused in one line naming it."""
+    from nnunet_xfer.clinical.corrections import corrected_files
+    folder = tmp_path / "corrected"
+    folder.mkdir()
+    write(muscle(), folder / "c1.nii.gz")
+    {"pipe": os.mkfifo, "folder": os.mkdir,
+     "broken_link": lambda p: os.symlink(tmp_path / "absent", p)}[kind](folder / "c2.seg.nrrd")
+    with pytest.raises(UserError, match=r"c2\.seg\.nrrd is not a regular file") as e:
+        corrected_files(folder, ["c1", "c2"])
+    assert "\n" not in str(e.value)
+    if kind == "folder":
+        (folder / "c2.seg.nrrd").rmdir()
+    else:
+        (folder / "c2.seg.nrrd").unlink()
+    assert corrected_files(folder, ["c1", "c2"]) == {"c1": folder / "c1.nii.gz"}
