@@ -460,13 +460,14 @@ def _labelled_folder(text: str) -> tuple[str | None, Path]:
 
 
 def _cmd_report(a: argparse.Namespace) -> None:
-    from nnunet_xfer.evaluation.report import figures_folder, write_comparison, write_report
+    from nnunet_xfer.evaluation.report import write_comparison, write_report
+    from nnunet_xfer.layout import report_figures_folder
     inputs = [_labelled_folder(t) for t in a.input]
     if len(inputs) == 1:
         path = write_report(inputs[0][1], a.output, overwrite=a.overwrite)
     else:
         path = write_comparison(inputs, a.output, overwrite=a.overwrite)
-    print(f"report: {path} (figures in {figures_folder(path)})")
+    print(f"report: {path} (figures in {report_figures_folder(path)})")
 
 
 def _add_report(sub) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from nnunet_xfer import settings
 from nnunet_xfer.errors import UserError
 # case id ↔ file name is the image reader's (nnunet_xfer.imaging.names); re-exported for paths
-from nnunet_xfer.imaging.names import image_file, label_file  # noqa: F401
+from nnunet_xfer.imaging.names import DICOM_ENDING, PNG_ENDING, image_file, label_file  # noqa: F401
 
 # ---------------------------------------------------------------- nnU-Net's own names
 DATASET_JSON = "dataset.json"
@@ -39,6 +39,9 @@ VALIDATION_FOLDER = "validation"
 SUMMARY_JSON = "summary.json"
 DEBUG_JSON = "debug.json"
 RUN_SEPARATOR = "__"
+#: nnU-Net's preprocessed image array of a case, by storage: blosc2 (nnU-Net ≥ 2.6), an unpacked
+#: numpy array, a compressed numpy archive (older versions).
+PREPROCESSED_ENDINGS = {"blosc2": ".b2nd", "npy": ".npy", "npz": ".npz"}
 
 # ---------------------------------------------------------------- ours
 SUBSETS_FILE = "subsets.json"
@@ -70,6 +73,19 @@ EXPERIMENT_LOCK = ".nnunet_xfer_experiment.lock"
 EXPERIMENT_LOG = "nnunet_xfer_experiment.log"
 #: The HTML report ``experiment`` writes into the evaluation folder.
 REPORT_HTML = "report.html"
+#: ``report``: the figures' folder beside ``<name>.html`` (``<name>_files/``).
+REPORT_FIGURES_SUFFIX = "_files"
+
+
+def report_figures_folder(output_html: Path) -> Path:
+    """The report's own folder of PNGs: ``<name>_files/`` beside ``<name>.html``."""
+    output_html = Path(output_html)
+    return output_html.parent / f"{output_html.stem}{REPORT_FIGURES_SUFFIX}"
+
+
+def report_figure(figures_folder: Path, name: str) -> Path:
+    """One figure of a report (``<name>_files/headline.png``)."""
+    return Path(figures_folder) / f"{name}{PNG_ENDING}"
 #: ``demo -o DIR``: the log of every stage.
 DEMO_LOG = "demo.log"
 #: The manifest ``phantom`` writes (and ``convert --cases`` reads) in its output folder.
@@ -85,13 +101,40 @@ GALLERY_HTML = "gallery.html"
 QC_FOLDER = "qc"
 MASKS_FOLDER = "masks"
 SEG_FOLDER = "seg"
-SEG_ENDING = ".dcm"
 #: ``measure``: the DICOM SR of each DICOM case (``sr/<case>.dcm``).
 SR_FOLDER = "sr"
 #: ``measure --corrected``: each corrected case's audit (``<case>.json``) and mask
 #: (``<case>.nii.gz``), and the ``convert`` manifest of the corrected cases.
 CORRECTIONS_FOLDER = "corrections"
 CORRECTED_CASES_CSV = "corrected_cases.csv"
+#: The ending of a correction's audit (``corrections/<case>.json``).
+AUDIT_ENDING = ".json"
+
+
+def qc_picture(case_id: str) -> str:
+    """``measure``: the QC overlay of a case, relative to the output folder (``qc/<case>.png``)."""
+    return f"{QC_FOLDER}/{case_id}{PNG_ENDING}"
+
+
+def measured_mask(case_id: str, dicom: bool) -> str:
+    """``measure``: a case's mask, relative to the output folder: ``seg/<case>.dcm`` (DICOM-SEG)
+    for DICOM input, else ``masks/<case>.nii.gz``."""
+    return f"{SEG_FOLDER}/{case_id}{DICOM_ENDING}" if dicom else f"{MASKS_FOLDER}/{label_file(case_id)}"
+
+
+def measured_sr(case_id: str) -> str:
+    """``measure``: a DICOM case's structured report (``sr/<case>.dcm``)."""
+    return f"{SR_FOLDER}/{case_id}{DICOM_ENDING}"
+
+
+def correction_audit(case_id: str) -> str:
+    """``measure --corrected``: a corrected case's audit (``corrections/<case>.json``)."""
+    return f"{CORRECTIONS_FOLDER}/{case_id}{AUDIT_ENDING}"
+
+
+def correction_mask(case_id: str) -> str:
+    """``measure --corrected``: a corrected case's mask for ``convert`` (``corrections/<case>.nii.gz``)."""
+    return f"{CORRECTIONS_FOLDER}/{label_file(case_id)}"
 
 
 def run_folder_name(trainer: str, plans: str = DEFAULT_PLANS,
@@ -111,6 +154,12 @@ def parse_run_folder_name(name: str) -> tuple[str, str, str] | None:
 def fold_folder_name(fold: int | str) -> str:
     """``fold_<k>``."""
     return f"fold_{fold}"
+
+
+def preprocessed_image(folder: Path, case: str, storage: str) -> Path:
+    """nnU-Net's preprocessed image array of ``case`` in ``folder`` (``<case>.b2nd``, ``.npy`` or
+    ``.npz``; ``storage`` is a key of :data:`PREPROCESSED_ENDINGS`)."""
+    return Path(folder) / f"{case}{PREPROCESSED_ENDINGS[storage]}"
 
 
 def resume_path(entry: Path) -> Path:

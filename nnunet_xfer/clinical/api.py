@@ -45,10 +45,9 @@ from nnunet_xfer.evaluation.measures import (IMAT_HU, MEASURE_KEYS, MUSCLE_HU,
                                              check_finite_in_mask, flag_line, muscle_measures,
                                              quality_flags, read_heights)
 from nnunet_xfer.evaluation.metrics import dice
-from nnunet_xfer.imaging import label_file
-from nnunet_xfer.layout import (CHECKPOINT_FINAL, CORRECTED_CASES_CSV, CORRECTIONS_FOLDER,
-                                DEFAULT_CONFIGURATION, DEFAULT_PLANS, GALLERY_HTML, MASKS_FOLDER,
-                                MEASURES_CSV, QC_FOLDER, SEG_ENDING, SEG_FOLDER, SR_FOLDER)
+from nnunet_xfer.layout import (CHECKPOINT_FINAL, CORRECTED_CASES_CSV, DEFAULT_CONFIGURATION,
+                                DEFAULT_PLANS, GALLERY_HTML, MEASURES_CSV, correction_audit,
+                                correction_mask, measured_mask, measured_sr, qc_picture)
 
 #: Published low-muscle cut-offs (docs/measure.md gives the sources and the exact rules).
 CUTOFFS = {
@@ -249,12 +248,10 @@ def _measure_one(study: Study, run: _Run) -> tuple[dict, bytes, list[str]]:
         row.update(low_muscle(config.low_smi_cutoffs, study.sex, m["smi_cm2_m2"], m["smd_hu"],
                               bmi))
     png = overlay_png(canonical, mask, overlay_lines(row))
-    row["qc_png"] = f"{QC_FOLDER}/{cid}.png"
+    row["qc_png"] = qc_picture(cid)
+    row["mask_file"] = measured_mask(cid, dicom=study.dicom is not None)
     if study.dicom is not None:
-        row["mask_file"] = f"{SEG_FOLDER}/{cid}{SEG_ENDING}"
-        row["sr_file"] = f"{SR_FOLDER}/{cid}{SEG_ENDING}"
-    else:
-        row["mask_file"] = f"{MASKS_FOLDER}/{label_file(cid)}"
+        row["sr_file"] = measured_sr(cid)
     stored = np.ascontiguousarray(turn.undo(mask))  # back in the input's own geometry
     written = [row["qc_png"], row["mask_file"], row.get("sr_file")]
     try:
@@ -268,8 +265,8 @@ def _measure_one(study: Study, run: _Run) -> tuple[dict, bytes, list[str]]:
         else:
             write_nifti_mask(tmp / row["mask_file"], study.volume, study.slice_index, stored)
         if correction is not None:
-            row["audit_file"] = f"{CORRECTIONS_FOLDER}/{cid}.json"
-            training = f"{CORRECTIONS_FOLDER}/{label_file(cid)}"
+            row["audit_file"] = correction_audit(cid)
+            training = correction_mask(cid)
             written += [row["audit_file"], training]
             write_nifti_mask(tmp / training, study.volume, study.slice_index, stored)
             atomic_write_json(tmp / row["audit_file"], corr.audit(
@@ -313,7 +310,7 @@ def _corrected_manifest(rows: list[dict], specs: dict) -> pd.DataFrame:
             continue
         spec = specs[row["case_id"]]
         out.append({"case_id": row["case_id"], "image": str(Path(spec.image).resolve()),
-                    "mask": f"{CORRECTIONS_FOLDER}/{label_file(row['case_id'])}",
+                    "mask": correction_mask(row["case_id"]),
                     "slice_index": row["slice_index"],
                     "series_uid": spec.series_uid or (row["series_instance_uid"]
                                                       if row["series_choice"] not in

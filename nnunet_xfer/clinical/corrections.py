@@ -29,11 +29,9 @@ from nnunet_xfer.clinical.studies import Study
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.evaluation.metrics import dice
 from nnunet_xfer.imaging import Image, check_pair, is_dicom_file, read_mask
-from nnunet_xfer.imaging.names import VOLUME_ENDINGS, has_ending
+from nnunet_xfer.imaging.names import CORRECTION_ENDINGS, DICOM_ENDING, has_ending, strip_ending
 from nnunet_xfer.pretraining.store import file_sha256
 
-#: Endings of corrected masks (``.seg.nrrd`` first: 3D Slicer's segmentation file).
-CORRECTION_ENDINGS = (".seg.nrrd",) + tuple(e for e in VOLUME_ENDINGS if e != ".nhdr")
 #: What a segment of a corrected DICOM-SEG must be (SNOMED CT "Skeletal muscle").
 MUSCLE_CODE = "127954009"
 
@@ -48,12 +46,13 @@ def corrected_files(folder: Path, case_ids: list[str]) -> dict[str, Path]:
     known = set(case_ids)
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith(".") or not has_ending(p, CORRECTION_ENDINGS):
             continue
-        ending = next((e for e in CORRECTION_ENDINGS if has_ending(p, (e,))), None)
-        if ending is None:
-            continue
-        cid = p.name[: len(p.name) - len(ending)]
+        if not p.is_file():  # skipped, the case would be measured without its correction
+            raise UserError(f"--corrected {folder}: {p.name} is not a regular file (a folder, pipe, "
+                            f"device or broken link); put the corrected mask there or remove it")
+        cid = strip_ending(p, CORRECTION_ENDINGS)
+        ending = p.name[len(cid):]
         if cid not in known:
             raise UserError(f"--corrected {folder}: {p.name} names no case of the manifest; name "
                             f"a corrected mask <case_id>{ending} or move it out")
@@ -163,7 +162,7 @@ def _seg_slice(path: Path, study: Study) -> np.ndarray:
 def read_correction(path: Path, study: Study) -> np.ndarray:
     """The corrected muscle mask of the measured slice, in the slice's stored orientation."""
     path = Path(path)
-    if has_ending(path, (".dcm",)) or (not has_ending(path, CORRECTION_ENDINGS)
+    if has_ending(path, (DICOM_ENDING,)) or (not has_ending(path, CORRECTION_ENDINGS)
                                        and is_dicom_file(path)):
         return _seg_slice(path, study)
     return _label_map_slice(path, study)

@@ -23,7 +23,7 @@ from typing import Callable
 import SimpleITK as sitk
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.imaging import Image, read_mask
+from nnunet_xfer.imaging import Image, label_file, read_mask
 
 #: ``vertebrae_L3`` in TotalSegmentator v2's ``total`` task (used if its class map is not found).
 TOTALSEG_L3_LABEL = 29
@@ -133,7 +133,7 @@ class L3Finder:
         missing = missing_weights()
         printed = io.StringIO()
         with tempfile.TemporaryDirectory(prefix="nnunet_xfer_totalseg_") as tmp:
-            src, out = Path(tmp) / "ct.nii.gz", Path(tmp) / "vertebrae.nii.gz"
+            src, out = Path(tmp) / label_file("ct"), Path(tmp) / label_file("vertebrae")
             sitk.WriteImage(volume, str(src))
             try:
                 with contextlib.redirect_stdout(printed):

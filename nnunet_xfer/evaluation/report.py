@@ -23,8 +23,8 @@ from nnunet_xfer.evaluation import figures
 from nnunet_xfer.evaluation.findings import best_group, headline
 from nnunet_xfer.evaluation.references import model_groups
 from nnunet_xfer.layout import (EVAL_CASES_CSV, EVAL_OBSERVERS_WILLIAMS_CSV, EVAL_SUMMARY_JSON,
-                                OBS_MEASURES_AGREEMENT_CSV,
-                                OBS_WILLIAMS_CSV)
+                                OBS_MEASURES_AGREEMENT_CSV, OBS_WILLIAMS_CSV, report_figure,
+                                report_figures_folder)
 from nnunet_xfer.sources import DATA_KINDS, label as source_label
 
 COMMAND = "report"
@@ -58,12 +58,6 @@ def _table(df: pd.DataFrame) -> str:
 
 def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
-
-
-def figures_folder(output_html: Path) -> Path:
-    """The report's own folder of PNGs: ``<name>_files/`` beside ``<name>.html``."""
-    output_html = Path(output_html)
-    return output_html.parent / f"{output_html.stem}_files"
 
 
 def _img(path: Path, alt: str) -> str:
@@ -219,7 +213,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
     band = observers.get("band") if observers else None
     band_counts = (observers.get("n_observers", len(observers.get("names", []))),
                    observers.get("n_cases", len(observers.get("cases", [])))) if band else None
-    figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band,
+    figs["headline"] = figures.headline(groups, report_figure(fig_dir, "headline"), band=band,
                                         band_counts=band_counts)
     parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size"))
     counts = sorted({int(g["n_cases"]) for g in models})
@@ -287,7 +281,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
                                           block="observers, each against the others"))
         if forest:
             figs["williams"] = figures.williams(pd.concat(forest, ignore_index=True),
-                                                fig_dir / "williams.png", group_column="block")
+                                                report_figure(fig_dir, "williams"), group_column="block")
             parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
 
     parts.append("<h2>Muscle measures of the best run (Bland–Altman)</h2>")
@@ -296,13 +290,14 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
         run = _group_rows(cases, best)
         title = (f"{best['source']} n={best['size_tag']} ({best['plans']}): "
                  f"mean Dice {best['metrics']['dice']['mean']:.3f}, {len(run)} cases")
-        figs["bland_altman"] = figures.bland_altman(run, title, fig_dir / "bland_altman.png")
+        figs["bland_altman"] = figures.bland_altman(run, title,
+                                                    report_figure(fig_dir, "bland_altman"))
         parts.append(_img(figs["bland_altman"], "Bland-Altman SMA and SMD"))
     else:
         parts.append(_note("No run with evaluated cases."))
 
     parts.append("<h2>Per-case distributions</h2>")
-    figs["boxes"] = figures.boxes(cases, fig_dir / "boxes.png")
+    figs["boxes"] = figures.boxes(cases, report_figure(fig_dir, "boxes"))
     parts.append(_img(figs["boxes"], "Box plots per source and size"))
 
     parts.append("<h2>Gallery: best, median and worst case of the best run</h2>")
@@ -315,7 +310,7 @@ def _evaluation_sections(folder: Path, cases: pd.DataFrame, summary: dict, fig_d
             parts.append(_note(f"Gallery skipped: {len(missing)} image/mask file(s) listed in "
                                f"cases.csv no longer exist (e.g. {missing[0]['image']})."))
         else:
-            figs["gallery"] = figures.gallery(panels, fig_dir / "gallery.png")
+            figs["gallery"] = figures.gallery(panels, report_figure(fig_dir, "gallery"))
             parts.append(_img(figs["gallery"], "Gallery of cases"))
             parts.append('<p class="muted">CT window −160..240 HU; green: reference, '
                          'magenta: prediction.</p>')
@@ -460,7 +455,7 @@ def _observer_sections(folder: Path, fig_dir: Path, figs: dict) -> list[str]:
         w["block"] = w.rater.astype(str).map(lambda r: _observer_block(r, summary))
         order = {b: i for i, b in enumerate(_OBSERVER_BLOCKS)}
         w = w.sort_values("block", key=lambda c: c.map(order), kind="stable")
-        figs["williams"] = figures.williams(w, fig_dir / "williams.png", group_column="block")
+        figs["williams"] = figures.williams(w, report_figure(fig_dir, "williams"), group_column="block")
         parts.append(_img(figs["williams"], "Human-level test: disagreement ratios"))
         parts.append(_table(verdict_table(w)))
         if summary.get("verdict_rule"):
@@ -577,8 +572,9 @@ def _read_evaluation(folder: Path) -> tuple[pd.DataFrame, dict]:
 def write_report(input_dir: Path, output_html: Path, overwrite: bool = False) -> Path:
     """Write the HTML report of an evaluation (or observer-study) folder and its PNG figures.
 
-    The PNGs go into ``<name>_files/`` beside the HTML (:func:`figures_folder`). An existing HTML
-    or figures folder is replaced only with ``overwrite`` and only when a report wrote it.
+    The PNGs go into ``<name>_files/`` beside the HTML
+    (:func:`nnunet_xfer.layout.report_figures_folder`). An existing HTML or figures folder is
+    replaced only with ``overwrite`` and only when a report wrote it.
     UserError for a folder that is neither an evaluation nor an observer study, or an evaluation
     without any evaluated case.
     """
@@ -615,7 +611,7 @@ def _publish(output_html: Path, overwrite: bool, inputs: list[Path], title: str,
     _check_html(output_html)
     html_claim = check_replaceable(output_html, COMMAND, overwrite, inputs=inputs, folder=False,
                                    written=_written_by_us)
-    fig_claim = check_replaceable(figures_folder(output_html), COMMAND, overwrite, inputs=inputs)
+    fig_claim = check_replaceable(report_figures_folder(output_html), COMMAND, overwrite, inputs=inputs)
     figs: dict[str, Path] = {}
     with owned_output(fig_claim) as tmp:
         try:
@@ -658,7 +654,7 @@ def _comparison_sections(evaluations: list[tuple[str, Path, pd.DataFrame, dict]]
     groups = [{**g, "series": label} for label, _f, _c, summary in evaluations
               for g in summary["groups"]]
     parts.append("<h2>Dice and RMS DTA against training-set size</h2>")
-    figs["headline"] = figures.headline(groups, fig_dir / "headline.png", band=band,
+    figs["headline"] = figures.headline(groups, report_figure(fig_dir, "headline"), band=band,
                                         band_counts=band_counts)
     parts.append(_img(figs["headline"], "Dice and RMS DTA against training-set size, overlaid"))
     parts.append('<p class="muted">Colour: source task; line style: evaluation (legend: '

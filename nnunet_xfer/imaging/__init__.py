@@ -6,6 +6,8 @@ table of file endings. It imports nothing of the package but :mod:`nnunet_xfer.e
 
 * :func:`read_image` / :func:`read_mask` → :class:`Image`: voxels as stored, spacing, origin,
   direction, DICOM headers; refusals in one line naming the file.
+* :func:`read_picture` / :func:`picture_size`: natural pictures (pretraining on natural images),
+  read whole or sized from their header; a truncated or unreadable one refused in one line.
 * :func:`check_pair`: an image and its mask on one grid (size, spacing, origin, direction).
 * :meth:`Image.canonical`: the one orientation images reach the network and the measures in.
 * :func:`fingerprint`, :meth:`Image.fingerprint`, :func:`content_fingerprints`: identity by
@@ -32,8 +34,8 @@ _WHERE = {
     "check_same_geometry": "pairs", "same_geometry": "pairs",
     "check_finite": "reader", "check_hu": "reader", "load_mask": "reader", "load_slice": "reader",
     "PREDICTION_HINT": "reader", "mask_of_label": "reader", "quiet_itk": "reader",
-    "read_image": "reader",
-    "read_mask": "reader",
+    "picture_size": "reader", "read_image": "reader", "read_mask": "reader",
+    "read_picture": "reader",
 }
 
 __all__ = sorted(_WHERE)

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.imaging.names import file_ending
+from nnunet_xfer.imaging.names import DICOM_ENDING, file_ending
 
 #: Tags that state the pixel spacing (PixelSpacing, ImagerPixelSpacing), in the order trusted.
 SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing")
@@ -64,7 +64,7 @@ class DicomSeries:
 def is_dicom_file(path: Path) -> bool:
     """True for a ``.dcm`` file or any file with the DICOM preamble (``DICM`` at byte 128)."""
     path = Path(path)
-    if file_ending(path) == ".dcm":
+    if file_ending(path) == DICOM_ENDING:
         return True
     try:
         with open(path, "rb") as f:

@@ -19,12 +19,21 @@ NIFTI_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii")
 NNUNET_ENDING = ".nii.gz"
 #: Formats that carry real geometry (spacing, origin, direction): CT images and label volumes.
 VOLUME_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+#: A DICOM file (an instance, a DICOM-SEG).
+DICOM_ENDING = ".dcm"
+#: Edited masks (``measure --corrected``): label maps as ITK-SNAP or 3D Slicer save them
+#: (``.seg.nrrd`` first, so it wins over ``.nrrd``), or a DICOM-SEG.
+CORRECTION_ENDINGS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd",
+                                       DICOM_ENDING)
 #: CT images without DICOM (pretraining's ``--data`` CT folders).
 CT_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 #: 2D array formats accepted for masks only: they carry no geometry (it is the image's).
 ARRAY_ENDINGS: tuple[str, ...] = (".png", ".npy")
 #: Slice files the evaluation commands list in a folder (images, labels, predictions, observers).
 SLICE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png")
+#: PNG: a picture, a 2D mask, or (``--allow-non-hu``) a slice; natural-image nnU-Net datasets
+#: whose dataset.json names no ``file_ending`` are taken as PNG.
+PNG_ENDING = ".png"
 #: Pictures: no pixel spacing, usually no HU (natural images for pretraining).
 PICTURE_ENDINGS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif",
                                     ".webp")

@@ -31,7 +31,8 @@ from nnunet_xfer.errors import UserError
 from nnunet_xfer.imaging import nifti
 from nnunet_xfer.imaging.dicom import is_dicom_file, read_dicom
 from nnunet_xfer.imaging.image import Image, Slice
-from nnunet_xfer.imaging.names import ARRAY_ENDINGS, NIFTI_ENDINGS, PICTURE_ENDINGS, file_ending
+from nnunet_xfer.imaging.names import (ARRAY_ENDINGS, NIFTI_ENDINGS, PICTURE_ENDINGS, PNG_ENDING,
+                                       file_ending)
 
 #: ITK reader of each ending handled by ITK (naming it skips ITK's probing of every reader).
 _ITK_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO",
@@ -317,11 +318,12 @@ def read_image(path: Path, case: str | None = None, what: str = "image",
     8-bit values. Raises :class:`UserError` for everything the module doc lists.
     """
     path = Path(path)
-    if file_ending(path) in PICTURE_ENDINGS and not (allow_non_hu and file_ending(path) == ".png"):
+    if file_ending(path) in PICTURE_ENDINGS and not (allow_non_hu
+                                                     and file_ending(path) == PNG_ENDING):
         raise UserError(f"{_case(case)}{what} {path} is a picture (no HU, no pixel spacing); give "
                         f"CT in Hounsfield units (DICOM, NIfTI, NRRD or MHA)"
                         + (", or pass --allow-non-hu if you really mean it (areas then assume 1 "
-                           "mm pixels)" if file_ending(path) == ".png" else ""))
+                           "mm pixels)" if file_ending(path) == PNG_ENDING else ""))
     image = _read(path, case, what, arrays=allow_non_hu, series_uid=series_uid)
     check_finite(image.array, path, case)
     check_hu(image.array, path, case, allow_non_hu)
@@ -333,12 +335,44 @@ def read_mask(path: Path, case: str | None = None, what: str = "mask") -> Image:
     array whose geometry is the image's (:attr:`Image.geometry_known` False)."""
     path = Path(path)
     ending = file_ending(path)
-    if ending in PICTURE_ENDINGS and ending != ".png":
+    if ending in PICTURE_ENDINGS and ending != PNG_ENDING:
         raise UserError(f"{_case(case)}{what} {path}: {ending} is not supported; use PNG, NPY, "
                         f"NIfTI, NRRD, MHA or DICOM")
     image = _read(path, case, what, arrays=True)
     check_finite(image.array, path, case, what)
     return image
+
+
+def _open_picture(path: Path, what: str):
+    from PIL import Image as PILImage
+    if not path.is_file():
+        raise UserError(f"cannot read {what} {path}: not a regular file (a folder, pipe, device or "
+                        f"broken link); fix or remove it")
+    return PILImage.open(path)
+
+
+def read_picture(path: Path, what: str = "image"):
+    """A natural picture (JPEG, PNG, …: pretraining on natural images) read whole with Pillow, as
+    a ``PIL.Image``. No HU, no spacing: these are not CT. UserError naming the file when it is no
+    regular file, no picture, or truncated (Pillow refuses a picture cut short when it decodes
+    every pixel, which this does)."""
+    path = Path(path)
+    try:
+        im = _open_picture(path, what)
+        im.load()
+        return im
+    except OSError as e:  # PIL's UnidentifiedImageError and "image file is truncated" included
+        raise UserError(f"cannot read {what} {path} ({e}); fix or remove it") from None
+
+
+def picture_size(path: Path, what: str = "image") -> tuple[int, int]:
+    """(rows, columns) of a natural picture from its header (cheap: no pixel is decoded)."""
+    path = Path(path)
+    try:
+        with _open_picture(path, what) as im:
+            return im.size[1], im.size[0]
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path} ({e}); fix or remove it") from None
 
 
 # ---------------------------------------------------------------- slices for the evaluation

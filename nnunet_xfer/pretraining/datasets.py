@@ -24,9 +24,10 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nnunet_xfer.errors import UserError
-from nnunet_xfer.imaging.names import (CT_ENDINGS, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING, has_ending,
-                                       strip_ending)
-from nnunet_xfer.layout import DATASET_JSON, image_file, label_file
+from nnunet_xfer.imaging import picture_size, read_picture
+from nnunet_xfer.imaging.names import (CT_ENDINGS, PNG_ENDING, VOC_IMAGE_ENDINGS, VOC_MASK_ENDING,
+                                       has_ending, strip_ending)
+from nnunet_xfer.layout import DATASET_JSON, image_file, label_file, preprocessed_image
 from nnunet_xfer.sources import (DATA_KIND_KEY, DATA_KIND_MEDICAL, DATA_KIND_NATURAL, DATA_KINDS,
                                   DATA_NATURAL_CLASSES, DATA_NATURAL_SEGMENTATION)
 
@@ -116,12 +117,12 @@ class PreprocessedSlices(Source):
             if self.dataset_class is nnUNetDatasetBlosc2:
                 import blosc2
                 blosc2.set_nthreads(1)
-                arr = blosc2.open(urlpath=str(self.folder / f"{case}.b2nd"), mode="r",
-                                  dparams={"nthreads": 1}, mmap_mode="r")
+                arr = blosc2.open(urlpath=str(preprocessed_image(self.folder, case, "blosc2")),
+                                  mode="r", dparams={"nthreads": 1}, mmap_mode="r")
             else:
-                npy = self.folder / f"{case}.npy"
+                npy = preprocessed_image(self.folder, case, "npy")
                 arr = (np.load(npy, mmap_mode="r") if npy.is_file()
-                       else np.load(self.folder / f"{case}.npz")["data"])
+                       else np.load(preprocessed_image(self.folder, case, "npz"))["data"])
             self._open[case] = arr
         return self._open[case]
 
@@ -219,16 +220,6 @@ def _zscore(img: torch.Tensor) -> torch.Tensor:
     return (img - img.mean()) / img.std().clamp_min(1e-6)
 
 
-def _pil_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-    try:
-        im = Image.open(path)
-        im.load()
-        return im
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"cannot read image {path} ({e}); fix or remove it") from None
-
-
 def _pil_to_tensor(im, channels: int) -> torch.Tensor:
     from torchvision.transforms.v2.functional import pil_to_tensor
     im = im.convert("RGB" if channels == 3 else "L")
@@ -236,12 +227,7 @@ def _pil_to_tensor(im, channels: int) -> torch.Tensor:
 
 
 def _check_pil_size(path: Path, min_side: int) -> None:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            _check_size(im.size[::-1], min_side, f"image {path}")
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"cannot read image {path} ({e}); fix or remove it") from None
+    _check_size(picture_size(path), min_side, f"image {path}")
 
 
 class NaturalSegmentation(Source):
@@ -304,7 +290,7 @@ class NaturalSegmentation(Source):
                 raise UserError(f"--data {root}: image or mask of {n!r} missing "
                                 f"(JPEGImages/{n}{VOC_IMAGE_ENDINGS[0]}, "
                                 f"SegmentationClass/{n}{VOC_MASK_ENDING})")
-            labels.update(np.unique(np.asarray(_pil_image(mask))).tolist())
+            labels.update(np.unique(np.asarray(read_picture(mask))).tolist())
             self.pairs.append((img, mask))
             self.ids.append(n)
         labels.discard(IGNORE)
@@ -322,7 +308,7 @@ class NaturalSegmentation(Source):
         if not isinstance(ds, dict) or not isinstance(ds.get("labels", {}), dict):
             raise UserError(f"--data {root}: dataset.json is not an nnU-Net dataset.json "
                             f"(an object with labels)")
-        ending = ds.get("file_ending", ".png")
+        ending = ds.get("file_ending", PNG_ENDING)
         channel_names = ds.get("channel_names", ds.get("modality", {"0": ""}))
         n_ch = len(channel_names)
         labels = {k: v for k, v in ds.get("labels", {}).items()}
@@ -387,8 +373,8 @@ class NaturalSegmentation(Source):
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = self.pairs[i]
         if self.reader is None:
-            image = _pil_image(img)
-            m = torch.from_numpy(np.asarray(_pil_image(mask)).astype(np.int64))
+            image = read_picture(img)
+            m = torch.from_numpy(np.asarray(read_picture(mask)).astype(np.int64))
             x = _pil_to_tensor(image, self.channels)
         else:
             rw = self.reader()
@@ -442,7 +428,7 @@ class ImageClasses(Source):
     def sample(self, rng: np.random.Generator) -> dict:
         from torchvision.transforms import v2
         path, label = self.samples[int(rng.integers(len(self.samples)))]
-        x = _pil_to_tensor(_pil_image(path), self.channels)
+        x = _pil_to_tensor(read_picture(path), self.channels)
         tf = v2.Compose([v2.RandomResizedCrop(self.patch, scale=CROP_SCALE, antialias=True),
                          v2.RandomHorizontalFlip()])
         return {"image": _zscore(tf(x)), "label": label}

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from clinical_data import (DATASET, RUN, TRAINER, phantom_volume, plant_other_plans, studies_csv,
                            write_ct_series, write_volume)
+from conftest import one_line_error
 from nnunet_xfer import cli
 from nnunet_xfer.clinical import api as clinical_api
 
@@ -234,7 +235,7 @@ def test_model_and_argument_faults_stop_before_writing(fault, model_env, one_cas
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nnunet_xfer_tmp")]
 
 
-def test_output_folder_rules(model_env, one_case, tmp_path, capsys):
+def test_output_folder_rules(model_env, one_case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     base = ["--cases", str(one_case), "-o", str(out), "-d", "501", "-tr", TRAINER, "--device", "cpu"]
     assert run_measure(capsys, *base)[0] == 0
@@ -249,6 +250,21 @@ def test_output_folder_rules(model_env, one_case, tmp_path, capsys):
     code, _o, err = run_measure(capsys, *base[:2], "-o", str(dataset), *base[4:], "--overwrite")
     assert code == 2 and "nnU-Net folder" in err
     assert sorted(p.name for p in dataset.iterdir()) == before
+    # issue 17: a folder put at -o while measure runs was renamed away and deleted at the end
+    race = tmp_path / "race"
+    real = clinical_api._measure_one
+
+    def appears(*args, **kwargs):
+        if not race.exists():
+            race.mkdir()
+            (race / "thesis.txt").write_text("years of work")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(clinical_api, "_measure_one", appears)
+    code, _o, err = run_measure(capsys, *base[:2], "-o", str(race), *base[4:])
+    one_line_error(code, err, str(race), "appeared")          # besides the case's warning: lines
+    assert [p.name for p in race.iterdir()] == ["thesis.txt"]
+    kept = list(tmp_path.glob("race.new-*"))                 # this run's output, beside it
+    assert len(kept) == 1 and (kept[0] / "measures.csv").is_file()
 
 
 def test_interrupted_run_leaves_nothing(model_env, phantom_dir, tmp_path, monkeypatch):

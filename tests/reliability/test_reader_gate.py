@@ -10,7 +10,9 @@ stored as a DICOM series and as a RAS NIfTI gave two different masks (Dice 0.875
 """
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -266,3 +268,113 @@ def test_dicom_and_nifti_storage_of_one_slice_give_one_mask_and_one_sma(model_en
     ct = sitk.ReadImage(str(TS / "example_ct.nii.gz"))
     assert stored.GetDirection() == ct.GetDirection() and stored.GetSize() == ct.GetSize()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(stored)[72][::-1, ::-1], dicom)
+
+
+# ---------------------------------------------------------------- one owner of names and headers
+_ENDING = re.compile(r"^\.(nii|nii\.gz|seg\.nrrd|nrrd|nhdr|mha|mhd|dcm|png|jpe?g|bmp|tiff?|gif|"
+                     r"webp|npy|npz|b2nd)$", re.I)
+_FILE_NAME = re.compile(r"^[\w\-/.]*\w\.(nii|nii\.gz|nrrd|nhdr|mha|mhd|dcm|png|jpe?g|npy|npz|b2nd)$",
+                        re.I)
+_NIFTI_FIELDS = {"pixdim", "sizeof_hdr", "vox_offset", "qform_code", "sform_code", "scl_slope",
+                 "srow_x", "quatern_b"}
+
+
+def _second_spellings(source: str) -> list[str]:
+    """What in ``source`` (code, not docstrings) spells ``_0000``, a file ending or an image file
+    name, or parses a NIfTI header (its fields, nibabel)."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings:
+            text = node.value
+            if "_0000" in text or _ENDING.match(text) or _FILE_NAME.match(text) \
+                    or text in _NIFTI_FIELDS:
+                found.append(f"{node.lineno}: {text!r}")
+        name = getattr(node, "id", None) or getattr(node, "attr", None)
+        if name in _NIFTI_FIELDS:
+            found.append(f"{node.lineno}: {name}")
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                "nibabel" in (n or "") for n in [getattr(node, "module", None)]
+                + [a.name for a in node.names]):
+            found.append(f"{node.lineno}: imports nibabel")
+    return found
+
+
+def test_only_imaging_spells_endings_channel_suffix_and_nifti_headers():
+    """issue 17 "Done when": no NIfTI header parsing, ``_0000`` or file-ending table outside
+    ``nnunet_xfer/imaging/`` (and ``layout.py``, for dataset paths: endings only)."""
+    import nnunet_xfer
+    root = Path(nnunet_xfer.__file__).parent
+    offenders = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("imaging/"):
+            continue
+        found = _second_spellings(path.read_text(encoding="utf-8"))
+        if rel == "layout.py":
+            found = [f for f in found if "_0000" in f or "nibabel" in f
+                     or any(k in f for k in _NIFTI_FIELDS)]
+        if found:
+            offenders[rel] = found
+    assert offenders == {}
+
+
+def test_the_spelling_check_sees_what_it_looks_for():
+    """The check above can fail: each kind of second spelling is found, docstrings are not."""
+    code = ('"""Images are <case>_0000.nii.gz."""\n'
+            'import nibabel\n'
+            'def f(cid, h):\n'
+            '    """qc/<case>.png"""\n'
+            '    return f"qc/{cid}.png", cid + "_0000", h.pixdim, ("ct.nii.gz", ".mha")\n')
+    found = " ".join(_second_spellings(code))
+    for what in ("'.png'", "'_0000'", "pixdim", "'ct.nii.gz'", "'.mha'", "nibabel"):
+        assert what in found, (what, found)
+    assert "<case>" not in found
+
+
+@pytest.mark.parametrize("fault", ["truncated_jpeg", "not_a_picture", "pipe"])
+def test_natural_pictures_are_read_whole_by_the_one_reader(tmp_path, fault):
+    """``pretrain --data`` (VOC / ImageFolder pictures) reads through the imaging package too: a
+    JPEG cut short, a file that is no picture and a pipe are refused in one line naming the file."""
+    from PIL import Image as PILImage
+
+    from nnunet_xfer.imaging import picture_size, read_picture
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 40, 3)).astype(np.uint8)
+    PILImage.fromarray(rgb).save(good, quality=95)
+    assert picture_size(good) == (48, 40) and read_picture(good).size == (40, 48)
+    if fault == "truncated_jpeg":
+        bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    elif fault == "not_a_picture":
+        bad.write_text("case_id,image\n")
+    else:
+        os.mkfifo(bad)                                   # opening it would block forever
+    with pytest.raises(UserError, match=r"cannot read image .*bad\.jpg") as e:
+        read_picture(bad)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "folder", "broken_link"])
+def test_corrected_mask_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    """``measure --corrected``: a corrected mask named like one but not a regular file was skipped,
+    and its case measured without the correction. Now refused in one line naming it."""
+    from nnunet_xfer.clinical.corrections import corrected_files
+    folder = tmp_path / "corrected"
+    folder.mkdir()
+    write(muscle(), folder / "c1.nii.gz")
+    {"pipe": os.mkfifo, "folder": os.mkdir,
+     "broken_link": lambda p: os.symlink(tmp_path / "absent", p)}[kind](folder / "c2.seg.nrrd")
+    with pytest.raises(UserError, match=r"c2\.seg\.nrrd is not a regular file") as e:
+        corrected_files(folder, ["c1", "c2"])
+    assert "\n" not in str(e.value)
+    if kind == "folder":
+        (folder / "c2.seg.nrrd").rmdir()
+    else:
+        (folder / "c2.seg.nrrd").unlink()
+    assert corrected_files(folder, ["c1", "c2"]) == {"c1": folder / "c1.nii.gz"}
