@@ -161,6 +161,24 @@ def test_bad_rows_come_back_in_their_place_for_measure(tmp_path):
     assert isinstance(rows[1], BadRow)
 
 
+@pytest.mark.parametrize("text, words", [
+    ("case_id,slice_index\nc1,3\n", "lacks column(s) image"),
+    ("case_id,image\n", "lists no cases"),
+    ("case_id,image\nc1,\x00\x01\n", "NUL bytes"),
+])
+def test_an_unreadable_manifest_stops_the_whole_measure_run(tmp_path, capsys, text, words):
+    """Only a manifest that cannot be read at all stops ``measure --cases`` (exit 2, one line,
+    nothing written); it is refused before any model is looked for."""
+    from conftest import cli_in_process, one_line_error
+    csv = tmp_path / "studies.csv"
+    csv.write_text(text)
+    out = tmp_path / "out"
+    code, err = cli_in_process(capsys, "measure", "--cases", str(csv), "-o", str(out), "-d",
+                               "999", "-tr", "NoSuchTrainer", "--device", "cpu")
+    one_line_error(code, err, str(csv), words)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- IMAT by convention (item 6)
 def test_imat_counts_fat_within_the_filled_muscle_compartment():
     """A ring of muscle (1 mm² pixels) with fat in its small hole, fat outside it, and a ring
