@@ -243,9 +243,15 @@ def test_gallery_shows_patient_cutoff_and_slice_choice():
            "slice_index": 72, "instance_number": 73, "slice_z_mm": -120.0, "flags": ""}
     assert slice_choice(row) == "instance_number: index 72, InstanceNumber 73, z -120.0 mm"
     page = gallery_html([row], {"c1": b"png"}, {}, "t", [])
-    for header in ("sex", "height m", "BMI kg/m²", "SMI cut-off", "low SMD", "slice"):
-        assert f">{header}<" in page or f">{header} " in page or header in page
+    import html
+    import re
+    heads = re.findall(r'<th class="\w+" data-kind="\w+">([^<]*)</th>', page)
+    cells = re.findall(r'<td class="\w+" data-value="([^"]*)">', page)
+    shown = dict(zip([html.unescape(h) for h in heads], [html.unescape(c) for c in cells]))
+    assert shown["sex"] == "F" and float(shown["height m"]) == 1.68
+    assert float(shown["BMI kg/m²"]) == 28.0 and float(shown["SMI cut-off"]) == 38.5
+    assert shown["low SMD"] == "True" and shown["mask"] == "model"
+    assert shown["slice"] == "instance_number: index 72, InstanceNumber 73, z -120.0 mm"
     assert {c for c, _h, _k in GALLERY_COLUMNS} >= {"sex", "height_m", "bmi_kg_m2",
                                                      "smi_cutoff_cm2_m2", "low_smd",
                                                      "slice_choice"}
-    assert "InstanceNumber 73" in page and "38.5" in page and "1.68" in page
