@@ -94,7 +94,8 @@ def write_ct_series(folder: Path, volume_hu: np.ndarray, spacing_rc: tuple[float
 
 
 def two_fold_results(scratch_fold0: Path, root: Path, noise: float = 0.3, seed: int = 0) -> Path:
-    """``root/Dataset501_L3/<run>`` with the trained fold 0 and a fold 1 of perturbed weights.
+    """``root/Dataset501_L3/<run>`` with the trained fold 0 and a fold 1 of perturbed weights
+    (conftest's session fixture ``two_fold_model`` builds it once).
 
     Returns the results root to put in ``$nnUNet_results``.
     """
@@ -104,7 +105,9 @@ def two_fold_results(scratch_fold0: Path, root: Path, noise: float = 0.3, seed: 
     run.mkdir(parents=True)
     for name in ("plans.json", "dataset.json"):
         shutil.copy2(src_run / name, run / name)
-    shutil.copytree(scratch_fold0, run / "fold_0")
+    # what a finished fold needs (checkpoint_best.pth, as large as the final one, is never read)
+    shutil.copytree(scratch_fold0, run / "fold_0",
+                    ignore=shutil.ignore_patterns("checkpoint_best.pth", "progress.png"))
     ckpt = torch.load(scratch_fold0 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     gen = torch.Generator().manual_seed(seed)
     for key, w in ckpt["network_weights"].items():

@@ -132,13 +132,19 @@ def nn_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
     return raw, pre
 
 
-@pytest.fixture(scope="module")
-def model_env(scratch_run, nnunet_env, tmp_path_factory) -> dict:
-    """nnU-Net variables whose results folder holds a two-fold model (``clinical_data``), set for
-    the module: what ``measure --cases`` predicts with."""
+@pytest.fixture(scope="session")
+def two_fold_model(scratch_run, tmp_path_factory) -> Path:
+    """A results folder holding a two-fold model (``clinical_data.two_fold_results``), built once
+    for the session. Read-only: a test that changes a model copies it first."""
     from clinical_data import two_fold_results
-    root = two_fold_results(scratch_run, tmp_path_factory.mktemp("model") / "results")
-    env = {**nnunet_env, "nnUNet_results": str(root)}
+    return two_fold_results(scratch_run, tmp_path_factory.mktemp("model") / "results")
+
+
+@pytest.fixture(scope="module")
+def model_env(two_fold_model, nnunet_env) -> dict:
+    """nnU-Net variables whose results folder holds the two-fold model, set for the module: what
+    ``measure --cases`` predicts with."""
+    env = {**nnunet_env, "nnUNet_results": str(two_fold_model)}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)

@@ -49,12 +49,6 @@ def not_installed_message() -> str:
     return f"--l3 auto needs TotalSegmentator, which is not installed: {INSTALL_HINT}"
 
 
-def require_totalseg() -> None:
-    """One-line :class:`UserError` saying what to install when TotalSegmentator is missing."""
-    if not totalseg_available():
-        raise UserError(not_installed_message())
-
-
 def _l3_label() -> int:
     try:
         from totalsegmentator.map_to_binary import class_map

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from clinical_data import RUN, TRAINER, phantom_volume, studies_csv, write_ct_series, write_volume
 from conftest import REAL_CT, run_cli
+from nnunet_xfer import cli
 from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.api import CUTOFFS, MeasureConfig, low_muscle, measure_studies
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg
@@ -37,9 +38,19 @@ def predictor(model_env) -> SlicePredictor:
     return SlicePredictor(501, TRAINER, device="cpu")
 
 
-def _measure(csv: Path, out: Path, *extra: str, env: dict, check: bool = True):
+def _measure(csv: Path, out: Path, *extra: str, env: dict):
+    """The ``nnunet-xfer`` console script in a process of its own (its real start-up)."""
     return run_cli("nnunet-xfer", "measure", "--cases", str(csv), "-o", str(out), "-d", "501",
-                   "-tr", TRAINER, "--device", "cpu", *extra, env=env, check=check)
+                   "-tr", TRAINER, "--device", "cpu", *extra, env=env)
+
+
+def _measure_here(capsys, csv: Path, out: Path, *extra: str) -> str:
+    """``nnunet-xfer measure --cases`` in-process (``cli.main``), expected to succeed: stdout."""
+    code = cli.main(["measure", "--cases", str(csv), "-o", str(out), "-d", "501", "-tr", TRAINER,
+                     "--device", "cpu", *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
 
 
 def _table(out: Path) -> pd.DataFrame:
@@ -71,7 +82,8 @@ def test_ensemble_is_nnunets_own_prediction(predictor, model_env, phantom_dir):
     assert ours.mask.any() and ours.fold_dice["1"] < 1.0   # the perturbed fold differs
 
 
-def test_one_fold_without_mirroring_is_nnunets_own_prediction(model_env, phantom_dir, tmp_path):
+def test_one_fold_without_mirroring_is_nnunets_own_prediction(model_env, phantom_dir, tmp_path,
+                                                               capsys):
     """-f 0 --no-mirroring: the predictor holds fold 0 only and nnU-Net's mirroring is off; its
     mask is nnU-Net's with the same fold and --disable_tta (and with mirroring, nnU-Net's
     mirrored one); the CLI measures that mask and records the setting in the gallery."""
@@ -99,7 +111,7 @@ def test_one_fold_without_mirroring_is_nnunets_own_prediction(model_env, phantom
     np.testing.assert_array_equal(mirrored, masks[True])
 
     csv = studies_csv(tmp_path / "s.csv", [{"case_id": "c", "image": str(path)}])
-    _measure(csv, tmp_path / "out", "-f", "0", "--no-mirroring", env=model_env)
+    _measure_here(capsys, csv, tmp_path / "out", "-f", "0", "--no-mirroring")
     row = _table(tmp_path / "out").loc["c"]
     assert row["muscle_pixels"] == int(ours.mask.sum()) and pd.isna(row["fold_dice"])
     gallery = (tmp_path / "out" / "gallery.html").read_text(encoding="utf-8")
@@ -221,33 +233,56 @@ def test_l3_auto_uses_totalsegmentators_labels(model_env, monkeypatch, tmp_path)
         assert (math.isnan(a) and math.isnan(b)) or a == b
 
 
-@pytest.mark.skipif(l3_auto.totalseg_available(), reason="TotalSegmentator is installed here")
-def test_l3_auto_row_and_a_bad_row_fail_alone(model_env, phantom_dir, tmp_path):
-    """Issue 20's 'done when': one bad row and one --l3 auto row without TotalSegmentator; every
-    other row is measured, each failure is one line, and the exit status counts them (1)."""
+def test_bad_rows_and_l3_auto_rows_fail_alone(model_env, phantom_dir, tmp_path, monkeypatch,
+                                              capsys):
+    """Issue 20's 'done when': a manifest with bad rows (a slice_index that is no integer, an
+    unsafe case_id) and an --l3 auto row without TotalSegmentator, beside cases that cannot be
+    measured (no L3, a missing file): every other row is measured, each failure is one line in
+    its order, the exit status counts them (1), the gallery lists them below the measured rows."""
+    monkeypatch.setattr(l3_auto, "totalseg_available", lambda: False)   # wherever it is installed
     volume, spacing = phantom_volume(phantom_dir, 3)
     image = str(write_volume(tmp_path / "v.nii.gz", volume, spacing))
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[1] = 5                                       # some vertebra, not L3 (29)
+    vert = write_volume(tmp_path / "vert.nii.gz", labels, spacing)
     csv = studies_csv(tmp_path / "s.csv", [
         {"case_id": "given", "image": image, "slice_index": 1},
         {"case_id": "auto", "image": image},
         {"case_id": "bad_index", "image": image, "slice_index": "1.5"},
         {"case_id": "../escape", "image": image, "slice_index": 0},
+        {"case_id": "no_l3", "image": image, "vertebra_mask": str(vert), "vertebra_label": 29},
+        {"case_id": "missing", "image": str(tmp_path / "nope.nii.gz"), "slice_index": 0},
         {"case_id": "also_given", "image": image, "instance_number": "", "slice_index": 2}])
-    proc = _measure(csv, tmp_path / "out", "--l3", "auto", env=model_env, check=False)
-    assert proc.returncode == 1, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if "error: case" in ln]
-    assert len(errors) == 3, proc.stderr
-    auto, bad, unsafe = errors
-    assert "case auto:" in auto and "pip install 'nnunet_xfer[totalseg]'" in auto
+    out = tmp_path / "out"
+    try:
+        code = cli.main(["measure", "--cases", str(csv), "-o", str(out), "-d", "501", "-tr",
+                         TRAINER, "--device", "cpu", "--l3", "auto"])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "measured 2 of 7 case(s)" in captured.out
+    errors = [ln for ln in captured.err.splitlines() if "error: case" in ln]
+    assert [e.split("error: case ")[1].split(":")[0] for e in errors] == [
+        "auto", "bad_index", "../escape", "no_l3", "missing"], captured.err
+    auto, bad, unsafe, no_l3, missing = errors
+    assert "pip install 'nnunet_xfer[totalseg]'" in auto
     assert "licence" in auto and "slice_index" in auto
-    assert "case bad_index:" in bad and "slice_index" in bad
-    assert "case ../escape:" in unsafe and "not a safe file name" in unsafe
-    assert "3 of 5 cases failed" in proc.stderr and "Traceback" not in proc.stderr
-    t = _table(tmp_path / "out")
-    assert list(t["status"]) == ["ok", "failed", "failed", "failed", "ok"]
-    assert sorted(p.name for p in (tmp_path / "out" / "qc").iterdir()) == [
-        "also_given.png", "given.png"]
+    assert "slice_index" in bad and "1.5" in bad
+    assert "not a safe file name" in unsafe
+    assert "no L3 in the volume" in no_l3 and "does not exist" in missing
+    assert "5 of 7 cases failed" in captured.err and "Traceback" not in captured.err
+    t = _table(out)
+    assert list(t.index) == ["given", "auto", "bad_index", "../escape", "no_l3", "missing",
+                             "also_given"]
+    assert list(t["status"]) == ["ok"] + ["failed"] * 5 + ["ok"]
+    # measured (a number; the 2-iteration test model may find no muscle) vs not measured (NaN)
+    assert math.isfinite(t.loc["also_given", "sma_cm2"]) and math.isnan(t.loc["no_l3", "sma_cm2"])
+    assert sorted(p.name for p in (out / "qc").iterdir()) == ["also_given.png", "given.png"]
     assert not (tmp_path / "escape.png").exists()
+    gallery = (out / "gallery.html").read_text(encoding="utf-8")
+    assert gallery.count('<tr class') + gallery.count("<tr data-case") == 2
+    assert "case no_l3: no L3 in the volume" in gallery
 
 
 # ---------------------------------------------------------------- DICOM in, DICOM-SEG out
@@ -321,12 +356,12 @@ def test_dicom_without_uids_gets_a_nifti_mask(model_env, phantom_dir, tmp_path, 
     assert not (tmp_path / "out" / "seg").exists()
 
 
-def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
+def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path, capsys):
     volume, spacing = phantom_volume(phantom_dir, 3)
     rows = [{"case_id": f"v{k}", "image": str(write_volume(tmp_path / f"v{k}.nrrd", volume, spacing)),
              "slice_index": k, "height_m": 1.6 + 0.1 * k, "sex": "MF"[k % 2]} for k in range(3)]
     csv = studies_csv(tmp_path / "s.csv", rows)
-    _measure(csv, tmp_path / "cli", "--low-smi-cutoffs", "prado2008", "-f", "0", "1", env=model_env)
+    _measure_here(capsys, csv, tmp_path / "cli", "--low-smi-cutoffs", "prado2008", "-f", "0", "1")
     import nnunet_xfer
     result = nnunet_xfer.measure_studies(nnunet_xfer.MeasureConfig(
         csv, tmp_path / "api", dataset="501", trainer=TRAINER, folds=[0, 1], device="cpu",
@@ -341,36 +376,6 @@ def test_api_mirrors_the_cli(model_env, phantom_dir, tmp_path):
     assert list(api["slice_index"]) == [0, 1, 2] and list(api["sex"]) == ["M", "F", "M"]
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == [
         ".nnunet_xfer_output.json", "gallery.html", "masks", "measures.csv", "qc"]
-
-
-def test_failing_cases_are_reported_and_the_rest_go_on(model_env, phantom_dir, tmp_path):
-    volume, spacing = phantom_volume(phantom_dir, 3)
-    good = write_volume(tmp_path / "good.nii.gz", volume, spacing)
-    labels = np.zeros(volume.shape, np.uint8)
-    labels[1] = 5                                       # some vertebra, not L3 (29)
-    vert = write_volume(tmp_path / "vert.nii.gz", labels, spacing)
-    csv = studies_csv(tmp_path / "s.csv", [
-        {"case_id": "ok1", "image": str(good), "slice_index": 1},
-        {"case_id": "no_l3", "image": str(good), "vertebra_mask": str(vert), "vertebra_label": 29},
-        {"case_id": "missing", "image": str(tmp_path / "nope.nii.gz"), "slice_index": 0},
-        {"case_id": "too_far", "image": str(good), "slice_index": 9},
-        {"case_id": "ok2", "image": str(good), "slice_index": 2}])
-    proc = _measure(csv, tmp_path / "out", env=model_env, check=False)
-    assert proc.returncode == 1
-    assert "3 of 5 cases failed" in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error: case" in line]
-    assert [e.split("error: case ")[1].split(":")[0] for e in errors] == ["no_l3", "missing", "too_far"]
-    assert "no L3 in the volume" in errors[0] and "does not exist" in errors[1]
-    assert "Traceback" not in proc.stderr
-    t = _table(tmp_path / "out")
-    assert list(t.index) == ["ok1", "no_l3", "missing", "too_far", "ok2"]
-    assert list(t["status"]) == ["ok", "failed", "failed", "failed", "ok"]
-    # measured (a number; the 2-iteration test model may find no muscle) vs not measured (NaN)
-    assert math.isfinite(t.loc["ok2", "sma_cm2"]) and math.isnan(t.loc["no_l3", "sma_cm2"])
-    assert sorted(p.name for p in (tmp_path / "out" / "qc").iterdir()) == ["ok1.png", "ok2.png"]
-    gallery = (tmp_path / "out" / "gallery.html").read_text(encoding="utf-8")
-    assert gallery.count('<tr class') + gallery.count("<tr data-case") == 2
-    assert "case no_l3: no L3 in the volume" in gallery
 
 
 def test_low_muscle_cutoffs_as_published():

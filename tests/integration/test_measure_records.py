@@ -22,8 +22,9 @@ import pytest
 import SimpleITK as sitk
 
 from clinical_data import TRAINER, phantom_volume, studies_csv, write_ct_series, write_volume
-from conftest import REAL_CT, run_cli
+from conftest import REAL_CT, one_line_error
 import nnunet_xfer
+from nnunet_xfer import cli
 from nnunet_xfer.clinical import l3_auto
 from nnunet_xfer.clinical.api import CUTOFFS, INTEGER_COLUMNS, MeasureConfig, measure_studies
 from nnunet_xfer.clinical.dicom_seg import write_dicom_seg
@@ -37,14 +38,33 @@ TS = REAL_CT / "totalseg_example"
 PATIENT = {"PatientSize": "1.60", "PatientSex": "F", "PatientWeight": "70"}
 
 
-def _measure_cli(csv: Path, out: Path, *extra: str, env: dict, check: bool = True):
-    return run_cli("nnunet-xfer", "measure", "--cases", str(csv), "-o", str(out), "-d", "501",
-                   "-tr", TRAINER, "--device", "cpu", *extra, env=env, check=check)
+def _measure_cli(capsys, csv: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    """``nnunet-xfer measure --cases`` in-process (no second start-up of torch and nnU-Net):
+    (exit status, stdout, stderr)."""
+    try:
+        code = cli.main(["measure", "--cases", str(csv), "-o", str(out), "-d", "501", "-tr",
+                         TRAINER, "--device", "cpu", *extra])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
     proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
     return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+
+
+def _text_values(ds) -> set[str]:
+    """Every TextValue of an SR's content tree (``str(ds)`` shows a long text as its length)."""
+    found = set()
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                found |= _text_values(item)
+        elif element.keyword == "TextValue":
+            found.add(str(element.value))
+    return found
 
 
 def _csv(out: Path) -> pd.DataFrame:
@@ -155,8 +175,9 @@ def test_sr_reads_back_with_highdicom(dicom_study):
     findings = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
     assert findings["Low skeletal muscle index"] == ("Yes" if row["low_smi"] else "No")
     assert row["smi_cutoff_cm2_m2"] == 41                   # Martin 2013, women
-    text = str(pydicom.dcmread(out / row["sr_file"]))
-    assert CUTOFFS["martin2013"]["source"] in text and "SMI < 41 cm2/m2 (F)" in text
+    # each cut-off as its measurement's normal range: the rule in words, the publication
+    texts = _text_values(pydicom.dcmread(out / row["sr_file"]))
+    assert CUTOFFS["martin2013"]["source"] in texts and "low SMI: SMI < 41 cm2/m2 (F)" in texts
 
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is not installed")
@@ -170,7 +191,7 @@ def test_sr_validates_with_dciodvfy(dicom_study):
 
 # ---------------------------------------------------------------- corrections come back
 def test_corrected_masks_are_measured_audited_and_become_training_cases(
-        model_env, dicom_study, phantom_dir, tmp_path, monkeypatch):
+        model_env, dicom_study, phantom_dir, tmp_path, monkeypatch, capsys):
     """A NIfTI label map (ITK-SNAP) and a DICOM-SEG (3D Slicer) edited after a first run."""
     volume, spacing = dicom_study["volume"], dicom_study["spacing"]
     image = write_volume(tmp_path / "v.nii.gz", volume, spacing)
@@ -204,8 +225,8 @@ def test_corrected_masks_are_measured_audited_and_become_training_cases(
                     Provenance("3D Slicer", "edit", "-", "-", ()), "d", corrected=True)
 
     out = tmp_path / "second"
-    proc = _measure_cli(csv, out, "--corrected", str(corr), env=model_env)
-    assert "measured 2 of 2" in proc.stdout
+    code, stdout, err = _measure_cli(capsys, csv, out, "--corrected", str(corr))
+    assert code == 0 and "measured 2 of 2" in stdout, err
     t = _csv(out)
     spacing_rc = (spacing[0], spacing[1])
     for cid, ct, model_mask, edited, path in (
@@ -247,18 +268,18 @@ def test_corrected_masks_are_measured_audited_and_become_training_cases(
         np.testing.assert_array_equal(label.reshape(edited.shape).astype(bool), edited)
 
 
-def test_a_corrected_mask_naming_no_case_stops_before_writing(model_env, dicom_study, tmp_path):
+def test_a_corrected_mask_naming_no_case_stops_before_writing(model_env, dicom_study, tmp_path,
+                                                              capsys):
     volume, spacing = dicom_study["volume"], dicom_study["spacing"]
     image = write_volume(tmp_path / "v.nii.gz", volume, spacing)
     csv = studies_csv(tmp_path / "s.csv", [{"case_id": "v", "image": str(image), "slice_index": 1}])
     corr = tmp_path / "corrected"
     corr.mkdir()
     shutil.copy(image, corr / "w.nii.gz")
-    proc = _measure_cli(csv, tmp_path / "out", "--corrected", str(corr), env=model_env, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    code, _out, err = _measure_cli(capsys, csv, tmp_path / "out", "--corrected", str(corr))
+    assert one_line_error(code, err) == (
         f"nnunet-xfer measure: error: --corrected {corr}: w.nii.gz names no case of the manifest; "
-        f"name a corrected mask <case_id>.nii.gz or move it out"]
+        f"name a corrected mask <case_id>.nii.gz or move it out")
     assert not (tmp_path / "out").exists()
 
 
@@ -318,22 +339,50 @@ needs_real = pytest.mark.skipif(not (TS / "example_ct_as_dicom").is_dir(),
                                 reason="shared/real_ct/totalseg_example/example_ct_as_dicom absent")
 
 
+def _physical_mask(path: Path, index: int) -> np.ndarray:
+    """Slice ``index`` of a mask file (NIfTI volume, or a one-frame DICOM-SEG on an LPS-stored
+    instance) with rows and columns in LPS order, by SimpleITK's own reorientation."""
+    if path.suffix == ".dcm":
+        import highdicom as hd
+        seg = hd.seg.segread(path)
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[u[2] for u in seg.get_source_image_uids()],
+            segment_numbers=[1])[0, ..., 0]
+        return frame.astype(bool)          # the source instance's rows and columns: LPS
+    volume = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+    assert volume.GetDirection()[8] == 1.0    # the slice axis kept its order
+    return sitk.GetArrayFromImage(volume)[index].astype(bool)
+
+
 @needs_real
-def test_instance_number_and_slice_index_name_one_real_slice(model_env, tmp_path):
-    """The real volume's L3 as NIfTI (slice_index 72, feet to head) and as DICOM
-    (InstanceNumber 73): one z, one answer; the DICOM case's SR validates."""
+def test_instance_number_and_slice_index_name_one_real_slice(model_env, tmp_path, capsys):
+    """The real volume's L3 as NIfTI (slice_index 72, feet to head, RAS rows) and as DICOM
+    (InstanceNumber 73, LPS rows): one z, one mask in physical space, one answer; the DICOM
+    case's SR validates. (Before issue 17 the two storages gave Dice 0.875 and two SMAs.)"""
     csv = studies_csv(tmp_path / "s.csv", [
         {"case_id": "nifti", "image": str(TS / "example_ct.nii.gz"), "slice_index": 72,
          "height_m": 1.68, "sex": "F"},
         {"case_id": "dicom", "image": str(TS / "example_ct_as_dicom"), "instance_number": 73}])
     out = tmp_path / "out"
-    _measure_cli(csv, out, "--low-smi-cutoffs", "prado2008", env=model_env)
+    code, _stdout, err = _measure_cli(capsys, csv, out, "--low-smi-cutoffs", "prado2008")
+    assert code == 0, err
     t = _csv(out)
     assert list(t["slice_index"]) == [72, 72]
     assert t.loc["dicom", "instance_number"] == 73 and math.isnan(t.loc["nifti", "instance_number"])
     assert t.loc["nifti", "slice_z_mm"] == pytest.approx(t.loc["dicom", "slice_z_mm"], abs=1e-3)
-    for k in ("sma_cm2", "imat_cm2", "smi_cm2_m2", "muscle_pixels"):
-        assert t.loc["nifti", k] == pytest.approx(t.loc["dicom", k], nan_ok=True)
+    for k in ("sma_cm2", "smd_hu", "sma_mask_cm2", "imat_cm2", "smi_cm2_m2", "muscle_pixels"):
+        assert t.loc["nifti", k] == pytest.approx(t.loc["dicom", k], nan_ok=True), k
     assert t.loc["dicom", "height_source"] == "dicom" and t.loc["dicom", "sex"] == "F"
+    # one mask in physical space: DICOM in, DICOM-SEG out; the NIfTI mask on the input's grid,
+    # in its own (RAS) storage order
+    assert t.loc["dicom", "mask_file"].endswith(".dcm")
+    nifti = _physical_mask(out / t.loc["nifti", "mask_file"], 72)
+    dicom = _physical_mask(out / t.loc["dicom", "mask_file"], 72)
+    np.testing.assert_array_equal(nifti, dicom)
+    assert nifti.any()
+    stored = sitk.ReadImage(str(out / t.loc["nifti", "mask_file"]))
+    ct = sitk.ReadImage(str(TS / "example_ct.nii.gz"))
+    assert stored.GetDirection() == ct.GetDirection() and stored.GetSize() == ct.GetSize()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stored)[72][::-1, ::-1], dicom)
     if DCIODVFY:
         assert _dciodvfy_errors(out / t.loc["dicom", "sr_file"]) == []

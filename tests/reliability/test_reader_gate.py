@@ -6,14 +6,15 @@ Reproductions that each command accepted before: ``convert`` wrote a half-zero s
 and a mask shifted 50 mm or flipped; ``observers`` measured NaN inside the muscle (SMD 0 HU) and
 zero spacing; a mask that is not a regular file was skipped. And the orientation: one L3 slice
 stored as a DICOM series and as a RAS NIfTI gave two different masks (Dice 0.875) and SMAs
-(91.7 vs 90.5 cm²) through ``measure``; now both give one mask and one SMA.
+(91.7 vs 90.5 cm²) through ``measure``; now both give one mask and one SMA (tested with the
+model where the same run checks both slice conventions:
+tests/integration/test_measure_records.py::test_instance_number_and_slice_index_name_one_real_slice).
 """
 from __future__ import annotations
 
 import ast
 import os
 import re
-import shutil
 import struct
 from pathlib import Path
 
@@ -22,8 +23,6 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from clinical_data import TRAINER, studies_csv
-from conftest import REAL_CT, run_cli
 from nnunet_xfer import cli
 from nnunet_xfer.dataset_conversion.convert import convert
 from nnunet_xfer.errors import UserError
@@ -221,53 +220,6 @@ def test_observers_refuse_nan_in_the_muscle_and_zero_spacing(tmp_path, fault, ph
                        out=tmp_path / "out")
     assert "\n" not in str(e.value) and ("c1" in str(e.value) or "c2" in str(e.value))
     assert not (tmp_path / "out").exists()
-
-
-# ---------------------------------------------------------------- one orientation
-TS = REAL_CT / "totalseg_example"
-needs_real = pytest.mark.skipif(not (TS / "example_ct_as_dicom").is_dir(),
-                                reason="shared/real_ct/totalseg_example not present")
-
-
-def _physical_mask(path: Path, index: int) -> np.ndarray:
-    """Slice ``index`` of a mask file (NIfTI volume, or a one-frame DICOM-SEG on an LPS-stored
-    instance) with rows and columns in LPS order, by SimpleITK's own reorientation."""
-    if path.suffix == ".dcm":
-        import highdicom as hd
-        seg = hd.seg.segread(path)
-        frame = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[u[2] for u in seg.get_source_image_uids()],
-            segment_numbers=[1])[0, ..., 0]
-        return frame.astype(bool)          # the source instance's rows and columns: LPS
-    volume = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
-    assert volume.GetDirection()[8] == 1.0    # the slice axis kept its order
-    return sitk.GetArrayFromImage(volume)[index].astype(bool)
-
-
-@needs_real
-def test_dicom_and_nifti_storage_of_one_slice_give_one_mask_and_one_sma(model_env, tmp_path):
-    """example_ct.nii.gz (RAS rows) and example_ct_as_dicom/ (LPS rows) hold the same voxels;
-    slice 72 measured from both: the same mask in physical space, the same SMA."""
-    csv = studies_csv(tmp_path / "studies.csv", [
-        {"case_id": "nifti", "image": str(TS / "example_ct.nii.gz"), "slice_index": 72},
-        {"case_id": "dicom", "image": str(TS / "example_ct_as_dicom"), "slice_index": 72}])
-    out = tmp_path / "out"
-    run_cli("nnunet-xfer", "measure", "--cases", str(csv), "-o", str(out), "-d", "501", "-tr",
-            TRAINER, "--device", "cpu", env=model_env)
-    t = pd.read_csv(out / "measures.csv", dtype={"case_id": str}).set_index("case_id")
-    assert (t["status"] == "ok").all()
-    assert t.loc["dicom", "mask_file"].endswith(".dcm")          # DICOM in, DICOM-SEG out
-    nifti = _physical_mask(out / t.loc["nifti", "mask_file"], 72)
-    dicom = _physical_mask(out / t.loc["dicom", "mask_file"], 72)
-    np.testing.assert_array_equal(nifti, dicom)
-    assert nifti.any()
-    for k in ("sma_cm2", "smd_hu", "sma_mask_cm2", "muscle_pixels"):
-        assert t.loc["nifti", k] == t.loc["dicom", k], k
-    # the NIfTI mask lies on the input's grid, in its own (RAS) storage order
-    stored = sitk.ReadImage(str(out / t.loc["nifti", "mask_file"]))
-    ct = sitk.ReadImage(str(TS / "example_ct.nii.gz"))
-    assert stored.GetDirection() == ct.GetDirection() and stored.GetSize() == ct.GetSize()
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(stored)[72][::-1, ::-1], dicom)
 
 
 # ---------------------------------------------------------------- one owner of names and headers
