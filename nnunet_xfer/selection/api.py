@@ -126,19 +126,38 @@ def select_subsets(dataset: str | int, strategy: str = "random", features: str |
     features = features or HISTOGRAM
     every = sorted({c for split in splits for c in split["train"]})
     images = images_for_cases(layout.images_dir, every)
-    table = None
     if features == HISTOGRAM:
         table = dict(zip(every, histogram_features(images)))
+        tables = [table] * len(splits)
+    else:
+        tables = _encoder_tables(images, splits, layout.name, features, plans, configuration,
+                                 device)
     for fold, split in enumerate(splits):
         train = sorted(split["train"])
-        if table is not None:
-            x = np.vstack([table[c] for c in train])
-        else:
-            x = encoder_features({c: images[c] for c in train}, layout.name, features, plans,
-                                 configuration, fold, device)
+        x = np.vstack([tables[fold][c] for c in train])
         picks, _radii = farthest_first(x)
         order[str(fold)] = [train[i] for i in picks]
     return Selection(layout.name, strategy, features, seed, splits, order)
+
+
+def _encoder_tables(images: dict[str, Path], splits: list[dict], dataset: str, source: str,
+                    plans: str, configuration: str, device: str | None) -> list[dict[str, np.ndarray]]:
+    """Per fold, {training case: encoder feature row} from the store entry that fold's trainer
+    loads. Folds that load the same entry (all but per-fold pretraining) share one pass over
+    their cases: a row depends only on its own image and the entry."""
+    from nnunet_xfer.pretraining.store import trainer_entry
+    by_entry: dict[Path, list[int]] = {}
+    for fold in range(len(splits)):
+        path = trainer_entry(dataset, source, plans, configuration, fold).path
+        by_entry.setdefault(path, []).append(fold)
+    tables: list[dict[str, np.ndarray]] = [{} for _ in splits]
+    for folds in by_entry.values():
+        cases = sorted({c for f in folds for c in splits[f]["train"]})
+        rows = encoder_features({c: images[c] for c in cases}, dataset, source, plans,
+                                configuration, folds[0], device)
+        for f in folds:
+            tables[f] = dict(zip(cases, rows))
+    return tables
 
 
 @dataclass(frozen=True)

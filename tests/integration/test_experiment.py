@@ -285,8 +285,17 @@ def test_extended_grid_imports_published_checkpoints_on_their_network(grid_datas
     assert "-s dinov2" in bad.stderr and "unetr_vit_b14" in bad.stderr
     with pytest.raises(UserError, match="radimagenet.*--arch unet_resnet50.*not plans nnUNetPlans"):
         experiment_steps(str(GRID_ID), sources=("scratch", "radimagenet"), sizes=[5], folds=[0])
+    for source, arch in (("radimagenet", "unet_resnet50"), ("dinov2", "unetr_vit_b14")):
+        _, steps = experiment_steps(str(GRID_ID), arch=arch, sources=("scratch", source),
+                                    sizes=[5], folds=[0])
+        (imp,) = [s for s in steps if s.kind == "pretrain"]
+        variable = f"NNUNET_XFER_{source.upper()}_WEIGHTS"
+        assert imp.argv[-2:] == ("--weights", f"${{{variable}}}") and f"nnUNetPlans_{arch}" in imp.argv
+        assert f"train Xfer{source.capitalize()}Trainer_n5 fold 0" in {s.name for s in steps}
     with pytest.raises(UserError, match="nnUNetTrainer"):
         Grid(str(GRID_ID), sources=("scratch", "nnunet"))
+    with pytest.raises(UserError, match="'threshold' is a no-learning reference"):
+        Grid(str(GRID_ID), sources=("scratch", "threshold"))
 
 
 def test_cli_builds_the_grid_with_the_grid_defaults(grid_dataset):

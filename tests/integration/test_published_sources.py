@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import one_case_validation_copy, predict_one_validation_case, run_cli
+from conftest import one_case_validation_copy, run_cli
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.planning import write_plans_variant
 from nnunet_xfer.pretraining.external_weights import (import_external_weights, resnet50_state,
@@ -162,11 +162,11 @@ def _imported(source: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("source", ["radimagenet", "meddino", "dinov2"])
-def test_published_source_imports_trains_and_predicts(source, published, ext_dataset, tmp_path,
-                                                      nnunet_env):
+def test_published_source_imports_trains_and_predicts(source, published, ext_dataset, nnunet_env):
     """pretrain -s SOURCE --weights FILE, nnUNetv2_train Xfer<Source>Trainer_n5 (the initial
-    network holds the file's tensors), whose validation predicts with nnU-Net's predictor;
-    ``nnUNetv2_predict`` (the network rebuilt from the plans alone) once, for the ViT-B/16."""
+    network holds the file's tensors), whose validation predicts with nnU-Net's predictor; for the
+    ViT-B/16 also a predictor initialised from the run folder (the network rebuilt from the plans
+    alone, as ``nnUNetv2_predict`` does)."""
     path, original = published[source]  # original: the CHECKED tensors
     proc = run_cli("nnunet-xfer", "pretrain", "-d", str(EXT_ID), "-s", source, "-p",
                    PLANS[source], "--weights", str(path), "--overwrite")
@@ -195,8 +195,12 @@ def test_published_source_imports_trains_and_predicts(source, published, ext_dat
             original["pos_embed"], new_size=[5, 5], num_prefix_tokens=1))
 
     trainer = f"Xfer{spec(source).trainer_stem}Trainer_n5"
+    # one training iteration is enough to show the network trains; RadImageNet's 260 MB final and
+    # best checkpoints are not written (validation predicts with the network in memory)
+    no_checkpoints = ["--disable_checkpointing"] if source == "radimagenet" else []
     run_cli("nnUNetv2_train", str(EXT_ID), "2d", "0", "-tr", trainer, "-p", PLANS[source],
-            "-device", "cpu", env={"nnUNet_xfer_save_initial": "1"})
+            "-device", "cpu", *no_checkpoints,
+            env={"nnUNet_xfer_save_initial": "1", "nnUNet_xfer_iterations": "1"})
     fold = Path(nnunet_env["nnUNet_results"]) / EXT_NAME / f"{trainer}__{PLANS[source]}__2d" / "fold_0"
     initial = torch.load(fold / "checkpoint_initial.pth", weights_only=True)["network_weights"]
     for k in checks:
@@ -208,11 +212,17 @@ def test_published_source_imports_trains_and_predicts(source, published, ext_dat
     validated = sorted((fold / "validation").glob("*.nii.gz"))
     assert len(validated) == 1
     assert set(sitk.GetArrayFromImage(sitk.ReadImage(str(validated[0]))).ravel().tolist()) <= {0, 1}
-    if source == "meddino":
-        pred, image = predict_one_validation_case(EXT_ID, ext_dataset, nnunet_env, trainer,
-                                                  PLANS[source], tmp_path)
-        assert pred.GetSize() == image.GetSize()
-        assert set(sitk.GetArrayFromImage(pred).ravel().tolist()) <= {0, 1}
+    if source == "meddino":  # nnU-Net's predictor rebuilds the network from the run's plans alone
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        case = json.loads((ext_dataset / "splits_final.json").read_text())[0]["val"][0]
+        image, props = SimpleITKIO().read_images(
+            [str(Path(nnunet_env["nnUNet_raw"]) / EXT_NAME / "imagesTr" / f"{case}_0000.nii.gz")])
+        predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(fold.parent), (0,), "checkpoint_final.pth")
+        assert type(predictor.network).__name__ == "ViTUNETR"
+        pred = predictor.predict_single_npy_array(image, {"spacing": props["spacing"]})
+        assert pred.shape == image.shape[1:] and set(pred.ravel().tolist()) <= {0, 1}
 
 
 def test_misfitting_files_are_refused_in_one_line(published, ext_dataset, tmp_path):

@@ -21,6 +21,7 @@ from conftest import DATASET_ID, DATASET_NAME, run_cli
 from nnunet_xfer.errors import UserError
 from nnunet_xfer.selection import select_subsets
 from nnunet_xfer.selection.uncertainty import mask_disagreement, predictor_masks
+from nnunet_xfer.splits import SPLITS_DIGEST_KEY, splits_digest
 
 
 def select(*args: str, check: bool = True, env: dict | None = None):
@@ -80,7 +81,15 @@ def test_selection_honoured_by_nnunet_train_at_n1_and_n2(phantom_dir, preprocess
     subsets = json.loads((raw / "subsets.json").read_text())
     assert subsets["folds"]["0"]["3"] == sorted(order[:3]) and subsets["orders"]["0"] == order
     assert json.loads((raw / "dataset.json").read_text())["nnunet_xfer"]["selection"]["strategy"] == "diverse"
-    copy_preprocessed(preprocessed_dataset, Path(env["nnUNet_preprocessed"]) / DATASET_NAME)
+    pre = Path(env["nnUNet_preprocessed"]) / DATASET_NAME
+    copy_preprocessed(preprocessed_dataset, pre)
+    # fold 0 validates on one case (validation is most of a tiny run's time); its training cases,
+    # hence the selected subsets, stay as convert wrote them
+    splits = json.loads((raw / "splits_final.json").read_text())
+    splits[0]["val"] = splits[0]["val"][:1]
+    for folder in (raw, pre):
+        (folder / "splits_final.json").write_text(json.dumps(splits))
+    (raw / "subsets.json").write_text(json.dumps({**subsets, SPLITS_DIGEST_KEY: splits_digest(splits)}))
     for n in (1, 2):
         trainer = f"XferScratchTrainer_n{n}"
         run_cli("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu", env=env)
@@ -91,6 +100,7 @@ def test_selection_honoured_by_nnunet_train_at_n1_and_n2(phantom_dir, preprocess
         assert sampling["n_train"] == n and sampling["with_replacement"] and batch >= 2
         assert sampling["patches_per_case_per_epoch"] == pytest.approx(2 * batch / n)  # 2 iterations
         assert (fold / "checkpoint_final.pth").is_file()
+        assert [p.name for p in (fold / "validation").glob("*.nii.gz")] == [f"{splits[0]['val'][0]}.nii.gz"]
         log = "".join(p.read_text() for p in fold.glob("training_log*.txt"))
         assert (f"n={n} is smaller than the batch size {batch}" in log) == (n < batch)
 

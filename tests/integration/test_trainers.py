@@ -186,6 +186,7 @@ def test_family_is_complete_and_discoverable():
             "XferJigsawTrainer_n4"} <= set(names)
     assert {"XferRadimagenetTrainer_n5", "XferDinov2Trainer_n5", "XferMeddinoTrainer_nall"} <= set(names)
     assert "nnUNetTrainer" not in family.__all__  # nnU-Net's own source has no family
+    assert not [n for n in family.__all__ if n.startswith(("XferNnunet", "XferThreshold"))]
     for name in names:
         cls = getattr(family, name)
         assert issubclass(cls, nnUNetTrainer) and cls.__name__ == name
