@@ -138,13 +138,9 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
     """Call every candidate once per round for ``repeats`` rounds (≥ ``minimum``, 5 unless a
     caller repeats the whole measurement itself), rotating the order by one each round, after
     ``warmup`` untimed rounds; record each call's process CPU and wall time."""
-    if repeats < minimum:
-        raise ValueError(f"repeats must be >= {minimum} for a believable comparison, got {repeats}")
-    names = list(candidates)
-    out = Timings(cpu={n: [] for n in names}, wall={n: [] for n in names}, rounds=repeats)
-    for r in range(-warmup, repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+    out = _empty_timings(candidates, repeats, minimum)
+    for r, names in _rotated_rounds(list(candidates), repeats, warmup):
+        for name in names:
             fn = candidates[name]
             c0, w0 = time.process_time(), time.perf_counter()
             fn()
@@ -153,6 +149,21 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 7,
                 out.cpu[name].append(c1 - c0)
                 out.wall[name].append(w1 - w0)
     return out
+
+
+def _empty_timings(candidates: dict, repeats: int, minimum: int) -> Timings:
+    if repeats < minimum:
+        raise ValueError(f"repeats must be >= {minimum} for a believable comparison, got {repeats}")
+    return Timings(cpu={n: [] for n in candidates}, wall={n: [] for n in candidates},
+                   rounds=repeats)
+
+
+def _rotated_rounds(names: list[str], repeats: int, warmup: int):
+    """(round, names in this round's order): warm-up rounds negative, the order rotated by one
+    each round."""
+    for r in range(-warmup, repeats):
+        shift = r % len(names)
+        yield r, names[shift:] + names[:shift]
 
 
 def load_now() -> str:
@@ -217,15 +228,11 @@ def interleaved_children(candidates: dict[str, Callable[[], tuple[float, float]]
     """:func:`interleaved` for candidates that time themselves (e.g. with :func:`time_child`):
     each returns (CPU s, wall s) of one call. ``report`` gets one line per timed call and the
     load average before each round."""
-    if repeats < minimum:
-        raise ValueError(f"repeats must be >= {minimum} for a believable comparison, got {repeats}")
-    names = list(candidates)
-    out = Timings(cpu={n: [] for n in names}, wall={n: [] for n in names}, rounds=repeats)
-    for r in range(-warmup, repeats):
-        shift = r % len(names)
+    out = _empty_timings(candidates, repeats, minimum)
+    for r, names in _rotated_rounds(list(candidates), repeats, warmup):
         if report:
             report(f"round {r}{' (warm-up)' if r < 0 else ''}: load {load_now()}")
-        for name in names[shift:] + names[:shift]:
+        for name in names:
             cpu, wall = candidates[name]()
             if report:
                 report(f"  {name}: CPU {cpu:.2f} s, wall {wall:.2f} s")
