@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nnunet-xfer demo -o demo_output
 
+# Two pytest-xdist workers, one test file each at a time (a module's fixtures are built once; the
+# session fixtures once per worker): the suite needs about half the wall time on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 # Unit tests and the fast reliability cases only (no nnU-Net runs, no browser): under a minute.
 test-fast: $(STAMP)

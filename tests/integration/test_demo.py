@@ -76,7 +76,7 @@ def test_demo_quick_end_to_end(tmp_path, nnunet_env):
     assert "owned" not in marker and "phantom/cases.csv" in marker["files"]
     assert (report.parent / "report_files" / "headline.png").stat().st_size > 1000  # own folder
     cases = pd.read_csv(evaluation / "cases.csv")
-    assert set(cases["source"]) == {"scratch", "rec"}
+    assert set(cases["source"]) == {"scratch", "rec", "threshold"}  # the no-learning reference rows
     assert (cases["dice"].between(0, 1)).all()
     assert (out / "observer_study" / "report.html").is_file()
     assert (results / "XferRecTrainer_n5__nnUNetPlans__2d/fold_0/checkpoint_final.pth").is_file()

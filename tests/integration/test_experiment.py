@@ -190,8 +190,9 @@ def test_run_tiny_grid_then_second_run_skips(preprocessed_dataset, nnunet_env):
     assert "2 of 4 already finished, skipped" in second.stdout + second.stderr
     assert f"report: {results / 'nnunet_xfer_evaluation' / 'report.html'}" in second.stdout
     # the results table: one row per source and n, from evaluate's summary.json
-    assert re.search(r"^scratch\s+5\s+\d+( \(\d+ failed\))?\s+[01]\.\d{3}\s+(\d+\.\d\d|–)\s+–$",
+    assert re.search(r"^scratch\s+5\s+\d+( \(\d+ failed\))?\s+[01]\.\d{3}\s+(\d+\.\d\d|–)\s+(yes|no)\s+–$",
                      second.stdout, re.M), second.stdout
+    assert re.search(r"^threshold \(no learning\)\s+–\s+\d+\s.*\(baseline\)", second.stdout, re.M)
 
     # Killed during validation: checkpoint_final.pth exists, validation/summary.json does not.
     # The rerun validates the genuine checkpoint with nnU-Net's --val instead of skipping it.
