@@ -222,8 +222,7 @@ def _muscle_of(mask: Image, labels: list[int] | None, case: str) -> Slice:
     """The boolean muscle slice of a mask file and its grid: 0/1 values, or ``labels``."""
     arr, geometry = mask.plane(case)
     if labels is None:
-        return Slice(mask_of_label(arr, 1, False, mask.path, option="--label-map",
-                                   hint=LABEL_MAP_HINT), geometry)
+        return Slice(mask_of_label(arr, 1, False, mask.path, hint=LABEL_MAP_HINT), geometry)
     if arr.dtype.kind == "f" and not np.all(np.equal(np.mod(arr, 1), 0)):
         raise UserError(f"{mask.path}: mask has non-integer values; give a label image")
     return Slice(np.isin(arr, labels), geometry)
