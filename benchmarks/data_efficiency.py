@@ -123,7 +123,7 @@ def pipeline(root: Path, s: Settings) -> list[tuple[str, list]]:
                 done_file=str(raw(DIVERSE_NAME) / "splits_final.json"), needs=("select diverse",))]),
         ("plan and preprocess", [
             Step(f"plan {name}", "plan", ("nnUNetv2_plan_and_preprocess", "-d", str(i), "-c", "2d",
-                                          "-np", "2"),
+                                          "-np", "2", "-npfp", "2"),
                  done_file=str(DatasetLayout(name).plans_json()))
             for i, name in ((RANDOM_ID, RANDOM_NAME), (DIVERSE_ID, DIVERSE_NAME))]),
         ("pretrain", kind(main_steps, "pretrain")),

@@ -176,7 +176,7 @@ def build_model(work: Path, a) -> dict:
           str(work / "cohort" / "cases.csv"), "-d", str(DATASET_ID), "--name", f"Speed{a.size}",
           "--folds", str(a.folds), "--sizes", "5", "--overwrite"], env, log)
     _run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d",
-          "-np", "1"], env, log)
+          "-np", "1", "-npfp", "1"], env, log)
     train_env = {**env, "nnUNet_xfer_epochs": str(a.epochs),
                  "nnUNet_xfer_iterations": str(a.iterations), "nnUNet_xfer_seed": "0"}
     for fold in range(a.trained_folds):

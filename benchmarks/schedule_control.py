@@ -69,7 +69,7 @@ def make_dataset(root: Path, cases: int, size: int, sizes: list[int]) -> None:
     cohort = write_cohort(root / "cohort", n_cases=cases, size=size, n_observers=1, n_observer_cases=1, seed=0)
     convert(cases_csv=cohort / "cases.csv", dataset_id=DATASET_ID, name="L3", sizes=sizes)
     subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
-                    "-c", "2d", "-np", "1"], check=True, capture_output=True,
+                    "-c", "2d", "-np", "1", "-npfp", "1"], check=True, capture_output=True,
                    env={**os.environ, "nnUNet_n_proc_DA": "1"})
 
 

@@ -42,7 +42,7 @@ def make_phantom_dataset(root: Path, size: int, cases: int) -> str:
     cohort = write_cohort(root / "cohort", n_cases=cases, size=size, n_observers=1, n_observer_cases=1)
     convert(cases_csv=cohort / "cases.csv", dataset_id=501, name="L3", sizes=[5])
     subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c",
-                    "2d", "-np", "1"], check=True, capture_output=True,
+                    "2d", "-np", "1", "-npfp", "1"], check=True, capture_output=True,
                    env={**os.environ, "nnUNet_n_proc_DA": "1"})
     return "Dataset501_L3"
 

@@ -177,7 +177,7 @@ def preprocessed_dataset(raw_dataset, nnunet_env) -> Path:
     """``nnUNetv2_plan_and_preprocess -d 501 -c 2d --verify_dataset_integrity`` on the phantom."""
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which refuses 0
     run_cli("nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d",
-            "--verify_dataset_integrity", "-np", "1", env={**nnunet_env, "nnUNet_n_proc_DA": "1"})
+            "--verify_dataset_integrity", "-np", "1", "-npfp", "1", env={**nnunet_env, "nnUNet_n_proc_DA": "1"})
     return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
 
 

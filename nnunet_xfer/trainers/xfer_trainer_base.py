@@ -12,6 +12,8 @@ Life cycle inside ``nnUNetv2_train`` (nnunetv2 2.8.1):
 * ``--c`` / ``--val``: nnU-Net calls :meth:`load_checkpoint`, which opens the file with the
   restricted unpickler first (a planted pickle is refused in one line) and marks the run resumed.
 * :meth:`do_split` returns the fold's nested subset and the fold's whole validation set.
+* :meth:`perform_actual_validation` (nnU-Net's, at the end and under ``--val``): with
+  ``nnUNet_def_n_proc=1`` its export and scoring pools are threads (``xfer_validation``).
 
 Scratch trainers are this class as it is; trainers of pretrained sources add the source checkpoint
 (and the optional fine-tuning schedule) in ``xfer_transfer.XferTransferTrainer``.
@@ -39,6 +41,7 @@ from nnunet_xfer.study_grid import trainer_name
 from nnunet_xfer.trainers import check_nnunet_version
 from nnunet_xfer.trainers.xfer_schedule import NNUNET_SCHEDULE, FineTuneSchedule
 from nnunet_xfer.trainers.xfer_subsets import FoldSubset, fold_subset
+from nnunet_xfer.trainers.xfer_validation import one_worker_requested, pools_as_threads
 
 check_nnunet_version()
 
@@ -304,6 +307,17 @@ class XferTrainerBase(nnUNetTrainer):
         decoder = getattr(self._bare_network(), "decoder", None)
         if decoder is not None and hasattr(decoder, "deep_supervision"):
             super().set_deep_supervision_enabled(enabled)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's; with ``nnUNet_def_n_proc=1`` its export and scoring pools are one thread
+        each instead of one spawned process (``xfer_validation``: same jobs, no interpreter
+        start-up)."""
+        if self.is_ddp or not one_worker_requested():
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("nnunet_xfer validation: export and scoring in one thread "
+                               "(nnUNet_def_n_proc=1)")
+        with pools_as_threads():
+            return super().perform_actual_validation(save_probabilities)
 
     def _save_debug_information(self):
         """nnU-Net's debug.json plus ``xfer_info`` as real JSON (subset, source, transfer, schedule)."""

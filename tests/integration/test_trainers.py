@@ -15,7 +15,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from conftest import DATASET_ID, DATASET_NAME, benchmark_module, run_cli
@@ -246,6 +248,15 @@ def test_scratch_run_outputs_subset_and_predict(scratch_run, raw_dataset, tmp_pa
     validated = sorted(Path(c["prediction_file"]).name.split(".")[0] for c in summary["metric_per_case"])
     assert validated == sorted(splits[0]["val"])  # the whole validation fold, not a subset of it
     text = log_text(scratch_run)
+    # nnUNet_def_n_proc=1 (the tests' setting): export and scoring ran in a thread, and nnU-Net's
+    # summary scores the masks that thread exported
+    assert "export and scoring in one thread (nnUNet_def_n_proc=1)" in text
+    for case in summary["metric_per_case"]:
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(case["prediction_file"])) == 1
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(case["reference_file"])) == 1
+        expected = 2 * (pred & ref).sum() / (pred.sum() + ref.sum()) if pred.any() or ref.any() \
+            else np.nan
+        assert case["metrics"]["1"]["Dice"] == pytest.approx(expected, nan_ok=True)
     assert logged_subset(text) == subsets["folds"]["0"]["5"]
     assert "1 epochs × 2 iterations" in text
     info = json.loads((scratch_run / "debug.json").read_text())["xfer_info"]
