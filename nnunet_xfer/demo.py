@@ -71,11 +71,12 @@ class DemoSettings:
     source_cases: int = 0
 
 
-#: Sized to stay near 5 min on 2 idle CPU cores: scratch, a self-supervised source and the
-#: synthetic segmentation source (the study's strongest kind), two sizes, fold 0.
-FULL = DemoSettings(cases=40, size=128, observers=10, observer_cases=40,
-                    sources=("scratch", "rec", "seg"), sizes=(5, 10), epochs=3,
-                    iterations=20, pretrain_iterations=10, source_cases=30)
+#: Sized to stay within 5 min on 2 idle CPU cores: scratch, a self-supervised source and the
+#: synthetic segmentation source (the study's strongest kind), two sizes, fold 0; 64² slices so
+#: that 4 × 30 iterations fit, enough for a model to beat the threshold baseline.
+FULL = DemoSettings(cases=40, size=64, observers=10, observer_cases=40,
+                    sources=("scratch", "rec", "seg"), sizes=(5, 10), epochs=4,
+                    iterations=30, pretrain_iterations=30, source_cases=30)
 #: The tiny version the tests run (< 2.5 min).
 QUICK = DemoSettings(cases=24, size=64, observers=3, observer_cases=24, sources=("scratch", "rec"),
                      sizes=(5,), epochs=1, iterations=2, pretrain_iterations=5)
@@ -90,9 +91,10 @@ def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = N
     if not all(env.get(v) for v in NNUNET_VARS):
         for v in NNUNET_VARS:
             env[v] = str(out.resolve() / v)
-    # nnUNet_n_proc_DA=1: one background augmentation worker (0 breaks nnU-Net's planner, which
-    # calls torch.set_num_threads with it); nnUNet_def_n_proc=1: no 8-process export pools on CPU.
-    env.update({"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
+    # nnUNet_n_proc_DA=0: augmentation in the training process (no worker to spawn; the plan
+    # step sets 1, nnU-Net's planner refuses 0); nnUNet_def_n_proc=1: validation exports in one
+    # thread of the trainer (trainers/xfer_validation.py), not in 8 spawned processes.
+    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
                 "MPLBACKEND": "Agg",
                 "nnUNet_xfer_epochs": str(settings.epochs),
                 "nnUNet_xfer_iterations": str(settings.iterations)})
@@ -131,7 +133,8 @@ def demo_steps(out: Path, settings: DemoSettings,
             "nnunet-xfer", "convert", "--cases", str(phantom / CASES_CSV), "-d", str(DEMO_ID),
             "-n", DEMO_NAME.split("_", 1)[1], "--sizes", sizes))]),
         ("plan and preprocess", [Step("plan", "plan", (
-            "nnUNetv2_plan_and_preprocess", "-d", str(DEMO_ID), "-c", "2d", "-np", "2"))]),
+            "nnUNetv2_plan_and_preprocess", "-d", str(DEMO_ID), "-c", "2d", "-np", "2", "-npfp", "2"),
+            env=(("nnUNet_n_proc_DA", "1"),))]),
         ("pretrain", by_kind("pretrain")),
         ("train", by_kind("train")),
         ("evaluate + report", by_kind("evaluate", "report")),
