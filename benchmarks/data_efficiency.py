@@ -10,8 +10,8 @@ Every stage is a subprocess of the commands a user types, run by the experiment'
     → report, and report -i random=… -i diverse=… for the selection comparison.
 
 Full run (defaults): a 72-case phantom at 64² (convert's 4 folds: 54 training, 18 validation
-slices each; folds 0-2 are trained, so 54 validation cases), 5 observers on every case; sources
-scratch, rec, jigsaw and seg at n = 5, 10, 25, 50 (nested) on those 3 folds, every one with nnU-Net's 2d network and batch of the plans, the same schedule
+slices each; all 4 are trained, so every one of the 72 cases is validated once), 5 observers on
+every case; sources scratch, rec, jigsaw and seg at n = 5, 10, 25, 50 (nested) on the 4 folds, every one with nnU-Net's 2d network and batch of the plans, the same schedule
 (``--epochs`` × ``--iterations``) and the same pretraining budget; plus scratch on the subsets
 ``select --strategy diverse`` picks at n = 5 and 10. Then per point: mean Dice and RMS DTA with
 95 % t intervals over the validation cases, the paired difference against scratch on the same
@@ -58,7 +58,7 @@ class Settings:
     source_cases: int = 100
     sources: tuple[str, ...] = ("scratch", "rec", "jigsaw", "seg")
     sizes: tuple[int, ...] = (5, 10, 25, 50)
-    folds: tuple[int, ...] = (0, 1, 2)
+    folds: tuple[int, ...] = (0, 1, 2, 3)
     diverse_sizes: tuple[int, ...] = (5, 10)
     epochs: int = 4
     iterations: int = 30
