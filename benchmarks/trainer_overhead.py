@@ -13,7 +13,7 @@ wall time are reported as ratios to ``nnUNetTrainer`` (goal ≤ 1.02).
     .venv/bin/python benchmarks/trainer_overhead.py -d 501 --plans nnUNetPlans nnUNetPlans_fcn_resnet50
 
 With ``-d`` the dataset must be preprocessed for every ``--plans`` (torchvision plans variants
-reuse nnU-Net's preprocessed data). ``XferRecTrainer_nall`` needs a ``rec`` store entry; when there
+reuse nnU-Net's preprocessed data). ``XferRecTrainer_nall`` needs fold 0's ``rec`` store entry; when there
 is none, one is written from the network's own initial weights into a temporary results folder
 (transfer and schedule are what is measured, not what the weights are). By default every trainer
 has nnU-Net's own optimiser and schedule; ``--explicit-schedule`` times the per-part parameter
@@ -54,14 +54,18 @@ def ensure_rec_entry(dataset: str, plans: str) -> None:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_xfer.layout import DatasetLayout
-    from nnunet_xfer.pretraining.store import save_entry
-    pth = DatasetLayout(dataset).store_entry("rec", plans, "2d")
+    from nnunet_xfer.pretraining.store import entry_provenance, save_entry
+    # fold 0's own entry with its provenance record, as `pretrain -s rec --fold 0` writes it
+    # (the trainers' default scope is the fold; a shared entry without provenance is refused)
+    pth = DatasetLayout(dataset).store_entry("rec", plans, "2d", fold=0)
     if pth.is_file():
         return
     pm = PlansManager(os.path.join(os.environ["nnUNet_preprocessed"], dataset, plans + ".json"))
     torch.manual_seed(0)
     net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, 2, True)
-    save_entry(pth, net.state_dict(), None, {"source": "rec", "trained_prefixes": ["encoder.", "decoder."],
+    prov = entry_provenance(dataset, plans, "2d", scope="fold", fold=0)
+    save_entry(pth, net.state_dict(), None, {"source": "rec", **prov,
+                                             "trained_prefixes": ["encoder.", "decoder."],
                                              "note": "benchmark: initial weights"})
 
 
