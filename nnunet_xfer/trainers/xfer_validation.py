@@ -59,7 +59,10 @@ def pools_as_threads(modules: tuple[ModuleType, ...] | None = None) -> Iterator[
     """Within the block, ``multiprocessing.get_context(...).Pool(n)`` in ``modules`` (default:
     :func:`validation_modules`) makes a pool of ``n`` threads; restored on the way out."""
     modules = validation_modules() if modules is None else modules
-    saved = [(m, m.multiprocessing) for m in modules]
+    # a module that does not look its pools up under this name (another nnU-Net version) keeps
+    # whatever it does
+    saved = [(m, m.multiprocessing) for m in modules
+             if getattr(m, "multiprocessing", None) is multiprocessing]
     try:
         for m, _ in saved:
             m.multiprocessing = _ThreadedMultiprocessing()

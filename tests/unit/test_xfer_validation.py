@@ -50,3 +50,11 @@ def test_threads_only_when_one_worker_is_asked_for(monkeypatch):
     assert xv.one_worker_requested()
     monkeypatch.setattr(configuration, "default_num_processes", 8)  # nnU-Net's default
     assert not xv.one_worker_requested()
+
+
+def test_a_module_without_the_multiprocessing_name_is_left_alone():
+    import types
+    other = types.ModuleType("other_nnunet_version")  # pools looked up some other way
+    with xv.pools_as_threads((other,)):
+        assert not hasattr(other, "multiprocessing")
+    assert not hasattr(other, "multiprocessing")
