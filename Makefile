@@ -43,7 +43,8 @@ bench: $(STAMP)
 	$(BENCH_PY) benchmarks/phantom_calibration.py --quick
 	$(BENCH_PY) benchmarks/evaluate_scale.py --cases 12 --size 128 --repeats 5
 	$(BENCH_PY) benchmarks/measure_speed.py --quick
-	$(BENCH_PY) benchmarks/schedule_control.py --sizes 5 --seeds 2 --epochs 1 --iterations 5
+	$(BENCH_PY) benchmarks/schedule_control.py --sizes 5 --seeds 2 --epochs 1 --iterations 5 \
+		--json $${TMPDIR:-/tmp}/schedule_control_smoke.json
 	$(BENCH_PY) benchmarks/data_efficiency.py --quick
 
 clean:
