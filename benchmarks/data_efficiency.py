@@ -76,7 +76,9 @@ QUICK = Settings(cases=24, size=64, observers=3, source_cases=12, sources=("scra
 def pipeline(root: Path, s: Settings) -> list[tuple[str, list]]:
     """(stage, steps) in order: every step a command line of the package or of nnU-Net."""
     from nnunet_xfer.experiment import Grid, Step, grid_steps
+    from nnunet_xfer.experiment.steps import plan_argv
     from nnunet_xfer.layout import CASES_CSV, DatasetLayout, REPORT_HTML
+    from nnunet_xfer.settings import NNUNET_PLANNER
 
     phantom, source_task = root / "phantom", root / "source_task"
     selection = root / "diverse_selection.json"
@@ -122,8 +124,7 @@ def pipeline(root: Path, s: Settings) -> list[tuple[str, list]]:
                 ",".join(map(str, s.diverse_sizes)), "--selection", str(selection)),
                 done_file=str(raw(DIVERSE_NAME) / "splits_final.json"), needs=("select diverse",))]),
         ("plan and preprocess", [
-            Step(f"plan {name}", "plan", ("nnUNetv2_plan_and_preprocess", "-d", str(i), "-c", "2d",
-                                          "-np", "2", "-npfp", "2"),
+            Step(f"plan {name}", "plan", plan_argv(i, 2), env=tuple(NNUNET_PLANNER.items()),
                  done_file=str(DatasetLayout(name).plans_json()))
             for i, name in ((RANDOM_ID, RANDOM_NAME), (DIVERSE_ID, DIVERSE_NAME))]),
         ("pretrain", kind(main_steps, "pretrain")),
@@ -140,15 +141,14 @@ def pipeline(root: Path, s: Settings) -> list[tuple[str, list]]:
 def environment(root: Path, s: Settings) -> dict:
     """The subprocesses' environment: nnU-Net folders under ``root``, the trainers, the schedule,
     the synthetic segmentation source as ``seg``'s data, CPU-friendly nnU-Net settings."""
-    from nnunet_xfer.settings import NNUNET_FOLDERS
+    from nnunet_xfer.settings import NNUNET_FOLDERS, NNUNET_ON_CPU
     from nnunet_xfer.sources import spec
     from nnunet_xfer.trainers import trainer_environment
     env = trainer_environment(dict(os.environ))
     for var in NNUNET_FOLDERS:
         env[var] = str(root / var)
         Path(env[var]).mkdir(parents=True, exist_ok=True)
-    env.update({"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
-                "MPLBACKEND": "Agg", spec("seg").data_env: str(root / "source_task"),
+    env.update({**NNUNET_ON_CPU, "MPLBACKEND": "Agg", spec("seg").data_env: str(root / "source_task"),
                 "nnUNet_xfer_epochs": str(s.epochs), "nnUNet_xfer_iterations": str(s.iterations)})
     # torch's OpenMP threads sleep instead of spinning while they wait (a shared CPU)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

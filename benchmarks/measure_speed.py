@@ -175,8 +175,10 @@ def build_model(work: Path, a) -> dict:
     _run([sys.executable, "-m", "nnunet_xfer.cli", "convert", "--cases",
           str(work / "cohort" / "cases.csv"), "-d", str(DATASET_ID), "--name", f"Speed{a.size}",
           "--folds", str(a.folds), "--sizes", "5", "--overwrite"], env, log)
-    _run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d",
-          "-np", "1", "-npfp", "1"], env, log)
+    from nnunet_xfer.experiment.steps import plan_argv
+    from nnunet_xfer.settings import NNUNET_PLANNER
+    argv = plan_argv(DATASET_ID, 1)
+    _run([str(BIN / argv[0]), *argv[1:]], {**env, **NNUNET_PLANNER}, log)
     train_env = {**env, "nnUNet_xfer_epochs": str(a.epochs),
                  "nnUNet_xfer_iterations": str(a.iterations), "nnUNet_xfer_seed": "0"}
     for fold in range(a.trained_folds):

@@ -68,9 +68,12 @@ def make_dataset(root: Path, cases: int, size: int, sizes: list[int]) -> None:
     from nnunet_xfer.phantom.cohort import write_cohort
     cohort = write_cohort(root / "cohort", n_cases=cases, size=size, n_observers=1, n_observer_cases=1, seed=0)
     convert(cases_csv=cohort / "cases.csv", dataset_id=DATASET_ID, name="L3", sizes=sizes)
-    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
-                    "-c", "2d", "-np", "1", "-npfp", "1"], check=True, capture_output=True,
-                   env={**os.environ, "nnUNet_n_proc_DA": "1"})
+    from nnunet_xfer.experiment.runner import executable
+    from nnunet_xfer.experiment.steps import plan_argv
+    from nnunet_xfer.settings import NNUNET_PLANNER
+    argv = plan_argv(DATASET_ID, 1)
+    subprocess.run([executable(argv[0]), *argv[1:]], check=True, capture_output=True,
+                   env={**os.environ, **NNUNET_PLANNER})
 
 
 def initial_network(dataset: str, seed: int):
@@ -308,7 +311,8 @@ def main() -> None:
     for var in ("raw", "preprocessed", "results"):
         (root / var).mkdir()
         os.environ[f"nnUNet_{var}"] = str(root / var)
-    os.environ.update({"nnUNet_compile": "false", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"})
+    from nnunet_xfer.settings import NNUNET_ON_CPU
+    os.environ.update(NNUNET_ON_CPU)
     for var in (*SCHEDULE_VARS, "nnUNet_xfer_save_initial", "nnUNet_xfer_pretrain_scope"):
         os.environ.pop(var, None)
     from nnunet_xfer.trainers import trainer_folder

@@ -27,7 +27,6 @@ import io
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,9 +40,12 @@ def make_phantom_dataset(root: Path, size: int, cases: int) -> str:
     from nnunet_xfer.phantom.cohort import write_cohort
     cohort = write_cohort(root / "cohort", n_cases=cases, size=size, n_observers=1, n_observer_cases=1)
     convert(cases_csv=cohort / "cases.csv", dataset_id=501, name="L3", sizes=[5])
-    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c",
-                    "2d", "-np", "1", "-npfp", "1"], check=True, capture_output=True,
-                   env={**os.environ, "nnUNet_n_proc_DA": "1"})
+    from nnunet_xfer.experiment.runner import executable
+    from nnunet_xfer.experiment.steps import plan_argv
+    from nnunet_xfer.settings import NNUNET_PLANNER
+    argv = plan_argv(501, 1)
+    subprocess.run([executable(argv[0]), *argv[1:]], check=True, capture_output=True,
+                   env={**os.environ, **NNUNET_PLANNER})
     return "Dataset501_L3"
 
 

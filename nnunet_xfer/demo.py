@@ -30,7 +30,7 @@ from nnunet_xfer.experiment import (
     results_table,
     run_steps,
 )
-from nnunet_xfer.experiment.steps import ShellLayout
+from nnunet_xfer.experiment.steps import ShellLayout, plan_argv
 from nnunet_xfer.dataset_conversion.raw_writer import claim_dataset
 from nnunet_xfer.layout import (
     CASES_CSV,
@@ -91,11 +91,7 @@ def demo_environment(out: Path, settings: DemoSettings, environ: dict | None = N
     if not all(env.get(v) for v in NNUNET_VARS):
         for v in NNUNET_VARS:
             env[v] = str(out.resolve() / v)
-    # nnUNet_n_proc_DA=0: augmentation in the training process (no worker to spawn; the plan
-    # step sets 1, nnU-Net's planner refuses 0); nnUNet_def_n_proc=1: validation exports in one
-    # thread of the trainer (trainers/xfer_validation.py), not in 8 spawned processes.
-    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
-                "MPLBACKEND": "Agg",
+    env.update({**env_settings.NNUNET_ON_CPU, "MPLBACKEND": "Agg",
                 "nnUNet_xfer_epochs": str(settings.epochs),
                 "nnUNet_xfer_iterations": str(settings.iterations)})
     if "seg" in settings.sources:  # pretrain -s seg --data: the phantom's source task
@@ -132,9 +128,8 @@ def demo_steps(out: Path, settings: DemoSettings,
         ("convert", [Step("convert", "convert", (
             "nnunet-xfer", "convert", "--cases", str(phantom / CASES_CSV), "-d", str(DEMO_ID),
             "-n", DEMO_NAME.split("_", 1)[1], "--sizes", sizes))]),
-        ("plan and preprocess", [Step("plan", "plan", (
-            "nnUNetv2_plan_and_preprocess", "-d", str(DEMO_ID), "-c", "2d", "-np", "2", "-npfp", "2"),
-            env=(("nnUNet_n_proc_DA", "1"),))]),
+        ("plan and preprocess", [Step("plan", "plan", plan_argv(DEMO_ID, 2),
+                                      env=tuple(env_settings.NNUNET_PLANNER.items()))]),
         ("pretrain", by_kind("pretrain")),
         ("train", by_kind("train")),
         ("evaluate + report", by_kind("evaluate", "report")),

@@ -111,6 +111,16 @@ def choice(name: str, options: tuple[str, ...], environ: Mapping[str, str] | Non
     return value
 
 
+#: nnU-Net on a small CPU (the demo, the tests, the benchmarks): augmentation in the training
+#: process (no worker interpreters to start), one export and scoring worker (the ``Xfer*``
+#: trainers then validate in a thread: ``trainers/xfer_validation.py``), no ``torch.compile``.
+NNUNET_ON_CPU: dict[str, str] = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
+                                 "nnUNet_compile": "false"}
+#: What ``nnUNetv2_plan_and_preprocess`` needs on top: its planner calls
+#: ``torch.set_num_threads(nnUNet_n_proc_DA)``, which refuses 0.
+NNUNET_PLANNER: dict[str, str] = {"nnUNet_n_proc_DA": "1"}
+
+
 #: OpenMP's wait policy for our inference processes (see :func:`prefer_passive_omp_wait`).
 OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnunet_xfer.experiment.steps import plan_argv
+from nnunet_xfer.settings import NNUNET_ON_CPU, NNUNET_PLANNER
+
 BIN = Path(sys.executable).parent
 #: Real CT test material: ``shared/real_ct`` beside the checkout (or beside a folder of worktrees).
 REAL_CT = next((p / "shared" / "real_ct" for p in Path(__file__).resolve().parents[2:4]
@@ -82,9 +85,7 @@ def nnunet_env(tmp_path_factory) -> dict:
         "nnUNet_preprocessed": str(root / "preprocessed"),
         "nnUNet_results": str(root / "results"),
         "nnUNet_extTrainer": str(trainer_folder()),
-        "nnUNet_n_proc_DA": "0",
-        "nnUNet_compile": "false",
-        "nnUNet_def_n_proc": "1",
+        **NNUNET_ON_CPU,
         "nnUNet_xfer_epochs": "1",
         "nnUNet_xfer_iterations": "2",
         "OMP_NUM_THREADS": "2",
@@ -175,9 +176,8 @@ def raw_dataset(phantom_dir, nnunet_env) -> Path:
 @pytest.fixture(scope="session")
 def preprocessed_dataset(raw_dataset, nnunet_env) -> Path:
     """``nnUNetv2_plan_and_preprocess -d 501 -c 2d --verify_dataset_integrity`` on the phantom."""
-    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which refuses 0
-    run_cli("nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d",
-            "--verify_dataset_integrity", "-np", "1", "-npfp", "1", env={**nnunet_env, "nnUNet_n_proc_DA": "1"})
+    run_cli(*plan_argv(DATASET_ID, 1, "--verify_dataset_integrity"),
+            env={**nnunet_env, **NNUNET_PLANNER})
     return Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
 
 

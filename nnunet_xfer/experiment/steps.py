@@ -97,6 +97,14 @@ class ShellLayout(DatasetLayout):
 
 
 # ---------------------------------------------------------------- shell text
+def plan_argv(dataset_id: int | str, processes: int, *extra: str) -> tuple[str, ...]:
+    """``nnUNetv2_plan_and_preprocess`` of the 2d configuration with ``processes`` for
+    preprocessing and for fingerprint extraction (whose default, 8, starts 8 interpreters even
+    on a 2-core machine); run it with :data:`nnunet_xfer.settings.NNUNET_PLANNER` set."""
+    return ("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np",
+            str(processes), "-npfp", str(processes), *extra)
+
+
 def quote_token(token: str) -> str:
     """Shell-quote a token, leaving its ``${VAR}`` references for the shell to expand."""
     parts, pos = [], 0
