@@ -29,9 +29,15 @@ Each section is printed with the command line, the commit, the machine and its l
    to exit. Start-up = the 1-slice run minus one slice's time; per slice = (N-slice run − 1-slice
    run) / (N − 1). ``measure`` also writes its CSV, QC picture, mask and gallery;
    ``nnUNetv2_predict`` only its masks.
-5. **Start-up by phase**: fresh processes that do what ``measure`` does up to its first slice
+5. **Checkpoint opening**: fold 0's checkpoint opened as ``measure`` opens it, its training log
+   stored as nnU-Net's trainer writes it (numpy scalars) and as the ``Xfer*`` trainers write it
+   (Python numbers), interleaved in one process, ``--repeats`` rounds.
+6. **Start-up by phase**: fresh processes that do what ``measure`` does up to its first slice
    (interpreter, imports, checkpoints opened and predictor set up, first slice read and
-   predicted), wall seconds since the process was spawned.
+   predicted), alternated with fresh processes that do the same through nnU-Net's own predictor
+   API (``nnUNetPredictor``, ``initialize_from_trained_model_folder``,
+   ``predict_single_npy_array``; the package's checkpoint guard bypassed), wall seconds since
+   the process was spawned.
 
 The model is given (``--results DIR -d ID -tr TRAINER``) or built in ``--work``: a phantom
 cohort of ``--cases`` slices of ``--size``², converted with ``--folds`` folds, planned by
@@ -82,7 +88,7 @@ SETTINGS = {
     "1 fold, no mirroring": (True, False),
 }
 #: The measurements, in the order they run (``--sections``).
-SECTIONS = ("dice", "slice", "omp", "process", "startup")
+SECTIONS = ("dice", "checkpoint", "slice", "omp", "process", "startup")
 QUICK = dict(size=64, cases=8, folds=5, trained_folds=1, epochs=1, iterations=2, slices=2,
              test_cases=2, repeats=1, process_repeats=1)
 FULL = dict(size=512, cases=20, folds=5, trained_folds=5, epochs=1, iterations=2, slices=3,
@@ -335,6 +341,41 @@ def _slice_run(model: dict, slices, work: Path, names: list[str], repeats: int,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: The training-log entries nnU-Net 2.8.1's trainer logs as ``np.float32`` (read from a real
+#: checkpoint; the learning rates and time stamps are Python floats).
+NNUNET_NUMPY_LOG_KEYS = ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region",
+                         "train_losses", "val_losses")
+
+
+def checkpoint_opening(model: dict, work: Path, repeats: int) -> str:
+    """Fold 0's checkpoint opened as ``measure`` opens it, with its training log as nnU-Net's
+    trainer writes it (numpy scalars) and as the ``Xfer*`` trainers write it (Python numbers),
+    interleaved in one process."""
+    import numpy as np
+    import torch
+    from nnunet_xfer.clinical.predict import load_checkpoint
+    from nnunet_xfer.nnunet_checkpoint import plain_numbers
+    ckpt = torch.load(_run_folder(model) / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                      weights_only=False)  # our own file
+    log = plain_numbers(ckpt.get("logging") or {})
+    epochs = min((len(v) for v in log.values()), default=0)
+    numpy_log = {k: [[np.float32(x) for x in v] if isinstance(v, list) else np.float32(v)
+                     for v in values] if k in NNUNET_NUMPY_LOG_KEYS else values
+                 for k, values in log.items()}
+    files = {}
+    for name, entry in (("numpy scalars (nnU-Net's trainer)", numpy_log),
+                        ("Python numbers (Xfer* trainers)", log)):
+        files[name] = work / f"checkpoint_log_{len(files)}.pth"
+        torch.save({**ckpt, "logging": entry}, files[name])
+    timings = interleaved({n: (lambda f=f: load_checkpoint(f)) for n, f in files.items()},
+                          repeats=repeats, minimum=1)  # main() checks repeats
+    for f in files.values():
+        f.unlink()
+    return (f"opening one checkpoint as measure does (restricted unpickler, weights copied), its "
+            f"{epochs}-epoch training log stored as:\n\n"
+            + timings.table(next(iter(files)), unit="ms per checkpoint"))
+
+
 def per_slice(model: dict, slices, work: Path, repeats: int) -> str:
     """The four settings, measure's predictor and nnU-Net's, interleaved in one fresh process."""
     got = _slice_run(model, slices, work, list(SETTINGS), repeats, "passive", "measure,nnunet")
@@ -381,6 +422,34 @@ def startup_child() -> None:
     t["checkpoints and predictor"] = time.time() - spawn
     study = load_study(read_studies(Path(case))[0])
     predictor.predict(study.slice_image)
+    t["first slice"] = time.time() - spawn
+    print(json.dumps(t))
+
+
+def nnunet_startup_child() -> None:
+    """Child: nnU-Net's own Python API to its first slice, in phases (seconds since spawn):
+    ``nnUNetPredictor`` imported, ``initialize_from_trained_model_folder`` (nnU-Net's
+    ``torch.load(weights_only=False)`` of our own benchmark file, nnU-Net's trainer-class
+    search, which imports the run's trainer class as for any run), ``predict_single_npy_array``
+    on the slice. The checkpoint guard the package installs is bypassed: the row says what
+    nnU-Net's own path costs."""
+    spawn = float(os.environ["MEASURE_SPEED_SPAWN"])
+    t = {"interpreter": time.time() - spawn}
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    t["imports"] = time.time() - spawn
+    case_csv, run, folds, mirror = sys.argv[2:6]
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror == "1",
+                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                verbose=False, allow_tqdm=False)
+    initialize = nnUNetPredictor.initialize_from_trained_model_folder
+    initialize = getattr(initialize, "__wrapped__", initialize)  # nnU-Net's, not the guard
+    initialize(predictor, run, (0,) if folds == "0" else None, "checkpoint_final.pth")
+    t["checkpoints and predictor"] = time.time() - spawn
+    image = Path(case_csv).read_text().splitlines()[1].split(",")[1]
+    array, props = SimpleITKIO().read_images([image])
+    predictor.predict_single_npy_array(array, {"spacing": props["spacing"]})
     t["first slice"] = time.time() - spawn
     print(json.dumps(t))
 
@@ -466,19 +535,27 @@ def startup_phases(model: dict, slices, work: Path, repeats: int, settings: list
         case, image, _m = slices[0]
         case_csv.write_text(f"case_id,image\n{case},{image}\n")
     env = {**nnunet_env(work), "nnUNet_results": model["results"]}
-    rows = []
+    children = {}
     for name in settings:
         one, mirror = SETTINGS[name]
-        phases: list[dict] = []
-        for _ in range(repeats):
+        children[f"measure: {name}"] = [
+            "--startup-child", str(case_csv), str(model["dataset"]), model["trainer"],
+            "0" if one else "all", "1" if mirror else "0"]
+        children[f"nnU-Net's API: {name}"] = [
+            "--nnunet-startup-child", str(case_csv), str(_run_folder(model)),
+            "0" if one else "all", "1" if mirror else "0"]
+    measured: dict[str, list[dict]] = {name: [] for name in children}
+    for r in range(repeats):  # alternated, the order rotated each round
+        names = list(children)
+        for name in names[r % len(names):] + names[:r % len(names)]:
             env["MEASURE_SPEED_SPAWN"] = repr(time.time())
-            out = subprocess.run([sys.executable, __file__, "--startup-child", str(case_csv),
-                                  str(model["dataset"]), model["trainer"], "0" if one else "all",
-                                  "1" if mirror else "0"], env=env, cwd=run,
+            out = subprocess.run([sys.executable, __file__, *children[name]], env=env, cwd=run,
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"start-up child failed:\n{out.stderr[-2000:]}")
-            phases.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            measured[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = []
+    for name, phases in measured.items():
         keys = list(phases[0])
         cells = []
         prev = [0.0] * len(phases)
@@ -490,14 +567,18 @@ def startup_phases(model: dict, slices, work: Path, repeats: int, settings: list
         rows.append(f"| {name} | " + " | ".join(cells)
                     + f" | {min(total):.2f} / {statistics.median(total):.2f} |")
     head = " | ".join(keys)
-    return "\n".join([f"measure's time to the first slice by phase (wall s, min / median of "
-                      f"{repeats} fresh processes)", "", f"| setting | {head} | total |",
+    return "\n".join([f"time to the first slice by phase: measure, and nnU-Net's own predictor "
+                      f"API on the same checkpoints (wall s, min / median of {repeats} fresh "
+                      f"processes each, alternated)", "", f"| setting | {head} | total |",
                       "|---" * (len(keys) + 2) + "|", *rows])
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--startup-child":
         startup_child()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--nnunet-startup-child":
+        nnunet_startup_child()
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--slice-child":
         slice_child()
@@ -570,6 +651,8 @@ def main() -> None:
               flush=True)
     if sections - {"dice"}:
         print(f"\nload before timing: {load_now()}", flush=True)
+    if "checkpoint" in sections:
+        print("\n" + checkpoint_opening(model, work, a.repeats), flush=True)
     if "slice" in sections:
         print("\n" + per_slice(model, slices[:a.slices], work, a.repeats), flush=True)
     if "omp" in sections:

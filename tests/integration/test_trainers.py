@@ -276,6 +276,22 @@ def test_scratch_run_outputs_subset_and_predict(scratch_run, raw_dataset, tmp_pa
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in cases)
 
 
+def test_checkpoints_store_the_training_log_as_python_numbers(scratch_run):
+    """Every checkpoint a run writes holds nnU-Net's training log as Python numbers: torch's
+    restricted unpickler opens it with no numpy global admitted (nnU-Net's own trainer stores
+    numpy scalars, which it rebuilds one call at a time), and the values are one per epoch."""
+    written = sorted(scratch_run.glob("checkpoint_*.pth"))
+    assert {p.name for p in written} >= {"checkpoint_final.pth", "checkpoint_best.pth"}
+    for path in written:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # no safe_globals
+        log = ckpt["logging"]
+        assert {len(v) for v in log.values()} == {1}, path.name  # 1 epoch
+        leaves = [x for v in log.values() for e in v for x in (e if isinstance(e, list) else [e])]
+        assert leaves and all(type(x) in (float, int) for x in leaves), path.name
+        assert type(ckpt["_best_ema"]) is float
+        assert 0.0 <= log["mean_fg_dice"][0] <= 1.0
+
+
 def network_from_plans(preprocessed: Path, in_channels: int) -> torch.nn.Module:
     """The network exactly as the trainer builds it (PlansManager + build_network_architecture)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
