@@ -399,6 +399,16 @@ def test_low_muscle_cutoffs_as_published():
     assert smd["low_smd"] is False and smd["smd_cutoff_hu"] == 33   # < 33 HU when BMI ≥ 25
 
 
+def test_measure_imports_leave_out_what_it_never_runs():
+    """measure's modules import no k-d tree (scipy.spatial: surface distances, evaluation only)
+    and no nnU-Net trainer module (seaborn, scikit-learn): start-up paid by every patient."""
+    code = ("import sys, nnunet_xfer.cli, nnunet_xfer.clinical.api, nnunet_xfer.clinical.predict; "
+            "print(sorted(m for m in ('scipy.spatial', 'nnunetv2.training.nnUNetTrainer.nnUNetTrainer')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_import_stays_light_and_exports_measure_studies():
     code = ("import sys, nnunet_xfer; assert 'torch' not in sys.modules; "
             "f = nnunet_xfer.measure_studies; print(f.__module__)")

@@ -149,10 +149,10 @@ def test_search_paths_are_the_ones_named(path, monkeypatch):
     pred = np.roll(ref, 1, axis=1)       # boundary pixels 1 px off: found in any table
     pred[45:50, 45:50] = True            # ~40 px away: beyond a 12-offset table
     exact_sizes, trees = [], []
-    real_exact, real_tree = metrics_module._exact_d2, metrics_module.cKDTree
+    real_exact, real_tree = metrics_module._exact_d2, metrics_module._kd_nearest
     monkeypatch.setattr(metrics_module, "_exact_d2",
                         lambda src, *a: exact_sizes.append(src.size) or real_exact(src, *a))
-    monkeypatch.setattr(metrics_module, "cKDTree",
+    monkeypatch.setattr(metrics_module, "_kd_nearest",
                         lambda *a, **k: trees.append(1) or real_tree(*a, **k))
     for name, value in SEARCH_PATHS[path].items():
         monkeypatch.setattr(metrics_module, name, value)
