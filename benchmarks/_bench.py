@@ -242,6 +242,17 @@ def interleaved_children(candidates: dict[str, Callable[[], tuple[float, float]]
     return out
 
 
+def plan_dataset(dataset_id: int, processes: int = 1) -> None:
+    """``nnUNetv2_plan_and_preprocess`` of the 2d configuration, as the demo and the tests run it
+    (:func:`nnunet_xfer.experiment.steps.plan_argv` with ``settings.NNUNET_PLANNER``)."""
+    from nnunet_xfer.experiment.runner import executable
+    from nnunet_xfer.experiment.steps import plan_argv
+    from nnunet_xfer.settings import NNUNET_PLANNER
+    argv = plan_argv(dataset_id, processes)
+    subprocess.run([executable(argv[0]), *argv[1:]], check=True, capture_output=True,
+                   env={**os.environ, **NNUNET_PLANNER})
+
+
 def training_arguments(description: str, quick: dict, full: dict, device: str | None,
                        extra: Callable[[object], None] | None = None):
     """Parsed arguments of a benchmark that times training steps: ``--quick`` / ``--patch`` /

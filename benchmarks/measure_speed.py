@@ -101,8 +101,7 @@ def nnunet_env(work: Path) -> dict:
     from nnunet_xfer.trainers import trainer_environment
     folders = {k: str(work / "nnunet" / k.split("_")[1]) for k in
                ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    env = {**trainer_environment(), **folders, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
-           "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1")}
+    env = {**trainer_environment(), **folders, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     env.pop("OMP_WAIT_POLICY", None)
     if USER_OMP_WAIT_POLICY is not None:
         env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
@@ -171,7 +170,8 @@ def build_model(work: Path, a) -> dict:
         print(f"reusing the model in {work}: {built['how']}", flush=True)
         return built
     work.mkdir(parents=True, exist_ok=True)
-    env = nnunet_env(work)
+    from nnunet_xfer.settings import NNUNET_ON_CPU
+    env = {**nnunet_env(work), **NNUNET_ON_CPU}  # as the demo and the tests train
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # training on a shared CPU: see settings.py
     log = work / "build.log"
     t0 = time.perf_counter()
@@ -184,7 +184,7 @@ def build_model(work: Path, a) -> dict:
     from nnunet_xfer.experiment.steps import plan_argv
     from nnunet_xfer.settings import NNUNET_PLANNER
     argv = plan_argv(DATASET_ID, 1)
-    _run([str(BIN / argv[0]), *argv[1:]], {**env, **NNUNET_PLANNER}, log)
+    _run([str(BIN / argv[0]), *argv[1:]], {**env, **NNUNET_PLANNER}, log)  # logged, unlike plan_dataset
     train_env = {**env, "nnUNet_xfer_epochs": str(a.epochs),
                  "nnUNet_xfer_iterations": str(a.iterations), "nnUNet_xfer_seed": "0"}
     for fold in range(a.trained_folds):

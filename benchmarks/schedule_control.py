@@ -68,12 +68,8 @@ def make_dataset(root: Path, cases: int, size: int, sizes: list[int]) -> None:
     from nnunet_xfer.phantom.cohort import write_cohort
     cohort = write_cohort(root / "cohort", n_cases=cases, size=size, n_observers=1, n_observer_cases=1, seed=0)
     convert(cases_csv=cohort / "cases.csv", dataset_id=DATASET_ID, name="L3", sizes=sizes)
-    from nnunet_xfer.experiment.runner import executable
-    from nnunet_xfer.experiment.steps import plan_argv
-    from nnunet_xfer.settings import NNUNET_PLANNER
-    argv = plan_argv(DATASET_ID, 1)
-    subprocess.run([executable(argv[0]), *argv[1:]], check=True, capture_output=True,
-                   env={**os.environ, **NNUNET_PLANNER})
+    from _bench import plan_dataset
+    plan_dataset(DATASET_ID)
 
 
 def initial_network(dataset: str, seed: int):

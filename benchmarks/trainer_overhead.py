@@ -26,7 +26,6 @@ import contextlib
 import io
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -40,12 +39,8 @@ def make_phantom_dataset(root: Path, size: int, cases: int) -> str:
     from nnunet_xfer.phantom.cohort import write_cohort
     cohort = write_cohort(root / "cohort", n_cases=cases, size=size, n_observers=1, n_observer_cases=1)
     convert(cases_csv=cohort / "cases.csv", dataset_id=501, name="L3", sizes=[5])
-    from nnunet_xfer.experiment.runner import executable
-    from nnunet_xfer.experiment.steps import plan_argv
-    from nnunet_xfer.settings import NNUNET_PLANNER
-    argv = plan_argv(501, 1)
-    subprocess.run([executable(argv[0]), *argv[1:]], check=True, capture_output=True,
-                   env={**os.environ, **NNUNET_PLANNER})
+    from _bench import plan_dataset
+    plan_dataset(501)
     return "Dataset501_L3"
 
 
@@ -115,8 +110,8 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="trainer_overhead_")
     root = Path(tmp.name)
-    os.environ.setdefault("nnUNet_compile", "false")
-    os.environ["nnUNet_n_proc_DA"] = "0"  # data augmentation in this process: same work for every trainer
+    from nnunet_xfer.settings import NNUNET_ON_CPU
+    os.environ.update(NNUNET_ON_CPU)  # augmentation in this process: same work for every trainer
     for var in ("nnUNet_xfer_epochs", "nnUNet_xfer_iterations", "nnUNet_xfer_lr_factor",
                 "nnUNet_xfer_warmup_fraction", "nnUNet_xfer_freeze_epochs"):
         os.environ.pop(var, None)
